@@ -1,0 +1,109 @@
+//! The one trait every allocator implements: a Rust mirror of SQLite's `sqlite3_mem_methods`.
+//!
+//! SQLite's table has seven entries (`xMalloc`, `xFree`, `xRealloc`, `xSize`, `xRoundup`,
+//! `xInit`, `xShutdown`). [`MemMethods`] has one method for each, with `&self` receivers so that an
+//! implementation decides its own locking: sqlalloc imposes no global lock. The C table that
+//! SQLite sees (`src/ffi.rs`) and the layers (`src/stack.rs`) are thin code over this trait.
+
+use std::ptr::NonNull;
+
+/// Alignment of every block handed out by every sqlalloc allocator (SQLite requires 8).
+pub const ALIGN: usize = 8;
+
+/// Largest request SQLite itself ever passes to `xMalloc`/`xRealloc` (`malloc.c` refuses
+/// `n >= 0x7fffff00` before calling the allocator). Requests above it still get a clean failure
+/// from every sqlalloc allocator, never an overflow.
+pub const SQLITE_MAX_REQUEST: usize = 0x7fff_ff00;
+
+/// Why [`MemMethods::init`] failed. Mirrors the SQLite result code `xInit` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// `SQLITE_NOMEM`: the allocator's heap cannot hold even one block.
+    NoMem,
+    /// `SQLITE_ERROR`: any other reason.
+    Error,
+}
+
+/// An allocator for SQLite: the methods of `sqlite3_mem_methods`.
+///
+/// # Safety
+///
+/// Implementors promise, for as long as the value lives:
+/// - [`malloc`](Self::malloc) and [`realloc`](Self::realloc) return either `None` or a pointer to
+///   at least the requested number of writable bytes, aligned to [`ALIGN`], that overlaps no other
+///   live block of this allocator;
+/// - [`size`](Self::size) of a live block is at least the size last requested for it and at most
+///   the number of bytes that may be used through the pointer, and does not change while the block
+///   lives;
+/// - [`roundup`](Self::roundup)`(n)` is at least `n` and is the size [`size`](Self::size) would
+///   report for a block of `n` bytes when the allocator can tell in advance (SQLite uses it to
+///   size buffers so that it gets to use the slack);
+/// - a failed [`realloc`](Self::realloc) leaves the old block untouched and live;
+/// - all methods may be called from several threads at once (`Send + Sync`), with no lock held by
+///   the caller.
+pub unsafe trait MemMethods: Send + Sync {
+    /// Short name of the backend, as written in a spec (`"system"`, `"memsys5"`, …).
+    fn name(&self) -> &'static str;
+
+    /// `xMalloc`: a new block of at least `size` bytes, or `None`. A request of 0 bytes gets the
+    /// smallest block the allocator has.
+    fn malloc(&self, size: usize) -> Option<NonNull<u8>>;
+
+    /// `xFree`: release a block.
+    ///
+    /// # Safety
+    /// `ptr` must be a live block returned by this allocator's `malloc` or `realloc`, and is not
+    /// used again after the call.
+    unsafe fn free(&self, ptr: NonNull<u8>);
+
+    /// `xRealloc`: resize a block, moving it when needed; the first `min(old, new)` bytes are
+    /// kept. On `None` the old block is unchanged and still live.
+    ///
+    /// # Safety
+    /// `ptr` must be a live block of this allocator. On success it is no longer live (the returned
+    /// pointer replaces it, possibly at the same address).
+    unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>>;
+
+    /// `xSize`: the usable size of a live block, as SQLite counts it in `sqlite3_memory_used()`.
+    ///
+    /// # Safety
+    /// `ptr` must be a live block of this allocator.
+    unsafe fn size(&self, ptr: NonNull<u8>) -> usize;
+
+    /// `xRoundup`: the size a request of `size` bytes will really get.
+    fn roundup(&self, size: usize) -> usize;
+
+    /// `xInit`: called by `sqlite3_initialize()` before the first allocation.
+    fn init(&self) -> Result<(), InitError> {
+        Ok(())
+    }
+
+    /// `xShutdown`: called by `sqlite3_shutdown()`. Blocks still live stay valid.
+    fn shutdown(&self) {}
+
+    /// Write a description of every live block (the leak list) to `out`; backends that do not
+    /// track blocks write nothing. Used by reports and by the `debug` backend's leak check.
+    fn live_blocks(&self, out: &mut dyn FnMut(LiveBlock<'_>)) {
+        let _ = out;
+    }
+}
+
+/// One live block, as reported by [`MemMethods::live_blocks`].
+#[derive(Debug, Clone, Copy)]
+pub struct LiveBlock<'a> {
+    /// Address of the block as handed to SQLite.
+    pub addr: usize,
+    /// Bytes requested for it.
+    pub requested: usize,
+    /// Return addresses of the allocation's call stack, innermost first (may be empty).
+    pub backtrace: &'a [usize],
+}
+
+/// Round `n` up to a multiple of 8, saturating instead of overflowing.
+#[inline]
+pub const fn round8(n: usize) -> usize {
+    match n.checked_add(ALIGN - 1) {
+        Some(v) => v & !(ALIGN - 1),
+        None => usize::MAX & !(ALIGN - 1),
+    }
+}

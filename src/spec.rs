@@ -1,0 +1,391 @@
+//! The spec string: one name for a configuration, the same in C, Rust and `SQLALLOC`.
+//!
+//! ```text
+//! spec    := backend [ '+' layer ]*
+//! backend := NAME [ ':' options ]          NAME: system | debug | memsys3 | memsys5
+//! layer   := NAME [ ':' options ]          NAME: limit
+//! options := key '=' value [ ',' key '=' value ]*
+//! size    := digits [ K | M | G ]          binary units (K = 1024), case-insensitive
+//! ```
+//!
+//! | part | keys |
+//! |---|---|
+//! | `system` | none |
+//! | `debug` | `backtrace=N` frames kept per block (0–64, default 0) |
+//! | `memsys3` | `heap=SIZE` (default 16M) |
+//! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0) |
+//! | `limit` | `max=SIZE` (required): hard cap on the bytes in use, as `xSize` counts them |
+//!
+//! Surrounding whitespace is ignored; whitespace inside is an error. A key given twice, an
+//! unknown key or name, a size with a bad unit, a zero size, a size that overflows 64 bits and a
+//! layer given twice are errors. The whole spec is refused and the message names the part.
+
+use std::fmt;
+
+/// A parsed spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The allocator at the bottom.
+    pub backend: Backend,
+    /// Cap on live bytes (`+limit:max=`).
+    pub limit: Option<u64>,
+}
+
+/// A backend with its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// `system`: libc malloc (SQLite's mem1).
+    System,
+    /// `debug`: guards, fills, a live-block list (SQLite's mem2).
+    Debug {
+        /// Frames of backtrace kept per block.
+        backtrace: usize,
+    },
+    /// `memsys3`: first fit over one heap (SQLite's mem3).
+    Memsys3 {
+        /// Heap size in bytes.
+        heap: usize,
+    },
+    /// `memsys5`: power-of-two buddy over one heap (SQLite's mem5).
+    Memsys5 {
+        /// Heap size in bytes.
+        heap: usize,
+        /// Requested minimum allocation in bytes (0: SQLite's default).
+        min: usize,
+    },
+}
+
+/// Most frames of backtrace the debug backend keeps per block.
+pub const MAX_BACKTRACE: usize = 64;
+
+/// Why a spec was refused: the part at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// The offending part of the spec, as written (may be empty for an empty spec).
+    pub part: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.part.is_empty() {
+            write!(f, "bad spec: {}", self.reason)
+        } else {
+            write!(f, "bad spec at '{}': {}", self.part, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+fn err(part: &str, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        part: part.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Parse a size: decimal digits with an optional binary unit K, M or G.
+pub fn parse_size(part: &str, v: &str) -> Result<u64, SpecError> {
+    let (digits, mult) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => {
+                    return Err(err(
+                        part,
+                        format!("unknown size unit '{c}' (use K, M or G)"),
+                    ))
+                }
+            };
+            (&v[..i], m)
+        }
+        _ => (v, 1),
+    };
+    if digits.is_empty() {
+        return Err(err(part, "size has no digits"));
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err(
+            part,
+            format!("'{v}' is not a size (digits with optional K, M or G)"),
+        ));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| err(part, format!("size '{v}' is too large")))
+}
+
+/// Options of one part, checked as they are taken.
+struct Opts<'a> {
+    part: &'a str,
+    kv: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Opts<'a> {
+    fn parse(part: &'a str, opts: Option<&'a str>) -> Result<Self, SpecError> {
+        let mut kv = Vec::new();
+        if let Some(opts) = opts {
+            if opts.is_empty() {
+                return Err(err(part, "':' must be followed by key=value options"));
+            }
+            for item in opts.split(',') {
+                let (k, v) = item
+                    .split_once('=')
+                    .ok_or_else(|| err(part, format!("option '{item}' is not key=value")))?;
+                if k.is_empty() || v.is_empty() {
+                    return Err(err(part, format!("option '{item}' is not key=value")));
+                }
+                if kv.iter().any(|&(k2, _)| k2 == k) {
+                    return Err(err(part, format!("option '{k}' given twice")));
+                }
+                kv.push((k, v));
+            }
+        }
+        Ok(Opts { part, kv })
+    }
+
+    fn take(&mut self, key: &str) -> Option<&'a str> {
+        let i = self.kv.iter().position(|&(k, _)| k == key)?;
+        Some(self.kv.remove(i).1)
+    }
+
+    fn size(&mut self, key: &str, default: Option<u64>) -> Result<u64, SpecError> {
+        match self.take(key) {
+            Some(v) => {
+                let n = parse_size(self.part, v)?;
+                if n == 0 {
+                    return Err(err(self.part, format!("{key} must be greater than 0")));
+                }
+                Ok(n)
+            }
+            None => default.ok_or_else(|| err(self.part, format!("{key}=SIZE is required"))),
+        }
+    }
+
+    fn usize(&mut self, key: &str, default: Option<u64>) -> Result<usize, SpecError> {
+        let n = self.size(key, default)?;
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(|| err(self.part, format!("{key} is too large for this machine")))
+    }
+
+    fn done(self) -> Result<(), SpecError> {
+        match self.kv.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(err(self.part, format!("unknown option '{k}'"))),
+        }
+    }
+}
+
+impl Spec {
+    /// Parse a spec string.
+    pub fn parse(spec: &str) -> Result<Spec, SpecError> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err(err(
+                "",
+                "empty spec (expected a backend: system, debug, memsys3, memsys5)",
+            ));
+        }
+        if let Some(c) = spec.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(err(
+                spec,
+                format!("unexpected character {c:?} inside the spec"),
+            ));
+        }
+        let mut parts = spec.split('+');
+        let first = parts.next().unwrap_or_default();
+        let backend = Self::backend(first)?;
+        let mut limit = None;
+        for part in parts {
+            let (name, opts) = split_part(part);
+            let mut o = Opts::parse(part, opts)?;
+            match name {
+                "limit" => {
+                    if limit.is_some() {
+                        return Err(err(part, "layer 'limit' given twice"));
+                    }
+                    limit = Some(o.size("max", None)?);
+                }
+                "" => return Err(err(part, "empty layer after '+'")),
+                "system" | "debug" | "memsys3" | "memsys5" => {
+                    return Err(err(part, "only one backend, and it comes first"))
+                }
+                _ => return Err(err(part, format!("unknown layer '{name}' (known: limit)"))),
+            }
+            o.done()?;
+        }
+        Ok(Spec { backend, limit })
+    }
+
+    fn backend(part: &str) -> Result<Backend, SpecError> {
+        let (name, opts) = split_part(part);
+        let mut o = Opts::parse(part, opts)?;
+        let b = match name {
+            "system" => Backend::System,
+            "debug" => {
+                let depth = match o.take("backtrace") {
+                    None => 0,
+                    Some(v) => v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n <= MAX_BACKTRACE)
+                        .ok_or_else(|| {
+                            err(part, format!("backtrace must be a number of frames from 0 to {MAX_BACKTRACE}, not '{v}'"))
+                        })?,
+                };
+                Backend::Debug { backtrace: depth }
+            }
+            "memsys3" => Backend::Memsys3 {
+                heap: o.usize("heap", Some(16 << 20))?,
+            },
+            "memsys5" => {
+                let heap = o.usize("heap", Some(64 << 20))?;
+                let min = match o.take("min") {
+                    None => 0,
+                    Some(v) => usize::try_from(parse_size(part, v)?)
+                        .map_err(|_| err(part, "min is too large"))?,
+                };
+                Backend::Memsys5 { heap, min }
+            }
+            "" => return Err(err(part, "missing backend name")),
+            "limit" => {
+                return Err(err(
+                    part,
+                    "a spec starts with a backend, not a layer (try system+limit:...)",
+                ))
+            }
+            _ => {
+                return Err(err(
+                    part,
+                    format!("unknown backend '{name}' (known: system, debug, memsys3, memsys5)"),
+                ))
+            }
+        };
+        o.done()?;
+        Ok(b)
+    }
+}
+
+fn split_part(part: &str) -> (&str, Option<&str>) {
+    match part.split_once(':') {
+        Some((n, o)) => (n, Some(o)),
+        None => (part, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_specs() {
+        assert_eq!(
+            Spec::parse("system").unwrap(),
+            Spec {
+                backend: Backend::System,
+                limit: None
+            }
+        );
+        assert_eq!(
+            Spec::parse(" memsys5:heap=64M,min=64+limit:max=48M ").unwrap(),
+            Spec {
+                backend: Backend::Memsys5 {
+                    heap: 64 << 20,
+                    min: 64
+                },
+                limit: Some(48 << 20)
+            }
+        );
+        assert_eq!(
+            Spec::parse("debug:backtrace=8").unwrap().backend,
+            Backend::Debug { backtrace: 8 }
+        );
+        assert_eq!(
+            Spec::parse("memsys3:heap=16m").unwrap().backend,
+            Backend::Memsys3 { heap: 16 << 20 }
+        );
+        assert_eq!(
+            Spec::parse("system+limit:max=1G").unwrap().limit,
+            Some(1 << 30)
+        );
+        assert_eq!(
+            Spec::parse("system+limit:max=100").unwrap().limit,
+            Some(100)
+        );
+        assert_eq!(
+            Spec::parse("memsys5:min=0").unwrap().backend,
+            Backend::Memsys5 {
+                heap: 64 << 20,
+                min: 0
+            }
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_part() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "", "empty spec"),
+            ("   ", "", "empty spec"),
+            ("bogus", "bogus", "unknown backend 'bogus'"),
+            ("system:heap=1M", "system:heap=1M", "unknown option 'heap'"),
+            (
+                "memsys5:heap=12X",
+                "memsys5:heap=12X",
+                "unknown size unit 'X'",
+            ),
+            (
+                "memsys5:heap=0",
+                "memsys5:heap=0",
+                "heap must be greater than 0",
+            ),
+            ("memsys5:heap=-5", "memsys5:heap=-5", "not a size"),
+            (
+                "memsys5:heap=99999999999999999999",
+                "memsys5:heap=99999999999999999999",
+                "too large",
+            ),
+            (
+                "memsys5:heap=17179869184G",
+                "memsys5:heap=17179869184G",
+                "too large",
+            ),
+            ("memsys5:heap=M", "memsys5:heap=M", "no digits"),
+            ("memsys5:heap", "memsys5:heap", "not key=value"),
+            ("memsys5:", "memsys5:", "must be followed"),
+            (
+                "memsys5:heap=1M,heap=2M",
+                "memsys5:heap=1M,heap=2M",
+                "given twice",
+            ),
+            ("system+limit", "limit", "max=SIZE is required"),
+            ("system+limit:max=0", "limit:max=0", "greater than 0"),
+            (
+                "system+limit:max=1M+limit:max=2M",
+                "limit:max=2M",
+                "given twice",
+            ),
+            ("system+", "", "empty layer"),
+            ("system+bogus:x=1", "bogus:x=1", "unknown layer 'bogus'"),
+            ("system+memsys5", "memsys5", "only one backend"),
+            ("limit:max=1M", "limit:max=1M", "starts with a backend"),
+            ("debug:backtrace=65", "debug:backtrace=65", "from 0 to 64"),
+            ("debug:backtrace=x", "debug:backtrace=x", "from 0 to 64"),
+            ("sys tem", "sys tem", "unexpected character"),
+            (":heap=1", ":heap=1", "missing backend"),
+        ];
+        for &(spec, part, reason) in cases {
+            let e = Spec::parse(spec).expect_err(spec);
+            assert_eq!(e.part, part, "part for {spec:?}: {e}");
+            assert!(e.reason.contains(reason), "reason for {spec:?}: {e}");
+            assert!(e.to_string().starts_with("bad spec"));
+        }
+    }
+}

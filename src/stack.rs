@@ -1,0 +1,270 @@
+//! A [`Stack`]: one backend with the always-on counters and the optional `limit` layer on top.
+//! This is what gets installed into SQLite; it is itself a [`MemMethods`], so the C table and the
+//! Rust API both call it through the same trait.
+//!
+//! Order of the layers on every call, top to bottom: counters, limit, backend. The limit
+//! layer counts bytes the way the counters do (`xSize` of live blocks), so `limit:max=N` bounds
+//! exactly what `sqlite3_memory_used()` reports.
+
+use crate::counters::{Counters, Snapshot};
+use crate::methods::{InitError, LiveBlock, MemMethods};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The `limit` layer: a hard cap on live bytes. An allocation or growth that would pass it fails
+/// (NULL) and changes nothing else; a failed realloc leaves the old block intact.
+///
+/// It keeps its own exact total of live bytes in one shared atomic (it must know the global total
+/// at every call), so unlike the counters it costs a shared cache line per call: that is the price
+/// of an exact cap.
+#[repr(align(128))]
+pub struct Limit {
+    max: u64,
+    used: AtomicU64,
+}
+
+impl Limit {
+    /// A cap of `max` bytes.
+    pub fn new(max: u64) -> Limit {
+        Limit {
+            max,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// The cap in bytes.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Bytes currently counted against the cap.
+    pub fn used(&self) -> u64 {
+        self.used.load(Relaxed)
+    }
+
+    /// Take `n` more bytes if the cap allows.
+    fn reserve(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Relaxed, Relaxed, |u| {
+                u.checked_add(n).filter(|&v| v <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Relaxed);
+    }
+
+    /// Replace a reservation of `had` bytes by one of `need` bytes; false (with `had` still
+    /// reserved) when growing passes the cap.
+    fn adjust(&self, had: u64, need: u64) -> bool {
+        if need > had {
+            self.reserve(need - had)
+        } else {
+            self.release(had - need);
+            true
+        }
+    }
+}
+
+impl Stack {
+    /// Realloc under the cap. A request that fits in the old block's size is passed to the
+    /// backend (a shrink; the usage difference is accounted exactly). A growing request is done as a capped malloc, a copy and a free, because the backend's real
+    /// size after an in-place growth is only known once the old block is gone, when it is too
+    /// late to refuse.
+    ///
+    /// # Safety
+    /// `ptr` is a live block of the backend whose size is `old`.
+    unsafe fn realloc_limited(
+        &self,
+        l: &Limit,
+        ptr: NonNull<u8>,
+        old: usize,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        if self.backend.roundup(new_size) <= old {
+            // SAFETY: forwarded contract.
+            let p = unsafe { self.backend.realloc(ptr, new_size) }?;
+            // SAFETY: `p` is live.
+            let new = unsafe { self.backend.size(p) };
+            // Shrinking: the backends keep a shrunk block in place, so `new <= old` and the cap
+            // holds; the difference is accounted either way so that the total stays exact.
+            if new >= old {
+                l.used.fetch_add((new - old) as u64, Relaxed);
+            } else {
+                l.release((old - new) as u64);
+            }
+            return Some(p);
+        }
+        let est = self.backend.roundup(new_size) as u64;
+        if !l.reserve(est) {
+            return None;
+        }
+        let Some(q) = self.backend.malloc(new_size) else {
+            l.release(est);
+            return None;
+        };
+        // SAFETY: `q` is live.
+        let real = unsafe { self.backend.size(q) } as u64;
+        if !l.adjust(est, real) {
+            l.release(est);
+            // SAFETY: `q` is live and was never handed out.
+            unsafe { self.backend.free(q) };
+            return None;
+        }
+        // SAFETY: `ptr` has `old` readable bytes, `q` at least `new_size` writable ones; they are
+        // distinct live blocks, so they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.min(new_size)) };
+        l.release(old as u64);
+        // SAFETY: `ptr` is live and, per the realloc contract, no longer used by the caller.
+        unsafe { self.backend.free(ptr) };
+        Some(q)
+    }
+}
+
+/// A backend with counters and optional limit on top.
+pub struct Stack {
+    backend: Box<dyn MemMethods>,
+    counters: &'static Counters,
+    limit: Option<Limit>,
+    spec: String,
+    spec_c: std::ffi::CString,
+}
+
+impl Stack {
+    /// Put counters (and a limit, if `limit` is given) over `backend`. `spec` is the text shown
+    /// in reports.
+    pub fn new(backend: Box<dyn MemMethods>, limit: Option<u64>, spec: String) -> Stack {
+        // The counters of an allocator that was installed must outlive it (threads flush into
+        // them at exit, reports may still read them), so they are leaked: 24 KiB per install.
+        let counters: &'static Counters = Box::leak(Box::new(Counters::new()));
+        let spec_c = std::ffi::CString::new(spec.clone()).unwrap_or_default();
+        Stack {
+            backend,
+            counters,
+            limit: limit.map(Limit::new),
+            spec,
+            spec_c,
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &'static Counters {
+        self.counters
+    }
+
+    /// Snapshot of the counters.
+    pub fn stats(&self) -> Snapshot {
+        self.counters.snapshot()
+    }
+
+    /// The spec this stack was built from.
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    /// The spec as a C string (for `sqlalloc_installed_spec`).
+    pub fn spec_c(&self) -> &std::ffi::CStr {
+        &self.spec_c
+    }
+
+    /// The backend at the bottom.
+    pub fn backend(&self) -> &dyn MemMethods {
+        &*self.backend
+    }
+
+    /// The limit layer, if any.
+    pub fn limit(&self) -> Option<&Limit> {
+        self.limit.as_ref()
+    }
+}
+
+// SAFETY: every method forwards to the backend, which upholds the contract; the layers only ever
+// refuse a request (returning None without touching the old block) or count.
+unsafe impl MemMethods for Stack {
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
+        let p = match &self.limit {
+            None => self.backend.malloc(size),
+            Some(l) => {
+                let est = self.backend.roundup(size) as u64;
+                if !l.reserve(est) {
+                    self.counters.on_malloc(size, None);
+                    return None;
+                }
+                match self.backend.malloc(size) {
+                    None => {
+                        l.release(est);
+                        None
+                    }
+                    Some(p) => {
+                        // SAFETY: `p` was just returned by the backend and is live.
+                        let real = unsafe { self.backend.size(p) } as u64;
+                        if l.adjust(est, real) {
+                            Some(p)
+                        } else {
+                            l.release(est);
+                            // SAFETY: `p` is live, from this backend, and not handed out.
+                            unsafe { self.backend.free(p) };
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        // SAFETY: a returned `p` is live.
+        self.counters
+            .on_malloc(size, p.map(|p| unsafe { self.backend.size(p) }));
+        p
+    }
+
+    unsafe fn free(&self, ptr: NonNull<u8>) {
+        // SAFETY: `ptr` is live (caller's contract).
+        let size = unsafe { self.backend.size(ptr) };
+        self.counters.on_free(size);
+        if let Some(l) = &self.limit {
+            l.release(size as u64);
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.backend.free(ptr) }
+    }
+
+    unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: `ptr` is live (caller's contract).
+        let old = unsafe { self.backend.size(ptr) };
+        let p = match &self.limit {
+            // SAFETY: forwarded contract.
+            None => unsafe { self.backend.realloc(ptr, new_size) },
+            // SAFETY: forwarded contract.
+            Some(l) => unsafe { self.realloc_limited(l, ptr, old, new_size) },
+        };
+        // SAFETY: a returned `p` is live.
+        self.counters
+            .on_realloc(new_size, old, p.map(|p| unsafe { self.backend.size(p) }));
+        p
+    }
+
+    unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { self.backend.size(ptr) }
+    }
+
+    fn roundup(&self, size: usize) -> usize {
+        self.backend.roundup(size)
+    }
+
+    fn init(&self) -> Result<(), InitError> {
+        self.backend.init()
+    }
+
+    fn shutdown(&self) {
+        self.backend.shutdown()
+    }
+
+    fn live_blocks(&self, out: &mut dyn FnMut(LiveBlock<'_>)) {
+        self.backend.live_blocks(out)
+    }
+}
