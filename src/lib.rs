@@ -11,7 +11,7 @@
 //! | [`memsys5`](backend::Memsys5) | `mem5.c` | power-of-two buddy over one fixed heap (Robson-bounded) |
 //!
 //! Over any backend: always-on [`counters`] (cheap, per-thread shards) and an optional
-//! [`limit`](stack::Limit) layer. One [spec](spec) string names a configuration:
+//! [`limit`](stack::Limit) layer. One [`spec`] string names a configuration:
 //! `memsys5:heap=64M,min=64+limit:max=48M`.
 //!
 //! Every allocator implements one trait, [`MemMethods`], which mirrors `sqlite3_mem_methods`; the
