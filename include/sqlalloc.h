@@ -73,8 +73,9 @@ extern "C" {
 int sqlalloc_install(const char *spec);
 
 /*
- Why the last sqlalloc call on this thread failed, in one line; "" when it did not. The string
- stays valid until the next sqlalloc call on the same thread.
+ Why the last sqlalloc call on this thread failed, in one line; "" when it did not. The
+ pointer stays valid for the life of the thread; its text is replaced by the next sqlalloc call
+ on the same thread.
  */
 const char *sqlalloc_errmsg(void);
 

@@ -9,7 +9,7 @@ use crate::methods::MemMethods;
 use crate::sqlite::{self, Sqlite3MemMethods};
 use crate::stack::Stack;
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -143,15 +143,29 @@ pub(crate) fn methods_table() -> Sqlite3MemMethods {
     }
 }
 
+/// Size of the per-thread message buffer (longer messages are cut at a character boundary).
+const ERRMSG_LEN: usize = 512;
+
 thread_local! {
-    static ERRMSG: RefCell<CString> = RefCell::new(CString::default());
+    /// The last message of this thread, NUL-terminated. A fixed buffer that is overwritten in
+    /// place, so a pointer from `sqlalloc_errmsg` never dangles (it shows the newest message).
+    static ERRMSG: RefCell<[u8; ERRMSG_LEN]> = const { RefCell::new([0; ERRMSG_LEN]) };
 }
 
 /// Record the outcome of a C call on this thread and return its result code.
 fn set_result(rc: c_int, msg: &str) -> c_int {
-    let msg = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    let mut end = msg.len().min(ERRMSG_LEN - 1);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
     // A thread being torn down has no message slot; the result code still says what happened.
-    let _ = ERRMSG.try_with(|m| *m.borrow_mut() = msg);
+    let _ = ERRMSG.try_with(|m| {
+        let mut m = m.borrow_mut();
+        for (d, &b) in m.iter_mut().zip(msg.as_bytes()[..end].iter()) {
+            *d = if b == 0 { b'?' } else { b };
+        }
+        m[end] = 0;
+    });
     rc
 }
 
@@ -180,13 +194,14 @@ pub unsafe extern "C" fn sqlalloc_install(spec: *const c_char) -> c_int {
     }
 }
 
-/// Why the last sqlalloc call on this thread failed, in one line; "" when it did not. The string
-/// stays valid until the next sqlalloc call on the same thread.
+/// Why the last sqlalloc call on this thread failed, in one line; "" when it did not. The
+/// pointer stays valid for the life of the thread; its text is replaced by the next sqlalloc call
+/// on the same thread.
 #[no_mangle]
 pub extern "C" fn sqlalloc_errmsg() -> *const c_char {
     static EMPTY: &CStr = c"";
     ERRMSG
-        .try_with(|m| m.borrow().as_ptr())
+        .try_with(|m| RefCell::as_ptr(m).cast::<c_char>().cast_const())
         .unwrap_or(EMPTY.as_ptr())
 }
 

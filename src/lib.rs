@@ -27,7 +27,7 @@ pub mod heap;
 pub mod methods;
 pub mod report;
 pub mod spec;
-mod sqlite;
+pub mod sqlite;
 pub mod stack;
 
 // Unit tests link the machine's SQLite through libsqlite3-sys (the libraries themselves resolve
@@ -55,6 +55,11 @@ pub enum Error {
     /// SQLite is already initialized: allocators can only be installed before
     /// `sqlite3_initialize()` or after `sqlite3_shutdown()`.
     AlreadyInitialized,
+    /// No `sqlite3_config` to call: built without the `link` feature and
+    /// [`set_sqlite3_config`] was not called.
+    NoSqlite,
+    /// `sqlite3_config(SQLITE_CONFIG_MALLOC)` failed with an unexpected result code.
+    ConfigFailed(c_int),
     /// The heap of a `memsys3`/`memsys5` backend could not be allocated.
     HeapUnavailable {
         /// The size asked for, in bytes.
@@ -69,6 +74,7 @@ impl Error {
             Error::BadSpec(_) => sqlite::SQLITE_ERROR,
             Error::AlreadyInitialized => sqlite::SQLITE_MISUSE,
             Error::HeapUnavailable { .. } => sqlite::SQLITE_NOMEM,
+            Error::NoSqlite | Error::ConfigFailed(_) => sqlite::SQLITE_ERROR,
         }
     }
 }
@@ -81,6 +87,10 @@ impl fmt::Display for Error {
                 "SQLite is already initialized: install before sqlite3_initialize() or after sqlite3_shutdown()",
             ),
             Error::HeapUnavailable { bytes } => write!(f, "cannot allocate a heap of {bytes} bytes"),
+            Error::NoSqlite => f.write_str("no sqlite3_config to call (SQLite not loaded?)"),
+            Error::ConfigFailed(rc) => {
+                write!(f, "sqlite3_config(SQLITE_CONFIG_MALLOC) failed with code {rc}")
+            }
         }
     }
 }
@@ -120,23 +130,17 @@ static INSTALL: Mutex<()> = Mutex::new(());
 /// has no live block, otherwise kept forever, since SQLite or the program may still hold its
 /// memory.
 pub fn install(spec: &str) -> Result<(), Error> {
+    let config = sqlite::config_fn().ok_or(Error::NoSqlite)?;
     let stack = Box::new(build(spec)?);
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let table = ffi::methods_table();
     // SAFETY: SQLITE_CONFIG_MALLOC takes a pointer to a sqlite3_mem_methods, which SQLite copies
-    // before returning; `table` matches its layout field for field.
-    let rc = unsafe { sqlite::sqlite3_config(sqlite::SQLITE_CONFIG_MALLOC, &table as *const _) };
+    // before returning; `table` matches its layout field for field; `config` is sqlite3_config.
+    let rc = unsafe { config(sqlite::SQLITE_CONFIG_MALLOC, &table as *const _) };
     match rc {
         sqlite::SQLITE_OK => {}
         sqlite::SQLITE_MISUSE => return Err(Error::AlreadyInitialized),
-        // SQLite accepts SQLITE_CONFIG_MALLOC in every build; anything else means a SQLite we do
-        // not understand: report it as already initialized would be wrong, so say what happened.
-        other => {
-            return Err(Error::BadSpec(SpecError {
-                part: String::new(),
-                reason: format!("sqlite3_config(SQLITE_CONFIG_MALLOC) failed with code {other}"),
-            }))
-        }
+        other => return Err(Error::ConfigFailed(other)),
     }
     stack.counters().make_primary();
     let old = ffi::CURRENT.swap(Box::into_raw(stack), Ordering::AcqRel);
@@ -150,6 +154,17 @@ pub fn install(spec: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Use `f` as SQLite's `sqlite3_config` (for builds without the `link` feature, such as the
+/// preload library, which finds SQLite with `dlsym` at run time). The first call wins; returns
+/// whether `f` is the one in use.
+///
+/// # Safety
+/// `f` must be SQLite's `sqlite3_config` (of the SQLite the program uses), valid for the rest of
+/// the process.
+pub unsafe fn set_sqlite3_config(f: sqlite::ConfigFn) -> bool {
+    sqlite::set_config_fn(f)
 }
 
 /// The installed allocator, if any.

@@ -1,29 +1,76 @@
-//! The few SQLite symbols sqlalloc uses, declared here without linking any library: the C
-//! libraries (`libsqlalloc.a`, `libsqlalloc.so`) resolve them from the program they are linked into
-//! or loaded by, so sqlalloc never brings a second SQLite into a process.
+//! The one SQLite function sqlalloc calls, `sqlite3_config`, declared here without linking any
+//! library: the C libraries (`libsqlalloc.a`, `libsqlalloc.so`) resolve it from the program they
+//! are linked into or loaded by, so sqlalloc never brings a second SQLite into a process.
+//!
+//! With the default feature `link` the symbol is referenced directly (a program using
+//! `libsqlalloc` links SQLite anyway). Without it there is no reference at all and the function is
+//! supplied at run time with [`crate::set_sqlite3_config`]: that is how the preload library works
+//! in programs that `dlopen` SQLite after they start.
 
 use std::ffi::{c_int, c_void};
 
+/// SQLite result or config code.
 pub const SQLITE_OK: c_int = 0;
+/// SQLite result or config code.
 pub const SQLITE_ERROR: c_int = 1;
+/// SQLite result or config code.
 pub const SQLITE_NOMEM: c_int = 7;
+/// SQLite result or config code.
 pub const SQLITE_MISUSE: c_int = 21;
+/// SQLite result or config code.
 pub const SQLITE_CONFIG_MALLOC: c_int = 4;
 
 /// SQLite's `sqlite3_mem_methods`, field for field.
 #[repr(C)]
 pub struct Sqlite3MemMethods {
+    /// `xMalloc`.
     pub x_malloc: Option<unsafe extern "C" fn(c_int) -> *mut c_void>,
+    /// `xFree`.
     pub x_free: Option<unsafe extern "C" fn(*mut c_void)>,
+    /// `xRealloc`.
     pub x_realloc: Option<unsafe extern "C" fn(*mut c_void, c_int) -> *mut c_void>,
+    /// `xSize`.
     pub x_size: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+    /// `xRoundup`.
     pub x_roundup: Option<unsafe extern "C" fn(c_int) -> c_int>,
+    /// `xInit`.
     pub x_init: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+    /// `xShutdown`.
     pub x_shutdown: Option<unsafe extern "C" fn(*mut c_void)>,
+    /// `pAppData`.
     pub p_app_data: *mut c_void,
 }
 
+/// Type of SQLite's `int sqlite3_config(int op, ...)`.
+pub type ConfigFn = unsafe extern "C" fn(c_int, ...) -> c_int;
+
+#[cfg(feature = "link")]
 extern "C" {
-    /// `int sqlite3_config(int op, ...)`.
-    pub fn sqlite3_config(op: c_int, ...) -> c_int;
+    /// `int sqlite3_config(int op, ...)`, resolved from the program at link or load time.
+    fn sqlite3_config(op: c_int, ...) -> c_int;
+}
+
+/// A `sqlite3_config` supplied at run time (see [`crate::set_sqlite3_config`]).
+static OVERRIDE: std::sync::OnceLock<ConfigFn> = std::sync::OnceLock::new();
+
+/// Use `f` as `sqlite3_config` from now on (the first call wins). Returns whether `f` is now
+/// the one in use.
+pub fn set_config_fn(f: ConfigFn) -> bool {
+    let _ = OVERRIDE.set(f);
+    OVERRIDE.get().is_some_and(|&g| g as usize == f as usize)
+}
+
+/// The `sqlite3_config` to call: the one set at run time, else the linked one (feature `link`).
+pub fn config_fn() -> Option<ConfigFn> {
+    if let Some(&f) = OVERRIDE.get() {
+        return Some(f);
+    }
+    #[cfg(feature = "link")]
+    {
+        Some(sqlite3_config as ConfigFn)
+    }
+    #[cfg(not(feature = "link"))]
+    {
+        None
+    }
 }
