@@ -1,30 +1,1187 @@
-//! `memsys5` (placeholder while being written).
-use crate::methods::MemMethods;
+//! `memsys5`: a binary buddy allocator over one fixed heap (SQLite's `mem5.c`).
+//!
+//! # When to use it
+//!
+//! When SQLite must live inside a fixed amount of memory that is taken once, up front, and must
+//! never fail for reasons other than a provable bound being exceeded: every block is carved out of
+//! one buffer given at construction, and nothing else is ever asked of the system.
+//!
+//! # Algorithm
+//!
+//! The heap is cut into `nblock` *atoms* of `atom` bytes. A block is a run of `2^k` atoms
+//! (`0 <= k <= LOGMAX`, `LOGMAX = 30`) that starts at an atom index divisible by `2^k`; `k` is the
+//! block's *size class*.
+//!
+//! - A request of `n` bytes is served by a block of the smallest class `k` with
+//!   `atom << k >= n` (0 bytes counts as 1). The allocator takes the first block on the free
+//!   list of class `k`; when that list is empty it takes the first block of the next non-empty
+//!   larger class and halves it repeatedly, putting each upper half on the free list of its class,
+//!   until a block of class `k` is left.
+//! - Freeing a block of class `k` at atom `i` looks at its *buddy*, the other half of the
+//!   class-`k + 1` block that contains it (atom `i - 2^k` when bit `k` of `i` is set, else
+//!   `i + 2^k`). If the buddy is a free block of class `k`, it is taken off its free list and the
+//!   two are joined; the test repeats on the joined block until the buddy is in use, split, or
+//!   outside the heap. The result goes on the free list of its class.
+//! - Each free list is doubly linked by atom index, so taking any block off a list is O(1):
+//!   malloc and free cost O(`LOGMAX`), never a scan of a list.
+//!
+//! Initially the heap holds the largest blocks that fit, placed from atom 0 upwards in
+//! decreasing size: one block for each bit set in `nblock` (for `nblock = 13`: 8 atoms at 0,
+//! 4 at 8, 1 at 12). These top-level blocks have no buddy and are never joined to one another.
+//!
+//! # Robson's bound
+//!
+//! Memory lost to rounding up to powers of two is plain to see (at most half of each block).
+//! Fragmentation, the other way to run out, is bounded. J. M. Robson ("Bounds for Some
+//! Functions Concerning Dynamic Storage Allocation", JACM 21(3), 1974) showed for this kind of
+//! allocator: measure everything in atoms, let `M` be the most memory ever live at one time
+//! (blocks counted at their rounded sizes) and `n` the largest block ever requested; if the
+//! heap holds at least `N = M * (1 + log2(n) / 2) - n + 1` atoms, no request of at most `n`
+//! atoms fails, whatever the order of mallocs and frees. For instance with 64-byte atoms and
+//! requests up to 64 KiB (`n = 1024`), a heap 6 times the peak live memory is always enough.
+//! The counters over the backend (`peak_bytes`, the request-size histogram) give `M` and `n`.
+//!
+//! # Heap layout
+//!
+//! ```text
+//! offset 0                        nblock*atom                 nblock*(atom+1)        heap
+//! | atom 0 | atom 1 | ... | atom nblock-1 | ctrl[0] ... ctrl[nblock-1] | unused remainder |
+//! ```
+//!
+//! `atom` is the minimum request rounded up to a power of two and to at least 8 bytes (the size
+//! of a free-list link); `min` is first clamped to `1..=4096`, as `sqlite3_config` does.
+//! `nblock = heap / (atom + 1)`: each atom costs its bytes plus one control byte, and the control
+//! bytes live in the same buffer, right after the atoms. A block of class `k` at atom `i`
+//! occupies bytes `i*atom .. (i + 2^k)*atom`. The first 8 bytes of a *free* block hold its
+//! free-list link: the next block's atom index (`u32`, `u32::MAX` for none) then the previous
+//! one's. Blocks handed out are aligned to `atom` (at least 8) from the heap base, which is
+//! 64-aligned.
+//!
+//! # Control bytes
+//!
+//! `ctrl[i]` describes the block starting at atom `i`: bits 0–4 (`CTRL_LOGSIZE`) hold its class,
+//! bit 5 (`CTRL_FREE`) is set when it is free. The control bytes of the other atoms of a block
+//! are leftovers (0 when the area was laid out or when the block absorbed a buddy starting there)
+//! and are never read. Handing out a block only writes the control bytes of the block itself and
+//! of the halves split off it; freeing only those of the freed block and its free buddies: the
+//! control byte of a live block never changes while it lives, so [`size`](MemMethods::size)
+//! reads it without taking the lock.
+//!
+//! # Invariants (checked after every operation of the unit tests by `check`)
+//!
+//! 1. Walking from atom 0 by block size (`2^class` atoms each) visits a tiling of
+//!    `0..nblock`: every block starts at a multiple of its size and lies inside one top-level block.
+//! 2. A block is free exactly when it is on the free list of its class, once; list links are
+//!    symmetric (`prev` of a block is the block whose `next` it is; the head has no `prev`).
+//! 3. No free block has a free buddy of the same class (it would have been joined).
+//! 4. The number of blocks in use equals the count kept in the state.
+//!
+//! # Differences from SQLite's `mem5.c`
+//!
+//! - Locking: the state is behind this value's own `std::sync::Mutex`, always, instead of
+//!   `SQLITE_MUTEX_STATIC_MEM` taken only when memstatus is off. The lock is held only for list
+//!   and control-byte updates; the copy of a moving realloc happens outside it, as in C.
+//! - Heap sizes: C receives the heap size as an `int`. Here it may be larger; the atom count is
+//!   then capped at `2^31 - 1` (the most atoms the top-level layout can use with `LOGMAX = 30`,
+//!   which keeps every index in a `u32`) and the rest of the buffer is left unused.
+//! - `roundup(n)` for `n` above 1 GiB returns `n` rather than C's 0: SQLite passes the rounded
+//!   value to `xMalloc`, and here a 0-byte request is served with the smallest block, so 0 would
+//!   turn a refused request into an undersized block. `malloc(n)` for such `n` fails, as in C.
+//! - `init` after blocks were handed out (a re-initialization after `sqlite3_shutdown`) lays
+//!   the heap out again only when no block is live; otherwise it keeps the current state, since
+//!   live blocks may still be referenced. C always lays it out afresh. `init` fails with
+//!   `NoMem` when the heap cannot hold one atom (C initializes an empty pool and lets the first
+//!   allocation fail).
+//! - The whole control-byte area is zeroed at layout (C leaves it as it was), so that every
+//!   byte the allocator may read is initialized.
+//! - No `SQLITE_DEBUG` statistics, fill patterns or `sqlite3_log` call on failure (an allocation
+//!   path must not call into SQLite); the counters of the stack above provide the statistics.
+//! - C also sets the free flag on the last atom's control byte of a freed block; nothing reads
+//!   it, so it is not reproduced.
+//! - A pointer passed to `free` that is plainly not a live block of this heap (outside it, not on
+//!   an atom boundary, or marked free) is ignored instead of tripping an `assert`.
+//!
+//! Everything else (atom size, block count, the initial layout, which block a request gets and
+//! the order of the free lists) follows C, so a sequence of calls places blocks at the same
+//! offsets and reaches the same peak as C memsys5 given the same `heap` and `min`.
+
+use crate::heap::HeapBuf;
+use crate::methods::{InitError, MemMethods};
 use std::ptr::NonNull;
-/// Placeholder.
-pub struct Memsys5;
+use std::sync::{Mutex, MutexGuard};
+
+/// Largest size class: a block has at most `2^LOGMAX` atoms.
+const LOGMAX: usize = 30;
+/// Control-byte bits holding a block's size class.
+const CTRL_LOGSIZE: u8 = 0x1f;
+/// Control-byte bit set while a block is free.
+const CTRL_FREE: u8 = 0x20;
+/// "No block" in a free-list link or list head.
+const NONE: u32 = u32::MAX;
+/// Bytes of a free-list link (two `u32` indices), hence the smallest atom.
+const LINK_SIZE: usize = 8;
+/// The minimum request is clamped to at most this (as `sqlite3_config(SQLITE_CONFIG_HEAP)`).
+const MIN_REQUEST_CAP: usize = 1 << 12;
+/// Largest request served (as C: 1 GiB).
+const MAX_REQUEST: usize = 1 << 30;
+/// Most atoms the top-level layout can use: one block of each class `0..=LOGMAX`.
+const MAX_BLOCKS: usize = (1 << (LOGMAX + 1)) - 1;
+
+/// SQLite's memsys5: power-of-two buddy allocator over one fixed heap.
+pub struct Memsys5 {
+    /// The heap: atoms, then one control byte per atom.
+    heap: HeapBuf,
+    /// log2 of the atom size in bytes (3..=12).
+    atom_log: u32,
+    /// Number of atoms in the heap.
+    nblock: usize,
+    /// Byte offset of the control bytes (`nblock * atom`).
+    ctrl: usize,
+    /// Free-list heads and the live-block count.
+    state: Mutex<State>,
+}
+
+/// Mutable allocator state (behind the mutex; the heap bytes it describes are only touched with
+/// the mutex held, except the control byte of a live block, which nobody writes).
+struct State {
+    /// `free[k]`: atom index of the first free block of class `k`, or [`NONE`].
+    free: [u32; LOGMAX + 1],
+    /// Number of blocks handed out and not yet freed.
+    live: usize,
+}
+
 impl Memsys5 {
-    /// Placeholder.
-    pub fn new(_heap: usize, _min: usize) -> Option<Memsys5> {
-        Some(Memsys5)
+    /// A buddy allocator over a new heap of `heap` bytes whose smallest block serves requests of
+    /// `min` bytes (`sqlite3_config(SQLITE_CONFIG_HEAP, buf, heap, min)`). The heap is laid out
+    /// at once, so the allocator works without [`init`](MemMethods::init). `None` only when the
+    /// buffer cannot be allocated.
+    pub fn new(heap: usize, min: usize) -> Option<Memsys5> {
+        let min = min.clamp(1, MIN_REQUEST_CAP);
+        let atom_log = min.next_power_of_two().max(LINK_SIZE).trailing_zeros();
+        let atom = 1usize << atom_log;
+        // atom + 1 <= 4097, and nblock * (atom + 1) <= heap, so nothing below overflows.
+        let nblock = (heap / (atom + 1)).min(MAX_BLOCKS);
+        let ctrl = nblock * atom;
+        let buf = HeapBuf::new(heap)?;
+        let m = Memsys5 {
+            heap: buf,
+            atom_log,
+            nblock,
+            ctrl,
+            state: Mutex::new(State {
+                free: [NONE; LOGMAX + 1],
+                live: 0,
+            }),
+        };
+        m.lock().layout();
+        Some(m)
+    }
+
+    /// Size of an atom (the smallest block) in bytes.
+    pub fn atom(&self) -> usize {
+        1 << self.atom_log
+    }
+
+    /// Number of atoms in the heap.
+    pub fn atoms(&self) -> usize {
+        self.nblock
+    }
+
+    /// Size in bytes of the largest block the heap can ever hand out (0 when it holds no atom).
+    pub fn largest_block(&self) -> usize {
+        match self.nblock.checked_ilog2() {
+            Some(k) => self.atom() << k,
+            None => 0,
+        }
+    }
+
+    /// Byte offset of `p` from the start of the heap, when it points into the heap (for tests
+    /// and diagnostics: block placement is the same as C memsys5's for the same calls).
+    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
+        self.heap.offset_of(p)
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            m: self,
+            st: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Size class of a request of `size` bytes, or `None` when it is above 1 GiB.
+    fn class_of(&self, size: usize) -> Option<usize> {
+        if size > MAX_REQUEST {
+            return None;
+        }
+        // size <= 2^30, atom <= 4096: no overflow.
+        let atoms = (size.max(1) + self.atom() - 1) >> self.atom_log;
+        let k = atoms.next_power_of_two().trailing_zeros() as usize;
+        (k <= LOGMAX).then_some(k)
+    }
+
+    /// Atom index of `p` when it points at the start of an atom of this heap.
+    fn index_of(&self, p: NonNull<u8>) -> Option<usize> {
+        let off = self.heap.offset_of(p)?;
+        if off & (self.atom() - 1) != 0 {
+            return None;
+        }
+        let i = off >> self.atom_log;
+        (i < self.nblock).then_some(i)
+    }
+
+    /// Control byte of atom `i`, read without the lock.
+    ///
+    /// # Safety
+    /// `i < nblock`, and either the caller holds the lock or `i` is the first atom of a live
+    /// block (whose control byte nobody writes while it lives).
+    unsafe fn ctrl_byte(&self, i: usize) -> u8 {
+        debug_assert!(i < self.nblock);
+        // SAFETY: ctrl + i < ctrl + nblock <= heap length; the byte belongs to the control area,
+        // which is never handed out, and was initialized at layout; no concurrent writer by the
+        // caller's contract.
+        unsafe { self.heap.ptr(self.ctrl + i).as_ptr().read() }
     }
 }
-// SAFETY: placeholder, never returns a block.
+
+/// The state with the lock held: every method here may read and write control bytes and the
+/// links of free blocks.
+struct Locked<'a> {
+    m: &'a Memsys5,
+    st: MutexGuard<'a, State>,
+}
+
+impl Locked<'_> {
+    /// Control byte of atom `i`.
+    fn ctrl(&self, i: usize) -> u8 {
+        assert!(i < self.m.nblock, "atom {i} outside the heap");
+        // SAFETY: `i < nblock` (checked) and the lock is held (`self.st`).
+        unsafe { self.m.ctrl_byte(i) }
+    }
+
+    /// Set the control byte of atom `i`.
+    fn set_ctrl(&mut self, i: usize, v: u8) {
+        assert!(i < self.m.nblock, "atom {i} outside the heap");
+        // SAFETY: ctrl + i < heap length; the control area is never handed out and the lock is
+        // held, so nobody else reads or writes this byte meanwhile.
+        unsafe { self.m.heap.ptr(self.m.ctrl + i).as_ptr().write(v) }
+    }
+
+    /// The `(next, prev)` link of free block `i`.
+    ///
+    /// # Safety
+    /// `i < nblock` is a free block (its first 8 bytes belong to the allocator) whose link was
+    /// written when it was put on its list.
+    unsafe fn links(&self, i: usize) -> (u32, u32) {
+        debug_assert!(i < self.m.nblock);
+        let off = i << self.m.atom_log;
+        // SAFETY: off + 8 <= nblock * atom <= heap length, off is a multiple of 8; the block is
+        // free, so no user accesses it, and the lock is held.
+        unsafe { (self.m.heap.read_u32(off), self.m.heap.read_u32(off + 4)) }
+    }
+
+    /// Set the `next` link of free block `i`.
+    ///
+    /// # Safety
+    /// `i < nblock` is a free block.
+    unsafe fn set_next(&mut self, i: usize, next: u32) {
+        debug_assert!(i < self.m.nblock);
+        // SAFETY: as in `links`.
+        unsafe { self.m.heap.write_u32(i << self.m.atom_log, next) }
+    }
+
+    /// Set the `prev` link of free block `i`.
+    ///
+    /// # Safety
+    /// `i < nblock` is a free block.
+    unsafe fn set_prev(&mut self, i: usize, prev: u32) {
+        debug_assert!(i < self.m.nblock);
+        // SAFETY: as in `links`.
+        unsafe { self.m.heap.write_u32((i << self.m.atom_log) + 4, prev) }
+    }
+
+    /// Take free block `i` of class `k` off its list.
+    fn unlink(&mut self, i: usize, k: usize) {
+        debug_assert_eq!(self.ctrl(i), CTRL_FREE | k as u8);
+        // SAFETY: `i` is a free block on list `k` (its control byte says so), so its link is
+        // valid, and its neighbours are free blocks on the same list.
+        unsafe {
+            let (next, prev) = self.links(i);
+            if prev == NONE {
+                self.st.free[k] = next;
+            } else {
+                self.set_next(prev as usize, next);
+            }
+            if next != NONE {
+                self.set_prev(next as usize, prev);
+            }
+        }
+    }
+
+    /// Put free block `i` of class `k` at the head of its list.
+    fn link(&mut self, i: usize, k: usize) {
+        debug_assert_eq!(self.ctrl(i), CTRL_FREE | k as u8);
+        let head = self.st.free[k];
+        // SAFETY: `i` is a free block (control byte checked above in debug builds; callers only
+        // link blocks they have just marked free); `head` is the first block of list `k`, free.
+        unsafe {
+            self.set_next(i, head);
+            self.set_prev(i, NONE);
+            if head != NONE {
+                self.set_prev(head as usize, i as u32);
+            }
+        }
+        // i < nblock <= MAX_BLOCKS < u32::MAX.
+        self.st.free[k] = i as u32;
+    }
+
+    /// Lay the whole heap out as free top-level blocks (forgets every block).
+    fn layout(&mut self) {
+        let n = self.m.nblock;
+        // SAFETY: the control area `ctrl .. ctrl + nblock` lies inside the heap and is never
+        // handed out; the lock is held.
+        unsafe { self.m.heap.ptr(self.m.ctrl).as_ptr().write_bytes(0, n) };
+        self.st.free = [NONE; LOGMAX + 1];
+        self.st.live = 0;
+        let mut at = 0;
+        for k in (0..=LOGMAX).rev() {
+            if at + (1 << k) <= n {
+                self.set_ctrl(at, CTRL_FREE | k as u8);
+                self.link(at, k);
+                at += 1 << k;
+            }
+        }
+    }
+
+    /// Hand out a block of class `k`: its atom index, or `None` when no free block is large
+    /// enough.
+    fn alloc(&mut self, k: usize) -> Option<usize> {
+        let mut bin = (k..=LOGMAX).find(|&b| self.st.free[b] != NONE)?;
+        let i = self.st.free[bin] as usize;
+        self.unlink(i, bin);
+        while bin > k {
+            bin -= 1;
+            let upper = i + (1 << bin);
+            self.set_ctrl(upper, CTRL_FREE | bin as u8);
+            self.link(upper, bin);
+        }
+        self.set_ctrl(i, k as u8);
+        self.st.live += 1;
+        Some(i)
+    }
+
+    /// Free the live block starting at atom `i`, joining it with free buddies.
+    fn release(&mut self, mut i: usize) {
+        let mut k = (self.ctrl(i) & CTRL_LOGSIZE) as usize;
+        self.set_ctrl(i, CTRL_FREE | k as u8);
+        while k < LOGMAX {
+            let size = 1usize << k;
+            let buddy = if (i >> k) & 1 == 1 {
+                i - size
+            } else {
+                let b = i + size;
+                if b >= self.m.nblock {
+                    break;
+                }
+                b
+            };
+            if self.ctrl(buddy) != CTRL_FREE | k as u8 {
+                break;
+            }
+            self.unlink(buddy, k);
+            k += 1;
+            let (low, high) = if buddy < i { (buddy, i) } else { (i, buddy) };
+            self.set_ctrl(low, CTRL_FREE | k as u8);
+            self.set_ctrl(high, 0);
+            i = low;
+        }
+        self.link(i, k);
+        self.st.live -= 1;
+    }
+}
+
+// SAFETY: every block handed out is a run of atoms taken off the free lists under the lock and
+// marked in use, so live blocks never overlap; a block of class k has atom << k >= the request
+// bytes and starts at a multiple of the atom (>= 8) from a 64-aligned base; its control byte (hence
+// `size`) does not change while it lives; a failed realloc returns before touching the old
+// block; all shared state is behind the mutex.
 unsafe impl MemMethods for Memsys5 {
     fn name(&self) -> &'static str {
         "memsys5"
     }
-    fn malloc(&self, _size: usize) -> Option<NonNull<u8>> {
-        None
+
+    fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
+        let k = self.class_of(size)?;
+        let i = self.lock().alloc(k)?;
+        Some(self.heap.ptr(i << self.atom_log))
     }
-    unsafe fn free(&self, _ptr: NonNull<u8>) {}
-    unsafe fn realloc(&self, _ptr: NonNull<u8>, _n: usize) -> Option<NonNull<u8>> {
-        None
+
+    unsafe fn free(&self, ptr: NonNull<u8>) {
+        let Some(i) = self.index_of(ptr) else {
+            return;
+        };
+        let mut l = self.lock();
+        if l.ctrl(i) & CTRL_FREE == 0 {
+            l.release(i);
+        }
     }
-    unsafe fn size(&self, _ptr: NonNull<u8>) -> usize {
-        0
+
+    unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: `ptr` is a live block (caller's contract).
+        let old = unsafe { self.size(ptr) };
+        if old == 0 {
+            return None;
+        }
+        if new_size <= old {
+            return Some(ptr);
+        }
+        let q = self.malloc(new_size)?;
+        let (from, to) = (self.heap.offset_of(ptr)?, self.heap.offset_of(q)?);
+        // SAFETY: both are live blocks of this heap, `old` bytes long at least (the new one is
+        // larger), distinct, and owned by this call (the old one by the caller's contract, the
+        // new one just allocated), so nobody else touches them.
+        unsafe { self.heap.copy_within(from, to, old) };
+        // SAFETY: `ptr` is live and, per the realloc contract, no longer used after the call.
+        unsafe { self.free(ptr) };
+        Some(q)
     }
+
+    unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
+        let Some(i) = self.index_of(ptr) else {
+            return 0;
+        };
+        // SAFETY: `i < nblock` and `i` starts a live block (caller's contract), whose control
+        // byte nobody writes while it lives.
+        let c = unsafe { self.ctrl_byte(i) };
+        let k = usize::from(c & CTRL_LOGSIZE).min(LOGMAX);
+        self.atom().saturating_mul(1 << k)
+    }
+
     fn roundup(&self, size: usize) -> usize {
-        size
+        if size > MAX_REQUEST {
+            // Refused by malloc; see the module doc for why this is not 0.
+            return size;
+        }
+        size.max(self.atom()).next_power_of_two()
+    }
+
+    fn init(&self) -> Result<(), InitError> {
+        if self.nblock == 0 {
+            return Err(InitError::NoMem);
+        }
+        let mut l = self.lock();
+        if l.st.live == 0 {
+            l.layout();
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+impl Memsys5 {
+    /// Check every invariant of the module doc; panics naming the first one broken.
+    fn check(&self) {
+        let l = self.lock();
+        let n = self.nblock;
+        // Top-level blocks, as laid out.
+        let mut tops = Vec::new();
+        let mut at = 0;
+        for k in (0..=LOGMAX).rev() {
+            if at + (1 << k) <= n {
+                tops.push((at, 1usize << k));
+                at += 1 << k;
+            }
+        }
+        // 1. The tiling.
+        let mut start = vec![false; n];
+        let mut free_of_class = [0usize; LOGMAX + 1];
+        let mut live = 0;
+        let mut i = 0;
+        while i < n {
+            let c = l.ctrl(i);
+            assert_eq!(
+                c & !(CTRL_FREE | CTRL_LOGSIZE),
+                0,
+                "stray bits in ctrl[{i}]"
+            );
+            let k = usize::from(c & CTRL_LOGSIZE);
+            assert!(k <= LOGMAX, "ctrl[{i}] has class {k}");
+            let size = 1usize << k;
+            assert_eq!(i % size, 0, "block at {i} of {size} atoms is misaligned");
+            let &(t, tsize) = tops
+                .iter()
+                .find(|&&(t, s)| t <= i && i < t + s)
+                .expect("tops cover the heap");
+            assert!(
+                i + size <= t + tsize,
+                "block at {i} of {size} atoms crosses top-level block {t}+{tsize}"
+            );
+            start[i] = true;
+            if c & CTRL_FREE != 0 {
+                free_of_class[k] += 1;
+            } else {
+                live += 1;
+            }
+            i += size;
+        }
+        assert_eq!(i, n, "blocks do not end at the last atom");
+        assert_eq!(live, l.st.live, "live count");
+        // 2. The free lists.
+        let mut listed = vec![false; n];
+        for (k, &count) in free_of_class.iter().enumerate() {
+            let (mut prev, mut cur, mut len) = (NONE, l.st.free[k], 0);
+            while cur != NONE {
+                let c = cur as usize;
+                assert!(c < n && start[c], "list {k} holds {c}, not a block");
+                assert_eq!(l.ctrl(c), CTRL_FREE | k as u8, "list {k} holds block {c}");
+                assert!(!listed[c], "block {c} listed twice");
+                listed[c] = true;
+                // SAFETY: `c` is a free block (checked above).
+                let (next, p) = unsafe { l.links(c) };
+                assert_eq!(p, prev, "prev link of {c} on list {k}");
+                (prev, cur) = (cur, next);
+                len += 1;
+            }
+            assert_eq!(len, count, "length of list {k}");
+        }
+        // 3. No two free buddies.
+        for i in (0..n).filter(|&i| start[i]) {
+            let c = l.ctrl(i);
+            let k = usize::from(c & CTRL_LOGSIZE);
+            if c & CTRL_FREE == 0 || k == LOGMAX {
+                continue;
+            }
+            let buddy = i ^ (1 << k);
+            if buddy < n && start[buddy] {
+                assert_ne!(
+                    l.ctrl(buddy),
+                    c,
+                    "free buddies {i} and {buddy} of class {k}"
+                );
+            }
+        }
+    }
+
+    /// Atom indices on free list `k`, in order.
+    fn free_list(&self, k: usize) -> Vec<usize> {
+        let l = self.lock();
+        let mut v = Vec::new();
+        let mut cur = l.st.free[k];
+        while cur != NONE {
+            v.push(cur as usize);
+            // SAFETY: blocks on a free list are free.
+            cur = unsafe { l.links(cur as usize) }.0;
+        }
+        v
+    }
+
+    /// Offset of `p` in the heap.
+    fn off(&self, p: NonNull<u8>) -> usize {
+        self.heap.offset_of(p).expect("pointer into the heap")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const KIB: usize = 1024;
+
+    /// Deterministic pseudo-random numbers (splitmix64).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn fill(p: NonNull<u8>, n: usize, tag: u8) {
+        // SAFETY: test blocks of at least `n` bytes owned by the test.
+        unsafe { p.as_ptr().write_bytes(tag, n) }
+    }
+
+    fn holds(p: NonNull<u8>, n: usize, tag: u8) -> bool {
+        // SAFETY: as in `fill`; the bytes were written by `fill`.
+        unsafe { std::slice::from_raw_parts(p.as_ptr(), n) }
+            .iter()
+            .all(|&b| b == tag)
+    }
+
+    #[test]
+    fn geometry_matches_c_for_1m_min_64() {
+        // memsys5Init with nHeap = 1048576, mnReq = 64: szAtom = 64,
+        // nBlock = 1048576 / 65 = 16131 = 0b11_1111_0000_0011, aCtrl at 16131 * 64 = 1032384.
+        let m = Memsys5::new(1 << 20, 64).unwrap();
+        assert_eq!(m.atom(), 64);
+        assert_eq!(m.atoms(), 16131);
+        assert_eq!(m.ctrl, 1_032_384);
+        assert_eq!(m.largest_block(), 512 * KIB);
+        let expect: [(usize, usize); 8] = [
+            (13, 0),
+            (12, 8192),
+            (11, 12288),
+            (10, 14336),
+            (9, 15360),
+            (8, 15872),
+            (1, 16128),
+            (0, 16130),
+        ];
+        for k in 0..=LOGMAX {
+            let want: Vec<usize> = expect.iter().filter(|e| e.0 == k).map(|e| e.1).collect();
+            assert_eq!(m.free_list(k), want, "free list {k}");
+        }
+        m.check();
+    }
+
+    #[test]
+    fn atom_size_from_min() {
+        for (min, atom) in [
+            (0, 8),
+            (1, 8),
+            (8, 8),
+            (9, 16),
+            (64, 64),
+            (65, 128),
+            (4096, 4096),
+            (4097, 4096),
+            (1 << 30, 4096),
+            ((1 << 30) + 1, 4096),
+            (usize::MAX, 4096),
+        ] {
+            let m = Memsys5::new(64 * KIB, min).unwrap();
+            assert_eq!(m.atom(), atom, "min {min}");
+            assert_eq!(m.atoms(), 64 * KIB / (atom + 1), "min {min}");
+            m.check();
+        }
+    }
+
+    #[test]
+    fn roundup_table() {
+        let m = Memsys5::new(64 * KIB, 64).unwrap();
+        for (n, r) in [
+            (0, 64),
+            (1, 64),
+            (64, 64),
+            (65, 128),
+            (128, 128),
+            (129, 256),
+            (256, 256),
+            (257, 512),
+            (511, 512),
+            (513, 1024),
+            (4368, 8192),
+            (0x0fff_ffff, 0x1000_0000),
+            (0x1000_0000, 0x1000_0000),
+            (0x1000_0001, 0x2000_0000),
+            (0x2000_0000, 0x2000_0000),
+            (0x2000_0001, 0x4000_0000),
+            (0x4000_0000, 0x4000_0000),
+            // Above 1 GiB: refused by malloc; roundup stays >= n (C gives 0).
+            (0x4000_0001, 0x4000_0001),
+            (0x7fff_ff00, 0x7fff_ff00),
+            (usize::MAX, usize::MAX),
+        ] {
+            assert_eq!(m.roundup(n), r, "roundup({n})");
+        }
+        let m8 = Memsys5::new(64 * KIB, 0).unwrap();
+        for (n, r) in [(0, 8), (8, 8), (9, 16), (17, 32), (100, 128)] {
+            assert_eq!(m8.roundup(n), r, "roundup({n}) with 8-byte atoms");
+        }
+    }
+
+    #[test]
+    fn sizes_and_alignment() {
+        for min in [0, 16, 64] {
+            let m = Memsys5::new(256 * KIB, min).unwrap();
+            for n in [0, 1, 7, 8, 9, 63, 64, 65, 100, 1000, 4096, 4368, 20_000] {
+                let p = m.malloc(n).unwrap();
+                m.check();
+                assert_eq!(p.as_ptr().addr() % 8, 0, "alignment of {n}");
+                assert_eq!(m.off(p) % m.atom(), 0);
+                // SAFETY: live block of `m`.
+                let s = unsafe { m.size(p) };
+                assert_eq!(s, m.roundup(n), "size of {n} with min {min}");
+                assert!(s >= n && s.is_power_of_two());
+                fill(p, s, 0x5a);
+                // SAFETY: live block of `m`, not used afterwards.
+                unsafe { m.free(p) };
+                m.check();
+            }
+        }
+    }
+
+    #[test]
+    fn too_large_requests_fail_cleanly() {
+        let m = Memsys5::new(64 * KIB, 0).unwrap();
+        let big = m.largest_block();
+        assert_eq!(big, 32 * KIB);
+        assert!(m.malloc(big + 1).is_none());
+        for n in [1 << 30, (1 << 30) + 1, 1 << 31, usize::MAX / 2, usize::MAX] {
+            assert!(m.malloc(n).is_none(), "malloc({n})");
+        }
+        m.check();
+        let p = m.malloc(100).unwrap();
+        fill(p, 100, 7);
+        for n in [big + 1, 1 << 31, usize::MAX] {
+            // SAFETY: `p` is live; a failed realloc leaves it live.
+            assert!(unsafe { m.realloc(p, n) }.is_none());
+            assert!(holds(p, 100, 7));
+        }
+        m.check();
+        // SAFETY: live.
+        unsafe { m.free(p) };
+        m.check();
+    }
+
+    #[test]
+    fn exhaustion_then_full_recovery() {
+        let m = Memsys5::new(64 * KIB, 32).unwrap();
+        let n = m.atoms();
+        assert_eq!(n, 64 * KIB / 33);
+        let mut blocks = Vec::new();
+        while let Some(p) = m.malloc(1) {
+            fill(p, 32, blocks.len() as u8);
+            blocks.push(p);
+        }
+        m.check();
+        assert_eq!(blocks.len(), n, "every atom handed out");
+        // nblock = 1985 = 0b111_1100_0001: the lone class-0 block at atom 1984 goes first, then
+        // the class-6 block at 1920 is split, lowest half first (as C memsys5 does).
+        let first: Vec<usize> = blocks[..4].iter().map(|&p| m.off(p) / 32).collect();
+        assert_eq!(first, [1984, 1920, 1921, 1922]);
+        let mut rng = Rng(42);
+        while !blocks.is_empty() {
+            let p = blocks.swap_remove(rng.below(blocks.len()));
+            // SAFETY: live block, freed once.
+            unsafe { m.free(p) };
+            m.check();
+        }
+        for k in 0..=LOGMAX {
+            assert_eq!(
+                m.free_list(k).len(),
+                (n >> k) & 1,
+                "list {k} after recovery"
+            );
+        }
+        let p = m
+            .malloc(m.largest_block())
+            .expect("largest block after recovery");
+        assert_eq!(m.off(p), 0);
+        assert!(m.malloc(m.largest_block()).is_none());
+        // SAFETY: live.
+        unsafe { m.free(p) };
+        m.check();
+    }
+
+    #[test]
+    fn buddies_merge() {
+        // 16 atoms of 8 bytes: heap 16 * 9 = 144 bytes, one top-level block of class 4.
+        let m = Memsys5::new(144, 8).unwrap();
+        assert_eq!(m.atoms(), 16);
+        let p: Vec<_> = (0..4).map(|_| m.malloc(8).unwrap()).collect();
+        let offs: Vec<usize> = p.iter().map(|&q| m.off(q) / 8).collect();
+        assert_eq!(offs, [0, 1, 2, 3]);
+        assert_eq!(m.free_list(2), [4]);
+        assert_eq!(m.free_list(3), [8]);
+        m.check();
+        // SAFETY: each block is live and freed once.
+        unsafe {
+            m.free(p[1]);
+            m.check();
+            assert_eq!(m.free_list(0), [1]);
+            m.free(p[2]);
+            m.check();
+            // 2 and 3 are not buddies of 1 (3 is live): both wait on list 0.
+            assert_eq!(m.free_list(0), [2, 1]);
+            m.free(p[0]);
+            m.check();
+            // 0 joins 1 into a class-1 block at 0.
+            assert_eq!(m.free_list(0), [2]);
+            assert_eq!(m.free_list(1), [0]);
+            m.free(p[3]);
+            m.check();
+        }
+        // 3 + 2 -> class 1 at 2, + 0 -> class 2 at 0, + 4 -> class 3, + 8 -> class 4.
+        for k in 0..4 {
+            assert!(m.free_list(k).is_empty(), "list {k}");
+        }
+        assert_eq!(m.free_list(4), [0]);
+        assert_eq!(m.malloc(128).map(|q| m.off(q)), Some(0));
+        m.check();
+    }
+
+    /// Byte offsets C memsys5 produced (mem5.c compiled with a stub header, heap 4096, min 16) for
+    /// m(24) m(16) m(100) m(16) f(#1) m(8) f(#0) f(#2) m(300) m(16) m(40): placement and free-list
+    /// order must match it call for call.
+    #[test]
+    fn placement_matches_c_trace() {
+        let m = Memsys5::new(4096, 16).unwrap();
+        assert_eq!((m.atom(), m.atoms(), m.largest_block()), (16, 240, 2048));
+        let mut live: Vec<NonNull<u8>> = Vec::new();
+        let mut got = Vec::new();
+        let mut alloc = |m: &Memsys5, live: &mut Vec<_>, n: usize| {
+            let p = m.malloc(n).unwrap();
+            got.push(m.off(p));
+            live.push(p);
+            m.check();
+        };
+        alloc(&m, &mut live, 24);
+        alloc(&m, &mut live, 16);
+        alloc(&m, &mut live, 100);
+        alloc(&m, &mut live, 16);
+        // SAFETY: live blocks, each freed once.
+        unsafe { m.free(live[1]) };
+        m.check();
+        alloc(&m, &mut live, 8);
+        // SAFETY: as above.
+        unsafe {
+            m.free(live[0]);
+            m.free(live[2]);
+        }
+        m.check();
+        alloc(&m, &mut live, 300);
+        alloc(&m, &mut live, 16);
+        alloc(&m, &mut live, 40);
+        assert_eq!(got, C_TRACE);
+    }
+    const C_TRACE: [usize; 8] = [3584, 3616, 3712, 3632, 3616, 3072, 3584, 3648];
+
+    #[test]
+    fn realloc_in_place_and_moving() {
+        let m = Memsys5::new(64 * KIB, 64).unwrap();
+        let p = m.malloc(40).unwrap();
+        fill(p, 40, 0xa1);
+        // SAFETY: `p` is live throughout; every successful realloc replaces it.
+        unsafe {
+            assert_eq!(m.realloc(p, 64), Some(p), "fits: same block");
+            assert_eq!(m.realloc(p, 1), Some(p), "shrink: same block");
+            assert_eq!(m.size(p), 64);
+            let _blocker = m.malloc(64).unwrap(); // the buddy: no growth in place in C either
+            let q = m.realloc(p, 65).unwrap();
+            m.check();
+            assert_ne!(q, p);
+            assert_eq!(m.size(q), 128);
+            assert!(holds(q, 40, 0xa1), "contents kept");
+            fill(q, 128, 0xb2);
+            let r = m.realloc(q, 5000).unwrap();
+            m.check();
+            assert_eq!(m.size(r), 8192);
+            assert!(holds(r, 128, 0xb2));
+            // The old blocks went back: 64 at p is free again.
+            assert_eq!(m.malloc(64), Some(p));
+            m.check();
+        }
+    }
+
+    #[test]
+    fn failed_realloc_keeps_the_block() {
+        // 32 atoms of 64 bytes (heap 32 * 65), everything but one block taken.
+        let m = Memsys5::new(32 * 65, 64).unwrap();
+        assert_eq!(m.largest_block(), 2048);
+        let p = m.malloc(1024).unwrap();
+        let _q = m.malloc(512).unwrap();
+        let _r = m.malloc(512).unwrap();
+        fill(p, 1024, 0x3c);
+        // SAFETY: `p` is live and stays live on failure.
+        unsafe {
+            assert!(m.realloc(p, 1025).is_none());
+            m.check();
+            assert!(holds(p, 1024, 0x3c));
+            assert_eq!(m.size(p), 1024);
+        }
+    }
+
+    #[test]
+    fn init_like_mem5_test() {
+        // mem5-1.2 / mem5-1.3: a 1-byte heap with min 2^30 (clamped to 4096) has no atom.
+        for min in [1 << 30, (1 << 30) + 1] {
+            let m = Memsys5::new(1, min).unwrap();
+            assert_eq!(m.atoms(), 0);
+            assert_eq!(m.init(), Err(InitError::NoMem), "min {min}");
+            assert!(m.malloc(0).is_none());
+            m.check();
+        }
+        // Smallest heaps around one 8-byte atom (8 bytes + 1 control byte).
+        assert_eq!(Memsys5::new(8, 0).unwrap().init(), Err(InitError::NoMem));
+        assert_eq!(Memsys5::new(0, 0).unwrap().init(), Err(InitError::NoMem));
+        let one = Memsys5::new(9, 0).unwrap();
+        assert_eq!(one.init(), Ok(()));
+        let p = one.malloc(8).unwrap();
+        assert!(one.malloc(1).is_none());
+        one.check();
+        // SAFETY: live.
+        unsafe { one.free(p) };
+        one.check();
+        // mem5-1.1: 25000000 bytes, min 0.
+        let m = Memsys5::new(25_000_000, 0).unwrap();
+        assert_eq!(m.init(), Ok(()));
+        assert_eq!(m.atoms(), 25_000_000 / 9);
+        assert_eq!(m.largest_block(), 16 << 20);
+        assert!(m.malloc(16 << 20).is_some());
+    }
+
+    #[test]
+    fn reinit_keeps_live_blocks() {
+        let m = Memsys5::new(16 * KIB, 64).unwrap();
+        assert_eq!(m.init(), Ok(()));
+        let p = m.malloc(100).unwrap();
+        fill(p, 128, 0x11);
+        m.shutdown();
+        assert!(holds(p, 128, 0x11), "shutdown is not destructive");
+        assert_eq!(m.init(), Ok(()));
+        m.check();
+        let q = m.malloc(100).unwrap();
+        assert_ne!(q, p, "a live block survives re-init");
+        assert!(holds(p, 128, 0x11));
+        // SAFETY: both live, freed once.
+        unsafe {
+            m.free(p);
+            m.free(q);
+        }
+        m.shutdown();
+        assert_eq!(m.init(), Ok(()));
+        m.check();
+        assert_eq!(m.malloc(m.largest_block()).map(|b| m.off(b)), Some(0));
+    }
+
+    #[test]
+    fn foreign_pointers_are_ignored() {
+        let m = Memsys5::new(4 * KIB, 0).unwrap();
+        let p = m.malloc(64).unwrap();
+        let mut x = 0u64;
+        let foreign = NonNull::from(&mut x).cast::<u8>();
+        // SAFETY: the calls break the contract on purpose; the allocator must not act on them
+        // (a pointer outside the heap, or one not on an atom boundary).
+        unsafe {
+            assert_eq!(m.size(foreign), 0);
+            m.free(foreign);
+            m.free(NonNull::new_unchecked(p.as_ptr().add(1)));
+            assert_eq!(m.realloc(foreign, 10), None);
+        }
+        m.check();
+        // SAFETY: live.
+        assert_eq!(unsafe { m.size(p) }, 64);
+    }
+
+    #[test]
+    #[should_panic(expected = "live count")]
+    fn checker_catches_a_corrupt_control_byte() {
+        let m = Memsys5::new(4 * KIB, 0).unwrap();
+        let p = m.malloc(8).unwrap();
+        m.check();
+        let i = m.off(p) / m.atom();
+        // Forget that the block is in use: the checker must notice.
+        m.lock().set_ctrl(i, CTRL_FREE);
+        m.check();
+    }
+
+    #[test]
+    #[should_panic(expected = "free buddies")]
+    fn checker_catches_unjoined_buddies() {
+        let m = Memsys5::new(144, 8).unwrap();
+        let a = m.malloc(8).unwrap();
+        let b = m.malloc(8).unwrap();
+        assert_eq!((m.off(a), m.off(b)), (0, 8));
+        {
+            // Free atoms 0 and 1 by hand, without joining the two buddies.
+            let mut l = m.lock();
+            for i in [0, 1] {
+                l.set_ctrl(i, CTRL_FREE);
+                l.link(i, 0);
+                l.st.live -= 1;
+            }
+        }
+        m.check();
+    }
+
+    /// A seeded random sequence of malloc / free / realloc with contents tagged and the
+    /// invariants checked after every step.
+    #[test]
+    fn random_sequence() {
+        let steps = if cfg!(miri) { 300 } else { 5_000 };
+        for (seed, min) in [(1u64, 0usize), (2, 64), (3, 24)] {
+            let m = Memsys5::new(if cfg!(miri) { 16 * KIB } else { 64 * KIB }, min).unwrap();
+            let mut rng = Rng(seed);
+            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
+            let (mut failures, mut moves) = (0, 0);
+            for step in 0..steps {
+                let size = match rng.below(10) {
+                    0..=5 => rng.below(65),
+                    6..=8 => rng.below(513),
+                    _ => rng.below(4 * KIB),
+                };
+                let tag = step as u8;
+                match rng.below(3) {
+                    0 | 1 if live.len() < 60 => match m.malloc(size) {
+                        Some(p) => {
+                            // SAFETY: live.
+                            assert!(unsafe { m.size(p) } >= size);
+                            fill(p, size, tag);
+                            live.push((p, size, tag));
+                        }
+                        None => failures += 1,
+                    },
+                    2 if !live.is_empty() => {
+                        let j = rng.below(live.len());
+                        let (p, n, t) = live[j];
+                        assert!(holds(p, n, t), "contents of a live block");
+                        // SAFETY: `p` is live; on success it is replaced.
+                        match unsafe { m.realloc(p, size) } {
+                            Some(q) => {
+                                moves += usize::from(q != p);
+                                assert!(holds(q, n.min(size), t), "realloc kept contents");
+                                fill(q, size, tag);
+                                live[j] = (q, size, tag);
+                            }
+                            None => {
+                                failures += 1;
+                                assert!(holds(p, n, t), "failed realloc kept the block");
+                            }
+                        }
+                    }
+                    _ if !live.is_empty() => {
+                        let (p, n, t) = live.swap_remove(rng.below(live.len()));
+                        assert!(holds(p, n, t), "contents of a live block");
+                        // SAFETY: live, freed once.
+                        unsafe { m.free(p) };
+                    }
+                    _ => {}
+                }
+                m.check();
+            }
+            // The mix must exercise both outcomes.
+            assert!(failures < steps / 4, "too many failures: {failures}");
+            assert!(
+                failures > 0 && moves > 0,
+                "failures {failures}, moves {moves}"
+            );
+            for (p, n, t) in live.drain(..) {
+                assert!(holds(p, n, t));
+                // SAFETY: live, freed once.
+                unsafe { m.free(p) };
+            }
+            m.check();
+            assert!(
+                m.malloc(m.largest_block()).is_some(),
+                "recovered (seed {seed})"
+            );
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Malloc(usize),
+        Free(usize),
+        Realloc(usize, usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..3000).prop_map(Op::Malloc),
+            any::<usize>().prop_map(Op::Free),
+            (any::<usize>(), 0usize..3000).prop_map(|(i, n)| Op::Realloc(i, n)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 200 },
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        /// Any sequence keeps the invariants and the contents of live blocks, and everything is
+        /// recovered at the end.
+        #[test]
+        fn any_sequence(ops in proptest::collection::vec(op(), 1..120), min in 0usize..100) {
+            let m = Memsys5::new(8 * KIB, min).unwrap();
+            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
+            for (step, o) in ops.into_iter().enumerate() {
+                let tag = step as u8;
+                match o {
+                    Op::Malloc(n) => if let Some(p) = m.malloc(n) {
+                        fill(p, n, tag);
+                        live.push((p, n, tag));
+                    },
+                    Op::Free(i) if !live.is_empty() => {
+                        let (p, n, t) = live.swap_remove(i % live.len());
+                        proptest::prop_assert!(holds(p, n, t));
+                        // SAFETY: live, freed once.
+                        unsafe { m.free(p) };
+                    }
+                    Op::Realloc(i, n) if !live.is_empty() => {
+                        let j = i % live.len();
+                        let (p, old, t) = live[j];
+                        // SAFETY: live; replaced on success.
+                        if let Some(q) = unsafe { m.realloc(p, n) } {
+                            proptest::prop_assert!(holds(q, old.min(n), t));
+                            fill(q, n, tag);
+                            live[j] = (q, n, tag);
+                        } else {
+                            proptest::prop_assert!(holds(p, old, t));
+                        }
+                    }
+                    _ => {}
+                }
+                m.check();
+            }
+            for (p, n, t) in live {
+                proptest::prop_assert!(holds(p, n, t));
+                // SAFETY: live, freed once.
+                unsafe { m.free(p) };
+            }
+            m.check();
+            proptest::prop_assert!(m.malloc(m.largest_block()).is_some());
+        }
+    }
+
+    #[test]
+    fn two_threads() {
+        let m = Arc::new(Memsys5::new(if cfg!(miri) { 8 * KIB } else { KIB * KIB }, 0).unwrap());
+        let rounds = if cfg!(miri) { 200 } else { 50_000 };
+        let workers: Vec<_> = (0..2u8)
+            .map(|t| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    let mut rng = Rng(u64::from(t) + 100);
+                    let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
+                    let tag = 0x40 | t;
+                    for _ in 0..rounds {
+                        if live.len() < 30 && rng.below(2) == 0 {
+                            let n = 1 + rng.below(300);
+                            if let Some(p) = m.malloc(n) {
+                                fill(p, n, tag);
+                                live.push((p, n));
+                            }
+                        } else if !live.is_empty() {
+                            let (p, n) = live.swap_remove(rng.below(live.len()));
+                            assert!(holds(p, n, tag), "another thread wrote into my block");
+                            // SAFETY: live, owned by this thread, freed once.
+                            unsafe { m.free(p) };
+                        }
+                    }
+                    for (p, n) in live {
+                        assert!(holds(p, n, tag));
+                        // SAFETY: as above.
+                        unsafe { m.free(p) };
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        m.check();
+        assert_eq!(m.lock().st.live, 0);
+        assert!(m.malloc(m.largest_block()).is_some());
     }
 }
