@@ -34,3 +34,59 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
+
+# ---- C tests, demo, install (owner: ctests; see c-tests/README.md) --------------------------
+CTESTS       := t_workload t_nomem t_heaplimit t_limit t_threads t_misuse t_badspec t_debug
+CTEST_DEPS   := c-tests/common.c c-tests/common.h include/sqlalloc.h $(LIBA)
+CTEST_DIR    := $(BUILD)/c-tests
+CTEST_ASAN_DIR := $(BUILD)/c-tests-asan
+# The C code is instrumented; the Rust library is not (it is linked as it is shipped).
+CFLAGS_ASAN  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+# detect_leaks=0: LeakSanitizer would report the blocks SQLite or the tests leave to the
+# allocator on purpose (retired allocators that still own blocks, the debug leak test).
+# handle_abort=0 (the default, spelled out): the debug overrun test expects its child to die of
+# SIGABRT; ASan must not turn that abort into its own report and exit code.
+ASAN_ENV     := ASAN_OPTIONS=detect_leaks=0:handle_abort=0:abort_on_error=0:halt_on_error=1 \
+                UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# Native libraries a static link of libsqlalloc.a needs: the output of
+# `cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs`.
+NATIVE_STATIC_LIBS ?= -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+VERSION      := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
+INSTALL      ?= install
+LIBDIR       ?= $(PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+
+$(CTEST_DIR)/%: c-tests/%.c $(CTEST_DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_TEST) -o $@ $< c-tests/common.c $(LIBA) $(LDLIBS_TEST)
+
+$(CTEST_ASAN_DIR)/%: c-tests/%.c $(CTEST_DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_TEST) $(CFLAGS_ASAN) -o $@ $< c-tests/common.c $(LIBA) $(LDLIBS_TEST)
+
+# The library is built first (`lib` runs cargo, which knows when it is up to date), then the
+# test programs, then the driver prints one line per test x backend.
+c-test: lib
+	@$(MAKE) --no-print-directory $(CTESTS:%=$(CTEST_DIR)/%)
+	MAKE="$(MAKE)" CC="$(CC)" c-tests/run.sh $(CTEST_DIR) pkgconfig
+
+c-test-asan: lib
+	@$(MAKE) --no-print-directory $(CTESTS:%=$(CTEST_ASAN_DIR)/%)
+	$(ASAN_ENV) c-tests/run.sh $(CTEST_ASAN_DIR)
+
+demo: lib
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_TEST) -o $(BUILD)/demo examples/demo.c $(LIBA) $(LDLIBS_TEST)
+	$(BUILD)/demo
+
+install: lib
+	$(INSTALL) -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	$(INSTALL) -m 644 $(LIBA) $(DESTDIR)$(LIBDIR)/libsqlalloc.a
+	$(INSTALL) -m 755 $(LIBSO) $(DESTDIR)$(LIBDIR)/libsqlalloc.so
+	$(INSTALL) -m 644 include/sqlalloc.h $(DESTDIR)$(INCLUDEDIR)/sqlalloc.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(NATIVE_STATIC_LIBS)|g' sqlalloc.pc.in \
+	    > $(DESTDIR)$(PKGCONFIGDIR)/sqlalloc.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/sqlalloc.pc
