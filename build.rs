@@ -13,6 +13,13 @@ fn main() {
     println!("cargo:rerun-if-changed=src/report.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=SQLALLOC_UPDATE_HEADER");
+    // Test executables export the functions named `*_backtrace_test*`, so that
+    // `report::symbolize` (dladdr) can name them in the debug backend's backtraces
+    // (tests/debug_death.rs checks it). Only those: exporting everything would keep unused code
+    // (and its references to SQLite) alive in test binaries that do not link SQLite.
+    if env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux") {
+        println!("cargo:rustc-link-arg-tests=-Wl,--export-dynamic-symbol=*_backtrace_test*");
+    }
 
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml must parse");
