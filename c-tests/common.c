@@ -112,6 +112,19 @@ static sqlite3_stmt *prep(const char *file, int line, sqlite3 *db, const char *s
     return st;
 }
 
+sqlite3_stmt *ct_prepare_rollback(sqlite3 *db) {
+    return prep(__FILE__, __LINE__, db, "ROLLBACK");
+}
+
+void ct_rollback(const char *file, int line, sqlite3 *db, sqlite3_stmt *prepared) {
+    if (!sqlite3_get_autocommit(db)) {
+        int rc = sqlite3_step(prepared);
+        if (rc != SQLITE_DONE)
+            ct_fail(file, line, "ROLLBACK returned %d (%s)", rc, sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(prepared);
+}
+
 int64_t ct_query_int(const char *file, int line, sqlite3 *db, const char *sql) {
     sqlite3_stmt *st = prep(file, line, db, sql);
     int rc = sqlite3_step(st);

@@ -71,6 +71,15 @@ void ct_exec(const char *file, int line, sqlite3 *db, const char *sql);
 /* Run SQL and return its result code (no check); the error message, if any, is discarded. */
 int ct_try(sqlite3 *db, const char *sql);
 
+/*
+ * ROLLBACK when a transaction is open, with a statement prepared before the memory ran out
+ * (`prepared`, from ct_prepare_rollback): preparing a new statement needs memory that a full
+ * heap may not have. Fails the test unless the rollback succeeds. Finalizes `prepared`.
+ */
+sqlite3_stmt *ct_prepare_rollback(sqlite3 *db);
+#define ROLLBACK(db, prepared) ct_rollback(__FILE__, __LINE__, db, prepared)
+void ct_rollback(const char *file, int line, sqlite3 *db, sqlite3_stmt *prepared);
+
 /* First column of the first row of a query that must succeed and return one row. */
 #define QUERY_INT(db, sql) ct_query_int(__FILE__, __LINE__, db, sql)
 int64_t ct_query_int(const char *file, int line, sqlite3 *db, const char *sql);

@@ -24,7 +24,11 @@ static int fill(sqlite3 *db, const char *tab, int n) {
              tab);
     int rc = ct_try(db, sql);
     if (rc != SQLITE_OK) return rc;
-    if ((rc = ct_try(db, "BEGIN")) != SQLITE_OK) return rc;
+    sqlite3_stmt *rb = ct_prepare_rollback(db);
+    if ((rc = ct_try(db, "BEGIN")) != SQLITE_OK) {
+        sqlite3_finalize(rb);
+        return rc;
+    }
     snprintf(sql, sizeof sql, "INSERT INTO %s(v) VALUES(randomblob(400))", tab);
     sqlite3_stmt *st = NULL;
     rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
@@ -34,8 +38,8 @@ static int fill(sqlite3 *db, const char *tab, int n) {
         sqlite3_reset(st);
     }
     sqlite3_finalize(st);
-    if (rc == SQLITE_OK) return ct_try(db, "COMMIT");
-    if (!sqlite3_get_autocommit(db)) ct_try(db, "ROLLBACK");
+    if (rc == SQLITE_OK) rc = ct_try(db, "COMMIT");
+    ROLLBACK(db, rb);
     return rc;
 }
 

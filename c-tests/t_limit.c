@@ -64,6 +64,7 @@ int main(int argc, char **argv) {
 
     /* A table filled past the cap. */
     EXEC(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    sqlite3_stmt *rb = ct_prepare_rollback(db);
     EXEC(db, "BEGIN");
     int n = 0;
     rc = SQLITE_OK;
@@ -71,7 +72,7 @@ int main(int argc, char **argv) {
     CHECK(rc == SQLITE_NOMEM, "filling past the cap gave %d after %d rows, not SQLITE_NOMEM", rc,
           n);
     check_cap("after filling the table");
-    if (!sqlite3_get_autocommit(db)) EXEC(db, "ROLLBACK");
+    ROLLBACK(db, rb);
     EXEC(db, "INSERT INTO t(v) VALUES(randomblob(300))");
     CHECK(QUERY_INT(db, "SELECT count(*) FROM t") == 1, "small insert after the refusal lost");
     ct_note("table refused after %d rows; failed_calls %lld, peak %lld", n,

@@ -27,6 +27,7 @@ int main(int argc, char **argv) {
 
     sqlite3 *db = ct_open(":memory:");
     EXEC(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    sqlite3_stmt *rb = ct_prepare_rollback(db);
     EXEC(db, "BEGIN");
     sqlite3_stmt *st = NULL;
     CHECK(sqlite3_prepare_v2(db, "INSERT INTO t(v) VALUES(randomblob(1000))", -1, &st, NULL) ==
@@ -48,10 +49,7 @@ int main(int argc, char **argv) {
     CHECK(s.failed_calls > 0, "SQLITE_NOMEM but failed_calls is 0");
     ct_note("SQLITE_NOMEM after %d rows; failed_calls %lld", inserted, (long long)s.failed_calls);
     CHECK_MEMORY_USED("after SQLITE_NOMEM");
-    if (!sqlite3_get_autocommit(db)) {
-        rc = ct_try(db, "ROLLBACK");
-        CHECK(rc == SQLITE_OK, "ROLLBACK after SQLITE_NOMEM returned %d", rc);
-    }
+    ROLLBACK(db, rb);
     CHECK(QUERY_INT(db, "SELECT count(*) FROM t") == 0, "rows left after the rollback");
     EXEC(db, "INSERT INTO t(v) VALUES(randomblob(100))");
     CHECK(QUERY_INT(db, "SELECT count(*) FROM t") == 1, "small insert after NOMEM was lost");
