@@ -24,7 +24,7 @@
 //! block, a copy of `min(old, new)` bytes (the grown part keeps its [`FRESH_BYTE`] fill), and the
 //! old block goes to the quarantine like a freed one, so a stale pointer into it reads
 //! [`FREED_BYTE`]s. `size` returns the requested size (as mem2 does), after the same checks as
-//! `free`; `roundup` rounds to 8.
+//! `free`; `roundup` returns the request unchanged (see the differences from mem2 below).
 //!
 //! # Block layout
 //! ```text
@@ -58,7 +58,18 @@
 //! Each is reported on stderr (the problem, the operation, the block's address, its requested
 //! size and serial number, the first modified byte, and the symbolized backtraces of the
 //! allocation and, for freed blocks, of the free when backtraces are kept), then the process
-//! aborts with `SIGABRT`. The report is written after the mutex is released.
+//! aborts with `SIGABRT`. The report is written after the mutex is released. Frame names come
+//! from [`crate::report::symbolize`] (`dladdr`): functions of shared libraries (SQLite's
+//! `libsqlite3.so`, libc) are named; those of an executable only when it exports them (linked
+//! with `-rdynamic`), otherwise they appear as `(file+offset)` for `addr2line`.
+//!
+//! Limits: once a freed block has left the quarantine and libc has given its memory to someone
+//! else, a second free of the old address cannot be told from misuse of the new owner's
+//! pointer: it is reported as a pointer never handed out when the address is not one of ours,
+//! and goes unnoticed when this allocator has reused the address for a new live block. A write
+//! to freed memory is only seen if it is still in the quarantine when checked.
+//! When memory for the bookkeeping itself runs out, `malloc` fails cleanly and `free` returns the
+//! block to libc at once instead of quarantining it.
 //!
 //! # Invariants
 //! - No pointer is ever dereferenced unless its address is a key of the live set or of the
@@ -80,10 +91,20 @@
 //!   blocks (so that a corrupted header cannot break the list or make the allocator follow a wild
 //!   pointer), and the header keeps the allocation's serial number instead of links. The leak
 //!   list is reported in allocation order, as mem2's list is.
-//! - Guards are 8 bytes on each side (mem2: 4), so a one-byte underrun always hits the front guard.
+//! - Guards are 8 bytes on each side (mem2: 4), so that an underrun or overrun of up to 8 bytes
+//!   is reported as such, with the first modified byte, rather than as a damaged header.
+//! - mem2 relies on SQLite's `STATIC_MEM` mutex (or SQLite's own serialization); this backend
+//!   has its own mutex and needs no caller lock. A report is never made with it held.
 //! - No title strings and no allocation types (`sqlite3MemdebugSetType` is for SQLite's own test
 //!   builds); the backtrace depth is 0–64 (mem2: 0–20) and is fixed at construction.
 //! - mem2 counts `realloc` as a malloc of the new size; so does this backend.
+//! - mem2's `xRoundup` rounds to 8; this backend's returns `n` itself. With memstatus on (the
+//!   default), SQLite passes every request through `xRoundup` before `xMalloc`/`xRealloc`
+//!   (`malloc.c`), so with mem2's rounding the allocator only ever sees multiples of 8: the pad
+//!   is never there to check, an overrun of a 37-byte `sqlite3_malloc` into bytes 37..39 goes
+//!   unnoticed, and the leak report shows 40 bytes. Without rounding, the pad exists for every
+//!   request that is not a multiple of 8 and `xSize` (= the request) still equals `xRoundup`,
+//!   as the trait requires. Blocks are 16-aligned either way.
 
 use crate::methods::{round8, LiveBlock, MemMethods, SQLITE_MAX_REQUEST};
 use crate::report::{symbolize, FdWriter};
@@ -848,8 +869,7 @@ fn die(p: &Problem) -> ! {
 // SAFETY: blocks come from libc malloc (16-aligned) with a header that is a multiple of 16 bytes,
 // so user pointers are 16-aligned; each user region lies in its own libc block, so blocks never
 // overlap; `size` returns the requested size, which is exactly the usable size promised and never
-// changes while the block lives; `roundup` rounds to 8 and `size` of a block of `n` bytes is `n`
-// (<= roundup(n), and SQLite only uses `roundup` to size requests, which it then gets exactly); a
+// changes while the block lives; `roundup(n)` is `n`, the size `size` reports for such a block; a
 // failed realloc returns before touching the old block; all state is behind a mutex.
 unsafe impl MemMethods for Debug {
     fn name(&self) -> &'static str {
@@ -894,8 +914,9 @@ unsafe impl MemMethods for Debug {
         self.checked_size(ptr, "size")
     }
 
+    /// The request itself: see "Differences from C mem2" in the module documentation.
     fn roundup(&self, size: usize) -> usize {
-        round8(size)
+        size
     }
 
     fn live_blocks(&self, out: &mut dyn FnMut(LiveBlock<'_>)) {
@@ -964,7 +985,11 @@ mod tests {
             assert!(bytes(p, n).iter().all(|&b| b == FRESH_BYTE));
             // SAFETY: `p` is live.
             assert_eq!(unsafe { d.size(p) }, n);
-            assert_eq!(d.roundup(n), round8(n));
+            assert_eq!(
+                d.roundup(n),
+                n,
+                "no rounding: SQLite's requests keep their pad"
+            );
             // The pad and rear guard, seen through the user pointer (same libc block).
             let all = bytes(p, round8(n) + 8);
             assert!(all[n..round8(n)].iter().all(|&b| b == PAD_BYTE));
