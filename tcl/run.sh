@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# Run SQLite's own TCL malloc test suites, unmodified, against sqlalloc's allocators, next to the
+# same tree's unmodified testfixture (SQLite's C allocators) as the reference, and write
+# docs/tcl-results.md.
+#
+# Usage: tcl/run.sh [--lib PATH/libsqlalloc.a] [--build DIR] [--out FILE] [--jobs N]
+#   --lib    the static library to link (default target/release/libsqlalloc.a; build it first)
+#   --build  build directory for the source tree, both testfixtures and the test runs (default
+#            build)
+#   --out    the results page (default docs/tcl-results.md)
+#   --jobs   cells run at once (default 2)
+#   --build-only  fetch and build both testfixtures, run nothing
+#
+# Steps: fetch and verify SQLite 3.40.1 (scripts/fetch-sqlite.sh), build both testfixtures (in
+# parallel), run every cell, write the table. Exits non-zero when any sqlalloc cell has errors,
+# did not finish, ran fewer tests than the C reference, or counted no malloc (our allocator was
+# not in use).
+#
+# Internal: tcl/run.sh cell NAME TESTFIXTURE SPEC ARGS... runs one cell (used through xargs).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+
+# Test files run one by one, with SQLALLOC=system and SQLALLOC=debug.
+FILES="malloc malloc3 malloc4 malloc5 malloc6 malloc7 malloc8 malloc9
+  mallocA mallocB mallocC mallocD mallocE mallocF mallocG mallocH mallocI mallocJ mallocK
+  mallocL mallocM mem5 memsubsys1 memsubsys2"
+# Runs of permutations.test: the suite name (the heap the harness configures) and the pattern.
+PERMS="memsys5 memsys3"
+# The compile-time options the issue asks for (mem5 and memorymanage tests run).
+OPTS="-DSQLITE_ENABLE_MEMSYS5 -DSQLITE_ENABLE_MEMSYS3 -DSQLITE_ENABLE_MEMORY_MANAGEMENT=1"
+CELL_TIMEOUT=${CELL_TIMEOUT:-600}
+
+# ---------------------------------------------------------------------------------------------
+# One cell: run TESTFIXTURE with ARGS in its own directory under $runs, SQLALLOC=SPEC.
+if [ "${1:-}" = cell ]; then
+  name=$2 tf=$3 spec=$4
+  shift 4
+  dir="$CELL_RUNS/$name"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  start=$(date +%s)
+  rc=0
+  (cd "$dir" && SQLALLOC="$spec" timeout "$CELL_TIMEOUT" "$tf" "$@" > out.log 2>&1) || rc=$?
+  echo "$rc $(( $(date +%s) - start ))" > "$dir/status"
+  echo "tcl-test: $name: exit $rc, $(( $(date +%s) - start )) s, $(grep -a 'errors out of' "$dir/out.log" | tail -n 1 || true)" >&2
+  exit 0
+fi
+
+lib=$root/target/release/libsqlalloc.a
+build=$root/build
+out=$root/docs/tcl-results.md
+jobs=2
+build_only=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --lib) lib=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    --build-only) build_only=1; shift ;;
+    *) echo "tcl/run.sh: unknown argument '$1' (see the usage at the top of the script)" >&2; exit 2 ;;
+  esac
+done
+[ -f "$lib" ] || { echo "tcl/run.sh: no library at $lib (run 'make lib' first)" >&2; exit 2; }
+lib=$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")
+mkdir -p "$build"
+build=$(cd "$build" && pwd)
+t0=$(date +%s)
+
+# ---------------------------------------------------------------------------------------------
+# 1. The source tree, verified against the .dsc.
+src=$("$root/scripts/fetch-sqlite.sh" "$build")
+t_fetch=$(( $(date +%s) - t0 ))
+
+# ---------------------------------------------------------------------------------------------
+# 2-3. Both testfixtures. Each build directory is configured once; the testfixture is rebuilt
+# when its inputs (for ours: the library, the shim, the flags) change.
+configure() { # DIR
+  if [ ! -f "$1/Makefile" ]; then
+    (cd "$1" && "$src/configure" --with-tcl=/usr/lib/tcl8.6 > configure.log 2>&1) ||
+      { echo "tcl/run.sh: configure failed in $1 (see $1/configure.log)" >&2; return 1; }
+  fi
+}
+stamp_ok() { # DIR KEY: true when DIR/testfixture was built from KEY
+  [ -x "$1/testfixture" ] && [ -f "$1/.sqlalloc-stamp" ] && [ "$(cat "$1/.sqlalloc-stamp")" = "$2" ]
+}
+makevar() { # DIR VAR
+  make -s -C "$1" -f Makefile -f "$here/vars.mk" "print-$2"
+}
+build_ref() {
+  local d=$build/tf-ref key="opts=$OPTS"
+  mkdir -p "$d"
+  configure "$d"
+  stamp_ok "$d" "$key" && return 0
+  rm -f "$d/testfixture" "$d/.sqlalloc-stamp"
+  make -C "$d" testfixture OPTS="$OPTS" > "$d/make.log" 2>&1 ||
+    { echo "tcl/run.sh: reference testfixture build failed (see $d/make.log)" >&2; return 1; }
+  echo "$key" > "$d/.sqlalloc-stamp"
+}
+build_ours() {
+  local d=$build/tf-sqlalloc flags tlibs key
+  mkdir -p "$d"
+  configure "$d"
+  key="opts=$OPTS lib=$(sha256sum < "$lib") shim=$(cat "$here/sqlalloc_tcl.c" "$root/include/sqlalloc.h" | sha256sum)"
+  stamp_ok "$d" "$key" && return 0
+  rm -f "$d/testfixture" "$d/.sqlalloc-stamp"
+  cc -std=c11 -O2 -g -Wall -Wextra -Werror -I/usr/include/tcl8.6 -I"$root/include" \
+    -c "$here/sqlalloc_tcl.c" -o "$d/sqlalloc_tcl.o"
+  # The upstream flags with our init proc in sqlite3TestInit's place (the shim calls it).
+  flags=$(makevar "$d" TESTFIXTURE_FLAGS)
+  case $flags in
+    *-DTCLSH_INIT_PROC=sqlite3TestInit*) ;;
+    *) echo "tcl/run.sh: TESTFIXTURE_FLAGS has no TCLSH_INIT_PROC=sqlite3TestInit: $flags" >&2; return 1 ;;
+  esac
+  flags=${flags/-DTCLSH_INIT_PROC=sqlite3TestInit/-DTCLSH_INIT_PROC=sqlalloc_tcl_init}
+  tlibs="$d/sqlalloc_tcl.o $lib $(makevar "$d" TLIBS) -lpthread -ldl"
+  make -C "$d" testfixture OPTS="$OPTS" TESTFIXTURE_FLAGS="$flags" TLIBS="$tlibs" \
+    > "$d/make.log" 2>&1 ||
+    { echo "tcl/run.sh: sqlalloc testfixture build failed (see $d/make.log)" >&2; return 1; }
+  echo "$key" > "$d/.sqlalloc-stamp"
+}
+echo "tcl-test: building both testfixtures" >&2
+build_ref & ref_pid=$!
+build_ours & ours_pid=$!
+build_failed=0
+wait $ref_pid || build_failed=1
+wait $ours_pid || build_failed=1
+[ $build_failed = 0 ] || exit 1
+t_build=$(( $(date +%s) - t0 - t_fetch ))
+ref_tf=$build/tf-ref/testfixture
+our_tf=$build/tf-sqlalloc/testfixture
+echo "tcl-test: testfixtures ready in ${t_build} s: $ref_tf $our_tf" >&2
+[ $build_only = 0 ] || exit 0
+
+# ---------------------------------------------------------------------------------------------
+# 4. The cells: NAME TESTFIXTURE SQLALLOC ARGS. The reference runs each file once (its allocator
+# does not depend on SQLALLOC). Longest first, so that two workers finish together.
+export CELL_RUNS=$build/tcl-runs
+rm -rf "$CELL_RUNS"
+mkdir -p "$CELL_RUNS"
+t=$src/test
+joblist=$CELL_RUNS/jobs
+{
+  echo "debug.malloc $our_tf debug $t/malloc.test"
+  for p in $PERMS; do echo "sqlalloc.perm-$p $our_tf system $t/permutations.test $p 'malloc*'"; done
+  for p in $PERMS; do echo "ref.perm-$p $ref_tf system $t/permutations.test $p 'malloc*'"; done
+  for f in $FILES; do
+    [ "$f" = malloc ] || echo "debug.$f $our_tf debug $t/$f.test"
+    echo "system.$f $our_tf system $t/$f.test"
+    echo "ref.$f $ref_tf system $t/$f.test"
+  done
+} > "$joblist"
+echo "tcl-test: running $(wc -l < "$joblist") cells, $jobs at a time" >&2
+xargs -P "$jobs" -L 1 "$0" cell < "$joblist"
+t_run=$(( $(date +%s) - t0 - t_fetch - t_build ))
+
+# ---------------------------------------------------------------------------------------------
+# 5. The table.
+# result NAME -> "TESTS ERRORS MALLOCS RC": TESTS/ERRORS are "-" when the run did not report them.
+result() {
+  local d=$CELL_RUNS/$1 line tests=- errors=- mallocs=- rc
+  rc=$(cut -d' ' -f1 "$d/status" 2>/dev/null || echo missing)
+  line=$(grep -a 'errors out of .* tests' "$d/out.log" | tail -n 1 || true)
+  if [ -n "$line" ]; then
+    errors=$(echo "$line" | awk '{print $1}')
+    tests=$(echo "$line" | awk '{for (i = 1; i <= NF; i++) if ($i == "of") {print $(i+1); exit}}')
+  fi
+  mallocs=$(grep -a '^sqlalloc-total:' "$d/out.log" | tail -n 1 | sed -n 's/.* malloc_calls=\([0-9]*\).*/\1/p')
+  echo "$tests $errors ${mallocs:--} $rc"
+}
+failures_of() { # NAME: the failing test names, if any
+  grep -a '^!Failures on these tests:' "$CELL_RUNS/$1/out.log" | sed 's/^!Failures on these tests: //' | head -c 400 || true
+}
+
+bad=0
+problems=""
+rows=""
+row() { # LABEL ALLOCATOR REFCELL OURCELL
+  local label=$1 alloc=$2 r o rt re rr ot oe om orc verdict=ok why=""
+  read -r rt re _ rr <<< "$(result "$3")"
+  read -r ot oe om orc <<< "$(result "$4")"
+  [ "$rr" = 0 ] || [ "$rt" != - ] || rt="did not finish (exit $rr)"
+  if [ "$ot" = - ]; then why="did not finish (exit $orc)"
+  elif [ "$oe" != 0 ]; then why="$oe error(s): $(failures_of "$4")"
+  elif [ "$rt" != - ] && [ "$rt" -eq "$rt" ] 2>/dev/null && [ "$ot" -lt "$rt" ]; then why="fewer tests than the C reference"
+  elif [ "$om" = - ] || [ "$om" = 0 ]; then why="malloc count 0: sqlalloc not in use"
+  fi
+  if [ -n "$why" ]; then verdict="**FAIL**"; bad=1; problems+="- $label ($alloc): $why"$'\n'; fi
+  rows+="| $label | $alloc | $rt | $re | $ot | $oe | $om | $verdict |"$'\n'
+}
+for f in $FILES; do
+  row "$f.test" system "ref.$f" "system.$f"
+  row "$f.test" debug "ref.$f" "debug.$f"
+done
+for p in $PERMS; do
+  row "permutations.test $p 'malloc*'" "$p (heap commands)" "ref.perm-$p" "sqlalloc.perm-$p"
+done
+t_total=$(( $(date +%s) - t0 ))
+
+{
+  echo "# SQLite's TCL malloc suites against sqlalloc"
+  echo
+  echo "Generated by \`make tcl-test\` (tcl/run.sh) on $(date -u +%Y-%m-%d) from SQLite $(cat "$src/VERSION") (Debian source package \`sqlite3\`, verified against its .dsc),"
+  echo "test files unmodified. Both testfixtures are built from the same tree with \`$OPTS\`;"
+  echo "\"C\" is the unmodified testfixture (SQLite's C allocators), \"sqlalloc\" the one linked with \`libsqlalloc.a\` and tcl/sqlalloc_tcl.c."
+  echo "Mallocs: sqlalloc's \`malloc_calls\` counter summed over every allocator the run installed."
+  echo
+  echo "| test file | sqlalloc allocator | C tests | C errors | sqlalloc tests | sqlalloc errors | sqlalloc mallocs | verdict |"
+  echo "|---|---|---:|---:|---:|---:|---:|---|"
+  printf '%s' "$rows"
+  echo
+  if [ $bad = 0 ]; then
+    echo "**Every sqlalloc cell: 0 errors, at least as many tests as the C reference, allocator in use.**"
+  else
+    echo "**Failing cells:**"
+    echo
+    printf '%s' "$problems"
+  fi
+  echo
+  echo "C reference failures (not counted against sqlalloc):"
+  echo
+  any=0
+  for c in "$CELL_RUNS"/ref.*; do
+    n=$(basename "$c")
+    fl=$(failures_of "$n")
+    if [ -n "$fl" ]; then echo "- ${n#ref.}: $fl"; any=1; fi
+  done
+  [ $any = 1 ] || echo "- none"
+  echo
+  echo "Timing of this run on $(nproc) cores: fetch ${t_fetch} s, builds ${t_build} s, $(wc -l < "$joblist") cells ${t_run} s ($jobs at a time), total ${t_total} s."
+  echo
+  cat "$here/results-notes.md"
+} > "$out"
+echo "tcl-test: wrote $out (${t_total} s)" >&2
+if [ $bad != 0 ]; then
+  echo "tcl-test: FAILED:" >&2
+  printf '%s' "$problems" >&2
+  exit 1
+fi
+echo "tcl-test: every sqlalloc cell passed" >&2
