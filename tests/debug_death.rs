@@ -372,3 +372,23 @@ death_test!(
         assert!(freed.contains("free_for_backtrace_test"), "{e}");
     }
 );
+
+death_test!(
+    write_after_free_caught_by_check_all,
+    || {
+        let d = Debug::new(0);
+        let p = d.malloc(64).unwrap();
+        announce(p, 64);
+        // SAFETY: `p` is live.
+        unsafe { d.free(p) };
+        // SAFETY: the block is quarantined (still allocated from libc): this is the write after
+        // free the allocator must catch.
+        unsafe { poke(p, 63, 0) };
+        d.check_all();
+    },
+    |e| {
+        check_report(e, "write after free", true);
+        assert!(e.contains("in check_all of block"), "{e}");
+        assert!(e.contains("offset 63 from the block start"), "{e}");
+    }
+);
