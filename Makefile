@@ -90,3 +90,10 @@ install: lib
 	    -e 's|@LIBS_PRIVATE@|$(NATIVE_STATIC_LIBS)|g' sqlalloc.pc.in \
 	    > $(DESTDIR)$(PKGCONFIGDIR)/sqlalloc.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/sqlalloc.pc
+
+# ---- SQLite's TCL malloc suites (owner: tcl; see tcl/run.sh) ---------------------------------
+# Fetches SQLite 3.40.1's tree into $(BUILD), builds its testfixture twice (C allocators;
+# sqlalloc through tcl/sqlalloc_tcl.c), runs the malloc suites on both, writes
+# docs/tcl-results.md; fails when any sqlalloc cell fails.
+tcl-test: lib
+	tcl/run.sh --lib $(LIBA) --build $(BUILD) --out docs/tcl-results.md
