@@ -116,7 +116,6 @@ fn claim() -> usize {
 
 /// One thread's counters.
 #[repr(align(128))]
-#[derive(Default)]
 struct Shard {
     bytes: AtomicI64,
     count: AtomicI64,
@@ -127,6 +126,22 @@ struct Shard {
     largest: AtomicU64,
     unflushed: AtomicI64,
     hist: [AtomicU64; HIST_BUCKETS],
+}
+
+impl Shard {
+    const fn new() -> Shard {
+        Shard {
+            bytes: AtomicI64::new(0),
+            count: AtomicI64::new(0),
+            mallocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            reallocs: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            largest: AtomicU64::new(0),
+            unflushed: AtomicI64::new(0),
+            hist: [const { AtomicU64::new(0) }; HIST_BUCKETS],
+        }
+    }
 }
 
 /// Adds to a counter of a shard: a plain load and store when the shard is owned by the calling
@@ -195,7 +210,7 @@ pub struct Snapshot {
 
 /// The counters of one installed allocator.
 pub struct Counters {
-    shards: Box<[Shard]>,
+    shards: [Shard; SHARDS],
     flushed: CacheAligned<AtomicI64>,
     peak: CacheAligned<AtomicI64>,
 }
@@ -207,10 +222,11 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Fresh counters, all zero.
-    pub fn new() -> Self {
+    /// Fresh counters, all zero. A `const fn` (no allocation), so that counters can live in a
+    /// `static`, as those of [`StatsAlloc`](crate::StatsAlloc), a global allocator, must.
+    pub const fn new() -> Self {
         Counters {
-            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            shards: [const { Shard::new() }; SHARDS],
             flushed: CacheAligned(AtomicI64::new(0)),
             peak: CacheAligned(AtomicI64::new(0)),
         }

@@ -9,6 +9,9 @@
 //! | [`debug`](backend::Debug) | `mem2.c` | guards, fills, live-block list with backtraces, leak report |
 //! | [`memsys3`](backend::Memsys3) | `mem3.c` | first fit over one fixed heap |
 //! | [`memsys5`](backend::Memsys5) | `mem5.c` | power-of-two buddy over one fixed heap (Robson-bounded) |
+//! | `jemalloc` (feature `jemalloc`) | — | jemalloc, sized API: exact `xSize` and `xRoundup`, no header |
+//! | `mimalloc` (feature `mimalloc`) | — | mimalloc: exact `xSize` and `xRoundup`, no header |
+//! | [`rust`](backend::Rust) | — | the program's `#[global_allocator]` |
 //!
 //! Over any backend: always-on [`counters`] (cheap, per-thread shards) and an optional
 //! [`limit`](stack::Limit) layer. One [`spec`] string names a configuration:
@@ -16,6 +19,28 @@
 //!
 //! Every allocator implements one trait, [`MemMethods`], which mirrors `sqlite3_mem_methods`; the
 //! C ABI (`include/sqlalloc.h`) and this Rust API are thin layers over it.
+//!
+//! # From Rust (rusqlite, sqlx)
+//!
+//! Enable the feature `libsqlite3-sys` so that sqlalloc configures the SQLite that rusqlite and
+//! sqlx link (system or `bundled`), install before the first connection, and read the counters
+//! whenever you like:
+//!
+//! ```no_run
+//! sqlalloc::install("system+limit:max=256M")?;
+//! let db = rusqlite::Connection::open_in_memory()?;
+//! db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES(randomblob(100000));")?;
+//! let s = sqlalloc::stats();
+//! println!("SQLite: {} bytes in {} blocks", s.current_bytes, s.current_count);
+//! println!("{}", s.to_prometheus());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! - [`install`] a spec, or [`configure`] your own [`MemMethods`] (counters and an optional
+//!   limit are put on top of it);
+//! - [`stats`] returns [`Stats`], which renders as JSON and Prometheus text ([`render`]);
+//! - [`StatsAlloc`] wraps the program's `#[global_allocator]` with the same counters, so the Rust
+//!   heap and SQLite's heap show side by side.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -25,10 +50,12 @@ pub mod counters;
 mod ffi;
 pub mod heap;
 pub mod methods;
+pub mod render;
 pub mod report;
 pub mod spec;
 pub mod sqlite;
 pub mod stack;
+mod stats_alloc;
 
 // Unit tests link the machine's SQLite through libsqlite3-sys (the libraries themselves resolve
 // SQLite from the host program).
@@ -40,6 +67,12 @@ pub use ffi::sqlalloc_stats;
 pub use methods::{InitError, LiveBlock, MemMethods};
 pub use spec::{Backend, Spec, SpecError};
 pub use stack::Stack;
+pub use stats_alloc::StatsAlloc;
+
+/// The counters of an allocator: what [`stats`], [`Stack::stats`] and [`StatsAlloc::stats`]
+/// return, field for field the C `sqlalloc_stats`. Renders with [`Stats::to_json`] and
+/// [`Stats::to_prometheus`].
+pub type Stats = Snapshot;
 
 use std::ffi::c_int;
 use std::fmt;
@@ -55,6 +88,13 @@ pub enum Error {
     /// SQLite is already initialized: allocators can only be installed before
     /// `sqlite3_initialize()` or after `sqlite3_shutdown()`.
     AlreadyInitialized,
+    /// An sqlalloc allocator is already installed and still owns live blocks (SQLite or the
+    /// program still holds its memory), so it cannot be replaced: the blocks would later be freed
+    /// into the wrong allocator. Close every connection and free SQLite memory first.
+    AlreadyInstalled {
+        /// Live blocks of the installed allocator.
+        live_blocks: i64,
+    },
     /// No `sqlite3_config` to call: built without the `link` feature and
     /// [`set_sqlite3_config`] was not called.
     NoSqlite,
@@ -72,7 +112,7 @@ impl Error {
     pub fn sqlite_code(&self) -> c_int {
         match self {
             Error::BadSpec(_) => sqlite::SQLITE_ERROR,
-            Error::AlreadyInitialized => sqlite::SQLITE_MISUSE,
+            Error::AlreadyInitialized | Error::AlreadyInstalled { .. } => sqlite::SQLITE_MISUSE,
             Error::HeapUnavailable { .. } => sqlite::SQLITE_NOMEM,
             Error::NoSqlite | Error::ConfigFailed(_) => sqlite::SQLITE_ERROR,
         }
@@ -85,6 +125,11 @@ impl fmt::Display for Error {
             Error::BadSpec(e) => e.fmt(f),
             Error::AlreadyInitialized => f.write_str(
                 "SQLite is already initialized: install before sqlite3_initialize() or after sqlite3_shutdown()",
+            ),
+            Error::AlreadyInstalled { live_blocks } => write!(
+                f,
+                "an sqlalloc allocator is already installed and still owns {live_blocks} live \
+                 block(s): close every connection before installing another"
             ),
             Error::HeapUnavailable { bytes } => write!(f, "cannot allocate a heap of {bytes} bytes"),
             Error::NoSqlite => f.write_str("no sqlite3_config to call (SQLite not loaded?)"),
@@ -115,6 +160,19 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
         Backend::Memsys5 { heap, min } => Box::new(
             backend::Memsys5::new(heap, min).ok_or(Error::HeapUnavailable { bytes: heap })?,
         ),
+        #[cfg(feature = "jemalloc")]
+        Backend::Jemalloc => Box::new(backend::Jemalloc),
+        #[cfg(feature = "mimalloc")]
+        Backend::Mimalloc => Box::new(backend::Mimalloc),
+        Backend::Rust => Box::new(backend::Rust),
+        // Spec::parse refuses the names of backends that are not built in.
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(Error::BadSpec(SpecError {
+                part: spec.trim().to_string(),
+                reason: "backend is not built in".to_string(),
+            }))
+        }
     };
     Ok(Stack::new(backend, parsed.limit, spec.trim().to_string()))
 }
@@ -124,34 +182,127 @@ static INSTALL: Mutex<()> = Mutex::new(());
 
 /// Install the allocator named by `spec` into the process's SQLite.
 ///
+/// The spec grammar is the C API's (see [`spec`]): `system`, `memsys5:heap=64M,min=64`,
+/// `jemalloc+limit:max=1G`, …
+///
 /// Must run before SQLite initializes (or after `sqlite3_shutdown()`); otherwise
-/// [`Error::AlreadyInitialized`] and nothing changes. A bad spec or a heap that cannot be had also
-/// changes nothing. The allocator installed before (if it was sqlalloc's) is retired: freed if it
-/// has no live block, otherwise kept forever, since SQLite or the program may still hold its
-/// memory.
+/// [`Error::AlreadyInitialized`] and nothing changes. A bad spec ([`Error::BadSpec`], naming the
+/// offending part), a heap that cannot be had ([`Error::HeapUnavailable`]) and an installed
+/// allocator that still owns blocks ([`Error::AlreadyInstalled`]) also change nothing. The
+/// allocator installed before (if it was sqlalloc's and owns no block) is freed.
+///
+/// With rusqlite or sqlx, enable this crate's feature `libsqlite3-sys`, so that the SQLite
+/// configured here is the one they link.
 pub fn install(spec: &str) -> Result<(), Error> {
+    install_stack(build(spec)?)
+}
+
+/// Install your own allocator as SQLite's, with sqlalloc's counters on top (read them with
+/// [`stats`]). The same rules as [`install`] apply: before SQLite initializes, otherwise
+/// [`Error::AlreadyInitialized`] and nothing changes (`a` is dropped).
+///
+/// `a` implements [`MemMethods`], an `unsafe trait` whose safety contract (alignment, stable
+/// sizes, thread safety without any lock from sqlalloc, a failed realloc leaving the block alone)
+/// is what SQLite relies on.
+///
+/// ```
+/// use sqlalloc::MemMethods;
+/// use std::ptr::NonNull;
+///
+/// /// libc's allocator, counting nothing itself: sqlalloc's counters are put on top.
+/// struct Libc;
+///
+/// // SAFETY: libc's malloc family returns 16-aligned, distinct blocks of at least the size
+/// // asked for; malloc_usable_size is stable for a live block and at least the request;
+/// // a failed realloc leaves the block alone; libc's allocator is thread-safe.
+/// unsafe impl MemMethods for Libc {
+///     fn name(&self) -> &'static str {
+///         "libc"
+///     }
+///     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
+///         // SAFETY: plain libc call.
+///         NonNull::new(unsafe { libc::malloc(size.max(1)) }.cast())
+///     }
+///     unsafe fn free(&self, p: NonNull<u8>) {
+///         // SAFETY: `p` is a live libc block (the trait's contract).
+///         unsafe { libc::free(p.as_ptr().cast()) }
+///     }
+///     unsafe fn realloc(&self, p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
+///         // SAFETY: `p` is a live libc block (the trait's contract).
+///         NonNull::new(unsafe { libc::realloc(p.as_ptr().cast(), n.max(1)) }.cast())
+///     }
+///     unsafe fn size(&self, p: NonNull<u8>) -> usize {
+///         // SAFETY: `p` is a live libc block (the trait's contract).
+///         unsafe { libc::malloc_usable_size(p.as_ptr().cast()) }
+///     }
+///     fn roundup(&self, n: usize) -> usize {
+///         sqlalloc::methods::round8(n)
+///     }
+/// }
+///
+/// # fn main() -> Result<(), sqlalloc::Error> {
+/// # // The doctest's process may already have initialized SQLite: either outcome is valid.
+/// match sqlalloc::configure(Libc) {
+///     Ok(()) => assert_eq!(sqlalloc::installed().unwrap().spec(), "libc"),
+///     Err(sqlalloc::Error::AlreadyInitialized) => eprintln!("SQLite was already running"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn configure<M: MemMethods + 'static>(a: M) -> Result<(), Error> {
+    configure_with_limit(a, None)
+}
+
+/// [`configure`] with a hard cap of `limit` bytes in use (the `limit` layer of the spec,
+/// `+limit:max=N`), or none for `None`. A zero cap is refused as a bad spec.
+pub fn configure_with_limit<M: MemMethods + 'static>(
+    a: M,
+    limit: Option<u64>,
+) -> Result<(), Error> {
+    let name = a.name().to_string();
+    let spec = match limit {
+        None => name,
+        Some(0) => {
+            return Err(Error::BadSpec(SpecError {
+                part: "limit:max=0".to_string(),
+                reason: "max must be greater than 0".to_string(),
+            }))
+        }
+        Some(max) => format!("{name}+limit:max={max}"),
+    };
+    install_stack(Stack::new(Box::new(a), limit, spec))
+}
+
+/// The one install path of [`install`] and [`configure`].
+fn install_stack(stack: Stack) -> Result<(), Error> {
     let config = sqlite::config_fn().ok_or(Error::NoSqlite)?;
-    let stack = Box::new(build(spec)?);
+    let stack = Box::new(stack);
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let table = ffi::methods_table();
     // SAFETY: SQLITE_CONFIG_MALLOC takes a pointer to a sqlite3_mem_methods, which SQLite copies
     // before returning; `table` matches its layout field for field; `config` is sqlite3_config.
+    // When sqlalloc is already installed this is the very table SQLite has, so a success changes
+    // nothing in SQLite by itself: what is installed is decided by CURRENT below.
     let rc = unsafe { config(sqlite::SQLITE_CONFIG_MALLOC, &table as *const _) };
     match rc {
         sqlite::SQLITE_OK => {}
         sqlite::SQLITE_MISUSE => return Err(Error::AlreadyInitialized),
         other => return Err(Error::ConfigFailed(other)),
     }
+    if let Some(old) = ffi::current() {
+        let live_blocks = old.stats().current_count;
+        if live_blocks != 0 {
+            return Err(Error::AlreadyInstalled { live_blocks });
+        }
+    }
     stack.counters().make_primary();
     let old = ffi::CURRENT.swap(Box::into_raw(stack), Ordering::AcqRel);
     if !old.is_null() {
         // SAFETY: `old` came from Box::into_raw in an earlier install and was just swapped out,
-        // so this is its only owner.
-        let old = unsafe { Box::from_raw(old) };
-        if old.stats().current_count != 0 {
-            // Its blocks may still be referenced: keep its heap forever.
-            std::mem::forget(old);
-        }
+        // so this is its only owner; it owns no block (checked above, under the install lock,
+        // while SQLite is not initialized), so nothing can reach it any more.
+        drop(unsafe { Box::from_raw(old) });
     }
     Ok(())
 }
@@ -172,9 +323,10 @@ pub fn installed() -> Option<&'static Stack> {
     ffi::current()
 }
 
-/// Snapshot of the installed allocator's counters (`None` when none is installed).
-pub fn stats() -> Option<Snapshot> {
-    ffi::current().map(|s| s.stats())
+/// The counters of SQLite's allocator (the installed one): the same fields as the C
+/// `sqlalloc_stats`. All zero when nothing is installed (see [`installed`]).
+pub fn stats() -> Stats {
+    ffi::current().map(|s| s.stats()).unwrap_or_default()
 }
 
 /// Start a new peak from the current value.

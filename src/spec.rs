@@ -3,6 +3,7 @@
 //! ```text
 //! spec    := backend [ '+' layer ]*
 //! backend := NAME [ ':' options ]          NAME: system | debug | memsys3 | memsys5
+//!                                                 | jemalloc | mimalloc | rust
 //! layer   := NAME [ ':' options ]          NAME: limit
 //! options := key '=' value [ ',' key '=' value ]*
 //! size    := digits [ K | M | G ]          binary units (K = 1024), case-insensitive
@@ -14,6 +15,9 @@
 //! | `debug` | `backtrace=N` frames kept per block (0–64, default 0) |
 //! | `memsys3` | `heap=SIZE` (default 16M) |
 //! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0) |
+//! | `jemalloc` | none (cargo feature `jemalloc`) |
+//! | `mimalloc` | none (cargo feature `mimalloc`) |
+//! | `rust` | none: the program's `#[global_allocator]` |
 //! | `limit` | `max=SIZE` (required): hard cap on the bytes in use, as `xSize` counts them |
 //!
 //! Surrounding whitespace is ignored; whitespace inside is an error. A key given twice, an
@@ -53,6 +57,29 @@ pub enum Backend {
         /// Requested minimum allocation in bytes (0: SQLite's default).
         min: usize,
     },
+    /// `jemalloc`: jemalloc's sized API (cargo feature `jemalloc`).
+    Jemalloc,
+    /// `mimalloc`: mimalloc (cargo feature `mimalloc`).
+    Mimalloc,
+    /// `rust`: the program's `#[global_allocator]`.
+    Rust,
+}
+
+/// Every backend name, in the order error messages list them.
+pub const BACKEND_NAMES: &[&str] = &[
+    "system", "debug", "memsys3", "memsys5", "jemalloc", "mimalloc", "rust",
+];
+
+/// Refuse a backend whose cargo feature is off, naming the feature.
+fn built_in(part: &str, name: &str, on: bool) -> Result<(), SpecError> {
+    if on {
+        Ok(())
+    } else {
+        Err(err(
+            part,
+            format!("backend '{name}' is not built in (enable the cargo feature {name})"),
+        ))
+    }
 }
 
 /// Most frames of backtrace the debug backend keeps per block.
@@ -191,7 +218,10 @@ impl Spec {
         if spec.is_empty() {
             return Err(err(
                 "",
-                "empty spec (expected a backend: system, debug, memsys3, memsys5)",
+                format!(
+                    "empty spec (expected a backend: {})",
+                    BACKEND_NAMES.join(", ")
+                ),
             ));
         }
         if let Some(c) = spec.chars().find(|c| c.is_whitespace() || c.is_control()) {
@@ -215,7 +245,7 @@ impl Spec {
                     limit = Some(o.size("max", None)?);
                 }
                 "" => return Err(err(part, "empty layer after '+'")),
-                "system" | "debug" | "memsys3" | "memsys5" => {
+                _ if BACKEND_NAMES.contains(&name) => {
                     return Err(err(part, "only one backend, and it comes first"))
                 }
                 _ => return Err(err(part, format!("unknown layer '{name}' (known: limit)"))),
@@ -255,6 +285,15 @@ impl Spec {
                 };
                 Backend::Memsys5 { heap, min }
             }
+            "jemalloc" => {
+                built_in(part, name, cfg!(feature = "jemalloc"))?;
+                Backend::Jemalloc
+            }
+            "mimalloc" => {
+                built_in(part, name, cfg!(feature = "mimalloc"))?;
+                Backend::Mimalloc
+            }
+            "rust" => Backend::Rust,
             "" => return Err(err(part, "missing backend name")),
             "limit" => {
                 return Err(err(
@@ -265,7 +304,10 @@ impl Spec {
             _ => {
                 return Err(err(
                     part,
-                    format!("unknown backend '{name}' (known: system, debug, memsys3, memsys5)"),
+                    format!(
+                        "unknown backend '{name}' (known: {})",
+                        BACKEND_NAMES.join(", ")
+                    ),
                 ))
             }
         };
@@ -330,6 +372,33 @@ mod tests {
     }
 
     #[test]
+    fn optional_backends() {
+        assert_eq!(Spec::parse("rust").unwrap().backend, Backend::Rust);
+        for (name, on, b) in [
+            ("jemalloc", cfg!(feature = "jemalloc"), Backend::Jemalloc),
+            ("mimalloc", cfg!(feature = "mimalloc"), Backend::Mimalloc),
+        ] {
+            let spec = format!("{name}+limit:max=1M");
+            match Spec::parse(&spec) {
+                Ok(s) => {
+                    assert!(on, "{name} parsed without its feature");
+                    assert_eq!((s.backend, s.limit), (b, Some(1 << 20)));
+                }
+                Err(e) => {
+                    assert!(!on, "{name}: {e}");
+                    assert_eq!(e.part, name);
+                    assert_eq!(
+                        e.reason,
+                        format!(
+                            "backend '{name}' is not built in (enable the cargo feature {name})"
+                        )
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bad_specs_name_the_part() {
         let cases: &[(&str, &str, &str)] = &[
             ("", "", "empty spec"),
@@ -380,6 +449,9 @@ mod tests {
             ("debug:backtrace=x", "debug:backtrace=x", "from 0 to 64"),
             ("sys tem", "sys tem", "unexpected character"),
             (":heap=1", ":heap=1", "missing backend"),
+            ("rust:x=1", "rust:x=1", "unknown option 'x'"),
+            ("jemalloc:x=1", "jemalloc:x=1", ""),
+            ("system+rust", "rust", "only one backend"),
         ];
         for &(spec, part, reason) in cases {
             let e = Spec::parse(spec).expect_err(spec);

@@ -5,7 +5,9 @@
 //! With the default feature `link` the symbol is referenced directly (a program using
 //! `libsqlalloc` links SQLite anyway). Without it there is no reference at all and the function is
 //! supplied at run time with [`crate::set_sqlite3_config`]: that is how the preload library works
-//! in programs that `dlopen` SQLite after they start.
+//! in programs that `dlopen` SQLite after they start. With the feature `libsqlite3-sys` (the Rust
+//! API for rusqlite and sqlx) the function is the one libsqlite3-sys links, so a `bundled` SQLite
+//! is configured as surely as the system one.
 
 use std::ffi::{c_int, c_void};
 
@@ -44,7 +46,7 @@ pub struct Sqlite3MemMethods {
 /// Type of SQLite's `int sqlite3_config(int op, ...)`.
 pub type ConfigFn = unsafe extern "C" fn(c_int, ...) -> c_int;
 
-#[cfg(feature = "link")]
+#[cfg(all(feature = "link", not(feature = "libsqlite3-sys")))]
 extern "C" {
     /// `int sqlite3_config(int op, ...)`, resolved from the program at link or load time.
     fn sqlite3_config(op: c_int, ...) -> c_int;
@@ -60,16 +62,24 @@ pub fn set_config_fn(f: ConfigFn) -> bool {
     OVERRIDE.get().is_some_and(|&g| g as usize == f as usize)
 }
 
-/// The `sqlite3_config` to call: the one set at run time, else the linked one (feature `link`).
+/// The `sqlite3_config` to call: the one set at run time, else the one of libsqlite3-sys
+/// (feature `libsqlite3-sys`: the SQLite that rusqlite and sqlx link, `bundled` or system), else
+/// the linked one (feature `link`).
 pub fn config_fn() -> Option<ConfigFn> {
     if let Some(&f) = OVERRIDE.get() {
         return Some(f);
     }
-    #[cfg(feature = "link")]
+    #[cfg(feature = "libsqlite3-sys")]
+    {
+        // Referencing the function through the crate makes this crate depend on libsqlite3-sys,
+        // so the linker sees its SQLite (a `bundled` static library) after this reference.
+        Some(libsqlite3_sys::sqlite3_config as ConfigFn)
+    }
+    #[cfg(all(feature = "link", not(feature = "libsqlite3-sys")))]
     {
         Some(sqlite3_config as ConfigFn)
     }
-    #[cfg(not(feature = "link"))]
+    #[cfg(not(any(feature = "link", feature = "libsqlite3-sys")))]
     {
         None
     }
