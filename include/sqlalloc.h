@@ -110,6 +110,39 @@ const char *sqlalloc_installed_spec(void);
  */
 int64_t sqlalloc_leak_report(int fd);
 
+/*
+ Write a report of the installed allocator to `target`: `"stderr"` (a short table),
+ `"json:PATH"` or `"prometheus:PATH"` (the syntax of `SQLALLOC_REPORT`; `%p` in PATH is replaced
+ by the process id; the file is written under a temporary name and renamed over PATH). The
+ report carries the backend and spec, every counter of `sqlalloc_stats`, the request-size
+ histogram, `sqlite3_memory_used()` read at the same moment, and for the `debug` backend the
+ live blocks with sizes and backtraces.
+
+ Returns SQLITE_OK; SQLITE_MISUSE when `target` is NULL; SQLITE_ERROR for a bad target, when no
+ sqlalloc allocator is installed, or when the file cannot be written (`sqlalloc_errmsg()` says
+ which).
+
+ # Safety
+ `target` must be NULL or a NUL-terminated string.
+ */
+int sqlalloc_report(const char *target);
+
+/*
+ Render a report of the installed allocator in `format` (`"text"`, `"json"` or `"prometheus"`)
+ into `buf`, for a metrics endpoint. Like `snprintf`: at most `len - 1` bytes are written,
+ followed by a NUL (when `len > 0`), and the full length of the report (without the NUL) is
+ returned, so a return value `>= len` means the report was cut; call with `buf = NULL, len = 0`
+ to learn the size.
+
+ Returns -1 when `format` is NULL or unknown, `buf` is NULL with `len > 0`, or nothing is
+ installed (`sqlalloc_errmsg()` says which).
+
+ # Safety
+ `format` must be NULL or a NUL-terminated string; `buf` must be NULL or point to `len`
+ writable bytes.
+ */
+int64_t sqlalloc_report_to_buffer(const char *format, char *buf, size_t len);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

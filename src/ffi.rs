@@ -153,7 +153,7 @@ thread_local! {
 }
 
 /// Record the outcome of a C call on this thread and return its result code.
-fn set_result(rc: c_int, msg: &str) -> c_int {
+pub(crate) fn set_result(rc: c_int, msg: &str) -> c_int {
     let mut end = msg.len().min(ERRMSG_LEN - 1);
     while !msg.is_char_boundary(end) {
         end -= 1;

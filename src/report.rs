@@ -1,10 +1,31 @@
-//! Human-readable reports: the leak list. Written without going through SQLite and without
-//! taking any lock SQLite might hold.
+//! Reports: what the installed allocator has done, in three formats, and the leak list.
+//!
+//! A [`Report`] is captured at one moment ([`Report::capture`]): the backend and spec, every
+//! counter of `sqlalloc_stats`, the request-size histogram, the limit layer's state, SQLite's own
+//! `sqlite3_memory_used()` read at the same moment when it can be called, and for the `debug`
+//! backend the live blocks with their sizes and backtraces. It is then rendered as
+//!
+//! - [`Format::Text`]: a short human table (what `SQLALLOC_REPORT=stderr` prints);
+//! - [`Format::Json`]: one JSON object (`json:PATH`);
+//! - [`Format::Prometheus`]: the Prometheus text exposition format, metric family
+//!   `sqlite_memory_*` (`prometheus:PATH`), listed in [`write_prometheus`].
+//!
+//! A [`Target`] names where a report goes, with the syntax of `SQLALLOC_REPORT` and of the C
+//! function `sqlalloc_report`: `stderr`, `json:PATH` or `prometheus:PATH`. `%p` in a path is
+//! replaced by the process id. Files are written to a temporary name beside `PATH` and renamed
+//! over it, so a reader (a Prometheus textfile collector, say) never sees half a report.
+//!
+//! Nothing here goes through SQLite's allocator or takes a lock SQLite might hold; the only SQLite
+//! function called is `sqlite3_memory_used()`, never from an allocation path.
 
+use crate::counters::{Snapshot, HIST_BUCKETS};
 use crate::methods::MemMethods;
+use crate::sqlite;
 use crate::stack::Stack;
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int, CStr};
+use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::sync::OnceLock;
 
 /// An `io::Write` over a raw file descriptor (not closed on drop).
 pub struct FdWriter(pub c_int);
@@ -95,5 +116,825 @@ fn empty_dl_info() -> libc::Dl_info {
         dli_fbase: std::ptr::null_mut(),
         dli_sname: std::ptr::null(),
         dli_saddr: std::ptr::null_mut(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite's own count, for the cross-check in reports.
+
+/// Type of SQLite's `sqlite3_int64 sqlite3_memory_used(void)`.
+pub type MemoryUsedFn = unsafe extern "C" fn() -> i64;
+
+#[cfg(feature = "link")]
+extern "C" {
+    /// `sqlite3_int64 sqlite3_memory_used(void)`, resolved from the program like
+    /// `sqlite3_config` (see [`crate::sqlite`]).
+    fn sqlite3_memory_used() -> i64;
+}
+
+/// A `sqlite3_memory_used` supplied at run time (by the preload library).
+static MEMORY_USED: OnceLock<MemoryUsedFn> = OnceLock::new();
+
+/// Use `f` as SQLite's `sqlite3_memory_used` in reports (the first call wins; for builds without
+/// the `link` feature, which find SQLite at run time). Returns whether `f` is the one in use.
+///
+/// # Safety
+/// `f` must be the `sqlite3_memory_used` of the SQLite the allocator is installed in, callable
+/// for as long as reports are made.
+pub unsafe fn set_memory_used_fn(f: MemoryUsedFn) -> bool {
+    let _ = MEMORY_USED.set(f);
+    MEMORY_USED.get().is_some_and(|&g| g as usize == f as usize)
+}
+
+/// The `sqlite3_memory_used` to call, if one is known.
+fn memory_used_fn() -> Option<MemoryUsedFn> {
+    if let Some(&f) = MEMORY_USED.get() {
+        return Some(f);
+    }
+    #[cfg(feature = "link")]
+    {
+        Some(sqlite3_memory_used as MemoryUsedFn)
+    }
+    #[cfg(not(feature = "link"))]
+    {
+        None
+    }
+}
+
+/// SQLite's `sqlite3_memory_used()` now, when the function is known (see [`set_memory_used_fn`]).
+pub fn sqlite_memory_used() -> Option<i64> {
+    let f = memory_used_fn()?;
+    // SAFETY: `f` is SQLite's sqlite3_memory_used (linked, or supplied under the contract of
+    // `set_memory_used_fn`); it takes no argument and only reads SQLite's status counters.
+    Some(unsafe { f() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report.
+
+/// One live block in a [`Report`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Address as handed to SQLite.
+    pub addr: usize,
+    /// Bytes requested for it.
+    pub size: usize,
+    /// Return addresses of the allocating call stack, innermost first (empty unless the `debug`
+    /// backend keeps backtraces).
+    pub backtrace: Vec<usize>,
+}
+
+/// Everything a report shows, captured at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Process id.
+    pub pid: u32,
+    /// Backend name (`system`, `debug`, `memsys3`, `memsys5`).
+    pub backend: String,
+    /// The spec the allocator was built from.
+    pub spec: String,
+    /// Every counter of `sqlalloc_stats`.
+    pub stats: Snapshot,
+    /// Request sizes of xMalloc and xRealloc calls: bucket `i` counts requests of
+    /// `2^(i-1) < n <= 2^i` bytes (bucket 0: 0 or 1 byte), the last bucket everything larger.
+    pub histogram: [u64; HIST_BUCKETS],
+    /// The limit layer: `(max_bytes, used_bytes)`.
+    pub limit: Option<(u64, u64)>,
+    /// `sqlite3_memory_used()` read at the same moment as `stats`, when SQLite could be asked.
+    pub sqlite_memory_used: Option<i64>,
+    /// Live blocks, for backends that track them (`debug`); `None` for the others.
+    pub live_blocks: Option<Vec<Block>>,
+}
+
+impl Report {
+    /// Capture the state of `s` now. `memory_used` is SQLite's `sqlite3_memory_used` (or `None`);
+    /// it is read just before and just after the counters, again (a few times) if another thread
+    /// allocated in between, so that the two agree on one moment.
+    pub fn capture(s: &Stack, memory_used: Option<&dyn Fn() -> i64>) -> Report {
+        let (stats, used) = match memory_used {
+            None => (s.stats(), None),
+            Some(f) => {
+                let mut tries = 0;
+                loop {
+                    let before = f();
+                    let st = s.stats();
+                    let after = f();
+                    tries += 1;
+                    if before == after || tries == 5 {
+                        break (st, Some(after));
+                    }
+                }
+            }
+        };
+        let live_blocks = (s.backend().name() == "debug").then(|| {
+            let mut v = Vec::new();
+            s.live_blocks(&mut |b| {
+                v.push(Block {
+                    addr: b.addr,
+                    size: b.requested,
+                    backtrace: b.backtrace.to_vec(),
+                })
+            });
+            v
+        });
+        Report {
+            pid: std::process::id(),
+            backend: s.backend().name().to_string(),
+            spec: s.spec().to_string(),
+            stats,
+            histogram: s.counters().histogram(),
+            limit: s.limit().map(|l| (l.max(), l.used())),
+            sqlite_memory_used: used,
+            live_blocks,
+        }
+    }
+
+    /// Capture the installed allocator (with `sqlite3_memory_used()` when it is known), or `None`
+    /// when nothing is installed.
+    pub fn capture_installed() -> Option<Report> {
+        let s = crate::installed()?;
+        let used = memory_used_fn().map(|f| {
+            move || {
+                // SAFETY: as in `sqlite_memory_used`.
+                unsafe { f() }
+            }
+        });
+        Some(Report::capture(
+            s,
+            used.as_ref().map(|f| f as &dyn Fn() -> i64),
+        ))
+    }
+
+    /// Render in `format`.
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => render_text(self, TEXT_MAX_BLOCKS),
+            Format::Json => render_json(self),
+            Format::Prometheus => render_prometheus(self),
+        }
+    }
+
+    /// Write to `target` (a file target is written whole under a temporary name, then renamed).
+    pub fn write_to(&self, target: &Target) -> io::Result<()> {
+        match target {
+            Target::Stderr => {
+                // One write for the whole table, so lines of other threads do not interleave.
+                FdWriter(2).write_all(self.render(Format::Text).as_bytes())
+            }
+            Target::File(format, path) => {
+                let path = expand_path(path);
+                let tmp = format!("{path}.tmp{}", std::process::id());
+                std::fs::write(&tmp, self.render(*format))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })
+                    .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+            }
+        }
+    }
+}
+
+/// A report format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A short human table.
+    Text,
+    /// One JSON object.
+    Json,
+    /// Prometheus text exposition format (version 0.0.4).
+    Prometheus,
+}
+
+impl Format {
+    /// Parse a format name: `text`, `json` or `prometheus`.
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "text" => Ok(Format::Text),
+            "json" => Ok(Format::Json),
+            "prometheus" => Ok(Format::Prometheus),
+            _ => Err(format!(
+                "unknown report format '{s}' (use text, json or prometheus)"
+            )),
+        }
+    }
+}
+
+/// Where a report goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The text table on standard error.
+    Stderr,
+    /// A file in the given format (`json:PATH`, `prometheus:PATH`); `%p` in the path stands for
+    /// the process id.
+    File(Format, String),
+}
+
+impl Target {
+    /// Parse `stderr`, `json:PATH` or `prometheus:PATH`. The error names the offending part.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let s = s.trim();
+        if s == "stderr" {
+            return Ok(Target::Stderr);
+        }
+        let (kind, path) = s.split_once(':').unwrap_or((s, ""));
+        let format = match kind {
+            "json" => Format::Json,
+            "prometheus" => Format::Prometheus,
+            _ => {
+                return Err(format!(
+                    "bad report target '{s}': use stderr, json:PATH or prometheus:PATH"
+                ))
+            }
+        };
+        if path.is_empty() {
+            return Err(format!(
+                "bad report target '{s}': '{kind}:' needs a file path"
+            ));
+        }
+        Ok(Target::File(format, path.to_string()))
+    }
+}
+
+/// Replace `%p` by the process id.
+fn expand_path(path: &str) -> String {
+    path.replace("%p", &std::process::id().to_string())
+}
+
+/// Most live blocks listed by the text table (the JSON report lists all).
+pub const TEXT_MAX_BLOCKS: usize = 20;
+
+/// Upper bound of histogram bucket `i` in bytes, `None` for the last (unbounded) bucket.
+pub fn bucket_le(i: usize) -> Option<u64> {
+    (i + 1 < HIST_BUCKETS).then(|| 1u64 << i)
+}
+
+/// The text table (what `SQLALLOC_REPORT=stderr` prints), listing at most `max_blocks` live
+/// blocks.
+pub fn render_text(r: &Report, max_blocks: usize) -> String {
+    let mut o = String::new();
+    let st = &r.stats;
+    let _ = writeln!(
+        o,
+        "sqlalloc report (pid {}): backend {}, spec \"{}\"",
+        r.pid, r.backend, r.spec
+    );
+    let used = match r.sqlite_memory_used {
+        Some(u) => format!("   sqlite3_memory_used() = {u}"),
+        None => String::new(),
+    };
+    let rows: [(&str, i64, &str); 8] = [
+        ("current_bytes", st.current_bytes, &used),
+        ("peak_bytes", st.peak_bytes, ""),
+        ("current_count", st.current_count, "   live blocks"),
+        ("malloc_calls", st.malloc_calls, ""),
+        ("free_calls", st.free_calls, ""),
+        ("realloc_calls", st.realloc_calls, ""),
+        ("failed_calls", st.failed_calls, ""),
+        ("largest_request", st.largest_request, "   bytes"),
+    ];
+    for (name, v, note) in rows {
+        let _ = writeln!(o, "  {name:<16}{v:>16}{note}");
+    }
+    if let Some((max, used)) = r.limit {
+        let _ = writeln!(o, "  {:<16}{:>16}   of {} bytes", "limit_used", used, max);
+    }
+    let total: u64 = r.histogram.iter().sum();
+    if total > 0 {
+        let _ = writeln!(o, "  request size (bytes)      calls");
+        let widest = r.histogram.iter().copied().max().unwrap_or(1).max(1);
+        for (i, &c) in r.histogram.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let lo = if i == 0 { 0 } else { (1u64 << (i - 1)) + 1 };
+            let range = match bucket_le(i) {
+                Some(hi) => format!("{lo}-{hi}"),
+                None => format!("{lo}+"),
+            };
+            let bar = "#".repeat(((c * 30).div_ceil(widest)) as usize);
+            let _ = writeln!(o, "  {range:>20}{c:>11}  {bar}");
+        }
+    }
+    if let Some(blocks) = &r.live_blocks {
+        let _ = writeln!(o, "  live blocks: {}", blocks.len());
+        for b in blocks.iter().take(max_blocks) {
+            let _ = writeln!(o, "    {} bytes at {:#x}", b.size, b.addr);
+            for (i, pc) in b.backtrace.iter().enumerate() {
+                let _ = writeln!(o, "      #{i} {pc:#x} {}", symbolize(*pc));
+            }
+        }
+        if blocks.len() > max_blocks {
+            let _ = writeln!(
+                o,
+                "    ... and {} more (the JSON report lists all)",
+                blocks.len() - max_blocks
+            );
+        }
+    }
+    o
+}
+
+/// `s` as a JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// The JSON report: one object.
+///
+/// ```text
+/// { "pid", "backend", "spec",
+///   "stats": { every field of sqlalloc_stats },
+///   "sqlite_memory_used": n | null,
+///   "limit": { "max_bytes", "used_bytes" } | null,
+///   "request_size_histogram": [ { "le": 2^i | null, "count": n }, ... ]   (not cumulative)
+///   "live_blocks": [ { "addr": "0x..", "size": n, "backtrace": [ "0x.. symbol (file)" ] } ]
+///                  | null (backend does not track blocks) }
+/// ```
+pub fn render_json(r: &Report) -> String {
+    let st = &r.stats;
+    let mut o = String::new();
+    let _ = write!(
+        o,
+        "{{\n  \"pid\": {},\n  \"backend\": {},\n  \"spec\": {},\n",
+        r.pid,
+        json_str(&r.backend),
+        json_str(&r.spec)
+    );
+    let _ = writeln!(
+        o,
+        "  \"stats\": {{\"current_bytes\": {}, \"peak_bytes\": {}, \"current_count\": {}, \
+         \"malloc_calls\": {}, \"free_calls\": {}, \"realloc_calls\": {}, \"failed_calls\": {}, \
+         \"largest_request\": {}}},",
+        st.current_bytes,
+        st.peak_bytes,
+        st.current_count,
+        st.malloc_calls,
+        st.free_calls,
+        st.realloc_calls,
+        st.failed_calls,
+        st.largest_request
+    );
+    let used = r
+        .sqlite_memory_used
+        .map_or_else(|| "null".to_string(), |u| u.to_string());
+    let _ = writeln!(o, "  \"sqlite_memory_used\": {used},");
+    match r.limit {
+        Some((max, used)) => {
+            let _ = writeln!(
+                o,
+                "  \"limit\": {{\"max_bytes\": {max}, \"used_bytes\": {used}}},"
+            );
+        }
+        None => o.push_str("  \"limit\": null,\n"),
+    }
+    o.push_str("  \"request_size_histogram\": [");
+    for (i, c) in r.histogram.iter().enumerate() {
+        let le = bucket_le(i).map_or_else(|| "null".to_string(), |v| v.to_string());
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(o, "{sep}{{\"le\": {le}, \"count\": {c}}}");
+    }
+    o.push_str("],\n");
+    match &r.live_blocks {
+        None => o.push_str("  \"live_blocks\": null\n"),
+        Some(blocks) => {
+            o.push_str("  \"live_blocks\": [");
+            for (i, b) in blocks.iter().enumerate() {
+                let sep = if i == 0 { "\n" } else { ",\n" };
+                let bt: Vec<String> = b
+                    .backtrace
+                    .iter()
+                    .map(|&pc| json_str(&format!("{pc:#x} {}", symbolize(pc))))
+                    .collect();
+                let _ = write!(
+                    o,
+                    "{sep}    {{\"addr\": \"{:#x}\", \"size\": {}, \"backtrace\": [{}]}}",
+                    b.addr,
+                    b.size,
+                    bt.join(", ")
+                );
+            }
+            o.push_str(if blocks.is_empty() { "]\n" } else { "\n  ]\n" });
+        }
+    }
+    o.push_str("}\n");
+    o
+}
+
+/// A Prometheus label value, escaped.
+fn prom_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition format (0.0.4). Every sample carries the labels
+/// `backend="..."` and `spec="..."`. Metrics:
+///
+/// | name | type | meaning |
+/// |---|---|---|
+/// | `sqlite_memory_current_bytes` | gauge | bytes in live blocks (sum of `xSize`) |
+/// | `sqlite_memory_peak_bytes` | gauge | highest `current_bytes` since install or reset |
+/// | `sqlite_memory_current_blocks` | gauge | live blocks |
+/// | `sqlite_memory_calls_total{op="malloc"\|"free"\|"realloc"}` | counter | calls of xMalloc, xFree, xRealloc |
+/// | `sqlite_memory_failed_calls_total` | counter | xMalloc/xRealloc calls that returned NULL |
+/// | `sqlite_memory_largest_request_bytes` | gauge | largest size asked of xMalloc/xRealloc |
+/// | `sqlite_memory_request_size_bytes` | histogram | request sizes, power-of-two buckets (`_bucket{le}`, `_count`; no `_sum`: sizes are not summed) |
+/// | `sqlite_memory_limit_bytes` | gauge | the `limit` layer's cap (only with `+limit`) |
+/// | `sqlite_memory_sqlite_used_bytes` | gauge | `sqlite3_memory_used()` read with the counters (only when SQLite could be asked) |
+pub fn render_prometheus(r: &Report) -> String {
+    let st = &r.stats;
+    let labels = format!(
+        "backend=\"{}\",spec=\"{}\"",
+        prom_label(&r.backend),
+        prom_label(&r.spec)
+    );
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        for (extra, v) in samples {
+            let _ = writeln!(o, "{name}{{{labels}{extra}}} {v}");
+        }
+    };
+    metric(
+        "sqlite_memory_current_bytes",
+        "gauge",
+        "Bytes in live SQLite allocations (sum of xSize), as sqlite3_memory_used() counts them.",
+        &[("", st.current_bytes.to_string())],
+    );
+    metric(
+        "sqlite_memory_peak_bytes",
+        "gauge",
+        "Highest current_bytes since the allocator was installed or the peak was reset.",
+        &[("", st.peak_bytes.to_string())],
+    );
+    metric(
+        "sqlite_memory_current_blocks",
+        "gauge",
+        "Live SQLite allocations.",
+        &[("", st.current_count.to_string())],
+    );
+    metric(
+        "sqlite_memory_calls_total",
+        "counter",
+        "Calls of the allocator by SQLite, by operation.",
+        &[
+            (",op=\"malloc\"", st.malloc_calls.to_string()),
+            (",op=\"free\"", st.free_calls.to_string()),
+            (",op=\"realloc\"", st.realloc_calls.to_string()),
+        ],
+    );
+    metric(
+        "sqlite_memory_failed_calls_total",
+        "counter",
+        "Calls of xMalloc or xRealloc that returned NULL.",
+        &[("", st.failed_calls.to_string())],
+    );
+    metric(
+        "sqlite_memory_largest_request_bytes",
+        "gauge",
+        "Largest size requested from xMalloc or xRealloc.",
+        &[("", st.largest_request.to_string())],
+    );
+    let mut buckets = Vec::with_capacity(HIST_BUCKETS + 1);
+    let mut cum = 0u64;
+    for (i, c) in r.histogram.iter().enumerate() {
+        cum += c;
+        let le = bucket_le(i).map_or_else(|| "+Inf".to_string(), |v| v.to_string());
+        buckets.push((format!(",le=\"{le}\""), cum.to_string()));
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sqlite_memory_request_size_bytes Sizes requested from xMalloc and xRealloc."
+    );
+    let _ = writeln!(o, "# TYPE sqlite_memory_request_size_bytes histogram");
+    for (le, v) in &buckets {
+        let _ = writeln!(
+            o,
+            "sqlite_memory_request_size_bytes_bucket{{{labels}{le}}} {v}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "sqlite_memory_request_size_bytes_count{{{labels}}} {cum}"
+    );
+    let mut metric = |name: &str, help: &str, v: String| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        let _ = writeln!(o, "{name}{{{labels}}} {v}");
+    };
+    if let Some((max, _)) = r.limit {
+        metric(
+            "sqlite_memory_limit_bytes",
+            "Hard cap on current_bytes set by the limit layer.",
+            max.to_string(),
+        );
+    }
+    if let Some(u) = r.sqlite_memory_used {
+        metric(
+            "sqlite_memory_sqlite_used_bytes",
+            "sqlite3_memory_used() read together with the counters.",
+            u.to_string(),
+        );
+    }
+    o
+}
+
+// ---------------------------------------------------------------------------------------------
+// C API.
+
+/// Write a report of the installed allocator to `target`: `"stderr"` (a short table),
+/// `"json:PATH"` or `"prometheus:PATH"` (the syntax of `SQLALLOC_REPORT`; `%p` in PATH is replaced
+/// by the process id; the file is written under a temporary name and renamed over PATH). The
+/// report carries the backend and spec, every counter of `sqlalloc_stats`, the request-size
+/// histogram, `sqlite3_memory_used()` read at the same moment, and for the `debug` backend the
+/// live blocks with sizes and backtraces.
+///
+/// Returns SQLITE_OK; SQLITE_MISUSE when `target` is NULL; SQLITE_ERROR for a bad target, when no
+/// sqlalloc allocator is installed, or when the file cannot be written (`sqlalloc_errmsg()` says
+/// which).
+///
+/// # Safety
+/// `target` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn sqlalloc_report(target: *const c_char) -> c_int {
+    use crate::ffi::set_result;
+    if target.is_null() {
+        return set_result(sqlite::SQLITE_MISUSE, "sqlalloc_report: target is NULL");
+    }
+    // SAFETY: non-null and NUL-terminated by the caller's contract.
+    let target = unsafe { CStr::from_ptr(target) }.to_string_lossy();
+    let target = match Target::parse(&target) {
+        Ok(t) => t,
+        Err(e) => return set_result(sqlite::SQLITE_ERROR, &format!("sqlalloc_report: {e}")),
+    };
+    let Some(report) = Report::capture_installed() else {
+        return set_result(sqlite::SQLITE_ERROR, "no sqlalloc allocator is installed");
+    };
+    match report.write_to(&target) {
+        Ok(()) => set_result(sqlite::SQLITE_OK, ""),
+        Err(e) => set_result(sqlite::SQLITE_ERROR, &format!("sqlalloc_report: {e}")),
+    }
+}
+
+/// Render a report of the installed allocator in `format` (`"text"`, `"json"` or `"prometheus"`)
+/// into `buf`, for a metrics endpoint. Like `snprintf`: at most `len - 1` bytes are written,
+/// followed by a NUL (when `len > 0`), and the full length of the report (without the NUL) is
+/// returned, so a return value `>= len` means the report was cut; call with `buf = NULL, len = 0`
+/// to learn the size.
+///
+/// Returns -1 when `format` is NULL or unknown, `buf` is NULL with `len > 0`, or nothing is
+/// installed (`sqlalloc_errmsg()` says which).
+///
+/// # Safety
+/// `format` must be NULL or a NUL-terminated string; `buf` must be NULL or point to `len`
+/// writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn sqlalloc_report_to_buffer(
+    format: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+) -> i64 {
+    use crate::ffi::set_result;
+    if format.is_null() {
+        set_result(
+            sqlite::SQLITE_MISUSE,
+            "sqlalloc_report_to_buffer: format is NULL",
+        );
+        return -1;
+    }
+    if buf.is_null() && len > 0 {
+        set_result(
+            sqlite::SQLITE_MISUSE,
+            "sqlalloc_report_to_buffer: buf is NULL but len is not 0",
+        );
+        return -1;
+    }
+    // SAFETY: non-null and NUL-terminated by the caller's contract.
+    let format = unsafe { CStr::from_ptr(format) }.to_string_lossy();
+    let format = match Format::parse(&format) {
+        Ok(f) => f,
+        Err(e) => {
+            set_result(
+                sqlite::SQLITE_ERROR,
+                &format!("sqlalloc_report_to_buffer: {e}"),
+            );
+            return -1;
+        }
+    };
+    let Some(report) = Report::capture_installed() else {
+        set_result(sqlite::SQLITE_ERROR, "no sqlalloc allocator is installed");
+        return -1;
+    };
+    let text = report.render(format);
+    if len > 0 {
+        let n = text.len().min(len - 1);
+        // SAFETY: `buf` has `len` writable bytes (caller's contract) and `n + 1 <= len`; `text`
+        // is a separate Rust allocation, so the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+            buf.add(n).write(0);
+        }
+    }
+    set_result(sqlite::SQLITE_OK, "");
+    i64::try_from(text.len()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend;
+
+    fn sample() -> Report {
+        let mut histogram = [0u64; HIST_BUCKETS];
+        histogram[0] = 1;
+        histogram[3] = 5;
+        histogram[HIST_BUCKETS - 1] = 2;
+        Report {
+            pid: 7,
+            backend: "debug".into(),
+            spec: "debug:backtrace=2+limit:max=1M".into(),
+            stats: Snapshot {
+                current_bytes: 100,
+                peak_bytes: 200,
+                current_count: 2,
+                malloc_calls: 6,
+                free_calls: 4,
+                realloc_calls: 2,
+                failed_calls: 1,
+                largest_request: 1 << 31,
+            },
+            histogram,
+            limit: Some((1 << 20, 100)),
+            sqlite_memory_used: Some(100),
+            live_blocks: Some(vec![Block {
+                addr: 0x1000,
+                size: 64,
+                backtrace: vec![sample as usize + 1],
+            }]),
+        }
+    }
+
+    #[test]
+    fn targets_parse_and_bad_ones_name_the_part() {
+        assert_eq!(Target::parse(" stderr "), Ok(Target::Stderr));
+        assert_eq!(
+            Target::parse("json:/tmp/a.json"),
+            Ok(Target::File(Format::Json, "/tmp/a.json".into()))
+        );
+        assert_eq!(
+            Target::parse("prometheus:x:y"),
+            Ok(Target::File(Format::Prometheus, "x:y".into()))
+        );
+        let e = Target::parse("xml:/tmp/a").unwrap_err();
+        assert!(e.contains("'xml:/tmp/a'"), "{e}");
+        let e = Target::parse("json:").unwrap_err();
+        assert!(e.contains("needs a file path"), "{e}");
+        assert!(Target::parse("").is_err());
+        assert!(Format::parse("yaml").unwrap_err().contains("'yaml'"));
+    }
+
+    #[test]
+    fn prometheus_histogram_is_cumulative_and_labelled() {
+        let p = render_prometheus(&sample());
+        let l = "backend=\"debug\",spec=\"debug:backtrace=2+limit:max=1M\"";
+        for line in [
+            format!("sqlite_memory_current_bytes{{{l}}} 100"),
+            format!("sqlite_memory_calls_total{{{l},op=\"realloc\"}} 2"),
+            format!("sqlite_memory_request_size_bytes_bucket{{{l},le=\"1\"}} 1"),
+            format!("sqlite_memory_request_size_bytes_bucket{{{l},le=\"4\"}} 1"),
+            format!("sqlite_memory_request_size_bytes_bucket{{{l},le=\"8\"}} 6"),
+            format!("sqlite_memory_request_size_bytes_bucket{{{l},le=\"1073741824\"}} 6"),
+            format!("sqlite_memory_request_size_bytes_bucket{{{l},le=\"+Inf\"}} 8"),
+            format!("sqlite_memory_request_size_bytes_count{{{l}}} 8"),
+            format!("sqlite_memory_limit_bytes{{{l}}} 1048576"),
+            format!("sqlite_memory_sqlite_used_bytes{{{l}}} 100"),
+            "# TYPE sqlite_memory_request_size_bytes histogram".to_string(),
+        ] {
+            assert!(p.lines().any(|x| x == line), "missing {line:?} in\n{p}");
+        }
+        assert!(!p.contains("_sum"), "no _sum is tracked");
+        // Every sample line is `name{labels} value` with an integer value.
+        for line in p.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap();
+            assert!(v.parse::<i64>().is_ok(), "{line}");
+        }
+        assert_eq!(prom_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn json_and_text_carry_every_counter_and_the_blocks() {
+        let r = sample();
+        let j = render_json(&r);
+        for key in [
+            "\"current_bytes\": 100",
+            "\"peak_bytes\": 200",
+            "\"current_count\": 2",
+            "\"malloc_calls\": 6",
+            "\"free_calls\": 4",
+            "\"realloc_calls\": 2",
+            "\"failed_calls\": 1",
+            "\"largest_request\": 2147483648",
+            "\"sqlite_memory_used\": 100",
+            "{\"le\": 8, \"count\": 5}",
+            "{\"le\": null, \"count\": 2}",
+            "\"addr\": \"0x1000\", \"size\": 64",
+            "\"max_bytes\": 1048576",
+        ] {
+            assert!(j.contains(key), "missing {key} in\n{j}");
+        }
+        // Each frame is its address followed by where dladdr places it (the test binary here).
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.file_name().unwrap().to_string_lossy();
+        assert!(
+            j.contains("\"backtrace\": [\"0x") && j.contains(&*exe),
+            "backtrace symbolized:\n{j}"
+        );
+        let t = render_text(&r, 0);
+        assert!(t.contains("sqlite3_memory_used() = 100"), "{t}");
+        assert!(t.contains("live blocks: 1"), "{t}");
+        assert!(t.contains("... and 1 more"), "{t}");
+        assert!(t.contains("1073741825+"), "{t}");
+        assert_eq!(json_str("a\"\u{1}\\"), "\"a\\\"\\u0001\\\\\"");
+    }
+
+    #[test]
+    fn capture_reads_a_stack_and_writes_files() {
+        let s = Stack::new(Box::new(backend::System), Some(1 << 20), "system".into());
+        let p = s.malloc(100).unwrap();
+        let q = s.malloc(5000).unwrap();
+        // SAFETY: `q` is a live block of `s`.
+        let q = unsafe { s.realloc(q, 9000) }.unwrap();
+        let r = Report::capture(&s, Some(&|| 42));
+        assert_eq!(r.sqlite_memory_used, Some(42));
+        assert_eq!(r.stats.malloc_calls, 2);
+        assert_eq!(r.stats.realloc_calls, 1);
+        assert_eq!(r.histogram[bucket_index(100)], 1);
+        assert_eq!(r.histogram[bucket_index(5000)], 1);
+        assert_eq!(r.histogram[bucket_index(9000)], 1);
+        assert_eq!(r.live_blocks, None, "system does not track blocks");
+        assert_eq!(r.limit.map(|l| l.1), Some(r.stats.current_bytes as u64));
+        let dir = std::env::temp_dir().join(format!("sqlalloc-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r-%p.prom").to_string_lossy().into_owned();
+        r.write_to(&Target::File(Format::Prometheus, path.clone()))
+            .unwrap();
+        let written = std::fs::read_to_string(expand_path(&path)).unwrap();
+        assert_eq!(written, render_prometheus(&r));
+        let bad = Target::File(Format::Json, "/nonexistent-dir/x.json".into());
+        let e = r.write_to(&bad).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent-dir/x.json"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // SAFETY: `p` and `q` are live blocks of `s`.
+        unsafe {
+            s.free(p);
+            s.free(q);
+        }
+    }
+
+    fn bucket_index(n: usize) -> usize {
+        crate::counters::bucket(n)
+    }
+
+    #[test]
+    fn c_api_checks_its_arguments() {
+        // SAFETY: NULL and valid C strings only; buffers are sized as passed.
+        unsafe {
+            assert_eq!(sqlalloc_report(std::ptr::null()), sqlite::SQLITE_MISUSE);
+            assert_eq!(sqlalloc_report(c"xml:/x".as_ptr()), sqlite::SQLITE_ERROR);
+            let msg = CStr::from_ptr(crate::ffi::sqlalloc_errmsg()).to_string_lossy();
+            assert!(msg.contains("'xml:/x'"), "{msg}");
+            assert_eq!(
+                sqlalloc_report_to_buffer(std::ptr::null(), std::ptr::null_mut(), 0),
+                -1
+            );
+            assert_eq!(
+                sqlalloc_report_to_buffer(c"json".as_ptr(), std::ptr::null_mut(), 5),
+                -1
+            );
+            assert_eq!(
+                sqlalloc_report_to_buffer(c"yaml".as_ptr(), std::ptr::null_mut(), 0),
+                -1
+            );
+            let msg = CStr::from_ptr(crate::ffi::sqlalloc_errmsg()).to_string_lossy();
+            assert!(msg.contains("'yaml'"), "{msg}");
+        }
     }
 }
