@@ -42,11 +42,11 @@ CTEST_DIR    := $(BUILD)/c-tests
 CTEST_ASAN_DIR := $(BUILD)/c-tests-asan
 # The C code is instrumented; the Rust library is not (it is linked as it is shipped).
 CFLAGS_ASAN  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-# detect_leaks=0: LeakSanitizer would report the blocks SQLite or the tests leave to the
-# allocator on purpose (retired allocators that still own blocks, the debug leak test).
-# handle_abort=0 (the default, spelled out): the debug overrun test expects its child to die of
-# SIGABRT; ASan must not turn that abort into its own report and exit code.
-ASAN_ENV     := ASAN_OPTIONS=detect_leaks=0:handle_abort=0:abort_on_error=0:halt_on_error=1 \
+# LeakSanitizer stays on, with one suppression (c-tests/lsan.supp): the counters each install
+# leaks on purpose. handle_abort=0 (the default, spelled out): the debug overrun test expects its
+# child to die of SIGABRT; ASan must not turn that abort into its own report and exit code.
+ASAN_ENV     := ASAN_OPTIONS=detect_leaks=1:handle_abort=0:abort_on_error=0:halt_on_error=1 \
+                LSAN_OPTIONS=suppressions=$(CURDIR)/c-tests/lsan.supp:print_suppressions=0 \
                 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # Native libraries a static link of libsqlalloc.a needs: the output of
 # `cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs`.
