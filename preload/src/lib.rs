@@ -1,0 +1,563 @@
+//! # libsqlalloc_preload.so
+//!
+//! `LD_PRELOAD=libsqlalloc_preload.so SQLALLOC=spec program` runs an unmodified program with the
+//! sqlalloc allocator named by `spec` installed into its SQLite, and `SQLALLOC_REPORT=stderr`,
+//! `json:PATH` or `prometheus:PATH` writes a report when the program exits.
+//!
+//! # How it gets in first
+//!
+//! An allocator can only be installed before SQLite initializes, and SQLite initializes itself
+//! from inside its own functions (`sqlite3_open`, `sqlite3_vfs_find`, `sqlite3_malloc`, ...),
+//! which all call `sqlite3_initialize` through the PLT. This library defines
+//! `sqlite3_initialize`; a preloaded library is first in the global lookup scope, which is
+//! searched first for every object's relocations — also for a `libsqlite3` that the program
+//! `dlopen`s later with `RTLD_LOCAL` — so every such call, inside SQLite or from the program,
+//! lands here first. The first call:
+//!
+//! 1. finds the real `sqlite3_initialize` of the SQLite that called (below);
+//! 2. reads `SQLALLOC` (unset or empty: do nothing more, ever), checks that this SQLite has never
+//!    allocated (`sqlite3_status64`: if it has, someone initialized it without going through
+//!    here, and it is left alone), parses `SQLALLOC_REPORT`;
+//! 3. installs the allocator with `sqlalloc::install`, the `sqlite3_config` it calls being the
+//!    one of that SQLite (`sqlalloc::set_sqlite3_config`: this library never references
+//!    `sqlite3_config` itself, so it loads in programs that have no SQLite yet);
+//! 4. calls the real `sqlite3_initialize`. If that fails (a heap too small for the backend to
+//!    initialize, say), SQLite is shut down, its default allocator is put back and it is
+//!    initialized again: the program runs as it would without this library.
+//!
+//! Every problem costs one line on stderr naming the offending part, and the program goes on with
+//! SQLite's default allocator. Later calls go straight to the real function.
+//!
+//! ## Which SQLite called
+//!
+//! `sqlite3_initialize` is entered through a two-instruction trampoline that passes its return
+//! address (x86-64 and AArch64; elsewhere no address, and the fallbacks below decide). The object
+//! containing that address (`dladdr`) is opened again with `RTLD_NOLOAD`, and `dlsym` on that
+//! handle searches the object and its dependencies only, never this library: for a call from
+//! inside `libsqlite3` it yields that library's own function, for a call from a language binding
+//! linked against `libsqlite3.so.0` the one the binding was linked with. Fallbacks: `RTLD_NEXT`
+//! (a program linked with `-lsqlite3`), then an already loaded `libsqlite3.so.0`. So a process
+//! with two SQLite libraries (a program's and a binding's bundled one) forwards each call to the
+//! right one; the allocator goes into the first one that initializes, the other keeps its
+//! default (one line says so).
+//!
+//! The SQLite that got the allocator is pinned (its `RTLD_NOLOAD` handle is kept open): SQLite
+//! holds this library's functions and this library holds SQLite's, until the process ends. Calls
+//! from inside its mapped range are forwarded without any lookup.
+//!
+//! # The exit report
+//!
+//! Written from this library's `.fini_array` destructor, which the dynamic loader runs after every
+//! `atexit` handler of the program (so after the program's own clean-up) while SQLite is still
+//! mapped; `sqlite3_memory_used()` is read at the same moment as the counters. Not written by a
+//! forked child that exits (the process id must be the one that installed), nor on `_exit`,
+//! `quick_exit` or a fatal signal. `%p` in the path stands for the process id.
+//!
+//! # What it never does
+//!
+//! It replaces only SQLite's allocator (`SQLITE_CONFIG_MALLOC`), never `malloc`: the only symbols
+//! it defines are `sqlite3_initialize` and the `sqlalloc_*` functions of the C API (so a program
+//! running under it can also call `sqlalloc_report` through `dlsym`). Linking `libsqlalloc.a`
+//! into a program interposes nothing; that library has no `sqlite3_initialize`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+use sqlalloc::report::{FdWriter, Report, Target};
+use sqlalloc::sqlite::{ConfigFn, Sqlite3MemMethods, SQLITE_CONFIG_MALLOC, SQLITE_OK};
+use std::cell::Cell;
+use std::ffi::{c_int, c_void, CStr, CString};
+use std::io::Write;
+use std::sync::{Once, OnceLock};
+
+/// `SQLITE_CONFIG_GETMALLOC`.
+const SQLITE_CONFIG_GETMALLOC: c_int = 5;
+/// `SQLITE_STATUS_MEMORY_USED`.
+const SQLITE_STATUS_MEMORY_USED: c_int = 0;
+/// `SQLITE_STATUS_MALLOC_COUNT`.
+const SQLITE_STATUS_MALLOC_COUNT: c_int = 9;
+
+/// `int sqlite3_initialize(void)` and `int sqlite3_shutdown(void)`.
+type InitFn = unsafe extern "C" fn() -> c_int;
+/// `int sqlite3_status64(int op, sqlite3_int64 *cur, sqlite3_int64 *hiwtr, int reset)`.
+type Status64Fn = unsafe extern "C" fn(c_int, *mut i64, *mut i64, c_int) -> c_int;
+/// `sqlite3_int64 sqlite3_memory_used(void)`.
+type MemoryUsedFn = unsafe extern "C" fn() -> i64;
+
+// ---------------------------------------------------------------------------------------------
+// The interposer.
+
+/// The SQLite that got the allocator: calls from inside `[lo, hi)` go straight to `init`.
+struct Primary {
+    lo: usize,
+    hi: usize,
+    init: InitFn,
+    path: String,
+}
+
+/// Set once, after the setup finished and only when an allocator was installed.
+static PRIMARY: OnceLock<Primary> = OnceLock::new();
+/// The one-time setup (reading `SQLALLOC`, installing).
+static SETUP: Once = Once::new();
+/// Set when a second SQLite has been told it keeps its default allocator.
+static OTHER_SQLITE_NOTED: Once = Once::new();
+
+thread_local! {
+    /// True while this thread runs the setup: the real `sqlite3_initialize` calls itself (through
+    /// this interposer) and those calls must go straight through.
+    static IN_SETUP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// SQLite's `sqlite3_initialize`, as seen by every caller in the process. Passes the return
+/// address to [`initialize_from`] and tail-jumps there, so that function returns straight to the
+/// caller.
+#[cfg(target_arch = "x86_64")]
+// SAFETY: the body takes the return address from the top of the stack (where `call` put it) into
+// the first argument register and jumps, leaving the stack exactly as the caller made it, so
+// `initialize_from` runs as if called directly by our caller and returns to it.
+#[unsafe(naked)]
+#[no_mangle]
+pub extern "C" fn sqlite3_initialize() -> c_int {
+    core::arch::naked_asm!(
+        "mov rdi, qword ptr [rsp]",
+        "jmp {inner}",
+        inner = sym initialize_from,
+    )
+}
+
+/// SQLite's `sqlite3_initialize` (see the x86-64 version).
+#[cfg(target_arch = "aarch64")]
+// SAFETY: the link register holds the return address; it is copied into the first argument
+// register and the branch leaves sp and lr untouched, so `initialize_from` returns to our caller.
+#[unsafe(naked)]
+#[no_mangle]
+pub extern "C" fn sqlite3_initialize() -> c_int {
+    core::arch::naked_asm!("mov x0, x30", "b {inner}", inner = sym initialize_from)
+}
+
+/// SQLite's `sqlite3_initialize` (no return address on this architecture: the fallbacks decide
+/// which SQLite is meant).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[no_mangle]
+pub extern "C" fn sqlite3_initialize() -> c_int {
+    initialize_from(std::ptr::null())
+}
+
+/// Our own `sqlite3_initialize`, to tell it apart from SQLite's in lookups.
+fn own_initialize() -> usize {
+    sqlite3_initialize as *const () as usize
+}
+
+/// The body of the interposer: `caller` is the return address of the call (or null).
+extern "C" fn initialize_from(caller: *const c_void) -> c_int {
+    let at = caller as usize;
+    if let Some(p) = PRIMARY.get() {
+        if (p.lo..p.hi).contains(&at) {
+            // SAFETY: `p.init` is the pinned SQLite's sqlite3_initialize.
+            return unsafe { (p.init)() };
+        }
+    }
+    let Some(sq) = Sqlite::of_caller(caller) else {
+        say("a call of sqlite3_initialize found no SQLite library to forward it to");
+        return sqlalloc::sqlite::SQLITE_ERROR;
+    };
+    if !IN_SETUP.with(Cell::get) {
+        SETUP.call_once(|| {
+            IN_SETUP.with(|f| f.set(true));
+            setup(&sq);
+            IN_SETUP.with(|f| f.set(false));
+        });
+        if let Some(p) = PRIMARY.get() {
+            if p.init as usize != sq.init as usize {
+                OTHER_SQLITE_NOTED.call_once(|| {
+                    say(&format!(
+                        "another SQLite ({}) keeps its default allocator; SQLALLOC applies to {}",
+                        sq.path, p.path
+                    ))
+                });
+            }
+        }
+    }
+    // SAFETY: `sq.init` is the caller's SQLite's sqlite3_initialize (found by `of_caller`).
+    unsafe { (sq.init)() }
+}
+
+/// One line on stderr, written at once.
+fn say(msg: &str) {
+    let line = format!("sqlalloc: {msg}\n");
+    let _ = FdWriter(2).write_all(line.as_bytes());
+}
+
+/// What the exit report needs.
+struct Active {
+    target: Target,
+    pid: u32,
+    memory_used: Option<MemoryUsedFn>,
+}
+
+/// Set when an allocator is installed and in use and a report was asked for.
+static ACTIVE: OnceLock<Active> = OnceLock::new();
+
+/// The one-time setup for the first SQLite that initializes.
+fn setup(sq: &Sqlite) {
+    let spec = match std::env::var("SQLALLOC") {
+        Ok(s) if !s.trim().is_empty() => s,
+        Ok(_) | Err(std::env::VarError::NotPresent) => return,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            say("SQLALLOC is not valid UTF-8; SQLite keeps its default allocator");
+            return;
+        }
+    };
+    let keep = "SQLite keeps its default allocator";
+    let Some(lib) = sq.open() else {
+        say(&format!(
+            "SQLALLOC=\"{spec}\": cannot find sqlite3_config in {}; {keep}",
+            sq.path
+        ));
+        return;
+    };
+    if lib.has_allocated() {
+        say(&format!(
+            "SQLALLOC=\"{spec}\": SQLite ({}) was already initialized by someone else; {keep}",
+            sq.path
+        ));
+        return;
+    }
+    let target = match std::env::var("SQLALLOC_REPORT") {
+        Err(std::env::VarError::NotPresent) => None,
+        Ok(t) if t.trim().is_empty() => None,
+        Ok(t) => match Target::parse(&t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                say(&format!("SQLALLOC_REPORT: {e}; no report will be written"));
+                None
+            }
+        },
+        Err(std::env::VarError::NotUnicode(_)) => {
+            say("SQLALLOC_REPORT is not valid UTF-8; no report will be written");
+            None
+        }
+    };
+    // SAFETY: `lib.config` is the sqlite3_config of the SQLite this setup installs into, and that
+    // library is pinned (`lib.handle` is never closed), so it stays valid for the process.
+    if !unsafe { sqlalloc::set_sqlite3_config(lib.config) } {
+        say(&format!(
+            "SQLALLOC=\"{spec}\": another sqlite3_config was already set up; {keep}"
+        ));
+        return;
+    }
+    let saved = lib.current_methods();
+    if let Err(e) = sqlalloc::install(&spec) {
+        say(&format!("SQLALLOC=\"{spec}\": {e}; {keep}"));
+        return;
+    }
+    // SAFETY: `sq.init` is this SQLite's sqlite3_initialize. Calls it makes to itself come back
+    // through the interposer, which forwards them because IN_SETUP is set on this thread.
+    let rc = unsafe { (sq.init)() };
+    if rc != SQLITE_OK {
+        lib.restore(&saved, sq.init);
+        say(&format!(
+            "SQLALLOC=\"{spec}\": SQLite could not initialize with this allocator ({}); {keep}",
+            result_name(rc)
+        ));
+        return;
+    }
+    if let Some(f) = lib.memory_used {
+        // SAFETY: `f` is this SQLite's sqlite3_memory_used, pinned with the library.
+        unsafe { sqlalloc::report::set_memory_used_fn(f) };
+    }
+    let _ = PRIMARY.set(Primary {
+        lo: lib.lo,
+        hi: lib.hi,
+        init: sq.init,
+        path: sq.path.clone(),
+    });
+    if let Some(target) = target {
+        let _ = ACTIVE.set(Active {
+            target,
+            pid: std::process::id(),
+            memory_used: lib.memory_used,
+        });
+    }
+}
+
+/// SQLite's name of a primary result code.
+fn result_name(rc: c_int) -> String {
+    let name = match rc & 0xff {
+        1 => "SQLITE_ERROR",
+        7 => "SQLITE_NOMEM",
+        21 => "SQLITE_MISUSE",
+        _ => return format!("SQLite error {rc}"),
+    };
+    name.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The exit report.
+
+/// Run by the dynamic loader when the process exits (after the program's `atexit` handlers).
+extern "C" fn at_exit() {
+    let Some(a) = ACTIVE.get() else { return };
+    if a.pid != std::process::id() {
+        return;
+    }
+    let Some(s) = sqlalloc::installed() else {
+        return;
+    };
+    let used = a.memory_used.map(|f| {
+        move || {
+            // SAFETY: `f` is the pinned SQLite's sqlite3_memory_used; SQLite is still mapped.
+            unsafe { f() }
+        }
+    });
+    let report = Report::capture(s, used.as_ref().map(|f| f as &dyn Fn() -> i64));
+    if let Err(e) = report.write_to(&a.target) {
+        say(&format!("cannot write the report: {e}"));
+    }
+}
+
+#[used]
+#[link_section = ".fini_array"]
+static AT_EXIT: extern "C" fn() = at_exit;
+
+// ---------------------------------------------------------------------------------------------
+// Finding SQLite.
+
+/// A SQLite library found in the process: its `sqlite3_initialize` and where it lives.
+struct Sqlite {
+    init: InitFn,
+    path: String,
+    file: CString,
+}
+
+/// The functions of the SQLite the setup installs into, from a pinned handle.
+struct Library {
+    #[allow(dead_code)] // kept open on purpose: pins the library
+    handle: *mut c_void,
+    config: ConfigFn,
+    status64: Option<Status64Fn>,
+    shutdown: Option<InitFn>,
+    memory_used: Option<MemoryUsedFn>,
+    lo: usize,
+    hi: usize,
+}
+
+/// Look up `name` in `handle` (a dlopen handle, `RTLD_NEXT` or `RTLD_DEFAULT`).
+fn lookup(handle: *mut c_void, name: &CStr) -> *mut c_void {
+    // SAFETY: `name` is NUL-terminated; dlsym accepts any handle value returned by dlopen or the
+    // pseudo-handles, and returns null when the symbol is not found.
+    unsafe { libc::dlsym(handle, name.as_ptr()) }
+}
+
+/// A function pointer of type `F` from a `dlsym` result.
+///
+/// # Safety
+/// `p` must be non-null and point to a function whose C type is `F` (an `extern "C" fn` type).
+unsafe fn to_fn<F: Copy>(p: *mut c_void) -> F {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    // SAFETY: `F` is a function pointer type of the same size as `p` (checked), and `p` points to
+    // a function of that type (caller's contract).
+    unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+}
+
+/// `dladdr(addr)`: the file name and base address of the object containing `addr`.
+fn object_of(addr: *const c_void) -> Option<(CString, usize)> {
+    // SAFETY: an all-zero Dl_info (null pointers) is a valid value of this plain C struct.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only compares `addr` with the loaded objects' ranges; `info` is writable.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr returned a NUL-terminated name owned by the loader.
+    let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_owned();
+    Some((name, info.dli_fbase as usize))
+}
+
+/// `dlopen(file, RTLD_NOLOAD | RTLD_LAZY)`: a new reference to an already loaded object, or null.
+fn open_loaded(file: &CStr) -> *mut c_void {
+    // SAFETY: `file` is NUL-terminated; RTLD_NOLOAD never loads anything (so runs no constructor).
+    unsafe { libc::dlopen(file.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) }
+}
+
+fn close(handle: *mut c_void) {
+    if !handle.is_null() {
+        // SAFETY: `handle` came from a successful dlopen and is closed once.
+        unsafe { libc::dlclose(handle) };
+    }
+}
+
+impl Sqlite {
+    /// The SQLite whose `sqlite3_initialize` the code at `caller` meant to call.
+    fn of_caller(caller: *const c_void) -> Option<Sqlite> {
+        let own = own_initialize();
+        let usable = |f: *mut c_void| !f.is_null() && f as usize != own;
+        let name = c"sqlite3_initialize";
+        if !caller.is_null() {
+            if let Some((file, _)) = object_of(caller) {
+                let h = open_loaded(&file);
+                if !h.is_null() {
+                    let f = lookup(h, name);
+                    close(h);
+                    if usable(f) {
+                        return Sqlite::from_fn(f);
+                    }
+                }
+            }
+        }
+        let f = lookup(libc::RTLD_NEXT, name);
+        if usable(f) {
+            return Sqlite::from_fn(f);
+        }
+        let h = open_loaded(c"libsqlite3.so.0");
+        if !h.is_null() {
+            let f = lookup(h, name);
+            close(h);
+            if usable(f) {
+                return Sqlite::from_fn(f);
+            }
+        }
+        None
+    }
+
+    fn from_fn(f: *mut c_void) -> Option<Sqlite> {
+        let (file, _) = object_of(f)?;
+        // SAFETY: `f` is a non-null `sqlite3_initialize` exported by a SQLite library (not ours),
+        // whose C type is `int (void)`.
+        let init = unsafe { to_fn::<InitFn>(f) };
+        Some(Sqlite {
+            init,
+            path: file.to_string_lossy().into_owned(),
+            file,
+        })
+    }
+
+    /// Open (and pin) this SQLite and find the functions the setup and the report need, all
+    /// defined in the same object as `init`.
+    fn open(&self) -> Option<Library> {
+        let init_at = self.init as usize;
+        let (_, base) = object_of(self.init as *const c_void)?;
+        let h = open_loaded(&self.file);
+        // A SQLite built into the main program: it cannot be reopened by name; its symbols are
+        // found through the global scope (and checked to be in the same object below).
+        let scope = if h.is_null() { libc::RTLD_DEFAULT } else { h };
+        let same_object = |p: *mut c_void| {
+            !p.is_null() && object_of(p.cast_const()).is_some_and(|(_, b)| b == base)
+        };
+        let find = |name: &CStr| Some(lookup(scope, name)).filter(|&p| same_object(p));
+        let Some(config) = find(c"sqlite3_config") else {
+            close(h);
+            return None;
+        };
+        let (lo, hi) = mapped_range(init_at).unwrap_or((init_at, init_at + 1));
+        // In each block below, the pointer is non-null (`find` filters) and is the named SQLite
+        // function, whose C type is the one given (the aliases above, sqlalloc::sqlite::ConfigFn).
+        Some(Library {
+            handle: h,
+            // SAFETY: see above.
+            config: unsafe { to_fn::<ConfigFn>(config) },
+            // SAFETY: see above.
+            status64: find(c"sqlite3_status64").map(|p| unsafe { to_fn::<Status64Fn>(p) }),
+            // SAFETY: see above.
+            shutdown: find(c"sqlite3_shutdown").map(|p| unsafe { to_fn::<InitFn>(p) }),
+            // SAFETY: see above.
+            memory_used: find(c"sqlite3_memory_used").map(|p| unsafe { to_fn::<MemoryUsedFn>(p) }),
+            lo,
+            hi,
+        })
+    }
+}
+
+impl Library {
+    /// Whether SQLite's own allocator has ever served a block (so it was initialized, or is being
+    /// initialized, by a call that did not come through here). Needs memstatus, SQLite's default.
+    fn has_allocated(&self) -> bool {
+        let Some(status) = self.status64 else {
+            return false;
+        };
+        [SQLITE_STATUS_MALLOC_COUNT, SQLITE_STATUS_MEMORY_USED]
+            .iter()
+            .any(|&op| {
+                let (mut cur, mut high) = (0i64, 0i64);
+                // SAFETY: sqlite3_status64 with a valid op and two writable out-parameters; it
+                // only reads SQLite's status array (its mutex is a no-op before initialization).
+                let rc = unsafe { status(op, &mut cur, &mut high, 0) };
+                rc == SQLITE_OK && (cur > 0 || high > 0)
+            })
+    }
+
+    /// SQLite's current allocator (`SQLITE_CONFIG_GETMALLOC`, which sets up the default one
+    /// first if none was configured).
+    fn current_methods(&self) -> Sqlite3MemMethods {
+        let mut m = Sqlite3MemMethods {
+            x_malloc: None,
+            x_free: None,
+            x_realloc: None,
+            x_size: None,
+            x_roundup: None,
+            x_init: None,
+            x_shutdown: None,
+            p_app_data: std::ptr::null_mut(),
+        };
+        // SAFETY: GETMALLOC writes one sqlite3_mem_methods through the pointer; `m` has that
+        // layout. SQLite is not initialized at this point (checked by the caller).
+        unsafe { (self.config)(SQLITE_CONFIG_GETMALLOC, &mut m as *mut Sqlite3MemMethods) };
+        m
+    }
+
+    /// After a failed initialization with our allocator: shut SQLite down, put `saved` back and
+    /// initialize again.
+    fn restore(&self, saved: &Sqlite3MemMethods, init: InitFn) {
+        if let Some(shutdown) = self.shutdown {
+            // SAFETY: sqlite3_shutdown may be called at any time; it undoes the partial
+            // initialization (malloc and mutex subsystems) so the allocator can be changed.
+            unsafe { shutdown() };
+        }
+        // SAFETY: SQLite is not initialized (its initialization failed and it was shut down);
+        // `saved` is the table GETMALLOC returned, which SQLite copies.
+        let rc = unsafe { (self.config)(SQLITE_CONFIG_MALLOC, saved as *const Sqlite3MemMethods) };
+        if rc == SQLITE_OK {
+            // SAFETY: the real sqlite3_initialize; the program's own call follows it anyway.
+            unsafe { init() };
+        }
+    }
+}
+
+/// The lowest and highest addresses of the loaded object whose segments contain `addr`.
+fn mapped_range(addr: usize) -> Option<(usize, usize)> {
+    struct Search {
+        addr: usize,
+        found: Option<(usize, usize)>,
+    }
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for the duration of the call, and `data`
+        // is the `Search` handed to it below, used by nobody else meanwhile.
+        let (info, search) = unsafe { (&*info, &mut *data.cast::<Search>()) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: the loader's program headers: `dlpi_phnum` entries at `dlpi_phdr`.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let bias = info.dlpi_addr as usize;
+        let (mut lo, mut hi, mut inside) = (usize::MAX, 0usize, false);
+        for ph in phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD) {
+            let start = bias.wrapping_add(ph.p_vaddr as usize);
+            let end = start.wrapping_add(ph.p_memsz as usize);
+            lo = lo.min(start);
+            hi = hi.max(end);
+            inside |= (start..end).contains(&search.addr);
+        }
+        if inside {
+            search.found = Some((lo, hi));
+            return 1;
+        }
+        0
+    }
+    let mut search = Search { addr, found: None };
+    // SAFETY: `visit` matches the callback type and only uses `search` during the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut search as *mut Search).cast()) };
+    search.found
+}
