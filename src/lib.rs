@@ -318,6 +318,19 @@ pub unsafe fn set_sqlite3_config(f: sqlite::ConfigFn) -> bool {
     sqlite::set_config_fn(f)
 }
 
+/// Forget the installed allocator, so that [`installed`], [`stats`] and the C API see none again.
+/// For a caller that has just put another allocator back into SQLite (the preload library does
+/// that when SQLite cannot initialize with the one it installed). The allocator itself is leaked,
+/// not freed: a block it handed out could still be referenced.
+///
+/// # Safety
+/// SQLite must not be using sqlalloc's methods table any more: another allocator was configured
+/// (`SQLITE_CONFIG_MALLOC`) while SQLite was not initialized.
+pub unsafe fn forget_installed() {
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    ffi::CURRENT.store(std::ptr::null_mut(), Ordering::Release);
+}
+
 /// The installed allocator, if any.
 pub fn installed() -> Option<&'static Stack> {
     ffi::current()

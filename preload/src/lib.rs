@@ -516,6 +516,9 @@ impl Library {
         // `saved` is the table GETMALLOC returned, which SQLite copies.
         let rc = unsafe { (self.config)(SQLITE_CONFIG_MALLOC, saved as *const Sqlite3MemMethods) };
         if rc == SQLITE_OK {
+            // SAFETY: SQLite was just given back its own allocator while not initialized, so
+            // sqlalloc's table is no longer in use.
+            unsafe { sqlalloc::forget_installed() };
             // SAFETY: the real sqlite3_initialize; the program's own call follows it anyway.
             unsafe { init() };
         }
