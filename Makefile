@@ -21,7 +21,7 @@ lib:
 header:
 	SQLALLOC_UPDATE_HEADER=1 $(CARGO) build --release
 
-test: lint rust-test c-test c-test-asan
+test: lint rust-test c-test c-test-asan preload-test
 
 rust-test:
 	$(CARGO) test --all-targets
@@ -97,3 +97,23 @@ install: lib
 # docs/tcl-results.md; fails when any sqlalloc cell fails.
 tcl-test: lib
 	tcl/run.sh --lib $(LIBA) --build $(BUILD) --out docs/tcl-results.md
+
+# ---- LD_PRELOAD library (owner: preload; see docs/preload.md) --------------------------------
+# `LD_PRELOAD=$(PRELOAD_SO) SQLALLOC=spec program`. Built with `-p` alone: built together with the
+# root package, cargo would unify the core's features and the library would reference
+# sqlite3_config, which it must find at run time (programs that dlopen SQLite later).
+PRELOAD_SO := $(RELEASE)/libsqlalloc_preload.so
+.PHONY: preload preload-test
+
+preload:
+	$(CARGO) build --release -p sqlalloc_preload
+
+# The tests run Debian's sqlite3 command-line program (installed here when missing), a C program
+# that dlopens SQLite, and a C program linked with $(LIBA), all in cargo's release directory.
+preload-test: lib preload
+	@command -v sqlite3 >/dev/null 2>&1 || { \
+	  echo "preload-test: installing Debian's sqlite3 command-line program"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y sqlite3 || { $$SUDO apt-get update && $$SUDO apt-get install -y sqlite3; }; }
+	$(CARGO) clippy -p sqlalloc_preload --all-targets --no-deps -- -D warnings
+	$(CARGO) test --release -p sqlalloc_preload
