@@ -116,4 +116,5 @@ preload-test: lib preload
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y sqlite3 || { $$SUDO apt-get update && $$SUDO apt-get install -y sqlite3; }; }
 	$(CARGO) clippy -p sqlalloc_preload --all-targets --no-deps -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p sqlalloc_preload
 	$(CARGO) test --release -p sqlalloc_preload

@@ -8,7 +8,7 @@
 //! - [`Format::Text`]: a short human table (what `SQLALLOC_REPORT=stderr` prints);
 //! - [`Format::Json`]: one JSON object (`json:PATH`);
 //! - [`Format::Prometheus`]: the Prometheus text exposition format, metric family
-//!   `sqlite_memory_*` (`prometheus:PATH`), listed in [`write_prometheus`].
+//!   `sqlite_memory_*` (`prometheus:PATH`), listed in [`render_prometheus`].
 //!
 //! A [`Target`] names where a report goes, with the syntax of `SQLALLOC_REPORT` and of the C
 //! function `sqlalloc_report`: `stderr`, `json:PATH` or `prometheus:PATH`. `%p` in a path is
@@ -409,6 +409,7 @@ pub fn render_text(r: &Report, max_blocks: usize) -> String {
             }
             let lo = if i == 0 { 0 } else { (1u64 << (i - 1)) + 1 };
             let range = match bucket_le(i) {
+                Some(hi) if hi == lo => format!("{hi}"),
                 Some(hi) => format!("{lo}-{hi}"),
                 None => format!("{lo}+"),
             };

@@ -109,7 +109,7 @@ thread_local! {
 }
 
 /// SQLite's `sqlite3_initialize`, as seen by every caller in the process. Passes the return
-/// address to [`initialize_from`] and tail-jumps there, so that function returns straight to the
+/// address to `initialize_from` and tail-jumps there, so that function returns straight to the
 /// caller.
 #[cfg(target_arch = "x86_64")]
 // SAFETY: the body takes the return address from the top of the stack (where `call` put it) into
