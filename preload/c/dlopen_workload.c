@@ -3,7 +3,7 @@
  * (RTLD_LOCAL: its symbols are not in the global scope) and runs a workload through function
  * pointers. Used by the preload tests (preload/tests/preload.rs).
  *
- *   dlopen_workload [leak] [preinit] [close] [threads]
+ *   dlopen_workload [leak] [preinit] [close] [threads] [fork] [second=PATH]
  *
  *   leak     also allocate 123456 bytes with sqlite3_malloc and never free them
  *   preinit  call the real sqlite3_initialize (taken from the library handle) before anything
@@ -12,6 +12,10 @@
  *            holds memory when the exit report is written)
  *   threads  first start 4 threads that each open a database at the same moment (so that SQLite's
  *            first initialization is raced) and run a small workload in it
+ *   fork     at the end, fork a child that runs a query in the inherited SQLite and exits with
+ *            exit(0) (so its exit handlers run), and wait for it
+ *   second=PATH  at the end, also load a second copy of SQLite from PATH (another file, so a
+ *            second library in the process) and run a small workload in it
  *
  * Prints the workload's result, then "stats: malloc_calls=N current_bytes=N sqlite_used=N" when
  * the sqlalloc C API is present in the process (under the preload library), then the Prometheus
@@ -24,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "sqlalloc.h"
 
@@ -79,12 +85,15 @@ static int print_row(void *arg, int n, char **vals, char **cols) {
 }
 
 int main(int argc, char **argv) {
-    int leak = 0, preinit = 0, do_close = 0, threads = 0;
+    int leak = 0, preinit = 0, do_close = 0, threads = 0, do_fork = 0;
+    const char *second = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "leak")) leak = 1;
         else if (!strcmp(argv[i], "preinit")) preinit = 1;
         else if (!strcmp(argv[i], "close")) do_close = 1;
         else if (!strcmp(argv[i], "threads")) threads = 4;
+        else if (!strcmp(argv[i], "fork")) do_fork = 1;
+        else if (!strncmp(argv[i], "second=", 7)) second = argv[i] + 7;
         else {
             fprintf(stderr, "dlopen_workload: unknown argument '%s'\n", argv[i]);
             return 2;
@@ -139,6 +148,44 @@ int main(int argc, char **argv) {
         void *p = smalloc(123456);
         if (!p) return 1;
         memset(p, 1, 123456);
+    }
+    if (do_fork) {
+        fflush(stdout);
+        pid_t child = fork();
+        if (child < 0) return 1;
+        if (child == 0) {
+            char *e2 = NULL;
+            int rc = exec(db, "SELECT count(*) FROM t WHERE grp = 5;", NULL, NULL, &e2);
+            exit(rc == SQLITE_OK ? 0 : 1);
+        }
+        int status = 0;
+        if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "dlopen_workload: forked child failed\n");
+            return 1;
+        }
+        printf("child: ok\n");
+    }
+    if (second) {
+        void *lib2 = dlopen(second, RTLD_NOW | RTLD_LOCAL);
+        if (!lib2 || lib2 == lib) {
+            fprintf(stderr, "dlopen_workload: second SQLite: %s\n", lib2 ? "same library" : dlerror());
+            return 2;
+        }
+        open_db = (open_fn)need(lib2, "sqlite3_open");
+        exec = (exec_fn)need(lib2, "sqlite3_exec");
+        close_db = (close_fn)need(lib2, "sqlite3_close");
+        sqlite3 *db2 = NULL;
+        char *e2 = NULL;
+        if (open_db(":memory:", &db2) != SQLITE_OK ||
+            exec(db2, "CREATE TABLE s(x); INSERT INTO s VALUES(41); SELECT x + 1 FROM s;", print_row,
+                 NULL, &e2) != SQLITE_OK) {
+            fprintf(stderr, "dlopen_workload: second SQLite: %s\n", e2 ? e2 : "open failed");
+            return 1;
+        }
+        close_db(db2);
+        open_db = (open_fn)need(lib, "sqlite3_open");
+        exec = (exec_fn)need(lib, "sqlite3_exec");
+        close_db = (close_fn)need(lib, "sqlite3_close");
     }
     if (do_close && close_db(db) != SQLITE_OK) return 1;
 

@@ -659,3 +659,52 @@ fn c_api_report_from_a_linked_program() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Where the system's `libsqlite3.so.0` is (from `ldconfig -p`).
+fn system_libsqlite3() -> PathBuf {
+    let out = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .or_else(|_| Command::new("/sbin/ldconfig").arg("-p").output())
+        .expect("ldconfig -p");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("libsqlite3.so.0 "))
+        .filter_map(|l| l.rsplit_once("=> ").map(|(_, p)| PathBuf::from(p.trim())))
+        .find(|p| p.exists())
+        .expect("libsqlite3.so.0 in ldconfig's cache")
+}
+
+/// Two SQLite libraries in one process (a second copy loaded from another file): each call of
+/// sqlite3_initialize reaches the SQLite that made it; the allocator is in the first, the second
+/// works on its default allocator with one line saying so. A forked child that exits writes no
+/// report of its own.
+#[test]
+fn second_sqlite_and_forked_child() {
+    let dir = scratch("second");
+    let copy = dir.join("libsqlite3-copy.so");
+    std::fs::copy(system_libsqlite3(), &copy).unwrap();
+    let prog = dlopen_workload();
+    let mut c = preloaded(prog, Some("memsys5"));
+    c.arg("fork").arg(format!("second={}", copy.display())).env(
+        "SQLALLOC_REPORT",
+        format!("json:{}/r-%p.json", dir.display()),
+    );
+    let r = run(c, None);
+    assert_one_line(
+        &r.stderr,
+        &["another SQLite", "libsqlite3-copy.so", "default allocator"],
+    );
+    assert!(r.stdout.contains("child: ok\n42\n"), "{}", r.stdout);
+    let (mallocs, current, used) = stats_line(&r.stdout).expect("stats line");
+    assert!(mallocs > 20_000 && current == used, "{}", r.stdout);
+    let reports: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("r-"))
+        .collect();
+    assert_eq!(reports.len(), 1, "only the parent reports: {reports:?}");
+    let j = read_json(&dir.join(&reports[0]));
+    assert_eq!(j["backend"], "memsys5");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
