@@ -788,7 +788,7 @@ mod tests {
             live_blocks: Some(vec![Block {
                 addr: 0x1000,
                 size: 64,
-                backtrace: vec![sample as usize + 1],
+                backtrace: vec![sample as *const () as usize + 1],
             }]),
         }
     }
