@@ -118,3 +118,18 @@ preload-test: lib preload
 	$(CARGO) clippy -p sqlalloc_preload --all-targets --no-deps -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p sqlalloc_preload
 	$(CARGO) test --release -p sqlalloc_preload
+
+# ---- Rust API with the optional features (owner: rustapi; see docs/rust.md) ---------------
+# jemalloc (built once by tikv-jemalloc-sys with autoconf: a few minutes the first time),
+# mimalloc, the libsqlite3-sys link path, the examples, and rusqlite's `bundled` SQLite in the
+# separate crate tests-bundled/. Not part of `test` (CPU time); run it when touching the Rust API.
+RUST_FEATURES := jemalloc,mimalloc,libsqlite3-sys
+RUST_EXAMPLES := basic limit memsys5 jemalloc
+
+.PHONY: rust-features-test
+rust-features-test:
+	$(CARGO) test --features $(RUST_FEATURES) --all-targets
+	$(CARGO) test --features $(RUST_FEATURES) --doc
+	$(CARGO) clippy --features $(RUST_FEATURES) --all-targets -- -D warnings
+	for e in $(RUST_EXAMPLES); do $(CARGO) run -q --features $(RUST_FEATURES) --example $$e > /dev/null || exit 1; done
+	$(CARGO) test --manifest-path tests-bundled/Cargo.toml

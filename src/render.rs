@@ -66,12 +66,22 @@ fn sample(out: &mut String, name: &str, labels: &str, extra: &str, v: i64) {
     };
 }
 
+/// How to read one counter of a [`Stats`].
+type Get = fn(&Stats) -> i64;
+
+/// One metric: name, type, help text, and its samples (extra label, counter).
+type Metric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, Get)],
+);
+
 /// Write the samples of several label sets in Prometheus text format: each metric's `# HELP` and
 /// `# TYPE` once, then one sample (or one per `op`) per label set.
 pub fn write_prometheus(out: &mut String, sets: &[(&[(&str, &str)], Stats)]) {
     let sets: Vec<(String, &Stats)> = sets.iter().map(|(l, s)| (label_prefix(l), s)).collect();
-    type Get = fn(&Stats) -> i64;
-    let metrics: [(&str, &str, &str, &[(&str, Get)]); 6] = [
+    let metrics: [Metric; 6] = [
         (
             "sqlite_memory_current_bytes",
             "gauge",

@@ -1,38 +1,38 @@
-//! [`StatsAlloc`]: the same counters as SQLite's allocator, for the Rust side of the program.
-//!
-//! Wrap the program's global allocator in it and one report shows the Rust heap next to SQLite's:
-//!
-//! ```
-//! use sqlalloc::StatsAlloc;
-//! use std::alloc::System;
-//!
-//! #[global_allocator]
-//! static RUST_HEAP: StatsAlloc<System> = StatsAlloc::new(System);
-//!
-//! let v = vec![0u8; 1000];
-//! let s = RUST_HEAP.stats();
-//! assert!(s.current_bytes >= 1000);
-//! assert!(s.malloc_calls >= 1);
-//! drop(v);
-//! ```
-//!
-//! The counters are [`Counters`]: per-thread shards updated with plain stores, so the wrapper adds
-//! no lock and no shared cache line to the allocation path. Bytes are counted as Rust asks for
-//! them (`Layout::size()`): `GlobalAlloc` has no way to ask the inner allocator for the usable
-//! size. `alloc`/`alloc_zeroed` count as `malloc_calls`, `dealloc` as `free_calls`, `realloc`
-//! as `realloc_calls`; a null result counts in `failed_calls`.
-//!
-//! The peak follows the rules of [`counters`](crate::counters) with one difference: the small
-//! pending delta of a thread that exits is flushed into the installed SQLite allocator's peak, not
-//! this one's, so with several threads this peak may lag the true one by the bound documented
-//! there (it never exceeds the true peak, and current bytes and counts are always exact).
+//! [`StatsAlloc`]: sqlalloc's counters for the Rust heap (a `#[global_allocator]` wrapper).
 
 use crate::counters::{Counters, HIST_BUCKETS};
 use crate::Stats;
 use std::alloc::{GlobalAlloc, Layout};
 
 /// A `#[global_allocator]` wrapper that counts every allocation of the inner allocator `A` with
-/// sqlalloc's counters. See the [module documentation](self).
+/// sqlalloc's counters.
+///
+/// Wrap the program's global allocator in it and one report shows the Rust heap next to SQLite's:
+///
+/// ```
+/// use sqlalloc::StatsAlloc;
+/// use std::alloc::System;
+///
+/// #[global_allocator]
+/// static RUST_HEAP: StatsAlloc<System> = StatsAlloc::new(System);
+///
+/// let v = vec![0u8; 1000];
+/// let s = RUST_HEAP.stats();
+/// assert!(s.current_bytes >= 1000);
+/// assert!(s.malloc_calls >= 1);
+/// drop(v);
+/// ```
+///
+/// The counters are [`Counters`]: per-thread shards updated with plain stores, so the wrapper adds
+/// no lock and no shared cache line to the allocation path. Bytes are counted as Rust asks for
+/// them (`Layout::size()`): `GlobalAlloc` has no way to ask the inner allocator for the usable
+/// size. `alloc`/`alloc_zeroed` count as `malloc_calls`, `dealloc` as `free_calls`, `realloc`
+/// as `realloc_calls`; a null result counts in `failed_calls`.
+///
+/// The peak follows the rules of [`counters`](crate::counters) with one difference: the small
+/// pending delta of a thread that exits is flushed into the installed SQLite allocator's peak, not
+/// this one's, so with several threads this peak may lag the true one by the bound documented
+/// there (it never exceeds the true peak, and current bytes and counts are always exact).
 pub struct StatsAlloc<A> {
     inner: A,
     counters: Counters,
