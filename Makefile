@@ -132,4 +132,4 @@ rust-features-test:
 	$(CARGO) test --features $(RUST_FEATURES) --doc
 	$(CARGO) clippy --features $(RUST_FEATURES) --all-targets -- -D warnings
 	for e in $(RUST_EXAMPLES); do $(CARGO) run -q --features $(RUST_FEATURES) --example $$e > /dev/null || exit 1; done
-	$(CARGO) test --manifest-path tests-bundled/Cargo.toml
+	$(CARGO) test --manifest-path tests-bundled/Cargo.toml --target-dir $${CARGO_TARGET_DIR:-target}
