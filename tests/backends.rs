@@ -55,7 +55,10 @@ fn verify(b: &Live, n: usize) {
     // SAFETY: `b.ptr` is a live block of at least `b.req >= n` initialized bytes.
     let s = unsafe { std::slice::from_raw_parts(b.ptr.as_ptr(), n) };
     if let Some(i) = s.iter().position(|&x| x != b.pat) {
-        panic!("block {:p}: byte {i} is {:#x}, expected {:#x}", b.ptr, s[i], b.pat);
+        panic!(
+            "block {:p}: byte {i} is {:#x}, expected {:#x}",
+            b.ptr, s[i], b.pat
+        );
     }
 }
 
@@ -66,7 +69,8 @@ fn run(spec: &str, ops: &[Op]) {
     let may_fail = spec.starts_with("memsys") || cap.is_some();
     let mut live: Vec<Live> = Vec::new();
     let mut pat = 1u8;
-    let (mut mallocs, mut frees, mut reallocs, mut failed, mut largest) = (0i64, 0i64, 0i64, 0i64, 0i64);
+    let (mut mallocs, mut frees, mut reallocs, mut failed, mut largest) =
+        (0i64, 0i64, 0i64, 0i64, 0i64);
     let mut true_peak = 0i64;
     for op in ops {
         match *op {
@@ -77,7 +81,11 @@ fn run(spec: &str, ops: &[Op]) {
                     Some(p) => {
                         pat = pat.wrapping_add(1).max(1);
                         fill(p, n, pat);
-                        live.push(Live { ptr: p, req: n, pat });
+                        live.push(Live {
+                            ptr: p,
+                            req: n,
+                            pat,
+                        });
                     }
                     None => {
                         assert!(may_fail, "{spec}: malloc({n}) failed");
@@ -94,10 +102,18 @@ fn run(spec: &str, ops: &[Op]) {
                 match unsafe { stack.realloc(old.ptr, n) } {
                     Some(p) => {
                         let kept = old.req.min(n);
-                        let b = Live { ptr: p, req: kept, pat: old.pat };
+                        let b = Live {
+                            ptr: p,
+                            req: kept,
+                            pat: old.pat,
+                        };
                         verify(&b, kept);
                         fill(p, n, old.pat);
-                        live[i] = Live { ptr: p, req: n, pat: old.pat };
+                        live[i] = Live {
+                            ptr: p,
+                            req: n,
+                            pat: old.pat,
+                        };
                     }
                     None => {
                         assert!(may_fail, "{spec}: realloc to {n} failed");
@@ -137,15 +153,28 @@ fn run(spec: &str, ops: &[Op]) {
         assert_eq!(s.current_bytes, sum, "{spec}: current_bytes");
         assert_eq!(s.current_count, live.len() as i64, "{spec}: current_count");
         assert_eq!(
-            (s.malloc_calls, s.free_calls, s.realloc_calls, s.failed_calls, s.largest_request),
+            (
+                s.malloc_calls,
+                s.free_calls,
+                s.realloc_calls,
+                s.failed_calls,
+                s.largest_request
+            ),
             (mallocs, frees, reallocs, failed, largest),
             "{spec}: call counters"
         );
         // Other test threads allocate too, so the peak may lag (documented bound), but it never
         // passes the true peak nor falls below the current value.
-        assert!(s.peak_bytes >= s.current_bytes && s.peak_bytes <= true_peak, "{spec}: peak");
+        assert!(
+            s.peak_bytes >= s.current_bytes && s.peak_bytes <= true_peak,
+            "{spec}: peak"
+        );
         if let Some(cap) = cap {
-            assert!(s.current_bytes <= cap, "{spec}: {} bytes in use past the cap", s.current_bytes);
+            assert!(
+                s.current_bytes <= cap,
+                "{spec}: {} bytes in use past the cap",
+                s.current_bytes
+            );
         }
     }
     for b in live.drain(..) {
@@ -154,7 +183,11 @@ fn run(spec: &str, ops: &[Op]) {
         unsafe { stack.free(b.ptr) };
     }
     let s = stack.stats();
-    assert_eq!((s.current_bytes, s.current_count), (0, 0), "{spec}: all freed");
+    assert_eq!(
+        (s.current_bytes, s.current_count),
+        (0, 0),
+        "{spec}: all freed"
+    );
     if let Some(l) = stack.limit() {
         assert_eq!(l.used(), 0, "{spec}: limit accounting back to zero");
     }
@@ -198,7 +231,13 @@ unsafe impl Send for Handed {}
 /// allocated: counters are exact once both have finished.
 #[test]
 fn every_backend_is_thread_safe_on_its_own() {
-    for spec in ["system", "debug", "memsys3:heap=4M", "memsys5:heap=4M", "system+limit:max=1M"] {
+    for spec in [
+        "system",
+        "debug",
+        "memsys3:heap=4M",
+        "memsys5:heap=4M",
+        "system+limit:max=1M",
+    ] {
         let stack = sqlalloc::build(spec).unwrap();
         stack.init().unwrap();
         let mailbox = [
@@ -219,7 +258,14 @@ fn every_backend_is_thread_safe_on_its_own() {
                         }
                         if mine.len() > 64 {
                             let (p, n) = mine.swap_remove(i % mine.len());
-                            verify(&Live { ptr: p, req: n, pat }, n);
+                            verify(
+                                &Live {
+                                    ptr: p,
+                                    req: n,
+                                    pat,
+                                },
+                                n,
+                            );
                             if i % 7 == 0 {
                                 mailbox[1 - t].lock().unwrap().push(Handed(p, n, pat));
                             } else {
@@ -229,7 +275,14 @@ fn every_backend_is_thread_safe_on_its_own() {
                         }
                         if i % 16 == 0 {
                             for Handed(p, n, pat) in mailbox[t].lock().unwrap().drain(..) {
-                                verify(&Live { ptr: p, req: n, pat }, n);
+                                verify(
+                                    &Live {
+                                        ptr: p,
+                                        req: n,
+                                        pat,
+                                    },
+                                    n,
+                                );
                                 // SAFETY: live block handed over by the other thread.
                                 unsafe { stack.free(p) };
                             }
@@ -242,14 +295,28 @@ fn every_backend_is_thread_safe_on_its_own() {
                 });
             }
         });
-        let left: Vec<Handed> = mailbox.into_iter().flat_map(|m| m.into_inner().unwrap()).collect();
+        let left: Vec<Handed> = mailbox
+            .into_iter()
+            .flat_map(|m| m.into_inner().unwrap())
+            .collect();
         let s = stack.stats();
         assert_eq!(s.current_count, left.len() as i64, "{spec}");
         assert_eq!(s.malloc_calls, 40_000, "{spec}");
-        assert_eq!(s.free_calls + left.len() as i64, 40_000 - s.failed_calls, "{spec}");
+        assert_eq!(
+            s.free_calls + left.len() as i64,
+            40_000 - s.failed_calls,
+            "{spec}"
+        );
         let mut sum = 0;
         for Handed(p, n, pat) in left {
-            verify(&Live { ptr: p, req: n, pat }, n);
+            verify(
+                &Live {
+                    ptr: p,
+                    req: n,
+                    pat,
+                },
+                n,
+            );
             // SAFETY: live block.
             sum += unsafe { stack.size(p) } as i64;
             // SAFETY: live block, freed once.
@@ -257,6 +324,10 @@ fn every_backend_is_thread_safe_on_its_own() {
         }
         assert_eq!(sum, s.current_bytes, "{spec}: bytes of the blocks left");
         let s = stack.stats();
-        assert_eq!((s.current_bytes, s.current_count), (0, 0), "{spec}: all freed");
+        assert_eq!(
+            (s.current_bytes, s.current_count),
+            (0, 0),
+            "{spec}: all freed"
+        );
     }
 }

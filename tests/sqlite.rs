@@ -8,7 +8,15 @@ use std::ffi::{CStr, CString};
 fn exec(db: *mut ffi::sqlite3, sql: &str) -> i32 {
     let sql = CString::new(sql).unwrap();
     // SAFETY: `db` is an open connection; `sql` is NUL-terminated; no callback.
-    unsafe { ffi::sqlite3_exec(db, sql.as_ptr(), None, std::ptr::null_mut(), std::ptr::null_mut()) }
+    unsafe {
+        ffi::sqlite3_exec(
+            db,
+            sql.as_ptr(),
+            None,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
 }
 
 fn workload() {
@@ -31,7 +39,10 @@ fn workload() {
     let s = sqlalloc::stats();
     // SAFETY: plain SQLite call.
     let used = unsafe { ffi::sqlite3_memory_used() };
-    assert_eq!(s.current_bytes, used, "current_bytes vs sqlite3_memory_used()");
+    assert_eq!(
+        s.current_bytes, used,
+        "current_bytes vs sqlite3_memory_used()"
+    );
     assert!(s.malloc_calls > 1000);
     // SAFETY: open connection, closed once.
     assert_eq!(unsafe { ffi::sqlite3_close(db) }, ffi::SQLITE_OK);
@@ -51,15 +62,28 @@ fn every_backend_in_real_sqlite() {
         sqlalloc::install(spec).unwrap_or_else(|e| panic!("install {spec}: {e}"));
         assert_eq!(sqlalloc::installed().unwrap().spec(), spec);
         // SAFETY: plain SQLite call.
-        assert_eq!(unsafe { ffi::sqlite3_initialize() }, ffi::SQLITE_OK, "{spec}");
+        assert_eq!(
+            unsafe { ffi::sqlite3_initialize() },
+            ffi::SQLITE_OK,
+            "{spec}"
+        );
         let before = sqlalloc::stats();
         workload();
         let after = sqlalloc::stats();
-        assert_eq!(after.current_count, before.current_count, "{spec}: blocks left after close");
-        assert_eq!(after.current_bytes, before.current_bytes, "{spec}: bytes left after close");
+        assert_eq!(
+            after.current_count, before.current_count,
+            "{spec}: blocks left after close"
+        );
+        assert_eq!(
+            after.current_bytes, before.current_bytes,
+            "{spec}: bytes left after close"
+        );
 
         // Installing while SQLite is initialized is refused and changes nothing.
-        assert_eq!(sqlalloc::install("system"), Err(sqlalloc::Error::AlreadyInitialized));
+        assert_eq!(
+            sqlalloc::install("system"),
+            Err(sqlalloc::Error::AlreadyInitialized)
+        );
         assert_eq!(sqlalloc::installed().unwrap().spec(), spec);
         assert_eq!(sqlalloc::stats().malloc_calls, after.malloc_calls);
         // A bad spec is refused before SQLite is even asked.
