@@ -279,6 +279,24 @@ fn install_stack(stack: Stack) -> Result<(), Error> {
     let config = sqlite::config_fn().ok_or(Error::NoSqlite)?;
     let stack = Box::new(stack);
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    // Checked before SQLite is asked, so that a refusal leaves SQLite's configuration as it was
+    // (another allocator, e.g. a fault simulator wrapping ours, may be configured by now).
+    if let Some(old) = ffi::current() {
+        let live_blocks = old.stats().current_count;
+        if live_blocks != 0 {
+            // Which refusal applies? SQLITE_CONFIG_GETMALLOC is refused while SQLite is
+            // initialized and otherwise only reads the configured table (never empty here: ours,
+            // or something wrapping it, is configured), so asking changes nothing.
+            let mut probe = ffi::methods_table();
+            // SAFETY: SQLITE_CONFIG_GETMALLOC writes one sqlite3_mem_methods through the pointer,
+            // which points to a value of exactly that layout.
+            let rc = unsafe { config(sqlite::SQLITE_CONFIG_GETMALLOC, &mut probe as *mut _) };
+            if rc == sqlite::SQLITE_MISUSE {
+                return Err(Error::AlreadyInitialized);
+            }
+            return Err(Error::AlreadyInstalled { live_blocks });
+        }
+    }
     let table = ffi::methods_table();
     // SAFETY: SQLITE_CONFIG_MALLOC takes a pointer to a sqlite3_mem_methods, which SQLite copies
     // before returning; `table` matches its layout field for field; `config` is sqlite3_config.
@@ -289,12 +307,6 @@ fn install_stack(stack: Stack) -> Result<(), Error> {
         sqlite::SQLITE_OK => {}
         sqlite::SQLITE_MISUSE => return Err(Error::AlreadyInitialized),
         other => return Err(Error::ConfigFailed(other)),
-    }
-    if let Some(old) = ffi::current() {
-        let live_blocks = old.stats().current_count;
-        if live_blocks != 0 {
-            return Err(Error::AlreadyInstalled { live_blocks });
-        }
     }
     stack.counters().make_primary();
     let old = ffi::CURRENT.swap(Box::into_raw(stack), Ordering::AcqRel);

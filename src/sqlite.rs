@@ -21,6 +21,8 @@ pub const SQLITE_NOMEM: c_int = 7;
 pub const SQLITE_MISUSE: c_int = 21;
 /// SQLite result or config code.
 pub const SQLITE_CONFIG_MALLOC: c_int = 4;
+/// SQLite result or config code.
+pub const SQLITE_CONFIG_GETMALLOC: c_int = 5;
 
 /// SQLite's `sqlite3_mem_methods`, field for field.
 #[repr(C)]
