@@ -24,6 +24,11 @@
 //!   outside the heap. The result goes on the free list of its class.
 //! - Each free list is doubly linked by atom index, so taking any block off a list is O(1):
 //!   malloc and free cost O(`LOGMAX`), never a scan of a list.
+//! - `size` is the block's size (`atom << k`) and `roundup(n)` the size of the block a request
+//!   of `n` bytes gets: `n` rounded up to a power of two, at least one atom.
+//! - `realloc` keeps the block when the new size fits in it (shrinking never splits a block);
+//!   otherwise it allocates a new block, copies the whole old block into it and frees the old
+//!   one. When the new block cannot be had, the old one is left as it was.
 //!
 //! Initially the heap holds the largest blocks that fit, placed from atom 0 upwards in
 //! decreasing size: one block for each bit set in `nblock` (for `nblock = 13`: 8 atoms at 0,
@@ -33,7 +38,8 @@
 //!
 //! Memory lost to rounding up to powers of two is plain to see (at most half of each block).
 //! Fragmentation, the other way to run out, is bounded. J. M. Robson ("Bounds for Some
-//! Functions Concerning Dynamic Storage Allocation", JACM 21(3), 1974) showed for this kind of
+//! Functions Concerning Dynamic Storage Allocation", Journal of the ACM 21, July 1974,
+//! pp. 491–499) showed for this kind of
 //! allocator: measure everything in atoms, let `M` be the most memory ever live at one time
 //! (blocks counted at their rounded sizes) and `n` the largest block ever requested; if the
 //! heap holds at least `N = M * (1 + log2(n) / 2) - n + 1` atoms, no request of at most `n`
@@ -87,6 +93,7 @@
 //! - `roundup(n)` for `n` above 1 GiB returns `n` rather than C's 0: SQLite passes the rounded
 //!   value to `xMalloc`, and here a 0-byte request is served with the smallest block, so 0 would
 //!   turn a refused request into an undersized block. `malloc(n)` for such `n` fails, as in C.
+//! - [`Memsys5::new`] lays the heap out, so the allocator works before (or without) `init`.
 //! - `init` after blocks were handed out (a re-initialization after `sqlite3_shutdown`) lays
 //!   the heap out again only when no block is live; otherwise it keeps the current state, since
 //!   live blocks may still be referenced. C always lays it out afresh. `init` fails with
@@ -98,12 +105,16 @@
 //!   path must not call into SQLite); the counters of the stack above provide the statistics.
 //! - C also sets the free flag on the last atom's control byte of a freed block; nothing reads
 //!   it, so it is not reproduced.
+//! - `malloc(0)` returns the smallest block (what [`MemMethods`] asks of every backend); C's
+//!   `xMalloc(0)` returns NULL. SQLite itself never asks for 0 bytes.
 //! - A pointer passed to `free` that is plainly not a live block of this heap (outside it, not on
 //!   an atom boundary, or marked free) is ignored instead of tripping an `assert`.
 //!
 //! Everything else (atom size, block count, the initial layout, which block a request gets and
 //! the order of the free lists) follows C, so a sequence of calls places blocks at the same
-//! offsets and reaches the same peak as C memsys5 given the same `heap` and `min`.
+//! offsets and reaches the same peak as C memsys5 given the same `heap` and `min` (checked by
+//! running C's `mem5.c` and this module on the same random call sequences and comparing every
+//! offset; one such trace is a unit test).
 
 use crate::heap::HeapBuf;
 use crate::methods::{InitError, MemMethods};
@@ -126,6 +137,17 @@ const MIN_REQUEST_CAP: usize = 1 << 12;
 const MAX_REQUEST: usize = 1 << 30;
 /// Most atoms the top-level layout can use: one block of each class `0..=LOGMAX`.
 const MAX_BLOCKS: usize = (1 << (LOGMAX + 1)) - 1;
+
+/// Atom size (as its log2) and atom count for a heap of `heap` bytes and a minimum request of
+/// `min` bytes, as `sqlite3_config(SQLITE_CONFIG_HEAP)` followed by `memsys5Init` compute them.
+fn geometry(heap: usize, min: usize) -> (u32, usize) {
+    let min = min.clamp(1, MIN_REQUEST_CAP);
+    // ceil(log2(min)), and at least a link's worth of bytes.
+    let atom_log = min.next_power_of_two().max(LINK_SIZE).trailing_zeros();
+    // atom + 1 <= 4097: no overflow.
+    let nblock = (heap / ((1usize << atom_log) + 1)).min(MAX_BLOCKS);
+    (atom_log, nblock)
+}
 
 /// SQLite's memsys5: power-of-two buddy allocator over one fixed heap.
 pub struct Memsys5 {
@@ -156,12 +178,9 @@ impl Memsys5 {
     /// at once, so the allocator works without [`init`](MemMethods::init). `None` only when the
     /// buffer cannot be allocated.
     pub fn new(heap: usize, min: usize) -> Option<Memsys5> {
-        let min = min.clamp(1, MIN_REQUEST_CAP);
-        let atom_log = min.next_power_of_two().max(LINK_SIZE).trailing_zeros();
-        let atom = 1usize << atom_log;
-        // atom + 1 <= 4097, and nblock * (atom + 1) <= heap, so nothing below overflows.
-        let nblock = (heap / (atom + 1)).min(MAX_BLOCKS);
-        let ctrl = nblock * atom;
+        let (atom_log, nblock) = geometry(heap, min);
+        // nblock * (atom + 1) <= heap, so this does not overflow.
+        let ctrl = nblock << atom_log;
         let buf = HeapBuf::new(heap)?;
         let m = Memsys5 {
             heap: buf,
@@ -190,7 +209,7 @@ impl Memsys5 {
     /// Size in bytes of the largest block the heap can ever hand out (0 when it holds no atom).
     pub fn largest_block(&self) -> usize {
         match self.nblock.checked_ilog2() {
-            Some(k) => self.atom() << k,
+            Some(k) => (self.atom() << k).min(MAX_REQUEST),
             None => 0,
         }
     }
@@ -428,14 +447,12 @@ unsafe impl MemMethods for Memsys5 {
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
         // SAFETY: `ptr` is a live block (caller's contract).
         let old = unsafe { self.size(ptr) };
-        if old == 0 {
-            return None;
-        }
+        let from = self.heap.offset_of(ptr).filter(|_| old != 0)?;
         if new_size <= old {
             return Some(ptr);
         }
         let q = self.malloc(new_size)?;
-        let (from, to) = (self.heap.offset_of(ptr)?, self.heap.offset_of(q)?);
+        let to = self.heap.offset_of(q)?;
         // SAFETY: both are live blocks of this heap, `old` bytes long at least (the new one is
         // larger), distinct, and owned by this call (the old one by the caller's contract, the
         // new one just allocated), so nobody else touches them.
@@ -665,6 +682,21 @@ mod tests {
     }
 
     #[test]
+    fn geometry_of_heaps_c_cannot_take() {
+        // C's heap size is an int; past it, the atom count stops at 2^31 - 1.
+        assert_eq!(geometry(i32::MAX as usize, 0), (3, i32::MAX as usize / 9));
+        #[cfg(target_pointer_width = "64")]
+        {
+            assert_eq!(geometry(9 << 30, 0), (3, 1 << 30));
+            assert_eq!(geometry(18 << 30, 0), (3, MAX_BLOCKS));
+        }
+        assert_eq!(geometry(usize::MAX, 0), (3, MAX_BLOCKS));
+        assert_eq!(geometry(usize::MAX, usize::MAX), (12, MAX_BLOCKS));
+        assert_eq!(MAX_BLOCKS, u32::MAX as usize / 2);
+        assert_eq!(geometry(0, 0), (3, 0));
+    }
+
+    #[test]
     fn roundup_table() {
         let m = Memsys5::new(64 * KIB, 64).unwrap();
         for (n, r) in [
@@ -701,8 +733,8 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         for min in [0, 16, 64] {
-            let m = Memsys5::new(256 * KIB, min).unwrap();
-            for n in [0, 1, 7, 8, 9, 63, 64, 65, 100, 1000, 4096, 4368, 20_000] {
+            let m = Memsys5::new(32 * KIB, min).unwrap();
+            for n in [0, 1, 7, 8, 9, 63, 64, 65, 100, 1000, 4096, 4368, 9000] {
                 let p = m.malloc(n).unwrap();
                 m.check();
                 assert_eq!(p.as_ptr().addr() % 8, 0, "alignment of {n}");
@@ -744,9 +776,10 @@ mod tests {
 
     #[test]
     fn exhaustion_then_full_recovery() {
-        let m = Memsys5::new(64 * KIB, 32).unwrap();
+        // 249 atoms of 32 bytes: blocks of 128, 64, 32, 16, 8 and 1 atoms.
+        let m = Memsys5::new(249 * 33, 32).unwrap();
         let n = m.atoms();
-        assert_eq!(n, 64 * KIB / 33);
+        assert_eq!(n, 249);
         let mut blocks = Vec::new();
         while let Some(p) = m.malloc(1) {
             fill(p, 32, blocks.len() as u8);
@@ -754,10 +787,10 @@ mod tests {
         }
         m.check();
         assert_eq!(blocks.len(), n, "every atom handed out");
-        // nblock = 1985 = 0b111_1100_0001: the lone class-0 block at atom 1984 goes first, then
-        // the class-6 block at 1920 is split, lowest half first (as C memsys5 does).
+        // The lone class-0 block at atom 248 goes first, then the class-3 block at 240 is split,
+        // lowest half first (C memsys5 gives the same offsets: 7936, 7680, 7712, 7744).
         let first: Vec<usize> = blocks[..4].iter().map(|&p| m.off(p) / 32).collect();
-        assert_eq!(first, [1984, 1920, 1921, 1922]);
+        assert_eq!(first, [248, 240, 241, 242]);
         let mut rng = Rng(42);
         while !blocks.is_empty() {
             let p = blocks.swap_remove(rng.below(blocks.len()));
@@ -1007,21 +1040,26 @@ mod tests {
     /// invariants checked after every step.
     #[test]
     fn random_sequence() {
-        let steps = if cfg!(miri) { 300 } else { 5_000 };
+        // (steps, heap, medium and large request sizes, most live blocks); smaller under Miri.
+        let (steps, heap, mid, big, cap) = if cfg!(miri) {
+            (200, 4 * KIB, 256, KIB, 12)
+        } else {
+            (5_000, 64 * KIB, 512, 4 * KIB, 60)
+        };
         for (seed, min) in [(1u64, 0usize), (2, 64), (3, 24)] {
-            let m = Memsys5::new(if cfg!(miri) { 16 * KIB } else { 64 * KIB }, min).unwrap();
+            let m = Memsys5::new(heap, min).unwrap();
             let mut rng = Rng(seed);
             let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
             let (mut failures, mut moves) = (0, 0);
             for step in 0..steps {
                 let size = match rng.below(10) {
                     0..=5 => rng.below(65),
-                    6..=8 => rng.below(513),
-                    _ => rng.below(4 * KIB),
+                    6..=8 => rng.below(mid + 1),
+                    _ => rng.below(big + 1),
                 };
                 let tag = step as u8;
                 match rng.below(3) {
-                    0 | 1 if live.len() < 60 => match m.malloc(size) {
+                    0 | 1 if live.len() < cap => match m.malloc(size) {
                         Some(p) => {
                             // SAFETY: live.
                             assert!(unsafe { m.size(p) } >= size);
@@ -1103,7 +1141,7 @@ mod tests {
         /// recovered at the end.
         #[test]
         fn any_sequence(ops in proptest::collection::vec(op(), 1..120), min in 0usize..100) {
-            let m = Memsys5::new(8 * KIB, min).unwrap();
+            let m = Memsys5::new(if cfg!(miri) { 2 * KIB } else { 8 * KIB }, min).unwrap();
             let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
             for (step, o) in ops.into_iter().enumerate() {
                 let tag = step as u8;
@@ -1155,10 +1193,17 @@ mod tests {
                     let mut rng = Rng(u64::from(t) + 100);
                     let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
                     let tag = 0x40 | t;
-                    for _ in 0..rounds {
+                    for round in 0..rounds {
+                        if round % 100 == 99 {
+                            // Consistent at any moment the lock is free.
+                            m.check();
+                        }
                         if live.len() < 30 && rng.below(2) == 0 {
                             let n = 1 + rng.below(300);
                             if let Some(p) = m.malloc(n) {
+                                // SAFETY: live; `size` reads the control byte without the lock
+                                // while the other thread changes its neighbours.
+                                assert_eq!(unsafe { m.size(p) }, m.roundup(n));
                                 fill(p, n, tag);
                                 live.push((p, n));
                             }
