@@ -229,7 +229,7 @@ t_total=$(( $(date +%s) - t0 ))
   done
   [ $any = 1 ] || echo "- none"
   echo
-  echo "Timing of this run on $(nproc) cores: fetch ${t_fetch} s, builds ${t_build} s, $(wc -l < "$joblist") cells ${t_run} s ($jobs at a time), total ${t_total} s."
+  echo "Timing of this run on $(nproc) cores: fetch ${t_fetch} s, builds ${t_build} s, $(wc -l < "$joblist") cells ${t_run} s ($jobs at a time), total ${t_total} s (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))."
   echo
   cat "$here/results-notes.md"
 } > "$out"
