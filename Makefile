@@ -25,6 +25,7 @@ test: lint rust-test c-test c-test-asan preload-test
 
 rust-test:
 	$(CARGO) test --all-targets
+	$(CARGO) test --doc
 
 lint:
 	$(CARGO) fmt --check

@@ -11,7 +11,7 @@ use crate::stack::Stack;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Counters of the installed allocator, as returned by `sqlalloc_get_stats`. All sizes are bytes
 /// as SQLite counts them (the sum of `xSize` over live blocks); all fields are 64-bit.
@@ -64,8 +64,81 @@ pub(crate) fn current() -> Option<&'static Stack> {
     let p = CURRENT.load(Ordering::Acquire);
     // SAFETY: CURRENT holds null or a pointer from `Box::into_raw` of a Stack that is freed only
     // after being swapped out while SQLite is not initialized and none of its blocks is live
-    // (see `crate::install`); SQLite calls the table only while initialized or on live blocks.
+    // (otherwise it is retired and kept forever; see `crate::install`); SQLite calls the table
+    // only while initialized or on live blocks.
     unsafe { p.as_ref() }
+}
+
+/// Most allocators that can be retired with live blocks (see [`retire`]); one more re-install
+/// with blocks still live gets `Error::AlreadyInstalled`.
+pub(crate) const MAX_RETIRED: usize = 32;
+
+/// Allocators replaced by a re-install while some of their blocks were still live (SQLite or the
+/// program may still hold memory they handed out, e.g. a string from `sqlite3_mprintf` kept
+/// across `sqlite3_shutdown()`). They are never freed; the methods table sends each `xFree`,
+/// `xRealloc` and `xSize` of one of their blocks back to them ([`owner`]). The first
+/// `RETIRED_LEN` entries are set, oldest first.
+static RETIRED: [AtomicPtr<Stack>; MAX_RETIRED] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_RETIRED];
+static RETIRED_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of retired allocators.
+pub(crate) fn retired_len() -> usize {
+    RETIRED_LEN.load(Ordering::Acquire)
+}
+
+/// Keep `s` for the rest of the process and route its blocks back to it. Returns false (and
+/// keeps nothing) when [`MAX_RETIRED`] allocators are retired already. Called under the install
+/// lock.
+pub(crate) fn retire(s: &'static Stack) -> bool {
+    let n = RETIRED_LEN.load(Ordering::Acquire);
+    if n == MAX_RETIRED {
+        return false;
+    }
+    RETIRED[n].store(s as *const Stack as *mut Stack, Ordering::Release);
+    RETIRED_LEN.store(n + 1, Ordering::Release);
+    true
+}
+
+/// Whether `s` is one of the retired allocators.
+pub(crate) fn is_retired(s: *const Stack) -> bool {
+    RETIRED[..retired_len()]
+        .iter()
+        .any(|r| std::ptr::eq(r.load(Ordering::Acquire), s))
+}
+
+/// The allocator that handed out block `p`: the installed one unless allocators were retired
+/// with live blocks, in which case the first that claims `p` (see [`MemMethods::owns`]), else the
+/// first that cannot tell, else the installed one.
+#[inline]
+fn owner(p: NonNull<u8>) -> Option<&'static Stack> {
+    let cur = current()?;
+    match RETIRED_LEN.load(Ordering::Acquire) {
+        0 => Some(cur),
+        n => Some(owner_among_retired(cur, p, n)),
+    }
+}
+
+#[cold]
+fn owner_among_retired(cur: &'static Stack, p: NonNull<u8>, n: usize) -> &'static Stack {
+    let mut unsure = None;
+    match cur.owns(p) {
+        Some(true) => return cur,
+        None => unsure = Some(cur),
+        Some(false) => {}
+    }
+    for slot in RETIRED[..n].iter().rev() {
+        // SAFETY: the first RETIRED_LEN slots hold pointers from `retire`, i.e. `&'static Stack`s.
+        let Some(r) = (unsafe { slot.load(Ordering::Acquire).as_ref() }) else {
+            continue;
+        };
+        match r.owns(p) {
+            Some(true) => return r,
+            None if unsure.is_none() => unsure = Some(r),
+            _ => {}
+        }
+    }
+    unsure.unwrap_or(cur)
 }
 
 fn to_int(n: usize) -> c_int {
@@ -81,29 +154,56 @@ unsafe extern "C" fn x_malloc(n: c_int) -> *mut c_void {
 }
 
 unsafe extern "C" fn x_free(p: *mut c_void) {
-    if let (Some(s), Some(p)) = (current(), NonNull::new(p.cast::<u8>())) {
-        // SAFETY: SQLite only frees blocks this table handed out.
+    let Some(p) = NonNull::new(p.cast::<u8>()) else {
+        return;
+    };
+    if let Some(s) = owner(p) {
+        // SAFETY: SQLite only frees blocks this table handed out, and `owner` found the
+        // allocator that did.
         unsafe { s.free(p) }
     }
 }
 
 unsafe extern "C" fn x_realloc(p: *mut c_void, n: c_int) -> *mut c_void {
-    let (Some(s), Ok(n)) = (current(), usize::try_from(n)) else {
+    let (Some(cur), Ok(n)) = (current(), usize::try_from(n)) else {
         return std::ptr::null_mut();
     };
-    match NonNull::new(p.cast::<u8>()) {
-        None => s.malloc(n),
-        // SAFETY: SQLite only reallocates blocks this table handed out.
-        Some(p) => unsafe { s.realloc(p, n) },
-    }
-    .map_or(std::ptr::null_mut(), |p| p.as_ptr().cast())
+    let r = match NonNull::new(p.cast::<u8>()) {
+        None => cur.malloc(n),
+        Some(p) => match owner(p) {
+            // SAFETY: SQLite only reallocates blocks this table handed out; `cur` did.
+            Some(s) if std::ptr::eq(s, cur) => unsafe { cur.realloc(p, n) },
+            // SAFETY: a block of a retired allocator `s`: it moves to the installed one.
+            Some(s) => unsafe { migrate(s, cur, p, n) },
+            None => None,
+        },
+    };
+    r.map_or(std::ptr::null_mut(), |p| p.as_ptr().cast())
+}
+
+/// Realloc of a block of a retired allocator: a new block from the installed one, the contents
+/// copied, the old block freed. On failure the old block is untouched.
+///
+/// # Safety
+/// `p` is a live block of `old`.
+unsafe fn migrate(old: &Stack, cur: &Stack, p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
+    let q = cur.malloc(n)?;
+    // SAFETY: `p` is live in `old` (caller's contract).
+    let keep = unsafe { old.size(p) }.min(n);
+    // SAFETY: `p` has at least `keep` readable bytes, `q` at least `n >= keep` writable ones, and
+    // two live blocks do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), keep) };
+    // SAFETY: `p` is live in `old` and replaced by `q`.
+    unsafe { old.free(p) };
+    Some(q)
 }
 
 unsafe extern "C" fn x_size(p: *mut c_void) -> c_int {
-    match (current(), NonNull::new(p.cast::<u8>())) {
-        // SAFETY: SQLite only asks the size of live blocks this table handed out.
-        (Some(s), Some(p)) => to_int(unsafe { s.size(p) }),
-        _ => 0,
+    match NonNull::new(p.cast::<u8>()).and_then(|p| owner(p).map(|s| (s, p))) {
+        // SAFETY: SQLite only asks the size of live blocks this table handed out; `owner`
+        // found the allocator that did.
+        Some((s, p)) => to_int(unsafe { s.size(p) }),
+        None => 0,
     }
 }
 

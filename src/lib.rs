@@ -88,9 +88,9 @@ pub enum Error {
     /// SQLite is already initialized: allocators can only be installed before
     /// `sqlite3_initialize()` or after `sqlite3_shutdown()`.
     AlreadyInitialized,
-    /// An sqlalloc allocator is already installed and still owns live blocks (SQLite or the
-    /// program still holds its memory), so it cannot be replaced: the blocks would later be freed
-    /// into the wrong allocator. Close every connection and free SQLite memory first.
+    /// The installed allocator still owns live blocks and 32 allocators with live blocks have
+    /// been retired already. (A re-install normally retires an allocator that still owns blocks:
+    /// it is kept forever and its blocks are freed back into it. Only that many are kept.)
     AlreadyInstalled {
         /// Live blocks of the installed allocator.
         live_blocks: i64,
@@ -128,8 +128,9 @@ impl fmt::Display for Error {
             ),
             Error::AlreadyInstalled { live_blocks } => write!(
                 f,
-                "an sqlalloc allocator is already installed and still owns {live_blocks} live \
-                 block(s): close every connection before installing another"
+                "the installed allocator still owns {live_blocks} live block(s) and {} \
+                 allocators with live blocks are retired already: free SQLite memory first",
+                ffi::MAX_RETIRED
             ),
             Error::HeapUnavailable { bytes } => write!(f, "cannot allocate a heap of {bytes} bytes"),
             Error::NoSqlite => f.write_str("no sqlite3_config to call (SQLite not loaded?)"),
@@ -187,9 +188,11 @@ static INSTALL: Mutex<()> = Mutex::new(());
 ///
 /// Must run before SQLite initializes (or after `sqlite3_shutdown()`); otherwise
 /// [`Error::AlreadyInitialized`] and nothing changes. A bad spec ([`Error::BadSpec`], naming the
-/// offending part), a heap that cannot be had ([`Error::HeapUnavailable`]) and an installed
-/// allocator that still owns blocks ([`Error::AlreadyInstalled`]) also change nothing. The
-/// allocator installed before (if it was sqlalloc's and owns no block) is freed.
+/// offending part) and a heap that cannot be had ([`Error::HeapUnavailable`]) also change
+/// nothing. The allocator installed before is freed if it owns no block; otherwise it is
+/// *retired*: kept for the rest of the process (its memory may still be referenced), with each
+/// free or size of one of its blocks sent back to it and a realloc moving the block to the new
+/// allocator. (After 32 such retirements, [`Error::AlreadyInstalled`].)
 ///
 /// With rusqlite or sqlx, enable this crate's feature `libsqlite3-sys`, so that the SQLite
 /// configured here is the one they link.
@@ -240,6 +243,7 @@ pub fn install(spec: &str) -> Result<(), Error> {
 ///     }
 /// }
 ///
+/// # use libsqlite3_sys as _; // links SQLite into the doctest (a program links it anyway)
 /// # fn main() -> Result<(), sqlalloc::Error> {
 /// # // The doctest's process may already have initialized SQLite: either outcome is valid.
 /// match sqlalloc::configure(Libc) {
@@ -283,7 +287,7 @@ fn install_stack(stack: Stack) -> Result<(), Error> {
     // (another allocator, e.g. a fault simulator wrapping ours, may be configured by now).
     if let Some(old) = ffi::current() {
         let live_blocks = old.stats().current_count;
-        if live_blocks != 0 {
+        if live_blocks != 0 && ffi::retired_len() == ffi::MAX_RETIRED {
             // Which refusal applies? SQLITE_CONFIG_GETMALLOC is refused while SQLite is
             // initialized and otherwise only reads the configured table (never empty here: ours,
             // or something wrapping it, is configured), so asking changes nothing.
@@ -309,11 +313,19 @@ fn install_stack(stack: Stack) -> Result<(), Error> {
         other => return Err(Error::ConfigFailed(other)),
     }
     stack.counters().make_primary();
+    // An allocator that still has live blocks is retired (kept forever, its blocks routed back
+    // to it) before the new one takes its place, so that no free of one of its blocks can reach
+    // the wrong allocator; there is room (checked above).
+    if let Some(old) = ffi::current() {
+        if old.stats().current_count != 0 {
+            ffi::retire(old);
+        }
+    }
     let old = ffi::CURRENT.swap(Box::into_raw(stack), Ordering::AcqRel);
-    if !old.is_null() {
+    if !old.is_null() && !ffi::is_retired(old) {
         // SAFETY: `old` came from Box::into_raw in an earlier install and was just swapped out,
-        // so this is its only owner; it owns no block (checked above, under the install lock,
-        // while SQLite is not initialized), so nothing can reach it any more.
+        // so this is its only owner; it was not retired, so it owned no block (checked under the
+        // install lock, while SQLite is not initialized) and nothing can reach it any more.
         drop(unsafe { Box::from_raw(old) });
     }
     Ok(())

@@ -86,6 +86,17 @@ pub unsafe trait MemMethods: Send + Sync {
     fn live_blocks(&self, out: &mut dyn FnMut(LiveBlock<'_>)) {
         let _ = out;
     }
+
+    /// Whether `ptr` is a live block of this allocator: `Some(true)` or `Some(false)` when the
+    /// allocator can tell (a fixed heap knows its address range, `debug` its live set), `None`
+    /// when it cannot (libc and the other general-purpose allocators). Never dereferences `ptr`.
+    ///
+    /// Used after a re-install, while blocks of a retired allocator are still live, to send
+    /// each `free`/`realloc`/`size` to the allocator that handed the block out.
+    fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
+        let _ = ptr;
+        None
+    }
 }
 
 /// One live block, as reported by [`MemMethods::live_blocks`].

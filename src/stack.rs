@@ -267,4 +267,8 @@ unsafe impl MemMethods for Stack {
     fn live_blocks(&self, out: &mut dyn FnMut(LiveBlock<'_>)) {
         self.backend.live_blocks(out)
     }
+
+    fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
+        self.backend.owns(ptr)
+    }
 }

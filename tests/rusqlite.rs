@@ -138,18 +138,39 @@ fn every_backend_under_rusqlite() {
     }
     shutdown();
 
-    // A block SQLite's allocator still owns across a shutdown keeps the allocator installed.
+    // A block the program still holds across a shutdown and re-install: the old allocator is
+    // retired, not freed; the block's size and free go back to it, a realloc moves it over.
     sqlalloc::install("system").unwrap();
-    // SAFETY: plain SQLite calls; the block is freed once below.
-    let p = unsafe { ffi::sqlite3_malloc(100) };
-    assert!(!p.is_null());
+    // SAFETY: plain SQLite calls; the blocks are freed once below.
+    let (p, q) = unsafe { (ffi::sqlite3_malloc(100), ffi::sqlite3_malloc(3000)) };
+    assert!(!p.is_null() && !q.is_null());
+    // SAFETY: `p` is a live block of 100 bytes.
+    unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0x5a, 100) };
+    let old_size = unsafe { ffi::sqlite3_msize(p) };
     shutdown();
-    match sqlalloc::install("system") {
-        Err(Error::AlreadyInstalled { live_blocks }) => assert!(live_blocks >= 1),
-        other => panic!("expected AlreadyInstalled, got {other:?}"),
+    sqlalloc::install("memsys5:heap=1M,min=64").expect("re-install with blocks still live");
+    // SAFETY: `p` and `q` are live blocks of the retired allocator.
+    unsafe {
+        assert_eq!(
+            ffi::sqlite3_msize(p),
+            old_size,
+            "size comes from the retired allocator"
+        );
+        ffi::sqlite3_free(q);
+        let p2 = ffi::sqlite3_realloc(p, 200);
+        assert!(!p2.is_null());
+        assert_eq!(
+            ffi::sqlite3_msize(p2),
+            256,
+            "moved into memsys5 (a 256-byte block)"
+        );
+        let kept = std::slice::from_raw_parts(p2.cast::<u8>(), 100);
+        assert!(kept.iter().all(|&b| b == 0x5a), "contents kept by the move");
+        assert_eq!(sqlalloc::stats().current_count, 1);
+        ffi::sqlite3_free(p2);
     }
-    // SAFETY: `p` came from sqlite3_malloc and is freed once.
-    unsafe { ffi::sqlite3_free(p) };
+    assert_eq!(sqlalloc::stats().current_count, 0);
+    shutdown();
     sqlalloc::install("system").unwrap();
 
     configure_own_allocator();

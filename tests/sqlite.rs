@@ -93,6 +93,34 @@ fn every_backend_in_real_sqlite() {
     }
     // SAFETY: no connection is open.
     assert_eq!(unsafe { ffi::sqlite3_shutdown() }, ffi::SQLITE_OK);
+    // A block of a fixed heap still held across a re-install: the heap is kept (retired) and the
+    // block's size and free go back to it, not to the new allocator.
+    sqlalloc::install("memsys5:heap=1M,min=64").unwrap();
+    // SAFETY: plain SQLite calls on a block freed once.
+    unsafe {
+        let p = ffi::sqlite3_malloc(1000);
+        assert!(!p.is_null());
+        std::ptr::write_bytes(p.cast::<u8>(), 7, 1000);
+        assert_eq!(ffi::sqlite3_shutdown(), ffi::SQLITE_OK);
+        sqlalloc::install("system").unwrap();
+        assert_eq!(
+            ffi::sqlite3_msize(p),
+            1024,
+            "memsys5's block size, from the retired heap"
+        );
+        assert_eq!(
+            sqlalloc::stats().current_count,
+            0,
+            "not counted by the new allocator"
+        );
+        ffi::sqlite3_free(p);
+        assert_eq!(
+            sqlalloc::stats().free_calls,
+            0,
+            "the free went to the retired allocator"
+        );
+        assert_eq!(ffi::sqlite3_shutdown(), ffi::SQLITE_OK);
+    }
     // A memsys5 heap too small for one block: installed, then sqlite3_initialize says NOMEM
     // (as SQLite's own memsys5 does; see mem5.test).
     sqlalloc::install("memsys5:heap=1,min=1G").unwrap();

@@ -919,6 +919,11 @@ unsafe impl MemMethods for Debug {
         size
     }
 
+    /// Exact: whether `ptr` is in the live set (the pointer is not dereferenced).
+    fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
+        Some(self.lock().live.contains_key(&ptr.as_ptr().addr()))
+    }
+
     fn live_blocks(&self, out: &mut dyn FnMut(LiveBlock<'_>)) {
         // Copy under the mutex, report without it (the callback may allocate, print, …).
         let mut blocks: Vec<(u64, usize, usize, Vec<usize>)> = {

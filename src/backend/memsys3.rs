@@ -639,6 +639,11 @@ unsafe impl MemMethods for Memsys3 {
         }
     }
 
+    /// Exact: whether `ptr` is the start of a checked-out chunk of this heap.
+    fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
+        Some(self.lock().chunk_of(ptr).is_some())
+    }
+
     fn roundup(&self, size: usize) -> usize {
         if size <= 12 {
             12

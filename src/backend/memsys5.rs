@@ -473,6 +473,11 @@ unsafe impl MemMethods for Memsys5 {
         self.atom().saturating_mul(1 << k)
     }
 
+    /// Exact: whether `ptr` points into this heap (the address is compared, never read).
+    fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
+        Some(self.heap.offset_of(ptr).is_some())
+    }
+
     fn roundup(&self, size: usize) -> usize {
         if size > MAX_REQUEST {
             // Refused by malloc; see the module doc for why this is not 0.
