@@ -29,7 +29,7 @@ use std::fmt::Write;
 
 /// Escape a string for a JSON string literal or a Prometheus label value (both accept `\\`,
 /// `\"` and `\n`; other control characters are written as JSON's `\u00XX`).
-fn escape(out: &mut String, s: &str) {
+pub(crate) fn escape(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

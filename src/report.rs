@@ -440,19 +440,7 @@ pub fn render_text(r: &Report, max_blocks: usize) -> String {
 fn json_str(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
+    crate::render::escape(&mut o, s);
     o.push('"');
     o
 }
@@ -478,20 +466,7 @@ pub fn render_json(r: &Report) -> String {
         json_str(&r.backend),
         json_str(&r.spec)
     );
-    let _ = writeln!(
-        o,
-        "  \"stats\": {{\"current_bytes\": {}, \"peak_bytes\": {}, \"current_count\": {}, \
-         \"malloc_calls\": {}, \"free_calls\": {}, \"realloc_calls\": {}, \"failed_calls\": {}, \
-         \"largest_request\": {}}},",
-        st.current_bytes,
-        st.peak_bytes,
-        st.current_count,
-        st.malloc_calls,
-        st.free_calls,
-        st.realloc_calls,
-        st.failed_calls,
-        st.largest_request
-    );
+    let _ = writeln!(o, "  \"stats\": {},", st.to_json());
     let used = r
         .sqlite_memory_used
         .map_or_else(|| "null".to_string(), |u| u.to_string());
@@ -540,9 +515,9 @@ pub fn render_json(r: &Report) -> String {
 
 /// A Prometheus label value, escaped.
 fn prom_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let mut o = String::with_capacity(s.len());
+    crate::render::escape(&mut o, s);
+    o
 }
 
 /// The Prometheus text exposition format (0.0.4). Every sample carries the labels
@@ -561,58 +536,15 @@ fn prom_label(s: &str) -> String {
 /// | `sqlite_memory_sqlite_used_bytes` | gauge | `sqlite3_memory_used()` read with the counters (only when SQLite could be asked) |
 pub fn render_prometheus(r: &Report) -> String {
     let st = &r.stats;
+    let mut o = String::new();
+    crate::render::write_prometheus(
+        &mut o,
+        &[(&[("backend", &r.backend), ("spec", &r.spec)], *st)],
+    );
     let labels = format!(
         "backend=\"{}\",spec=\"{}\"",
         prom_label(&r.backend),
         prom_label(&r.spec)
-    );
-    let mut o = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        for (extra, v) in samples {
-            let _ = writeln!(o, "{name}{{{labels}{extra}}} {v}");
-        }
-    };
-    metric(
-        "sqlite_memory_current_bytes",
-        "gauge",
-        "Bytes in live SQLite allocations (sum of xSize), as sqlite3_memory_used() counts them.",
-        &[("", st.current_bytes.to_string())],
-    );
-    metric(
-        "sqlite_memory_peak_bytes",
-        "gauge",
-        "Highest current_bytes since the allocator was installed or the peak was reset.",
-        &[("", st.peak_bytes.to_string())],
-    );
-    metric(
-        "sqlite_memory_current_blocks",
-        "gauge",
-        "Live SQLite allocations.",
-        &[("", st.current_count.to_string())],
-    );
-    metric(
-        "sqlite_memory_calls_total",
-        "counter",
-        "Calls of the allocator by SQLite, by operation.",
-        &[
-            (",op=\"malloc\"", st.malloc_calls.to_string()),
-            (",op=\"free\"", st.free_calls.to_string()),
-            (",op=\"realloc\"", st.realloc_calls.to_string()),
-        ],
-    );
-    metric(
-        "sqlite_memory_failed_calls_total",
-        "counter",
-        "Calls of xMalloc or xRealloc that returned NULL.",
-        &[("", st.failed_calls.to_string())],
-    );
-    metric(
-        "sqlite_memory_largest_request_bytes",
-        "gauge",
-        "Largest size requested from xMalloc or xRealloc.",
-        &[("", st.largest_request.to_string())],
     );
     let mut buckets = Vec::with_capacity(HIST_BUCKETS + 1);
     let mut cum = 0u64;

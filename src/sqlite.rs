@@ -45,6 +45,10 @@ pub struct Sqlite3MemMethods {
     pub p_app_data: *mut c_void,
 }
 
+/// Whether this build references SQLite's symbols directly (feature `link`). The preload library
+/// must be built without it and checks this at compile time.
+pub const LINKED: bool = cfg!(feature = "link");
+
 /// Type of SQLite's `int sqlite3_config(int op, ...)`.
 pub type ConfigFn = unsafe extern "C" fn(c_int, ...) -> c_int;
 

@@ -63,6 +63,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// Cargo unifies features across the packages of one build: built together with the root package
+// (`cargo build --workspace`), the core would get its `link` feature, reference sqlite3_config
+// directly, and this library would fail to load in programs that dlopen SQLite. Refuse to build
+// that way: build it alone (`make preload`, i.e. `cargo build --release -p sqlalloc_preload`).
+const _: () = assert!(
+    !sqlalloc::sqlite::LINKED,
+    "build sqlalloc_preload alone (cargo build -p sqlalloc_preload), not with --workspace: the core's `link` feature would leak in"
+);
+
 use sqlalloc::report::{FdWriter, Report, Target};
 use sqlalloc::sqlite::{ConfigFn, Sqlite3MemMethods, SQLITE_CONFIG_MALLOC, SQLITE_OK};
 use std::cell::Cell;
