@@ -114,6 +114,7 @@
 
 use crate::heap::HeapBuf;
 use crate::methods::{InitError, MemMethods};
+use crate::poison;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
@@ -212,15 +213,15 @@ impl State {
         // mutex guarding this State is held (we are reached through its guard), and the
         // allocator only touches header words and the link words of free chunks, never the
         // user data of a checked-out chunk (module invariants), so no other thread accesses
-        // these bytes.
-        unsafe { self.heap.read_u32(off) }
+        // these bytes. (`open` makes the word accessible to valgrind/ASan meanwhile.)
+        self.open(off, || unsafe { self.heap.read_u32(off) })
     }
 
     #[inline]
     fn wr(&mut self, blk: u32, half: usize, v: u32) {
         let off = self.word_off(blk, half);
         // SAFETY: as in `rd`.
-        unsafe { self.heap.write_u32(off, v) }
+        self.open(off, || unsafe { self.heap.write_u32(off, v) })
     }
 
     /// `prevSize` in the header of chunk `i`.
@@ -544,6 +545,7 @@ impl Memsys3 {
             roots: [0; N_ROOTS],
             live: 0,
         };
+        poison::pool_create(st.heap.ptr(0), st.heap.len());
         st.layout();
         Some(Memsys3 {
             state: Mutex::new(st),
@@ -587,13 +589,17 @@ unsafe impl MemMethods for Memsys3 {
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         let mut st = self.lock();
         let i = st.malloc(size)?;
+        st.mark_alloc(i);
         Some(st.ptr(i))
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
         let mut st = self.lock();
         match st.chunk_of(ptr) {
-            Some(i) => st.free(i),
+            Some(i) => {
+                st.mark_free(i);
+                st.free(i)
+            }
             None => debug_assert!(false, "memsys3: free of a pointer that is not a live block"),
         }
     }
@@ -615,6 +621,7 @@ unsafe impl MemMethods for Memsys3 {
             return Some(ptr);
         }
         let j = st.malloc(new_size)?;
+        st.mark_alloc(j);
         let n = old.min(new_size);
         // SAFETY: chunk `i` (the caller's live block, `old` usable bytes) and the new chunk `j`
         // (at least `new_size` usable bytes) are distinct checked-out chunks inside the heap; the
@@ -624,6 +631,7 @@ unsafe impl MemMethods for Memsys3 {
             st.heap
                 .copy_within(i as usize * BLOCK, j as usize * BLOCK, n)
         };
+        st.mark_free(i);
         st.free(i);
         Some(st.ptr(j))
     }
@@ -667,6 +675,40 @@ unsafe impl MemMethods for Memsys3 {
     }
 
     fn shutdown(&self) {}
+}
+
+// ---- valgrind / AddressSanitizer marking (src/poison.rs) ----------------------------------------
+//
+// The heap is a pool: everything is no-access except the user area of checked-out chunks (its
+// whole usable size, `8·s − 4` bytes; the request size is not kept), which is addressable with
+// undefined contents. Chunk headers, list links and `prevSize` words are opened only for the
+// duration of each access by `rd`/`wr`, with the lock held. A user write past the usable size
+// hits the next chunk's `size4x` word and is reported.
+impl State {
+    /// Run `f` with the 4-byte word at byte offset `off` accessible.
+    #[inline]
+    fn open<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
+        poison::with_open(self.heap.ptr(off), 4, f)
+    }
+
+    /// Chunk `i` was just checked out (before its pointer is handed out).
+    fn mark_alloc(&self, i: u32) {
+        let n = usable(self.size4x(i));
+        poison::block_alloc(self.heap.ptr(0), self.ptr(i), n);
+    }
+
+    /// Checked-out chunk `i` is about to be freed (before the allocator writes into it).
+    fn mark_free(&self, i: u32) {
+        let n = usable(self.size4x(i));
+        poison::block_free(self.heap.ptr(0), self.ptr(i), n);
+    }
+}
+
+impl Drop for Memsys3 {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        poison::pool_destroy(st.heap.ptr(0), st.heap.len());
+    }
 }
 
 #[cfg(test)]

@@ -118,6 +118,7 @@
 
 use crate::heap::HeapBuf;
 use crate::methods::{InitError, MemMethods};
+use crate::poison;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
@@ -192,6 +193,7 @@ impl Memsys5 {
                 live: 0,
             }),
         };
+        m.mark_pool();
         m.lock().layout();
         Some(m)
     }
@@ -295,7 +297,9 @@ impl Locked<'_> {
         let off = i << self.m.atom_log;
         // SAFETY: off + 8 <= nblock * atom <= heap length, off is a multiple of 8; the block is
         // free, so no user accesses it, and the lock is held.
-        unsafe { (self.m.heap.read_u32(off), self.m.heap.read_u32(off + 4)) }
+        self.m.open_link(off, || unsafe {
+            (self.m.heap.read_u32(off), self.m.heap.read_u32(off + 4))
+        })
     }
 
     /// Set the `next` link of free block `i`.
@@ -304,8 +308,10 @@ impl Locked<'_> {
     /// `i < nblock` is a free block.
     unsafe fn set_next(&mut self, i: usize, next: u32) {
         debug_assert!(i < self.m.nblock);
+        let off = i << self.m.atom_log;
         // SAFETY: as in `links`.
-        unsafe { self.m.heap.write_u32(i << self.m.atom_log, next) }
+        self.m
+            .open_link(off, || unsafe { self.m.heap.write_u32(off, next) })
     }
 
     /// Set the `prev` link of free block `i`.
@@ -314,8 +320,10 @@ impl Locked<'_> {
     /// `i < nblock` is a free block.
     unsafe fn set_prev(&mut self, i: usize, prev: u32) {
         debug_assert!(i < self.m.nblock);
+        let off = i << self.m.atom_log;
         // SAFETY: as in `links`.
-        unsafe { self.m.heap.write_u32((i << self.m.atom_log) + 4, prev) }
+        self.m
+            .open_link(off, || unsafe { self.m.heap.write_u32(off + 4, prev) })
     }
 
     /// Take free block `i` of class `k` off its list.
@@ -431,7 +439,9 @@ unsafe impl MemMethods for Memsys5 {
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         let k = self.class_of(size)?;
         let i = self.lock().alloc(k)?;
-        Some(self.heap.ptr(i << self.atom_log))
+        let p = self.heap.ptr(i << self.atom_log);
+        poison::block_alloc(self.heap.ptr(0), p, self.atom() << k);
+        Some(p)
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
@@ -439,7 +449,10 @@ unsafe impl MemMethods for Memsys5 {
             return;
         };
         let mut l = self.lock();
-        if l.ctrl(i) & CTRL_FREE == 0 {
+        let c = l.ctrl(i);
+        if c & CTRL_FREE == 0 {
+            // Marked before `release` writes its links into the block.
+            poison::block_free(self.heap.ptr(0), ptr, self.atom() << (c & CTRL_LOGSIZE));
             l.release(i);
         }
     }
@@ -498,6 +511,33 @@ unsafe impl MemMethods for Memsys5 {
     }
 
     fn shutdown(&self) {}
+}
+
+// ---- valgrind / AddressSanitizer marking (src/poison.rs) ----------------------------------------
+//
+// The atoms are a pool: free blocks (links included) are no-access, a block handed out is
+// addressable for its whole size (`atom << k`; the request size is not kept) with undefined
+// contents. The control bytes stay addressable: `size` reads a live block's control byte without
+// the lock, so they cannot be opened and closed around each access; only an overflow past the last
+// atom into them goes unseen. The unused remainder after them is no-access.
+impl Memsys5 {
+    /// Register the heap as a pool and mark it, at creation.
+    fn mark_pool(&self) {
+        poison::pool_create(self.heap.ptr(0), self.heap.len());
+        poison::keep_open(self.heap.ptr(self.ctrl), self.nblock);
+    }
+
+    /// Run `f` with the 8-byte link of the free block at byte offset `off` accessible.
+    #[inline]
+    fn open_link<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
+        poison::with_open(self.heap.ptr(off), LINK_SIZE, f)
+    }
+}
+
+impl Drop for Memsys5 {
+    fn drop(&mut self) {
+        poison::pool_destroy(self.heap.ptr(0), self.heap.len());
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,267 @@
+//! The shadow-model harness shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and the
+//! corpus replay test (`tests/fuzz_corpus.rs`, run by `make test` without nightly or cargo-fuzz).
+//! Both include this file with `#[path]`; it uses only sqlalloc's public API.
+//!
+//! Input format (every byte string is valid; a short tail is ignored):
+//! - byte 0 picks a configuration of the target's backend ([`spec`]): heap size, `min`, and
+//!   whether a `limit` layer is on top;
+//! - then 4 bytes per action: `op`, `arg`, `lo`, `hi`. `op % 8` selects malloc (0–3), realloc
+//!   (4–5) or free (6–7); `arg` picks the live block a realloc or free applies to (`arg % live`);
+//!   the size is `u16::from_le_bytes([lo, hi])` scaled by the size class in `op >> 6` (small,
+//!   SQLite's 257–512 band, page buffers, large), the mix of `tests/backends.rs`.
+//!
+//! After every action the model checks: blocks 8-aligned, `size >= request` and `size` stable,
+//! `roundup(n) >= n`, no two live blocks overlap, the bytes of the block acted on still hold its
+//! pattern (contents survive realloc; a failed realloc leaves the block intact; every live block
+//! is checked every 64 actions and at the end), and
+//! the counters are exact (current bytes and count, call counts, failures, largest request);
+//! with a `limit` layer the bytes in use never pass the cap. A failure panics with a message
+//! naming the spec and the check.
+
+#![allow(dead_code)]
+
+use sqlalloc::{MemMethods, Stack};
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+/// Backends with a fuzz target (the names of the targets and of the corpus directories).
+pub const TARGETS: &[&str] = &["system", "debug", "memsys3", "memsys5", "rust"];
+
+/// Most actions taken from one input (longer inputs are cut), to keep each run short.
+pub const MAX_ACTIONS: usize = 2000;
+
+/// The spec a target runs for configuration byte `cfg`.
+pub fn spec(target: &str, cfg: u8) -> String {
+    let limit = if cfg & 0x80 != 0 {
+        [
+            "+limit:max=64K",
+            "+limit:max=300K",
+            "+limit:max=1M",
+            "+limit:max=4M",
+        ][usize::from(cfg >> 5) & 3]
+    } else {
+        ""
+    };
+    let base = match target {
+        "memsys3" => {
+            format!(
+                "memsys3:heap={}",
+                ["16K", "64K", "300K", "2M"][usize::from(cfg & 3)]
+            )
+        }
+        "memsys5" => format!(
+            "memsys5:heap={},min={}",
+            ["8K", "100K", "1M", "3M"][usize::from(cfg & 3)],
+            [1, 8, 16, 24, 64, 100, 256, 4096][usize::from(cfg >> 2) & 7]
+        ),
+        "debug" if cfg & 4 != 0 => "debug:backtrace=2".to_string(),
+        other => other.to_string(),
+    };
+    format!("{base}{limit}")
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Malloc(usize),
+    Realloc(usize, usize),
+    Free(usize),
+}
+
+/// The actions an input encodes.
+pub fn decode(data: &[u8]) -> Vec<Op> {
+    data.chunks_exact(4)
+        .take(MAX_ACTIONS)
+        .map(|c| {
+            let raw = usize::from(u16::from_le_bytes([c[2], c[3]]));
+            let n = match c[0] >> 6 {
+                0 => raw % 65,
+                1 => 257 + raw % 256,
+                2 => 4096 + raw % 4097,
+                _ => 8193 + raw * 4 % 91_808,
+            };
+            let i = usize::from(c[1]);
+            match c[0] % 8 {
+                0..=3 => Op::Malloc(n),
+                4 | 5 => Op::Realloc(i, n),
+                _ => Op::Free(i),
+            }
+        })
+        .collect()
+}
+
+/// Run one input against `target` (a name from [`TARGETS`]).
+pub fn run_input(target: &str, data: &[u8]) {
+    let Some((&cfg, rest)) = data.split_first() else {
+        return;
+    };
+    let spec = spec(target, cfg);
+    let stack = sqlalloc::build(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    let may_fail = target.starts_with("memsys") || stack.limit().is_some();
+    run_ops(&stack, &spec, may_fail, &decode(rest));
+}
+
+struct Live {
+    ptr: NonNull<u8>,
+    req: usize,
+    size: usize,
+    pat: u8,
+}
+
+fn fill(p: NonNull<u8>, n: usize, pat: u8) {
+    // SAFETY: `p` is a live block of at least `n` bytes owned by the harness.
+    unsafe { std::ptr::write_bytes(p.as_ptr(), pat, n) }
+}
+
+fn verify(spec: &str, p: NonNull<u8>, n: usize, pat: u8) {
+    // SAFETY: `p` is a live block of at least `n` bytes the harness filled.
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), n) };
+    if let Some(i) = s.iter().position(|&x| x != pat) {
+        panic!(
+            "{spec}: block {p:p}: byte {i} is {:#x}, expected {pat:#x}",
+            s[i]
+        );
+    }
+}
+
+/// Run `ops` on `stack` (fresh, nothing allocated) against the shadow model. `may_fail`: whether
+/// the allocator may refuse a request (fixed heaps, a limit); a refusal otherwise fails the run.
+pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) {
+    stack
+        .init()
+        .unwrap_or_else(|e| panic!("{spec}: init failed: {e:?}"));
+    let base = stack.stats();
+    let cap = stack.limit().map(|l| l.max() as i64);
+    let mut live: Vec<Live> = Vec::new();
+    let mut pat = 0u8;
+    let (mut mallocs, mut frees, mut reallocs, mut failed) = (0i64, 0i64, 0i64, 0i64);
+    let mut largest = base.largest_request;
+    for (step, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Malloc(n) => {
+                mallocs += 1;
+                largest = largest.max(n as i64);
+                assert!(stack.roundup(n) >= n, "{spec}: roundup({n}) < {n}");
+                match stack.malloc(n) {
+                    Some(p) => {
+                        pat = pat.wrapping_add(1).max(1);
+                        // SAFETY: `p` is live.
+                        let size = unsafe { stack.size(p) };
+                        fill(p, n, pat);
+                        live.push(Live {
+                            ptr: p,
+                            req: n,
+                            size,
+                            pat,
+                        });
+                    }
+                    None => {
+                        assert!(may_fail, "{spec}: malloc({n}) failed");
+                        failed += 1;
+                    }
+                }
+            }
+            Op::Realloc(i, n) if !live.is_empty() => {
+                let i = i % live.len();
+                reallocs += 1;
+                largest = largest.max(n as i64);
+                let old = &live[i];
+                // SAFETY: `old.ptr` is live in `stack`; on success it is replaced below.
+                match unsafe { stack.realloc(old.ptr, n) } {
+                    Some(p) => {
+                        verify(spec, p, old.req.min(n), old.pat);
+                        let pat = old.pat;
+                        fill(p, n, pat);
+                        // SAFETY: `p` is live.
+                        let size = unsafe { stack.size(p) };
+                        live[i] = Live {
+                            ptr: p,
+                            req: n,
+                            size,
+                            pat,
+                        };
+                    }
+                    None => {
+                        assert!(may_fail, "{spec}: realloc to {n} failed");
+                        failed += 1;
+                        verify(spec, old.ptr, old.req, old.pat);
+                    }
+                }
+            }
+            Op::Free(i) if !live.is_empty() => {
+                let b = live.swap_remove(i % live.len());
+                verify(spec, b.ptr, b.req, b.pat);
+                frees += 1;
+                // SAFETY: `b.ptr` is live in `stack` and dropped from the model.
+                unsafe { stack.free(b.ptr) };
+            }
+            _ => {}
+        }
+        check(stack, spec, &live, cap);
+        if step % 64 == 63 {
+            // Every block, now and then: a write through one block into another shows here.
+            for b in &live {
+                verify(spec, b.ptr, b.req, b.pat);
+            }
+        }
+        let s = stack.stats();
+        assert_eq!(
+            (
+                s.malloc_calls - base.malloc_calls,
+                s.free_calls - base.free_calls,
+                s.realloc_calls - base.realloc_calls,
+                s.failed_calls - base.failed_calls,
+                s.largest_request
+            ),
+            (mallocs, frees, reallocs, failed, largest),
+            "{spec}: call counters"
+        );
+    }
+    for b in live.drain(..) {
+        verify(spec, b.ptr, b.req, b.pat);
+        // SAFETY: live block, dropped from the model.
+        unsafe { stack.free(b.ptr) };
+    }
+    let s = stack.stats();
+    assert_eq!(
+        (s.current_bytes, s.current_count),
+        (base.current_bytes, base.current_count),
+        "{spec}: all freed"
+    );
+    if let Some(l) = stack.limit() {
+        assert_eq!(l.used(), 0, "{spec}: limit accounting back to zero");
+    }
+}
+
+/// Layout and byte counters of the live set.
+fn check(stack: &Stack, spec: &str, live: &[Live], cap: Option<i64>) {
+    let mut ranges = BTreeMap::new();
+    let mut sum = 0i64;
+    for b in live {
+        assert_eq!(b.ptr.as_ptr().addr() % 8, 0, "{spec}: misaligned block");
+        // SAFETY: live block.
+        let sz = unsafe { stack.size(b.ptr) };
+        assert!(sz >= b.req, "{spec}: size {sz} < request {}", b.req);
+        assert_eq!(sz, b.size, "{spec}: size of a live block changed");
+        sum += sz as i64;
+        ranges.insert(b.ptr.as_ptr().addr(), sz.max(1));
+    }
+    let mut end = 0usize;
+    for (&a, &sz) in &ranges {
+        assert!(a >= end, "{spec}: blocks overlap at {a:#x}");
+        end = a + sz;
+    }
+    let s = stack.stats();
+    assert_eq!(s.current_bytes, sum, "{spec}: current_bytes");
+    assert_eq!(s.current_count, live.len() as i64, "{spec}: current_count");
+    assert!(
+        s.peak_bytes >= s.current_bytes,
+        "{spec}: peak below current"
+    );
+    if let Some(cap) = cap {
+        assert!(
+            s.current_bytes <= cap,
+            "{spec}: {} bytes in use past the cap",
+            s.current_bytes
+        );
+    }
+}
