@@ -134,3 +134,39 @@ rust-features-test:
 	$(CARGO) clippy --features $(RUST_FEATURES) --all-targets -- -D warnings
 	for e in $(RUST_EXAMPLES); do $(CARGO) run -q --features $(RUST_FEATURES) --example $$e > /dev/null || exit 1; done
 	$(CARGO) test --manifest-path tests-bundled/Cargo.toml --target-dir $${CARGO_TARGET_DIR:-target}
+
+# ---- Benchmarks (owner: bench; see bench/run.py and docs/BENCHMARKS.md) ----------------------
+# One libsqlite3.so (Debian's 3.40.1 tree, SQLITE_ENABLE_MEMSYS5), speedtest1 and the drivers
+# linked against it, under $(BENCH_DIR). `bench` measures every configuration side by side
+# (~10 min) and writes docs/BENCHMARKS.md and docs/benchmarks.svg; the preload library it uses is
+# built with the jemalloc and mimalloc backends in its own target directory (jemalloc's autoconf
+# build takes minutes the first time). `bench-smoke` (seconds once built) runs every
+# configuration once on tiny inputs with the plain preload library (without those two backends:
+# they are reported as skipped; pass BENCH_SMOKE_PRELOAD=$(BENCH_PRELOAD) to include them).
+BENCH_DIR     := $(BUILD)/bench
+BENCH_TARGET  ?= target/bench
+BENCH_PRELOAD := $(BENCH_TARGET)/release/libsqlalloc_preload.so
+BENCH_SMOKE_PRELOAD ?= $(PRELOAD_SO)
+.PHONY: bench bench-smoke bench-deps
+
+# Debian's jemalloc and mimalloc for the LD_PRELOAD baselines, and valgrind for callgrind.
+bench-deps:
+	@missing=; \
+	  [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || missing="$$missing libjemalloc2"; \
+	  [ -e /usr/lib/x86_64-linux-gnu/libmimalloc.so.2 ] || missing="$$missing libmimalloc2.0"; \
+	  command -v valgrind >/dev/null 2>&1 || missing="$$missing valgrind"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "bench: installing$$missing"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get install -y $$missing || { $$SUDO apt-get update && $$SUDO apt-get install -y $$missing; }; \
+	  fi
+
+bench: lib bench-deps
+	CARGO_TARGET_DIR=$(BENCH_TARGET) $(CARGO) build --release -p sqlalloc_preload --features jemalloc,mimalloc
+	bench/build.sh $(BENCH_DIR) $(LIBA)
+	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_PRELOAD) \
+	  --out docs/BENCHMARKS.md --chart docs/benchmarks.svg
+
+bench-smoke: lib preload bench-deps
+	bench/build.sh $(BENCH_DIR) $(LIBA)
+	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke

@@ -1,0 +1,562 @@
+#!/usr/bin/env python3
+"""Run sqlalloc's benchmarks side by side with SQLite's C allocators and write docs/BENCHMARKS.md.
+
+Usage: bench/run.py --build DIR --preload SO [--out FILE] [--chart FILE] [--reps N] [--smoke]
+
+DIR is what bench/build.sh built (speedtest1, micro, threads, libtrace_rec.so, and SQLite's
+library with memsys5). SO is libsqlalloc_preload.so (built with the jemalloc/mimalloc features
+when those backends are to be measured; they are skipped, and the page says so, when it lacks
+them). Every configuration runs the same binaries on the same library:
+
+  C mem1            SQLite's default allocator (glibc malloc)
+  C memsys5         SQLite's memsys5 (--heap HEAP MIN, SQLITE_CONFIG_HEAP)
+  LD_PRELOAD je/mi  C mem1 over Debian's libjemalloc2 / libmimalloc2.0 (the process's malloc)
+  sqlalloc SPEC     LD_PRELOAD=SO SQLALLOC=SPEC (the preload library installs it)
+
+Methodology: each round runs every configuration once, in order (A B C ... A B C ...), for
+--reps rounds; a figure is the median over rounds; a ratio is the median over rounds of the
+ratio within the round (paired, so a machine that drifts during the run biases neither side).
+Times are the CPU time (user + sys) of the process or thread: on a shared machine, wall time
+also counts time spent waiting for a core. The thread-scaling figures must use the wall clock.
+
+--smoke runs every configuration once on tiny inputs and checks that each produced a number, that
+each sqlalloc allocator really was installed, and that --verify hashes agree; it writes no page.
+"""
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HEAP = 64 * 1024 * 1024
+HEAP_MIN = 64
+JEMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+MIMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
+
+
+class Config:
+    """One allocator configuration: how to run a program under it and its C counterpart."""
+
+    def __init__(self, key, label, kind, spec=None, preload=None, counterpart=None):
+        self.key, self.label, self.kind = key, label, kind
+        self.spec, self.preload, self.counterpart = spec, preload, counterpart
+
+    def env(self, args):
+        e = dict(os.environ)
+        for v in ("SQLALLOC", "SQLALLOC_REPORT", "LD_PRELOAD", "SQLALLOC_TRACE"):
+            e.pop(v, None)
+        if self.kind == "sqlalloc":
+            e["LD_PRELOAD"] = args.preload
+            e["SQLALLOC"] = self.spec
+        elif self.preload:
+            e["LD_PRELOAD"] = self.preload
+        return e
+
+    def heap_args(self):
+        return ["--heap", str(HEAP), str(HEAP_MIN)] if self.kind == "memsys5" else []
+
+
+def configs(args):
+    mb = HEAP // (1024 * 1024)
+    cs = [
+        Config("mem1", "C mem1 (glibc)", "c"),
+        Config("c-memsys5", f"C memsys5 ({mb}M, min {HEAP_MIN})", "memsys5"),
+        Config("pre-jemalloc", "C mem1 + LD_PRELOAD jemalloc", "c", preload=JEMALLOC_SO),
+        Config("pre-mimalloc", "C mem1 + LD_PRELOAD mimalloc", "c", preload=MIMALLOC_SO),
+        Config("system", "sqlalloc system", "sqlalloc", "system", counterpart="mem1"),
+        Config("memsys5", "sqlalloc memsys5", "sqlalloc", f"memsys5:heap={mb}M,min={HEAP_MIN}",
+               counterpart="c-memsys5"),
+        Config("memsys3", "sqlalloc memsys3", "sqlalloc", f"memsys3:heap={mb}M",
+               counterpart="mem1"),
+        Config("debug", "sqlalloc debug", "sqlalloc", "debug", counterpart="mem1"),
+        Config("limit", "sqlalloc system+limit", "sqlalloc", "system+limit:max=1G",
+               counterpart="mem1"),
+        Config("jemalloc", "sqlalloc jemalloc", "sqlalloc", "jemalloc", counterpart="pre-jemalloc"),
+        Config("mimalloc", "sqlalloc mimalloc", "sqlalloc", "mimalloc", counterpart="pre-mimalloc"),
+    ]
+    return cs
+
+
+def run(cmd, env, check=True, timeout=600):
+    """Run cmd; return (stdout, stderr, cpu seconds of the child, wall seconds)."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(timeout=timeout)
+    wall = time.monotonic() - t0
+    # The child's rusage: it was the only child reaped since the last call.
+    ru = os.times()
+    cpu = ru.children_user + ru.children_system
+    cpu_delta = cpu - run.last_cpu
+    run.last_cpu = cpu
+    out, err = out.decode(errors="replace"), err.decode(errors="replace")
+    if check and p.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} exited with {p.returncode}:\n{err[-2000:]}")
+    return out, err, cpu_delta, wall
+
+
+run.last_cpu = 0.0
+
+
+def result(out, key):
+    m = re.search(rf"RESULT .*\b{key}=([0-9.]+)", out)
+    if not m:
+        sys.exit(f"bench: no {key} in the output:\n{out[-1000:]}")
+    return float(m.group(1))
+
+
+def check_installed(c, args, b):
+    """A sqlalloc configuration must really install: ask the preload library for a report."""
+    if c.kind != "sqlalloc":
+        return None
+    env = c.env(args)
+    env["SQLALLOC_REPORT"] = "stderr"
+    out, err, _, _ = run([f"{b}/speedtest1", "--size", "1", "--memdb", "--testset", "main"],
+                         env, check=False)
+    if "not built in" in err:
+        return f"skipped: {args.preload} lacks the {c.spec} backend (build it with --features {c.spec})"
+    if f'spec "{c.spec}"' not in err:
+        sys.exit(f"bench: {c.label}: the allocator was not installed:\n{err[-2000:]}")
+    return None
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def alternate(cs, reps, fn):
+    """Call fn(config, round) for every round and configuration in turn; gather results."""
+    res = {c.key: [] for c in cs}
+    for r in range(reps):
+        for c in cs:
+            res[c.key].append(fn(c, r))
+    return res
+
+
+def paired_ratio(res, a, b, invert=False):
+    """Median over rounds of res[a][r] / res[b][r] (b / a when invert)."""
+    rs = [(y / x if invert else x / y) for x, y in zip(res[a], res[b]) if x and y]
+    return median(rs)
+
+
+def callgrind_ir(cmd, env):
+    out, err, _, _ = run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + cmd,
+                         env)
+    m = re.search(r"Collected : ([0-9]+)", err)
+    if not m:
+        sys.exit(f"bench: no callgrind total in:\n{err[-1500:]}")
+    return int(m.group(1)), out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--preload", required=True)
+    ap.add_argument("--out", default="docs/BENCHMARKS.md")
+    ap.add_argument("--chart", default="docs/benchmarks.svg")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    b = os.path.abspath(args.build)
+    args.preload = os.path.abspath(args.preload)
+    for f in ("speedtest1", "micro", "threads", "libtrace_rec.so"):
+        if not os.path.exists(f"{b}/{f}"):
+            sys.exit(f"bench: {b}/{f} is missing (run bench/build.sh first)")
+    if not os.path.exists(args.preload):
+        sys.exit(f"bench: no preload library at {args.preload} (make preload)")
+    smoke = args.smoke
+    reps = 1 if smoke else args.reps
+    if reps < 1:
+        sys.exit("bench: --reps must be at least 1")
+    size = "1" if smoke else "25"
+    t_start = time.monotonic()
+    load0 = os.getloadavg()
+
+    cs, skipped = [], {}
+    for c in configs(args):
+        if c.preload and not os.path.exists(c.preload):
+            skipped[c.key] = f"skipped: {c.preload} is not installed (apt-get install " + \
+                ("libjemalloc2" if "jemalloc" in c.preload else "libmimalloc2.0") + ")"
+            continue
+        why = check_installed(c, args, b)
+        if why:
+            skipped[c.key] = why
+            continue
+        cs.append(c)
+    keys = {c.key for c in cs}
+    for c in cs:
+        if c.counterpart and c.counterpart not in keys:
+            c.counterpart = "mem1"
+    for k, why in skipped.items():
+        print(f"bench: {k}: {why}", file=sys.stderr)
+    byk = {c.key: c for c in cs}
+
+    # ---- speedtest1 -------------------------------------------------------------------------
+    shm = f"/dev/shm/sqlalloc-bench-{os.getpid()}.db"
+    workloads = [
+        ("memdb", "--memdb, default lookaside", ["--memdb"]),
+        ("memdb-la0", "--memdb, --lookaside 0 0", ["--memdb", "--lookaside", "0", "0"]),
+        ("file", "tmpfs file, --nosync, default lookaside", ["--nosync", shm]),
+        ("file-la0", "tmpfs file, --nosync, --lookaside 0 0",
+         ["--nosync", "--lookaside", "0", "0", shm]),
+    ]
+
+    def speedtest(c, extra):
+        cmd = [f"{b}/speedtest1", "--size", size] + c.heap_args() + extra
+        out, err, cpu, wall = run(cmd, c.env(args))
+        for suffix in ("", "-journal", "-wal"):
+            try:
+                os.unlink(shm + suffix)
+            except FileNotFoundError:
+                pass
+        if "TOTAL" not in out:
+            sys.exit(f"bench: speedtest1 under {c.label} printed no TOTAL:\n{out[-500:]}{err[-500:]}")
+        return cpu
+
+    st = {}
+    for wk, _, extra in workloads:
+        print(f"bench: speedtest1 {wk}", file=sys.stderr)
+        st[wk] = alternate(cs, reps, lambda c, r: speedtest(c, extra))
+
+    # --verify once per configuration: every allocator must give the same results.
+    verify = {}
+    for c in cs:
+        out, _, _, _ = run([f"{b}/speedtest1", "--size", size, "--verify", "--memdb", "--lookaside",
+                            "0", "0"] + c.heap_args(), c.env(args))
+        m = re.search(r"Verification Hash: ([0-9]+)", out)
+        if not m:
+            sys.exit(f"bench: no verification hash from {c.label}")
+        verify[c.key] = m.group(1)
+    hashes = set(verify.values())
+    if len(hashes) != 1:
+        sys.exit(f"bench: --verify hashes differ between configurations: {verify}")
+
+    # ---- microbenchmarks ----------------------------------------------------------------------
+    trace = f"{b}/speedtest1-la0.trace"
+    env = dict(os.environ)
+    env.update({"LD_PRELOAD": f"{b}/libtrace_rec.so", "SQLALLOC_TRACE": trace,
+                "SQLALLOC": "system"})
+    env.pop("SQLALLOC_REPORT", None)
+    _, rec_err, _, _ = run([f"{b}/speedtest1", "--size", size, "--memdb", "--lookaside", "0", "0"],
+                           env)
+    rec_line = next((l for l in rec_err.splitlines() if l.startswith("trace_rec:")), "")
+    if not rec_line or "INVALID" in rec_line:
+        sys.exit(f"bench: recording the trace failed:\n{rec_err[-1500:]}")
+    mix_steps = "20000" if smoke else "2000000"
+    print("bench: microbenchmarks", file=sys.stderr)
+
+    def micro(c, extra, key):
+        out, _, _, _ = run([f"{b}/micro"] + c.heap_args() + extra, c.env(args))
+        if result(out, "failed") != 0:
+            sys.exit(f"bench: micro {extra} under {c.label}: allocations failed")
+        return result(out, key)
+
+    mtrace = alternate(cs, reps, lambda c, r: micro(c, ["--trace", trace], "ns_per_pair"))
+    mmix = alternate(cs, reps, lambda c, r: micro(c, ["--mix", mix_steps], "ns_per_pair"))
+    mthr = {}
+    for t in (1, 2):
+        mthr[t] = alternate(cs, reps, lambda c, r: micro(
+            c, ["--mix", mix_steps, "--threads", str(t)], "mpairs_per_s"))
+
+    # ---- SQLite threads -----------------------------------------------------------------------
+    print("bench: SQLite threads", file=sys.stderr)
+    rounds = "1" if smoke else "60"
+    rows = "200" if smoke else "2000"
+
+    def sqlthreads(c, t):
+        out, _, _, _ = run([f"{b}/threads", "--threads", str(t), "--rounds", rounds, "--rows", rows]
+                           + c.heap_args(), c.env(args))
+        return result(out, "rounds_per_s")
+
+    sthr = {}
+    for t in (1, 2):
+        sthr[t] = alternate(cs, reps, lambda c, r: sqlthreads(c, t))
+
+    # ---- instruction counts (callgrind) -------------------------------------------------------
+    # The synthetic mix for every configuration, and speedtest1 for pairs whose time ratio is
+    # within 1% of its counterpart.
+    print("bench: callgrind", file=sys.stderr)
+    cg_steps = 20000 if smoke else 200000
+    ir_mix = {}
+    cg_cs = [c for c in cs if c.key in ("mem1", "system")] if smoke else cs
+    for c in cg_cs:
+        ir, _ = callgrind_ir([f"{b}/micro"] + c.heap_args() + ["--mix", str(cg_steps)], c.env(args))
+        ir_mix[c.key] = ir
+    ir_base = ir_mix.get("mem1")
+    ir_st = {}
+    cg_size = "1" if smoke else "3"
+    for wk, _, extra in workloads:
+        if "memdb" not in wk:
+            continue
+        for c in cg_cs:
+            if not c.counterpart:
+                continue
+            rt = paired_ratio(st[wk], c.key, c.counterpart)
+            if (smoke and wk == "memdb-la0") or abs(rt - 1) < 0.01:
+                irs = []
+                for k in (c.key, c.counterpart):
+                    cmd = [f"{b}/speedtest1", "--size", cg_size] + byk[k].heap_args() + extra
+                    irs.append(callgrind_ir(cmd, byk[k].env(args))[0])
+                ir_st[(wk, c.key)] = irs
+
+    elapsed = time.monotonic() - t_start
+    load1 = os.getloadavg()
+    if smoke:
+        n = sum(len(v) for w in st.values() for v in w.values())
+        print(f"bench-smoke: OK: {len(cs)} configurations ({len(skipped)} skipped), {n} speedtest1 "
+              f"runs, micro, threads and callgrind all produced numbers, --verify hash "
+              f"{hashes.pop()} everywhere; {elapsed:.1f} s")
+        return
+
+    # ---- the page -----------------------------------------------------------------------------
+    L = []
+    w = L.append
+    mem1 = "mem1"
+
+    def f2(x):
+        return f"{x:.2f}"
+
+    def f3(x):
+        return f"{x:.3f}"
+
+    uname = platform.uname()
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu_model = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "")
+    except OSError:
+        pass
+    ncpu = os.cpu_count()
+    w("# Benchmarks")
+    w("")
+    w("Generated by `make bench` (bench/run.py); do not edit by hand. Every figure comes from one "
+      "run, all configurations side by side, on one SQLite library and one binary per program.")
+    w("")
+    w("## Machine and run")
+    w("")
+    w(f"- CPU: {cpu_model}, {ncpu} cores; kernel {uname.release}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    w(f"- Load average (1/5/15 min) at the start: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}; "
+      f"at the end: {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}. "
+      + ("The machine was shared with other jobs: with a load above the core count, wall-clock "
+         "figures (the thread tables) are noisy; CPU-time figures less so." if max(load0[0], load1[0]) > ncpu
+         else "The machine was otherwise quiet."))
+    w(f"- {reps} rounds, configurations alternating within each round; medians; ratios are paired "
+      f"per round. Whole run: {elapsed / 60:.1f} minutes.")
+    w("- SQLite 3.40.1 from Debian's source package, `configure --disable-tcl`, `make libsqlite3.la "
+      "OPTS=-DSQLITE_ENABLE_MEMSYS5` (gcc -g -O2, threadsafe); `test/speedtest1.c` and the drivers "
+      "(bench/micro.c, bench/threads.c) linked against that shared library (rpath).")
+    w(f"- sqlalloc through `LD_PRELOAD={os.path.relpath(args.preload)}` with `SQLALLOC=spec`, the "
+      "same way for every sqlalloc configuration. memsys5 heap: "
+      f"{HEAP // 1048576} MiB, minimum {HEAP_MIN} bytes, for C and sqlalloc alike; memsys3: the same "
+      "heap size.")
+    for k, why in skipped.items():
+        w(f"- `{k}`: {why}")
+    w("")
+    w("Configurations:")
+    w("")
+    w("| name | how | counterpart for ratios |")
+    w("|---|---|---|")
+    for c in cs:
+        how = {"c": "SQLite's default allocator (mem1)" + (f", `LD_PRELOAD={c.preload}`" if c.preload else ""),
+               "memsys5": f"`--heap {HEAP} {HEAP_MIN}` (SQLITE_CONFIG_HEAP)",
+               "sqlalloc": f"`SQLALLOC={c.spec}`"}[c.kind]
+        w(f"| {c.label} | {how} | {byk[c.counterpart].label if c.counterpart else '—'} |")
+    w("")
+
+    w("## speedtest1 `--size 25`")
+    w("")
+    w("CPU time (user + sys) of the whole process, median in seconds, and the paired ratio to the "
+      "counterpart (below 1: faster). `× mem1` is the ratio to C mem1 for every row.")
+    w("")
+    hdr = "| configuration |" + "".join(f" {wk}: s | ratio | × mem1 |" for wk, _, _ in workloads)
+    w(hdr)
+    w("|---|" + "---|---|---|" * len(workloads))
+    for c in cs:
+        row = f"| {c.label} |"
+        for wk, _, _ in workloads:
+            row += f" {f3(median(st[wk][c.key]))} |"
+            row += f" {f3(paired_ratio(st[wk], c.key, c.counterpart)) if c.counterpart else '—'} |"
+            row += f" {f3(paired_ratio(st[wk], c.key, mem1))} |"
+        w(row)
+    w("")
+    for wk, desc, _ in workloads:
+        w(f"- {wk}: {desc}")
+    w("")
+    w(f"`--verify` (`--memdb --lookaside 0 0`), once per configuration: hash {hashes.pop()} for all "
+      f"{len(cs)} configurations (the run stops when they differ).")
+    w("")
+    if ir_st:
+        w(f"Ratios within 1% are settled by instruction counts (`valgrind --tool=callgrind`, "
+          f"speedtest1 `--size {cg_size}`, whole process):")
+        w("")
+        w("| workload | configuration | Ir | counterpart Ir | ratio |")
+        w("|---|---|---|---|---|")
+        for (wk, k), (a, bb) in ir_st.items():
+            w(f"| {wk} | {byk[k].label} | {a:,} | {bb:,} | {a / bb:.4f} |")
+        w("")
+
+    w("## Microbenchmark: calls through `sqlite3_mem_methods`")
+    w("")
+    w("bench/micro.c reads the table with `SQLITE_CONFIG_GETMALLOC` and calls its function pointers "
+      "(memstatus off, so every allocator locks for itself as needed). ns per malloc+free pair "
+      "(a realloc counts as one), thread CPU time, median; the second of two passes is timed.")
+    w("")
+    w(f"- trace: {rec_line.split(':', 1)[1].strip()}; recorded with `LD_PRELOAD=libtrace_rec.so "
+      f"SQLALLOC=system` from `speedtest1 --size {size} --memdb --lookaside 0 0`.")
+    w(f"- mix: {mix_steps} steps over 1000 live slots: 50% 8–64 B, 43% 257–512 B, 5% 4–8 KiB, "
+      "2% 65–256 B; 2% of the steps grow a block with xRealloc.")
+    w(f"- ΔIr/pair: instructions counted by callgrind for the whole `micro --mix {cg_steps}` "
+      "process, minus the same count under C mem1, divided by the pairs executed (both passes, "
+      f"2 × {cg_steps}): the extra instructions per pair, repeatable where ns are not.")
+    w("")
+    w("| configuration | trace ns/pair | ratio | mix ns/pair | ratio | Δ ns vs mem1 (mix) | ΔIr/pair vs mem1 (mix) |")
+    w("|---|---|---|---|---|---|---|")
+    for c in cs:
+        rt = f3(paired_ratio(mtrace, c.key, c.counterpart)) if c.counterpart else "—"
+        rm = f3(paired_ratio(mmix, c.key, c.counterpart)) if c.counterpart else "—"
+        dn = median([x - y for x, y in zip(mmix[c.key], mmix[mem1])])
+        dir_ = (ir_mix[c.key] - ir_base) / cg_steps / 2 if c.key in ir_mix and ir_base else float("nan")
+        w(f"| {c.label} | {f2(median(mtrace[c.key]))} | {rt} | {f2(median(mmix[c.key]))} | {rm} | "
+          f"{dn:+.2f} | {dir_:+.1f} |")
+    w("")
+
+    w("## Two threads")
+    w("")
+    w("Aggregate throughput at 1 and 2 threads (wall clock), median, and the scaling 2T / 1T "
+      "(paired per round; 2.0 is perfect on 2 cores).")
+    w("")
+    w("- SQLite: bench/threads.c, `SQLITE_CONFIG_MULTITHREAD`, memstatus off, lookaside off, one "
+      f"in-memory connection per thread, {rounds} rounds of create/insert {rows} rows/query/drop "
+      "per thread; rounds per second over all threads.")
+    w("- micro: the mix above in each thread (own slots), million pairs per second over all threads.")
+    w("")
+    w("| configuration | SQLite 1T rounds/s | 2T | 2T/1T | micro 1T Mpairs/s | 2T | 2T/1T |")
+    w("|---|---|---|---|---|---|---|")
+    scale_sql, scale_micro = {}, {}
+    for c in cs:
+        ss = median([y / x for x, y in zip(sthr[1][c.key], sthr[2][c.key])])
+        sm = median([y / x for x, y in zip(mthr[1][c.key], mthr[2][c.key])])
+        scale_sql[c.key], scale_micro[c.key] = ss, sm
+        w(f"| {c.label} | {f2(median(sthr[1][c.key]))} | {f2(median(sthr[2][c.key]))} | {f2(ss)} | "
+          f"{f2(median(mthr[1][c.key]))} | {f2(median(mthr[2][c.key]))} | {f2(sm)} |")
+    w("")
+
+    # ---- targets ------------------------------------------------------------------------------
+    w("## Targets of the issue")
+    w("")
+    w("| target | figure | met |")
+    w("|---|---|---|")
+
+    def tgt(name, fig, ok):
+        w(f"| {name} | {fig} | {'yes' if ok else '**no**'} |")
+
+    if "system" in byk:
+        for wk, _, _ in workloads:
+            r = paired_ratio(st[wk], "system", mem1)
+            tgt(f"system ≤ 1.02 × C mem1, speedtest1 {wk}", f3(r), r <= 1.02)
+        for name, d in (("trace", mtrace), ("mix", mmix)):
+            dn = median([x - y for x, y in zip(d["system"], d[mem1])])
+            tgt(f"system ≤ glibc (C mem1) + 2 ns/pair, {name}", f"{dn:+.2f} ns", dn <= 2)
+    if "memsys5" in byk and "c-memsys5" in byk:
+        for wk, _, _ in workloads:
+            r = paired_ratio(st[wk], "memsys5", "c-memsys5")
+            tgt(f"memsys5 ≤ 1.00 × C memsys5, speedtest1 {wk}", f3(r), r <= 1.0)
+        r = paired_ratio(mtrace, "memsys5", "c-memsys5")
+        tgt("memsys5 ≤ 0.9 × C memsys5 ns/pair, trace replay", f3(r), r <= 0.9)
+    if "system" in byk:
+        dn = median([x - y for x, y in zip(mmix["system"], mmix[mem1])])
+        tgt("counters ≤ 3 ns/pair on one thread (upper bound: system − C mem1, mix; it also "
+            "includes the Rust dispatch and two xSize calls)", f"{dn:+.2f} ns", dn <= 3)
+        for k in ("system", "memsys3", "jemalloc", "mimalloc"):
+            if k in byk:
+                tgt(f"2-thread aggregate ≥ 1.8 × 1-thread, {byk[k].label}, micro / SQLite",
+                    f"{scale_micro[k]:.2f} / {scale_sql[k]:.2f}", scale_micro[k] >= 1.8 and scale_sql[k] >= 1.8)
+        if "mem1" in byk:
+            w(f"| (reference) C mem1 2T/1T, micro / SQLite | {scale_micro['mem1']:.2f} / "
+              f"{scale_sql['mem1']:.2f} | — |")
+    w("")
+
+    w("## Chart")
+    w("")
+    w(f"![speedtest1 CPU time relative to C mem1, and 2-thread scaling]({os.path.relpath(args.chart, os.path.dirname(args.out))})")
+    w("")
+
+    w("## Commands")
+    w("")
+    w("```sh")
+    w("make bench          # everything: builds, this page and the chart (~10 min)")
+    w("make bench-smoke    # seconds: every configuration runs once on tiny inputs")
+    w("# by hand, after `make bench` built build/bench:")
+    w(f"build/bench/speedtest1 --size 25 --memdb --lookaside 0 0                   # C mem1")
+    w(f"build/bench/speedtest1 --size 25 --memdb --lookaside 0 0 --heap {HEAP} {HEAP_MIN}   # C memsys5")
+    w(f"LD_PRELOAD=$PRELOAD SQLALLOC=memsys5:heap={HEAP // 1048576}M,min={HEAP_MIN} build/bench/speedtest1 --size 25 --memdb --lookaside 0 0")
+    w(f"LD_PRELOAD={JEMALLOC_SO} build/bench/speedtest1 --size 25 --nosync --lookaside 0 0 /dev/shm/t.db")
+    w("LD_PRELOAD=build/bench/libtrace_rec.so SQLALLOC_TRACE=t.trace build/bench/speedtest1 --size 25 --memdb --lookaside 0 0")
+    w("build/bench/micro --trace t.trace; build/bench/micro --mix 2000000 --threads 2")
+    w("build/bench/threads --threads 2 --rounds 60 --rows 2000")
+    w("valgrind --tool=callgrind --callgrind-out-file=/dev/null build/bench/micro --mix 200000")
+    w("```")
+    w("")
+    w("`$PRELOAD` is libsqlalloc_preload.so built with `--features jemalloc,mimalloc` "
+      "(`make bench` builds it into `$(BENCH_TARGET)`).")
+    w("")
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(L))
+    chart(args.chart, cs, st, workloads, scale_sql, scale_micro)
+    print(f"bench: wrote {args.out} and {args.chart} in {elapsed / 60:.1f} min", file=sys.stderr)
+
+
+def chart(path, cs, st, workloads, scale_sql, scale_micro):
+    """SVG: speedtest1 CPU time / C mem1 per workload, and 2T/1T scaling, per configuration."""
+    colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"]
+    n = len(cs)
+    row_h, label_w, plot_w = 22, 210, 330
+    top = 60
+    h = top + n * row_h + 60
+    width = label_w + plot_w * 2 + 80
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" '
+         f'font-family="sans-serif" font-size="11">',
+         f'<rect width="{width}" height="{h}" fill="white"/>']
+
+    def panel(x0, title, maxv, ref, series, legend):
+        s.append(f'<text x="{x0}" y="18" font-size="13" font-weight="bold">{title}</text>')
+        for i, (name, col) in enumerate(legend):
+            s.append(f'<rect x="{x0 + i * 80}" y="28" width="10" height="10" fill="{col}"/>'
+                     f'<text x="{x0 + i * 80 + 13}" y="37">{name}</text>')
+        sc = (plot_w - 20) / maxv
+        for t in [maxv * k / 4 for k in range(5)]:
+            x = x0 + t * sc
+            s.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{top + n * row_h}" stroke="#ddd"/>'
+                     f'<text x="{x:.1f}" y="{top + n * row_h + 14}" text-anchor="middle">{t:.2f}</text>')
+        xr = x0 + ref * sc
+        s.append(f'<line x1="{xr:.1f}" y1="{top - 4}" x2="{xr:.1f}" y2="{top + n * row_h}" stroke="black" stroke-dasharray="3,2"/>')
+        for i, c in enumerate(cs):
+            vals = series(c)
+            bh = (row_h - 4) / len(vals)
+            for j, v in enumerate(vals):
+                if v != v:
+                    continue
+                y = top + i * row_h + j * bh
+                s.append(f'<rect x="{x0}" y="{y:.1f}" width="{max(v, 0) * sc:.1f}" height="{bh - 0.5:.1f}" '
+                         f'fill="{legend[j][1]}"><title>{c.label}: {v:.3f}</title></rect>')
+
+    for i, c in enumerate(cs):
+        s.append(f'<text x="{label_w - 6}" y="{top + i * row_h + row_h / 2 + 4}" text-anchor="end">{c.label}</text>')
+    ratios = {c.key: [paired_ratio(st[wk], c.key, "mem1") for wk, _, _ in workloads] for c in cs}
+    mx = max(v for vs in ratios.values() for v in vs)
+    panel(label_w, "speedtest1 --size 25: CPU time / C mem1", max(1.25, mx * 1.05), 1.0,
+          lambda c: ratios[c.key], [(wk, colors[j]) for j, (wk, _, _) in enumerate(workloads)])
+    mx2 = max(2.0, max(list(scale_sql.values()) + list(scale_micro.values())) * 1.05)
+    panel(label_w + plot_w + 60, "2 threads / 1 thread (aggregate)", mx2, 1.8,
+          lambda c: [scale_sql[c.key], scale_micro[c.key]], [("SQLite", colors[0]), ("micro", colors[1])])
+    s.append(f'<text x="{label_w}" y="{h - 12}" fill="#555">Dashed lines: 1.0 (C mem1) and 1.8 '
+             '(the scaling target). Generated by bench/run.py.</text>')
+    s.append("</svg>")
+    with open(path, "w") as fh:
+        fh.write("\n".join(s) + "\n")
+
+
+if __name__ == "__main__":
+    main()
