@@ -170,3 +170,32 @@ bench: lib bench-deps
 bench-smoke: lib preload bench-deps
 	bench/build.sh $(BENCH_DIR) $(LIBA)
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke
+
+# ---- Fault injection: OOM sweep and soak (owner: fault; see docs/RELIABILITY.md) -------------
+# Every backend of the C tests, plus `rust`. oom_sweep installs BACKEND+fault and fails
+# allocation k of a real workload for every k (c-tests/oom_sweep.c); soak runs 2 threads of mixed
+# reads and writes with memstatus on and off (c-tests/soak.c). The quick versions are in `test`.
+FAULT_BACKENDS := system debug memsys3:heap=64M memsys5:heap=128M,min=32 system+limit:max=1G rust
+OOM_ROWS       ?= 200
+OOM_QUICK_ROWS ?= 20
+SOAK_SECS      ?= 60
+SOAK_QUICK_SECS ?= 5
+.PHONY: oom-sweep oom-sweep-quick soak soak-quick
+
+oom-sweep: lib
+	@$(MAKE) --no-print-directory $(CTEST_DIR)/oom_sweep
+	@for b in $(FAULT_BACKENDS); do $(CTEST_DIR)/oom_sweep -n $(OOM_ROWS) $$b || exit 1; done
+
+oom-sweep-quick: lib
+	@$(MAKE) --no-print-directory $(CTEST_DIR)/oom_sweep
+	@for b in $(FAULT_BACKENDS); do $(CTEST_DIR)/oom_sweep -n $(OOM_QUICK_ROWS) $$b || exit 1; done
+
+soak: lib
+	@$(MAKE) --no-print-directory $(CTEST_DIR)/soak
+	@for b in $(FAULT_BACKENDS); do for m in 1 0; do \
+	  $(CTEST_DIR)/soak -t $(SOAK_SECS) -m $$m $$b || exit 1; done; done
+
+soak-quick: lib
+	@$(MAKE) --no-print-directory $(CTEST_DIR)/soak
+	@for b in $(FAULT_BACKENDS); do for m in 1 0; do \
+	  $(CTEST_DIR)/soak -t $(SOAK_QUICK_SECS) -m $$m $$b || exit 1; done; done

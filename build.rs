@@ -11,6 +11,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-changed=src/ffi.rs");
     println!("cargo:rerun-if-changed=src/report.rs");
+    println!("cargo:rerun-if-changed=src/fault.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=SQLALLOC_UPDATE_HEADER");
     // Test executables export the functions named `*_backtrace_test*`, so that

@@ -16,6 +16,32 @@
 #include <stddef.h>
 
 /*
+ What the `fault` layer counted since it was last armed (see `sqlalloc_fault_get_stats`).
+ */
+typedef struct sqlalloc_fault_stats {
+  /*
+   Counted xMalloc/xRealloc calls (steps) since the last arm.
+   */
+  int64_t calls;
+  /*
+   Failures injected since the last arm (benign ones included).
+   */
+  int64_t injected;
+  /*
+   Of those, failures inside a benign region.
+   */
+  int64_t benign_injected;
+  /*
+   1 while a plan is armed, 0 when disarmed.
+   */
+  int armed;
+  /*
+   1 when SQLite's benign-malloc hooks are registered, else 0.
+   */
+  int hooks;
+} sqlalloc_fault_stats;
+
+/*
  Counters of the installed allocator, as returned by `sqlalloc_get_stats`. All sizes are bytes
  as SQLite counts them (the sum of `xSize` over live blocks); all fields are 64-bit.
  */
@@ -58,6 +84,70 @@ typedef struct sqlalloc_stats {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ Arm the installed allocator's fault layer: steps (xMalloc/xRealloc calls) are counted from
+ zero again, step `nth` fails (1: the very next call) and `repeat - 1` more after it
+ (`repeat` 0: every step from `nth` on).
+
+ Returns SQLITE_OK; SQLITE_MISUSE when `nth < 1` or `repeat < 0`; SQLITE_ERROR when nothing is
+ installed or the installed spec has no `+fault` layer. `sqlalloc_errmsg()` says why.
+ */
+int sqlalloc_fault_arm(int64_t nth, int64_t repeat);
+
+/*
+ Arm the fault layer so that steps `every`, 2*`every`, 3*`every`, ... fail, counting from zero.
+
+ Returns SQLITE_OK; SQLITE_MISUSE when `every < 1`; SQLITE_ERROR as `sqlalloc_fault_arm`.
+ */
+int sqlalloc_fault_arm_every(int64_t every);
+
+/*
+ Arm the fault layer with seeded random failures: each step fails with probability `rate`
+ (0.0 to 1.0), decided by a deterministic hash of `seed` and the step number, so a run can be
+ repeated exactly.
+
+ Returns SQLITE_OK; SQLITE_MISUSE when `rate` is outside 0..1 or NaN; SQLITE_ERROR as
+ `sqlalloc_fault_arm`.
+ */
+int sqlalloc_fault_arm_random(uint64_t seed, double rate);
+
+/*
+ Stop injecting failures. The counts since the last arm stay readable.
+
+ Returns SQLITE_OK; SQLITE_ERROR when nothing is installed or there is no fault layer.
+ */
+int sqlalloc_fault_disarm(void);
+
+/*
+ Failures injected since the fault layer was last armed, or -1 when nothing is installed or
+ there is no fault layer (`sqlalloc_errmsg()` says which).
+ */
+int64_t sqlalloc_fault_injected(void);
+
+/*
+ Write what the fault layer counted since it was last armed to `*out`.
+
+ Returns SQLITE_OK; SQLITE_MISUSE when `out` is NULL; SQLITE_ERROR when nothing is installed or
+ there is no fault layer (`*out` is not written).
+
+ # Safety
+ `out` must be NULL or point to writable memory for one `sqlalloc_fault_stats`.
+ */
+int sqlalloc_fault_get_stats(struct sqlalloc_fault_stats *out);
+
+/*
+ Enter a benign region on the calling thread: allocation failures until the matching
+ `sqlalloc_fault_benign_end()` are harmless (with `benign=skip` they are never injected there;
+ with `benign=count` they are, and counted apart). Regions nest. SQLite marks its own regions
+ through its benign-malloc hooks, which sqlalloc registers when a `+fault` spec is installed.
+ */
+void sqlalloc_fault_benign_begin(void);
+
+/*
+ Leave the innermost benign region of the calling thread (no effect outside any region).
+ */
+void sqlalloc_fault_benign_end(void);
 
 /*
  Install the allocator named by `spec` (for example `"memsys5:heap=64M,min=64+limit:max=48M"`)

@@ -47,6 +47,7 @@
 
 pub mod backend;
 pub mod counters;
+pub mod fault;
 mod ffi;
 pub mod heap;
 pub mod methods;
@@ -64,6 +65,7 @@ mod stats_alloc;
 use libsqlite3_sys as _;
 
 pub use counters::Snapshot;
+pub use fault::{Benign, FaultPlan, FaultSpec, FaultStats};
 pub use ffi::sqlalloc_stats;
 pub use methods::{InitError, LiveBlock, MemMethods};
 pub use spec::{Backend, Spec, SpecError};
@@ -176,7 +178,7 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
             }))
         }
     };
-    Ok(Stack::new(backend, parsed.limit, spec.trim().to_string()))
+    Ok(Stack::new(backend, parsed.limit, spec.trim().to_string()).with_fault(parsed.fault))
 }
 
 /// Serializes installs (never taken on an allocation path).
@@ -329,6 +331,7 @@ fn install_stack(stack: Stack) -> Result<(), Error> {
         // install lock, while SQLite is not initialized) and nothing can reach it any more.
         drop(unsafe { Box::from_raw(old) });
     }
+    fault::after_install();
     Ok(())
 }
 

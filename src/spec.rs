@@ -4,7 +4,7 @@
 //! spec    := backend [ '+' layer ]*
 //! backend := NAME [ ':' options ]          NAME: system | debug | memsys3 | memsys5
 //!                                                 | jemalloc | mimalloc | rust
-//! layer   := NAME [ ':' options ]          NAME: limit
+//! layer   := NAME [ ':' options ]          NAME: limit | fault
 //! options := key '=' value [ ',' key '=' value ]*
 //! size    := digits [ K | M | G ]          binary units (K = 1024), case-insensitive
 //! ```
@@ -19,11 +19,16 @@
 //! | `mimalloc` | none (cargo feature `mimalloc`) |
 //! | `rust` | none: the program's `#[global_allocator]` |
 //! | `limit` | `max=SIZE` (required): hard cap on the bytes in use, as `xSize` counts them |
+//! | `fault` | none (counts calls, fails none until armed from C or Rust), or one of `nth=N[,repeat=K]`, `every=N`, `rate=P[,seed=S]`; and `benign=count\|skip` (default `count`). N ≥ 1, K ≥ 0, S ≥ 0 whole numbers without units, P a fraction 0–1 or a percentage `0%`–`100%`. Semantics: [`crate::fault`] |
+//!
+//! Layers may come in any order after the backend; they always apply as counters, limit, fault,
+//! backend (see [`crate::stack`]).
 //!
 //! Surrounding whitespace is ignored; whitespace inside is an error. A key given twice, an
 //! unknown key or name, a size with a bad unit, a zero size, a size that overflows 64 bits and a
 //! layer given twice are errors. The whole spec is refused and the message names the part.
 
+use crate::fault::{Benign, FaultPlan, FaultSpec};
 use std::fmt;
 
 /// A parsed spec.
@@ -33,6 +38,8 @@ pub struct Spec {
     pub backend: Backend,
     /// Cap on live bytes (`+limit:max=`).
     pub limit: Option<u64>,
+    /// Fault injection (`+fault:...`).
+    pub fault: Option<FaultSpec>,
 }
 
 /// A backend with its options.
@@ -203,6 +210,86 @@ impl<'a> Opts<'a> {
             .ok_or_else(|| err(self.part, format!("{key} is too large for this machine")))
     }
 
+    /// A whole number without units, from `min` to `i64::MAX`.
+    fn count(&mut self, key: &str, min: u64) -> Result<Option<u64>, SpecError> {
+        let Some(v) = self.take(key) else {
+            return Ok(None);
+        };
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| (min..=i64::MAX as u64).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                err(
+                    self.part,
+                    format!(
+                        "{key} must be a whole number from {min} to {} (no units), not '{v}'",
+                        i64::MAX
+                    ),
+                )
+            })
+    }
+
+    /// A probability: a decimal fraction 0..1 or a percentage 0%..100%.
+    fn rate(&mut self, key: &str) -> Result<Option<f64>, SpecError> {
+        let Some(v) = self.take(key) else {
+            return Ok(None);
+        };
+        let (num, scale) = match v.strip_suffix('%') {
+            Some(n) => (n, 100.0),
+            None => (v, 1.0),
+        };
+        num.parse::<f64>()
+            .ok()
+            .filter(|r| r.is_finite() && num.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+            .map(|r| r / scale)
+            .filter(|r| (0.0..=1.0).contains(r))
+            .map(Some)
+            .ok_or_else(|| {
+                err(
+                    self.part,
+                    format!("{key} must be a fraction from 0 to 1 or a percentage from 0% to 100%, not '{v}'"),
+                )
+            })
+    }
+
+    fn fault(&mut self) -> Result<FaultSpec, SpecError> {
+        let part = self.part;
+        let benign = match self.take("benign") {
+            None | Some("count") => Benign::Count,
+            Some("skip") => Benign::Skip,
+            Some(v) => {
+                return Err(err(
+                    part,
+                    format!("benign must be count or skip, not '{v}'"),
+                ))
+            }
+        };
+        let nth = self.count("nth", 1)?;
+        let repeat = self.count("repeat", 0)?;
+        let every = self.count("every", 1)?;
+        let seed = self.count("seed", 0)?;
+        let rate = self.rate("rate")?;
+        let plan = match (nth, every, rate) {
+            (None, None, None) => FaultPlan::Off,
+            (Some(nth), None, None) => FaultPlan::Nth {
+                nth,
+                repeat: repeat.unwrap_or(1),
+            },
+            (None, Some(n), None) => FaultPlan::Every(n),
+            (None, None, Some(r)) => FaultPlan::random(seed.unwrap_or(0), r)
+                .ok_or_else(|| err(part, "rate out of range"))?,
+            _ => return Err(err(part, "give only one of nth, every and rate")),
+        };
+        if repeat.is_some() && nth.is_none() {
+            return Err(err(part, "repeat needs nth"));
+        }
+        if seed.is_some() && rate.is_none() {
+            return Err(err(part, "seed needs rate"));
+        }
+        Ok(FaultSpec { plan, benign })
+    }
+
     fn done(self) -> Result<(), SpecError> {
         match self.kv.first() {
             None => Ok(()),
@@ -234,6 +321,7 @@ impl Spec {
         let first = parts.next().unwrap_or_default();
         let backend = Self::backend(first)?;
         let mut limit = None;
+        let mut fault = None;
         for part in parts {
             let (name, opts) = split_part(part);
             let mut o = Opts::parse(part, opts)?;
@@ -244,15 +332,30 @@ impl Spec {
                     }
                     limit = Some(o.size("max", None)?);
                 }
+                "fault" => {
+                    if fault.is_some() {
+                        return Err(err(part, "layer 'fault' given twice"));
+                    }
+                    fault = Some(o.fault()?);
+                }
                 "" => return Err(err(part, "empty layer after '+'")),
                 _ if BACKEND_NAMES.contains(&name) => {
                     return Err(err(part, "only one backend, and it comes first"))
                 }
-                _ => return Err(err(part, format!("unknown layer '{name}' (known: limit)"))),
+                _ => {
+                    return Err(err(
+                        part,
+                        format!("unknown layer '{name}' (known: limit, fault)"),
+                    ))
+                }
             }
             o.done()?;
         }
-        Ok(Spec { backend, limit })
+        Ok(Spec {
+            backend,
+            limit,
+            fault,
+        })
     }
 
     fn backend(part: &str) -> Result<Backend, SpecError> {
@@ -295,7 +398,7 @@ impl Spec {
             }
             "rust" => Backend::Rust,
             "" => return Err(err(part, "missing backend name")),
-            "limit" => {
+            "limit" | "fault" => {
                 return Err(err(
                     part,
                     "a spec starts with a backend, not a layer (try system+limit:...)",
@@ -333,7 +436,8 @@ mod tests {
             Spec::parse("system").unwrap(),
             Spec {
                 backend: Backend::System,
-                limit: None
+                limit: None,
+                fault: None,
             }
         );
         assert_eq!(
@@ -343,7 +447,8 @@ mod tests {
                     heap: 64 << 20,
                     min: 64
                 },
-                limit: Some(48 << 20)
+                limit: Some(48 << 20),
+                fault: None,
             }
         );
         assert_eq!(
@@ -369,6 +474,65 @@ mod tests {
                 min: 0
             }
         );
+    }
+
+    #[test]
+    fn fault_layer() {
+        let f = |spec: &str| Spec::parse(spec).unwrap().fault.unwrap();
+        assert_eq!(f("system+fault"), FaultSpec::default());
+        assert_eq!(
+            f("system+fault:nth=1").plan,
+            FaultPlan::Nth { nth: 1, repeat: 1 }
+        );
+        assert_eq!(
+            f("memsys5+fault:nth=10,repeat=0,benign=skip"),
+            FaultSpec {
+                plan: FaultPlan::Nth { nth: 10, repeat: 0 },
+                benign: Benign::Skip
+            }
+        );
+        assert_eq!(f("system+fault:every=7").plan, FaultPlan::Every(7));
+        assert_eq!(
+            f("system+fault:seed=9,rate=0.5").plan,
+            FaultPlan::random(9, 0.5).unwrap()
+        );
+        assert_eq!(
+            f("system+fault:rate=25%").plan,
+            FaultPlan::random(0, 0.25).unwrap()
+        );
+        assert_eq!(
+            f("system+fault:rate=1").plan,
+            FaultPlan::random(0, 1.0).unwrap()
+        );
+        let s = Spec::parse("system+fault:every=3+limit:max=1M").unwrap();
+        assert_eq!(s.limit, Some(1 << 20));
+        assert_eq!(s.fault.unwrap().plan, FaultPlan::Every(3));
+        let cases: &[(&str, &str)] = &[
+            ("system+fault:nth=0", "nth must be a whole number from 1"),
+            ("system+fault:nth=1K", "no units"),
+            ("system+fault:nth=-1", "no units"),
+            (
+                "system+fault:nth=9223372036854775808",
+                "from 1 to 9223372036854775807",
+            ),
+            ("system+fault:every=0", "every must be"),
+            ("system+fault:repeat=2", "repeat needs nth"),
+            ("system+fault:seed=2", "seed needs rate"),
+            ("system+fault:nth=1,every=2", "only one of"),
+            ("system+fault:every=2,rate=0.1", "only one of"),
+            ("system+fault:rate=1.5", "fraction from 0 to 1"),
+            ("system+fault:rate=101%", "fraction from 0 to 1"),
+            ("system+fault:rate=-0.1", "fraction from 0 to 1"),
+            ("system+fault:rate=nan", "fraction from 0 to 1"),
+            ("system+fault:benign=maybe", "benign must be count or skip"),
+            ("system+fault:bogus=1", "unknown option 'bogus'"),
+            ("system+fault+fault", "layer 'fault' given twice"),
+            ("fault:nth=1", "starts with a backend"),
+        ];
+        for &(spec, reason) in cases {
+            let e = Spec::parse(spec).expect_err(spec);
+            assert!(e.reason.contains(reason), "reason for {spec:?}: {e}");
+        }
     }
 
     #[test]

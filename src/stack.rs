@@ -1,12 +1,14 @@
-//! A [`Stack`]: one backend with the always-on counters and the optional `limit` layer on top.
-//! This is what gets installed into SQLite; it is itself a [`MemMethods`], so the C table and the
-//! Rust API both call it through the same trait.
+//! A [`Stack`]: one backend with the always-on counters and the optional `limit` and `fault`
+//! layers on top. This is what gets installed into SQLite; it is itself a [`MemMethods`], so the
+//! C table and the Rust API both call it through the same trait.
 //!
-//! Order of the layers on every call, top to bottom: counters, limit, backend. The limit
+//! Order of the layers on every call, top to bottom: counters, limit, fault, backend. The limit
 //! layer counts bytes the way the counters do (`xSize` of live blocks), so `limit:max=N` bounds
-//! exactly what `sqlite3_memory_used()` reports.
+//! exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only the
+//! calls the limit let through, and a failure it injects is counted above as a failed call.
 
 use crate::counters::{Counters, Snapshot};
+use crate::fault::{Fault, FaultSpec};
 use crate::methods::{InitError, LiveBlock, MemMethods};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -84,7 +86,7 @@ impl Stack {
     ) -> Option<NonNull<u8>> {
         if self.backend.roundup(new_size) <= old {
             // SAFETY: forwarded contract.
-            let p = unsafe { self.backend.realloc(ptr, new_size) }?;
+            let p = unsafe { self.lower_realloc(ptr, new_size) }?;
             // SAFETY: `p` is live.
             let new = unsafe { self.backend.size(p) };
             // Shrinking: the backends keep a shrunk block in place, so `new <= old` and the cap
@@ -100,7 +102,7 @@ impl Stack {
         if !l.reserve(est) {
             return None;
         }
-        let Some(q) = self.backend.malloc(new_size) else {
+        let Some(q) = self.lower_malloc(new_size) else {
             l.release(est);
             return None;
         };
@@ -127,6 +129,7 @@ pub struct Stack {
     backend: Box<dyn MemMethods>,
     counters: &'static Counters,
     limit: Option<Limit>,
+    fault: Option<Fault>,
     spec: String,
     spec_c: std::ffi::CString,
 }
@@ -143,6 +146,7 @@ impl Stack {
             backend,
             counters,
             limit: limit.map(Limit::new),
+            fault: None,
             spec,
             spec_c,
         }
@@ -177,6 +181,45 @@ impl Stack {
     pub fn limit(&self) -> Option<&Limit> {
         self.limit.as_ref()
     }
+
+    /// Add a [`fault`](crate::fault) layer (armed with `spec`'s plan) under the limit, or none
+    /// for `None`.
+    pub fn with_fault(mut self, spec: Option<FaultSpec>) -> Stack {
+        self.fault = spec.map(Fault::new);
+        self
+    }
+
+    /// The fault layer, if any.
+    pub fn fault(&self) -> Option<&Fault> {
+        self.fault.as_ref()
+    }
+
+    /// The backend's malloc, under the fault layer when there is one.
+    #[inline]
+    fn lower_malloc(&self, size: usize) -> Option<NonNull<u8>> {
+        if let Some(f) = &self.fault {
+            if f.step() {
+                return None;
+            }
+        }
+        self.backend.malloc(size)
+    }
+
+    /// The backend's realloc, under the fault layer when there is one (a failure leaves `ptr`
+    /// untouched).
+    ///
+    /// # Safety
+    /// As [`MemMethods::realloc`].
+    #[inline]
+    unsafe fn lower_realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
+        if let Some(f) = &self.fault {
+            if f.step() {
+                return None;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.backend.realloc(ptr, new_size) }
+    }
 }
 
 // SAFETY: every method forwards to the backend, which upholds the contract; the layers only ever
@@ -188,14 +231,14 @@ unsafe impl MemMethods for Stack {
 
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         let p = match &self.limit {
-            None => self.backend.malloc(size),
+            None => self.lower_malloc(size),
             Some(l) => {
                 let est = self.backend.roundup(size) as u64;
                 if !l.reserve(est) {
                     self.counters.on_malloc(size, None);
                     return None;
                 }
-                match self.backend.malloc(size) {
+                match self.lower_malloc(size) {
                     None => {
                         l.release(est);
                         None
@@ -237,7 +280,7 @@ unsafe impl MemMethods for Stack {
         let old = unsafe { self.backend.size(ptr) };
         let p = match &self.limit {
             // SAFETY: forwarded contract.
-            None => unsafe { self.backend.realloc(ptr, new_size) },
+            None => unsafe { self.lower_realloc(ptr, new_size) },
             // SAFETY: forwarded contract.
             Some(l) => unsafe { self.realloc_limited(l, ptr, old, new_size) },
         };
