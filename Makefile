@@ -199,3 +199,56 @@ soak-quick: lib
 	@$(MAKE) --no-print-directory $(CTEST_DIR)/soak
 	@for b in $(FAULT_BACKENDS); do for m in 1 0; do \
 	  $(CTEST_DIR)/soak -t $(SOAK_QUICK_SECS) -m $$m $$b || exit 1; done; done
+
+# ---- Fuzzing, Miri, valgrind (owner: verify; see docs/RELIABILITY.md) ------------------------
+# fuzz: each cargo-fuzz target (fuzz/fuzz_targets/, one per backend) for FUZZ_SECS seconds, on
+# nightly; installs cargo-fuzz from crates.io when missing. New inputs go to $(BUILD)/fuzz-corpus,
+# the committed seeds (fuzz/corpus) are only read. fuzz-corpus: replay the committed corpus once
+# through the same harness (a normal test: no nightly, no cargo-fuzz).
+FUZZ_TARGETS := system debug memsys3 memsys5 rust
+FUZZ_SECS    ?= 30
+# Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
+MIRI_LIB_TESTS := spec:: counters:: heap:: backend::memsys3 backend::memsys5 stack:: poison::
+MIRI_ENV     := MIRIFLAGS="-Zmiri-strict-provenance"
+# valgrind: the C tests that do not die on purpose, with small workloads (about 1-2 minutes).
+VALGRIND     := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+                --show-leak-kinds=definite --suppressions=$(CURDIR)/c-tests/valgrind.supp
+VG_BACKENDS  := system debug memsys3:heap=64M memsys5:heap=128M,min=32 system+limit:max=1G
+VG_PROGRAMS  := t_workload t_threads t_limit t_nomem t_misuse t_badspec t_debug
+.PHONY: fuzz fuzz-corpus miri valgrind
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(BUILD)/fuzz-corpus/$$t || exit 1; \
+	  echo "fuzz: $$t for $(FUZZ_SECS) s"; \
+	  (cd fuzz && cargo +nightly fuzz run $$t $(abspath $(BUILD))/fuzz-corpus/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECS) -print_final_stats=1) || exit 1; \
+	done
+
+fuzz-corpus:
+	$(CARGO) test --test fuzz_corpus
+
+miri:
+	@if cargo +nightly miri --version >/dev/null 2>&1; then \
+	  $(MIRI_ENV) cargo +nightly miri test --lib -- $(MIRI_LIB_TESTS) && \
+	  $(MIRI_ENV) cargo +nightly miri test --test fuzz_corpus; \
+	else \
+	  echo "miri: SKIPPED: the nightly toolchain's Miri component is not installed here" \
+	       "(rustup toolchain install nightly --component miri rust-src)"; \
+	fi
+
+valgrind: lib
+	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind: not installed (apt-get install valgrind)"; exit 1; }
+	@$(MAKE) --no-print-directory $(VG_PROGRAMS:%=$(CTEST_DIR)/%)
+	$(VALGRIND) $(CTEST_DIR)/t_workload -n 1000 $(VG_BACKENDS)
+	$(VALGRIND) $(CTEST_DIR)/t_threads -n 300 memsys5:heap=128M,min=32
+	$(VALGRIND) $(CTEST_DIR)/t_threads -n 300 memsys3:heap=64M
+	$(VALGRIND) $(CTEST_DIR)/t_limit memsys5:heap=128M,min=32
+	$(VALGRIND) $(CTEST_DIR)/t_limit memsys3:heap=64M
+	$(VALGRIND) $(CTEST_DIR)/t_nomem memsys5:heap=1M,min=64 memsys5:heap=16K
+	$(VALGRIND) $(CTEST_DIR)/t_nomem memsys3:heap=1M memsys3:heap=16K
+	$(VALGRIND) $(CTEST_DIR)/t_misuse
+	$(VALGRIND) $(CTEST_DIR)/t_badspec
+	$(VALGRIND) $(CTEST_DIR)/t_debug leak
+	@echo "valgrind: 10 passed, 0 failed"
