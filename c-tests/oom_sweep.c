@@ -14,7 +14,9 @@
  *   - every SQLite call either succeeds (with the right answer) or returns a code of the
  *     NOMEM family: SQLITE_NOMEM, or SQLITE_IOERR_NOMEM (extended result codes are on); the
  *     workload stops at the first such code, finalizes its statements and closes;
- *   - exactly one failure was injected, and the counters saw it as a failed call;
+ *   - exactly one failure was injected, and the counters saw it as a failed call (the number of
+ *     calls can vary by one or two between runs: a run that ends before step k injects nothing
+ *     and must succeed; such k are reported as "past the end of the run");
  *   - sqlite3_close returns SQLITE_OK and the counters are back to where they started
  *     (current_count, current_bytes; and current_bytes == sqlite3_memory_used());
  *   - the database, reopened without failures, passes PRAGMA integrity_check, and the insert
@@ -284,7 +286,7 @@ int main(int argc, char **argv) {
     sqlalloc_stats base = ct_stats();
     CHECK_MEMORY_USED("after the count run");
 
-    int64_t swept = 0, nomem = 0, absorbed = 0, benign = 0;
+    int64_t swept = 0, nomem = 0, absorbed = 0, benign = 0, unreached = 0;
     int64_t first_k = 0, last_absorbed = 0;
     double t0 = now();
     for (int64_t k = 1; k <= n; k += (k < all ? 1 : stride)) {
@@ -295,10 +297,15 @@ int main(int argc, char **argv) {
         workload(path, &o);
         CHECK(sqlalloc_fault_get_stats(&fs) == SQLITE_OK, "%s", sqlalloc_errmsg());
         CHECK(sqlalloc_fault_disarm() == SQLITE_OK, "disarm: %s", sqlalloc_errmsg());
-        CHECK(fs.injected == 1, "k=%lld: %lld failures injected, expected 1 (run made %lld calls)",
-              (long long)k, (long long)fs.injected, (long long)fs.calls);
+        /* The number of calls can differ by a few from run to run (SQLite's own state); a run
+         * that ends before step k injects nothing and must simply succeed. */
+        CHECK(fs.injected == 1 || (fs.injected == 0 && fs.calls < k && o.rc == SQLITE_OK),
+              "k=%lld: %lld failures injected, expected 1 (run made %lld calls, code %d)",
+              (long long)k, (long long)fs.injected, (long long)fs.calls, o.rc);
         benign += fs.benign_injected;
-        if (o.rc == SQLITE_OK) {
+        if (fs.injected == 0) {
+            unreached++;
+        } else if (o.rc == SQLITE_OK) {
             absorbed++;
             last_absorbed = k;
         } else {
@@ -308,9 +315,9 @@ int main(int argc, char **argv) {
             if (!first_k) first_k = k;
         }
         sqlalloc_stats after = ct_stats();
-        CHECK(after.failed_calls - before.failed_calls == 1,
-              "k=%lld: failed_calls grew by %lld, expected 1", (long long)k,
-              (long long)(after.failed_calls - before.failed_calls));
+        CHECK(after.failed_calls - before.failed_calls == fs.injected,
+              "k=%lld: failed_calls grew by %lld, expected %lld", (long long)k,
+              (long long)(after.failed_calls - before.failed_calls), (long long)fs.injected);
         char what[96];
         snprintf(what, sizeof what, "k=%lld (stopped at '%s', code %d), after close", (long long)k,
                  o.step, o.rc);
@@ -323,10 +330,11 @@ int main(int argc, char **argv) {
     double secs = now() - t0;
     ct_rmdir(dir);
     printf("oom-sweep %-28s %lld allocation points, %lld swept (%s), %lld -> NOMEM, "
-           "%lld absorbed by SQLite (%lld in benign regions), %.1fs\n",
+           "%lld absorbed by SQLite (%lld in benign regions), %lld past the end of the run, "
+           "%.1fs\n",
            argv[i], (long long)n, (long long)swept,
            swept == n ? "every k" : "every k to the limit, then strided", (long long)nomem,
-           (long long)absorbed, (long long)benign, secs);
+           (long long)absorbed, (long long)benign, (long long)unreached, secs);
     ct_note("first NOMEM at k=%lld, last absorbed at k=%lld", (long long)first_k,
             (long long)last_absorbed);
     CHECK(swept > 0 && nomem > 0, "no failure reached the caller");
