@@ -443,6 +443,16 @@ fn through_sqlite_and_the_c_api() {
             );
             sq::sqlite3_shutdown();
         }
+        // A heap the machine cannot give (1 PiB: past a 47-bit address space) is refused at
+        // install; nothing changes.
+        let rc = install("memsys5:heap=1048576G");
+        row(
+            "install(memsys5:heap=1048576G)",
+            (rc, errmsg()),
+            rc == NOMEM
+                && errmsg().contains("cannot allocate a heap")
+                && installed_spec() == "memsys3:heap=64",
+        );
         // and SQLite works again once a usable allocator is installed
         assert_eq!(install("memsys5:heap=16K"), OK);
         let init = sq::sqlite3_initialize();
