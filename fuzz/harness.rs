@@ -51,7 +51,7 @@ pub fn spec(target: &str, cfg: u8) -> String {
         }
         "memsys5" => format!(
             "memsys5:heap={},min={}",
-            ["8K", "100K", "1M", "3M"][usize::from(cfg & 3)],
+            ["8K", "100K", "1M", "2M"][usize::from(cfg & 3)],
             [1, 8, 16, 24, 64, 100, 256, 4096][usize::from(cfg >> 2) & 7]
         ),
         "debug" if cfg & 4 != 0 => "debug:backtrace=2".to_string(),
@@ -95,9 +95,27 @@ pub fn run_input(target: &str, data: &[u8]) {
         return;
     };
     let spec = spec(target, cfg);
-    let stack = sqlalloc::build(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    let stack = stack_for(&spec);
     let may_fail = target.starts_with("memsys") || stack.limit().is_some();
     run_ops(&stack, &spec, may_fail, &decode(rest));
+}
+
+/// The stack for `spec`, built on first use and kept for the rest of the process. A fuzzer runs
+/// thousands of inputs a second, and each `Stack` leaks its counters on purpose (see
+/// `Stack::new`), so stacks are reused: every run frees all it allocated, and `init` lays an
+/// empty memsys3/memsys5 heap out afresh, so a run does not depend on the ones before it. (At most
+/// a few hundred specs per target.)
+fn stack_for(spec: &str) -> &'static Stack {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static STACKS: Mutex<Option<HashMap<String, &'static Stack>>> = Mutex::new(None);
+    let mut map = STACKS.lock().unwrap_or_else(|e| e.into_inner());
+    map.get_or_insert_with(HashMap::new)
+        .entry(spec.to_string())
+        .or_insert_with(|| {
+            let s = sqlalloc::build(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            Box::leak(Box::new(s))
+        })
 }
 
 struct Live {
