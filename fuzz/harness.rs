@@ -97,7 +97,7 @@ pub fn run_input(target: &str, data: &[u8]) {
     let spec = spec(target, cfg);
     let stack = stack_for(&spec);
     let may_fail = target.starts_with("memsys") || stack.limit().is_some();
-    run_ops(&stack, &spec, may_fail, &decode(rest));
+    run_ops(stack, &spec, may_fail, &decode(rest));
 }
 
 /// The stack for `spec`, built on first use and kept for the rest of the process. A fuzzer runs
