@@ -23,8 +23,11 @@
 //! every call while at most one thread owns a shard. Therefore:
 //! - while one thread allocates (SQLite with memstatus on is serialized anyway), `peak_bytes` is
 //!   exact;
-//! - with `T` threads allocating at once, `peak_bytes` is never above the true peak and never
-//!   below it by more than `T × PEAK_FLUSH_BYTES` (64 KiB per thread).
+//! - with `T` threads allocating at once, the shared counter differs from the true current value
+//!   by the deltas not yet flushed, less than `PEAK_FLUSH_BYTES` (64 KiB) per thread either way,
+//!   so `peak_bytes` is within `T × PEAK_FLUSH_BYTES` of the true peak: below it when growth is
+//!   still pending, above it when another thread's frees are (e.g. 2 threads: at most 128 KiB
+//!   off).
 //!
 //! `peak_bytes` reported is `max(peak, current)`, so it is never below `current_bytes`.
 

@@ -31,8 +31,8 @@ use std::alloc::{GlobalAlloc, Layout};
 ///
 /// The peak follows the rules of [`counters`](crate::counters) with one difference: the small
 /// pending delta of a thread that exits is flushed into the installed SQLite allocator's peak, not
-/// this one's, so with several threads this peak may lag the true one by the bound documented
-/// there (it never exceeds the true peak, and current bytes and counts are always exact).
+/// this one's, so with several threads this peak may differ from the true one by the bound
+/// documented there (current bytes and counts are always exact).
 pub struct StatsAlloc<A> {
     inner: A,
     counters: Counters,
