@@ -143,7 +143,8 @@ fn verify(spec: &str, p: NonNull<u8>, n: usize, pat: u8) {
 
 /// Run `ops` on `stack` (fresh, nothing allocated) against the shadow model. `may_fail`: whether
 /// the allocator may refuse a request (fixed heaps, a limit); a refusal otherwise fails the run.
-pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) {
+/// Returns the true peak of the run: the most bytes (sum of `size`) live at once.
+pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
     stack
         .init()
         .unwrap_or_else(|e| panic!("{spec}: init failed: {e:?}"));
@@ -153,6 +154,7 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) {
     let mut pat = 0u8;
     let (mut mallocs, mut frees, mut reallocs, mut failed) = (0i64, 0i64, 0i64, 0i64);
     let mut largest = base.largest_request;
+    let mut true_peak = 0i64;
     for (step, op) in ops.iter().enumerate() {
         match *op {
             Op::Malloc(n) => {
@@ -214,7 +216,7 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) {
             }
             _ => {}
         }
-        check(stack, spec, &live, cap);
+        true_peak = true_peak.max(check(stack, spec, &live, cap));
         if step % 64 == 63 {
             // Every block, now and then: a write through one block into another shows here.
             for b in &live {
@@ -248,10 +250,11 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) {
     if let Some(l) = stack.limit() {
         assert_eq!(l.used(), 0, "{spec}: limit accounting back to zero");
     }
+    true_peak
 }
 
-/// Layout and byte counters of the live set.
-fn check(stack: &Stack, spec: &str, live: &[Live], cap: Option<i64>) {
+/// Layout and byte counters of the live set; returns the bytes live.
+fn check(stack: &Stack, spec: &str, live: &[Live], cap: Option<i64>) -> i64 {
     let mut ranges = BTreeMap::new();
     let mut sum = 0i64;
     for b in live {
@@ -282,4 +285,5 @@ fn check(stack: &Stack, spec: &str, live: &[Live], cap: Option<i64>) {
             s.current_bytes
         );
     }
+    sum
 }

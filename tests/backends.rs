@@ -7,17 +7,13 @@
 //! the live blocks, current count = number of live blocks, call counts, failures and largest
 //! request as the model computes them. With a `limit` layer, current bytes never pass the cap.
 
+#[path = "../fuzz/harness.rs"]
+mod harness;
+
+use harness::Op;
 use proptest::prelude::*;
 use sqlalloc::{MemMethods, Stack};
-use std::collections::BTreeMap;
 use std::ptr::NonNull;
-
-#[derive(Debug, Clone)]
-enum Op {
-    Malloc(usize),
-    Realloc(usize, usize),
-    Free(usize),
-}
 
 /// SQLite's request mix: mostly small, many 257–512, some page buffers, a few large.
 fn size() -> impl Strategy<Value = usize> {
@@ -40,157 +36,32 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     )
 }
 
-struct Live {
-    ptr: NonNull<u8>,
-    req: usize,
-    pat: u8,
-}
-
 fn fill(p: NonNull<u8>, n: usize, pat: u8) {
     // SAFETY: `p` is a live block of at least `n` bytes handed to this test.
     unsafe { std::ptr::write_bytes(p.as_ptr(), pat, n) }
 }
 
-fn verify(b: &Live, n: usize) {
-    // SAFETY: `b.ptr` is a live block of at least `b.req >= n` initialized bytes.
-    let s = unsafe { std::slice::from_raw_parts(b.ptr.as_ptr(), n) };
-    if let Some(i) = s.iter().position(|&x| x != b.pat) {
-        panic!(
-            "block {:p}: byte {i} is {:#x}, expected {:#x}",
-            b.ptr, s[i], b.pat
-        );
+fn verify(p: NonNull<u8>, n: usize, pat: u8) {
+    // SAFETY: `p` is a live block of at least `n` bytes this test filled with `pat`.
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), n) };
+    if let Some(i) = s.iter().position(|&x| x != pat) {
+        panic!("block {p:p}: byte {i} is {:#x}, expected {pat:#x}", s[i]);
     }
 }
 
+/// One sequence on a fresh stack, through the fuzz targets' shadow model; then the peak, which
+/// only a fresh stack run by one thread can pin down: never below the last value, never above
+/// the true peak.
 fn run(spec: &str, ops: &[Op]) {
     let stack: Stack = sqlalloc::build(spec).expect("spec builds");
-    stack.init().expect("init");
-    let cap = stack.limit().map(|l| l.max() as i64);
-    let may_fail = spec.starts_with("memsys") || cap.is_some();
-    let mut live: Vec<Live> = Vec::new();
-    let mut pat = 1u8;
-    let (mut mallocs, mut frees, mut reallocs, mut failed, mut largest) =
-        (0i64, 0i64, 0i64, 0i64, 0i64);
-    let mut true_peak = 0i64;
-    for op in ops {
-        match *op {
-            Op::Malloc(n) => {
-                mallocs += 1;
-                largest = largest.max(n as i64);
-                match stack.malloc(n) {
-                    Some(p) => {
-                        pat = pat.wrapping_add(1).max(1);
-                        fill(p, n, pat);
-                        live.push(Live {
-                            ptr: p,
-                            req: n,
-                            pat,
-                        });
-                    }
-                    None => {
-                        assert!(may_fail, "{spec}: malloc({n}) failed");
-                        failed += 1;
-                    }
-                }
-            }
-            Op::Realloc(i, n) if !live.is_empty() => {
-                let i = i % live.len();
-                reallocs += 1;
-                largest = largest.max(n as i64);
-                let old = &live[i];
-                // SAFETY: `old.ptr` is live in `stack`.
-                match unsafe { stack.realloc(old.ptr, n) } {
-                    Some(p) => {
-                        let kept = old.req.min(n);
-                        let b = Live {
-                            ptr: p,
-                            req: kept,
-                            pat: old.pat,
-                        };
-                        verify(&b, kept);
-                        fill(p, n, old.pat);
-                        live[i] = Live {
-                            ptr: p,
-                            req: n,
-                            pat: old.pat,
-                        };
-                    }
-                    None => {
-                        assert!(may_fail, "{spec}: realloc to {n} failed");
-                        failed += 1;
-                        verify(old, old.req);
-                    }
-                }
-            }
-            Op::Free(i) if !live.is_empty() => {
-                let b = live.swap_remove(i % live.len());
-                verify(&b, b.req);
-                frees += 1;
-                // SAFETY: `b.ptr` is live in `stack` and dropped from the model.
-                unsafe { stack.free(b.ptr) };
-            }
-            _ => {}
-        }
-        // Layout: alignment, size >= request, no overlap.
-        let mut ranges = BTreeMap::new();
-        let mut sum = 0i64;
-        for b in &live {
-            assert_eq!(b.ptr.as_ptr() as usize % 8, 0, "{spec}: misaligned block");
-            // SAFETY: live block.
-            let sz = unsafe { stack.size(b.ptr) };
-            assert!(sz >= b.req, "{spec}: size {sz} < request {}", b.req);
-            sum += sz as i64;
-            ranges.insert(b.ptr.as_ptr() as usize, sz.max(1));
-        }
-        let mut end = 0usize;
-        for (&a, &sz) in &ranges {
-            assert!(a >= end, "{spec}: blocks overlap at {a:#x}");
-            end = a + sz;
-        }
-        true_peak = true_peak.max(sum);
-        // Counters exact at every step.
-        let s = stack.stats();
-        assert_eq!(s.current_bytes, sum, "{spec}: current_bytes");
-        assert_eq!(s.current_count, live.len() as i64, "{spec}: current_count");
-        assert_eq!(
-            (
-                s.malloc_calls,
-                s.free_calls,
-                s.realloc_calls,
-                s.failed_calls,
-                s.largest_request
-            ),
-            (mallocs, frees, reallocs, failed, largest),
-            "{spec}: call counters"
-        );
-        // Other test threads allocate too, so the peak may lag (documented bound), but it never
-        // passes the true peak nor falls below the current value.
-        assert!(
-            s.peak_bytes >= s.current_bytes && s.peak_bytes <= true_peak,
-            "{spec}: peak"
-        );
-        if let Some(cap) = cap {
-            assert!(
-                s.current_bytes <= cap,
-                "{spec}: {} bytes in use past the cap",
-                s.current_bytes
-            );
-        }
-    }
-    for b in live.drain(..) {
-        verify(&b, b.req);
-        // SAFETY: live block, dropped from the model.
-        unsafe { stack.free(b.ptr) };
-    }
+    let may_fail = spec.starts_with("memsys") || stack.limit().is_some();
+    let true_peak = harness::run_ops(&stack, spec, may_fail, ops);
     let s = stack.stats();
-    assert_eq!(
-        (s.current_bytes, s.current_count),
-        (0, 0),
-        "{spec}: all freed"
+    assert!(
+        s.peak_bytes <= true_peak && s.peak_bytes >= true_peak.min(s.current_bytes),
+        "{spec}: peak {} but the true peak was {true_peak}",
+        s.peak_bytes
     );
-    if let Some(l) = stack.limit() {
-        assert_eq!(l.used(), 0, "{spec}: limit accounting back to zero");
-    }
 }
 
 macro_rules! backend_suite {
@@ -258,14 +129,7 @@ fn every_backend_is_thread_safe_on_its_own() {
                         }
                         if mine.len() > 64 {
                             let (p, n) = mine.swap_remove(i % mine.len());
-                            verify(
-                                &Live {
-                                    ptr: p,
-                                    req: n,
-                                    pat,
-                                },
-                                n,
-                            );
+                            verify(p, n, pat);
                             if i % 7 == 0 {
                                 mailbox[1 - t].lock().unwrap().push(Handed(p, n, pat));
                             } else {
@@ -275,14 +139,7 @@ fn every_backend_is_thread_safe_on_its_own() {
                         }
                         if i % 16 == 0 {
                             for Handed(p, n, pat) in mailbox[t].lock().unwrap().drain(..) {
-                                verify(
-                                    &Live {
-                                        ptr: p,
-                                        req: n,
-                                        pat,
-                                    },
-                                    n,
-                                );
+                                verify(p, n, pat);
                                 // SAFETY: live block handed over by the other thread.
                                 unsafe { stack.free(p) };
                             }
@@ -309,14 +166,7 @@ fn every_backend_is_thread_safe_on_its_own() {
         );
         let mut sum = 0;
         for Handed(p, n, pat) in left {
-            verify(
-                &Live {
-                    ptr: p,
-                    req: n,
-                    pat,
-                },
-                n,
-            );
+            verify(p, n, pat);
             // SAFETY: live block.
             sum += unsafe { stack.size(p) } as i64;
             // SAFETY: live block, freed once.
