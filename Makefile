@@ -21,7 +21,7 @@ lib:
 header:
 	SQLALLOC_UPDATE_HEADER=1 $(CARGO) build --release
 
-test: lint rust-test c-test c-test-asan valgrind preload-test tcl-test rust-features-test oom-sweep-quick soak-quick
+test: lint rust-test c-test c-test-asan valgrind preload-test tcl-test rust-features-test oom-sweep-quick soak-quick bench-smoke
 
 rust-test:
 	$(CARGO) test --all-targets
