@@ -232,7 +232,8 @@ fuzz-corpus:
 miri:
 	@if cargo +nightly miri --version >/dev/null 2>&1; then \
 	  $(MIRI_ENV) cargo +nightly miri test --lib -- $(MIRI_LIB_TESTS) && \
-	  $(MIRI_ENV) cargo +nightly miri test --test fuzz_corpus; \
+	  MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-disable-isolation" \
+	    cargo +nightly miri test --test fuzz_corpus; \
 	else \
 	  echo "miri: SKIPPED: the nightly toolchain's Miri component is not installed here" \
 	       "(rustup toolchain install nightly --component miri rust-src)"; \
