@@ -369,9 +369,16 @@ def main():
     w(f"- CPU: {cpu_model}, {ncpu} cores; kernel {uname.release}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
     w(f"- Load average (1/5/15 min) at the start: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}; "
       f"at the end: {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}. "
-      + ("The machine was shared with other jobs: with a load above the core count, wall-clock "
-         "figures (the thread tables) are noisy; CPU-time figures less so." if max(load0[0], load1[0]) > ncpu
+      + ("Other jobs were running (load above 0.5 before the run started): wall-clock figures "
+         "(the thread tables) are noisy; CPU-time figures less so." if max(load0[0], load1[0]) > 0.5
          else "The machine was otherwise quiet."))
+    if "mem1" in byk:
+        par = median([y[0] / x[0] for x, y in zip(mthr[1]["mem1"], mthr[2]["mem1"])])
+        w(f"- Parallelism available during the run, as C mem1's microbenchmark saw it (2-thread / "
+          f"1-thread wall-clock throughput): {par:.2f}. "
+          + ("Below 1.8: the machine did not have two free cores, so no configuration can show "
+             "the 1.8× scaling target here; see the CPU-efficiency columns." if par < 1.8
+             else "Two cores were free."))
     try:
         rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                              text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
