@@ -547,10 +547,10 @@ def main():
             "includes the Rust dispatch and two xSize calls)", f"{dn:+.2f} ns", dn <= 3)
         for k in ("system", "jemalloc", "mimalloc"):
             if k in byk:
-                tgt(f"2-thread aggregate ≥ 1.8 × 1-thread, {byk[k].label}: micro / SQLite, wall "
-                    "(CPU eff.)", f"{scale_micro[k]:.2f} / {scale_sql[k]:.2f} "
-                    f"({eff_micro[k]:.2f} / {eff_sql[k]:.2f})",
-                    scale_micro[k] >= 1.8 and scale_sql[k] >= 1.8)
+                tgt(f"2-thread aggregate ≥ 1.8 × 1-thread, {byk[k].label}, SQLite: wall (CPU eff.)",
+                    f"{scale_sql[k]:.2f} ({eff_sql[k]:.2f})", scale_sql[k] >= 1.8)
+                tgt(f"2-thread aggregate ≥ 1.8 × 1-thread, {byk[k].label}, micro: wall (CPU eff.)",
+                    f"{scale_micro[k]:.2f} ({eff_micro[k]:.2f})", scale_micro[k] >= 1.8)
         if "mem1" in byk:
             w(f"| (reference) C mem1, 2T/1T micro / SQLite, wall (CPU eff.) | "
               f"{scale_micro['mem1']:.2f} / {scale_sql['mem1']:.2f} ({eff_micro['mem1']:.2f} / "
