@@ -210,6 +210,9 @@ FUZZ_SECS    ?= 30
 # Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
 MIRI_LIB_TESTS := spec:: counters:: heap:: backend::memsys3 backend::memsys5 stack:: poison::
 MIRI_ENV     := MIRIFLAGS="-Zmiri-strict-provenance"
+# The corpus replay of the pure-Rust heap cores only (system and debug call libc, which Miri cannot
+# run); isolation is disabled for these so that the test can read the corpus files.
+MIRI_CORPUS_TESTS := corpus_memsys3 corpus_memsys5
 # valgrind: the C tests that do not die on purpose, with small workloads (about 1-2 minutes).
 VALGRIND     := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
                 --show-leak-kinds=definite --suppressions=$(CURDIR)/c-tests/valgrind.supp
@@ -233,7 +236,7 @@ miri:
 	@if cargo +nightly miri --version >/dev/null 2>&1; then \
 	  $(MIRI_ENV) cargo +nightly miri test --lib -- $(MIRI_LIB_TESTS) && \
 	  MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-disable-isolation" \
-	    cargo +nightly miri test --test fuzz_corpus; \
+	    cargo +nightly miri test --test fuzz_corpus -- $(MIRI_CORPUS_TESTS); \
 	else \
 	  echo "miri: SKIPPED: the nightly toolchain's Miri component is not installed here" \
 	       "(rustup toolchain install nightly --component miri rust-src)"; \
