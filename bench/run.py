@@ -373,12 +373,13 @@ def main():
          "(the thread tables) are noisy; CPU-time figures less so." if max(load0[0], load1[0]) > 0.5
          else "The machine was otherwise quiet."))
     if "mem1" in byk:
-        par = median([y[0] / x[0] for x, y in zip(mthr[1]["mem1"], mthr[2]["mem1"])])
-        w(f"- Parallelism available during the run, as C mem1's microbenchmark saw it (2-thread / "
-          f"1-thread wall-clock throughput): {par:.2f}. "
-          + ("Below 1.8: the machine did not have two free cores, so no configuration can show "
-             "the 1.8× scaling target here; see the CPU-efficiency columns." if par < 1.8
-             else "Two cores were free."))
+        for phase, d in (("SQLite threads", sthr), ("micro threads", mthr)):
+            par = median([y[0] / x[0] for x, y in zip(d[1]["mem1"], d[2]["mem1"])])
+            w(f"- Parallelism available during the {phase} phase, as C mem1 saw it (2-thread / "
+              f"1-thread wall-clock throughput): {par:.2f}. "
+              + ("Below 1.8: the machine did not have two free cores then, so no configuration "
+                 "can show the 1.8× scaling target in that table; see its CPU-efficiency columns."
+                 if par < 1.8 else "Two cores were free."))
     try:
         rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                              text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
