@@ -113,6 +113,13 @@ fn under_valgrind(case: &str) -> (Option<i32>, String) {
     let me = std::env::current_exe().unwrap();
     let out = Command::new("valgrind")
         .args(["-q", "--error-exitcode=99", "--leak-check=no"])
+        // The suppressions of `make valgrind`: only a known false positive of mimalloc's start-up
+        // (when the `mimalloc` feature links it in) is relevant here.
+        .arg(concat!(
+            "--suppressions=",
+            env!("CARGO_MANIFEST_DIR"),
+            "/c-tests/valgrind.supp"
+        ))
         .arg(me)
         .args(["--exact", "child", "--test-threads=1", "-q"])
         .env("SQLALLOC_POOL_CASE", case)
