@@ -95,6 +95,17 @@ static int rnd_size(struct worker *w) {
     }
 }
 
+/* Size of row `id` of this worker through the size query `sz`; -2 when the row is gone. */
+static int64_t row_size(sqlite3_stmt *sz, int64_t id, struct worker *w) {
+    sqlite3_bind_int64(sz, 1, id);
+    sqlite3_bind_int(sz, 2, w->id);
+    int rc = sqlite3_step(sz);
+    int64_t size = rc == SQLITE_ROW ? sqlite3_column_int64(sz, 0) : -2;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) FAIL("thread %d: size query %d", w->id, rc);
+    sqlite3_reset(sz);
+    return size;
+}
+
 static void *run(void *arg) {
     struct worker *w = arg;
     sqlite3 *db = ct_open(w->path);
@@ -144,12 +155,7 @@ static void *run(void *arg) {
         } else if (op < 35 && w->next_id > 0) { /* update: grow or shrink one row */
             int64_t id = (int64_t)w->id * 1000000000 + rnd(w, (int)w->next_id);
             exec_ok(db, "BEGIN IMMEDIATE", w);
-            sqlite3_bind_int64(sz, 1, id);
-            sqlite3_bind_int(sz, 2, w->id);
-            int rc = sqlite3_step(sz);
-            int64_t old = rc == SQLITE_ROW ? sqlite3_column_int64(sz, 0) : -2;
-            if (rc != SQLITE_ROW && rc != SQLITE_DONE) FAIL("thread %d: size query %d", w->id, rc);
-            sqlite3_reset(sz);
+            int64_t old = row_size(sz, id, w);
             if (old >= 0) {
                 int size = rnd_size(w);
                 sqlite3_bind_int64(upd, 1, id);
@@ -163,11 +169,7 @@ static void *run(void *arg) {
         } else if (op < 42 && w->next_id > 0) { /* delete one row */
             int64_t id = (int64_t)w->id * 1000000000 + rnd(w, (int)w->next_id);
             exec_ok(db, "BEGIN IMMEDIATE", w);
-            sqlite3_bind_int64(sz, 1, id);
-            sqlite3_bind_int(sz, 2, w->id);
-            int rc = sqlite3_step(sz);
-            int64_t old = rc == SQLITE_ROW ? sqlite3_column_int64(sz, 0) : -2;
-            sqlite3_reset(sz);
+            int64_t old = row_size(sz, id, w);
             if (old >= 0) {
                 sqlite3_bind_int64(del, 1, id);
                 sqlite3_bind_int(del, 2, w->id);
