@@ -25,7 +25,11 @@ use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
 /// Backends with a fuzz target (the names of the targets and of the corpus directories).
-pub const TARGETS: &[&str] = &["system", "debug", "memsys3", "memsys5", "rust"];
+/// `jemalloc` and `mimalloc` need the crate features of the same names (the fuzz crate enables
+/// them; the corpus replay runs them in `make rust-features-test`).
+pub const TARGETS: &[&str] = &[
+    "system", "debug", "memsys3", "memsys5", "rust", "jemalloc", "mimalloc",
+];
 
 /// Most actions taken from one input (longer inputs are cut), to keep each run short.
 pub const MAX_ACTIONS: usize = 2000;

@@ -1,6 +1,7 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/*`) through the same shadow-model
 //! harness the cargo-fuzz targets use (`fuzz/harness.rs`), once per input: `make test` checks
-//! every backend on those action lists without nightly or cargo-fuzz. Also checks that the
+//! every backend on those action lists without nightly or cargo-fuzz (`jemalloc` and `mimalloc`
+//! only when their cargo features are on, as in `make rust-features-test`). Also checks that the
 //! harness catches a broken allocator, so that a green replay means something.
 
 #[path = "../fuzz/harness.rs"]
@@ -69,6 +70,20 @@ fn corpus_rust() {
     replay("rust");
 }
 
+/// The feature-gated backends: replayed by `make rust-features-test` (part of `make test`), which
+/// builds the tests with `--features jemalloc,mimalloc,...`; a plain `cargo test` leaves them out.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn corpus_jemalloc() {
+    replay("jemalloc");
+}
+
+#[cfg(feature = "mimalloc")]
+#[test]
+fn corpus_mimalloc() {
+    replay("mimalloc");
+}
+
 #[test]
 fn every_target_has_a_corpus_and_a_fuzz_target() {
     for t in harness::TARGETS {
@@ -78,6 +93,33 @@ fn every_target_has_a_corpus_and_a_fuzz_target() {
             "{t}: no target"
         );
         assert!(!corpus(t).is_empty(), "{t}: empty corpus");
+    }
+}
+
+/// `make fuzz` runs the targets of the Makefile's `FUZZ_TARGETS`, and cargo-fuzz builds the
+/// `[[bin]]`s of fuzz/Cargo.toml: both must name every target of the harness.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn make_fuzz_and_the_fuzz_crate_list_every_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
+    let line = makefile
+        .lines()
+        .find(|l| l.starts_with("FUZZ_TARGETS"))
+        .expect("Makefile: no FUZZ_TARGETS line");
+    let listed: Vec<&str> = line
+        .split_once(":=")
+        .expect("FUZZ_TARGETS := ...")
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(listed, harness::TARGETS, "Makefile FUZZ_TARGETS");
+    let manifest = std::fs::read_to_string(root.join("fuzz/Cargo.toml")).unwrap();
+    for t in harness::TARGETS {
+        assert!(
+            manifest.contains(&format!("name = \"{t}\"\npath = \"fuzz_targets/{t}.rs\"")),
+            "fuzz/Cargo.toml: no [[bin]] for {t}"
+        );
     }
 }
 
