@@ -5,34 +5,48 @@
 //! Every thread that allocates claims one *shard* (a cache-line-aligned block of counters) from a
 //! process-wide table of [`SHARDS`] slots the first time it allocates, and gives it back when it
 //! exits. A thread owns its shard exclusively, so it updates it with plain loads and stores
-//! (relaxed atomics, no locked instructions, no shared cache line). A reader sums all shards.
-//! Slot 0 is the shared overflow shard: threads that find no free slot (more than
+//! (relaxed atomics, no locked instructions, no shared cache line written). A reader sums all
+//! shards. Slot 0 is the shared overflow shard: threads that find no free slot (more than
 //! `SHARDS - 1` allocating at once) or that allocate while their thread-local storage is being
 //! torn down use it with atomic read-modify-write operations instead.
 //!
 //! Shards are never cleared when a thread exits: the next owner keeps adding to them, so sums
-//! stay exact. All counters are 64-bit; current bytes and block count are signed per shard (a
-//! block freed on another thread than the one that allocated it makes one shard negative) and
-//! their sum is exact.
+//! stay exact. All counters are 64-bit; current bytes are signed per shard (a block freed on
+//! another thread than the one that allocated it makes one shard negative) and their sum is
+//! exact.
+//!
+//! A call stores as little as it can: a malloc adds to its size bucket of the histogram and to
+//! the shard's bytes; a free adds to the free count and to the bytes. `malloc_calls` (the
+//! histogram's total less the reallocs) and `current_count` (mallocs less failed mallocs less
+//! frees) are derived when read.
 //!
 //! # Peak
 //!
-//! An exact peak needs the global current value after every call, i.e. a shared cache line. So:
-//! each shard accumulates its bytes delta and *flushes* it into one shared counter
-//! (`flushed`, with `peak` = its maximum) when the delta reaches ±[`PEAK_FLUSH_BYTES`], or on
-//! every call while at most one thread owns a shard. Therefore:
-//! - while one thread allocates (SQLite with memstatus on is serialized anyway), `peak_bytes` is
-//!   exact;
-//! - with `T` threads allocating at once, the shared counter differs from the true current value
-//!   by the deltas not yet flushed, less than `PEAK_FLUSH_BYTES` (64 KiB) per thread either way,
-//!   so `peak_bytes` is within `T × PEAK_FLUSH_BYTES` of the true peak: below it when growth is
-//!   still pending, above it when another thread's frees are (e.g. 2 threads: at most 128 KiB
-//!   off).
+//! An exact peak needs the global current value after every call. Every call reads one shared
+//! word, [`STATE`] (number of owned shards and an epoch that moves whenever a thread claims or
+//! gives back a shard, or the shared shard or a peak reset changes the picture); the word is
+//! written only on those rare events, so reading it shares nothing on the hot path.
 //!
-//! `peak_bytes` reported is `max(peak, current)`, so it is never below `current_bytes`.
+//! - **One thread allocating** (one shard owned; SQLite with memstatus on is serialized anyway):
+//!   every other shard is unowned, so their bytes do not move. The owner sums them once, when it
+//!   sees a new epoch (a *resync*), and from then on computes the global value from its own
+//!   bytes alone, keeping the shard's high-water mark `hw` with a plain store when it grows.
+//!   `peak_bytes` is exact.
+//! - **`T` threads allocating at once**: each shard flushes its pending delta into `flushed`
+//!   (and `peak` = its maximum) when the delta reaches ±[`PEAK_FLUSH_BYTES`] (a solo owner does
+//!   too, so that it has little pending when a second thread starts). The shared counter
+//!   differs from the true current value by the deltas not yet flushed, less than
+//!   `PEAK_FLUSH_BYTES` (64 KiB) per thread either way, so `peak_bytes` is within
+//!   `T × PEAK_FLUSH_BYTES` of the true peak: below it when growth is still pending, above it
+//!   when another thread's frees are (e.g. 2 threads: at most 128 KiB off).
+//!
+//! A reader takes the maximum of `peak` and of every shard's `hw` recorded since the last peak
+//! reset (each was the true global value at some moment). `peak_bytes` reported is never below
+//! `current_bytes`.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
 /// Number of shard slots, slot 0 being the shared overflow shard.
 pub const SHARDS: usize = 64;
@@ -45,104 +59,147 @@ pub const HIST_BUCKETS: usize = 32;
 
 /// Which slots are owned by a live thread (slot 0 is never owned).
 static OWNED: [AtomicBool; SHARDS] = [const { AtomicBool::new(false) }; SHARDS];
-/// Number of slots owned right now.
-static OWNERS: CacheAligned<AtomicUsize> = CacheAligned(AtomicUsize::new(0));
+
+/// The number of owned slots (low [`EPOCH_SHIFT`] bits) and an epoch (the bits above) that
+/// moves on every event after which a solo owner must resync: a claim, a release, an update of
+/// the shared shard, a peak reset. Written only on those events; read on every call.
+static STATE: CacheAligned<AtomicU64> = CacheAligned(AtomicU64::new(0));
+const EPOCH_SHIFT: u32 = 16;
+const EPOCH: u64 = 1 << EPOCH_SHIFT;
+const OWNERS_MASK: u64 = EPOCH - 1;
+
+/// Start a new epoch (the owner count stays).
+fn bump_epoch() -> u64 {
+    STATE
+        .0
+        .fetch_add(EPOCH, Ordering::AcqRel)
+        .wrapping_add(EPOCH)
+        >> EPOCH_SHIFT
+}
 
 #[repr(align(128))]
 struct CacheAligned<T>(T);
 
-/// The calling thread's slot, released when the thread exits.
-struct Slot(Cell<usize>);
-
 const UNCLAIMED: usize = usize::MAX;
 
-/// The counters of the installed allocator, flushed by each thread as it exits.
-static PRIMARY: std::sync::atomic::AtomicPtr<Counters> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let i = self.0.get();
-        if i != UNCLAIMED && i != 0 {
-            let p = PRIMARY.load(std::sync::atomic::Ordering::Acquire);
-            // SAFETY: PRIMARY only ever holds null or a `&'static Counters` (see `make_primary`),
-            // so a non-null value is valid for reads for the rest of the process.
-            if let Some(c) = unsafe { p.as_ref() } {
-                // This thread still owns slot `i`, so the exclusive update is sound.
-                c.flush(&c.shards[i], true);
-            }
-            OWNERS.0.fetch_sub(1, Relaxed);
-            // Release: the next owner's Acquire claim sees every store this thread made.
-            OWNED[i].store(false, std::sync::atomic::Ordering::Release);
-        }
-    }
+thread_local! {
+    /// The calling thread's slot: `UNCLAIMED` before its first allocation, then its shard (0 when
+    /// it got none or its thread-local storage is being torn down). No destructor, so access is
+    /// a plain thread-local load; the release at exit is [`SlotGuard`]'s job.
+    static SLOT: Cell<usize> = const { Cell::new(UNCLAIMED) };
+    /// Registered by [`claim`] once a slot is taken; gives the slot back when the thread exits.
+    static GUARD: SlotGuard = const { SlotGuard };
 }
 
-thread_local! {
-    static SLOT: Slot = const { Slot(Cell::new(UNCLAIMED)) };
+/// The counters of the installed allocator, flushed by each thread as it exits.
+static PRIMARY: AtomicPtr<Counters> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Gives the thread's slot back when the thread exits.
+struct SlotGuard;
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let Ok(i) = SLOT.try_with(|s| s.replace(0)) else {
+            return;
+        };
+        if i == UNCLAIMED || i == 0 {
+            return;
+        }
+        let p = PRIMARY.load(Ordering::Acquire);
+        // SAFETY: PRIMARY only ever holds null or a `&'static Counters` (see `make_primary`), so
+        // a non-null value is valid for reads for the rest of the process.
+        if let Some(c) = unsafe { p.as_ref() } {
+            // This thread still owns slot `i`, so the exclusive update is sound.
+            c.retire_shard(&c.shards[i]);
+        }
+        // One owner fewer, and a new epoch: a thread left alone must resync.
+        STATE.0.fetch_add(EPOCH.wrapping_sub(1), Ordering::AcqRel);
+        // Release: the next owner's Acquire claim sees every store this thread made.
+        OWNED[i].store(false, Ordering::Release);
+    }
 }
 
 /// The calling thread's shard index: `Some(i)` with `i > 0` for an exclusively owned shard, `None`
 /// for the shared overflow shard.
-#[inline]
+#[inline(always)]
 fn my_slot() -> Option<usize> {
-    SLOT.try_with(|s| {
-        let i = s.0.get();
-        if i != UNCLAIMED {
-            return i;
-        }
-        let i = claim();
-        s.0.set(i);
-        i
-    })
-    .ok()
-    .filter(|&i| i != 0)
+    let i = SLOT.try_with(|s| s.get()).unwrap_or(0);
+    if i.wrapping_sub(1) < SHARDS - 1 {
+        Some(i)
+    } else if i == UNCLAIMED {
+        claim()
+    } else {
+        None
+    }
 }
 
 #[cold]
-fn claim() -> usize {
+#[inline(never)]
+fn claim() -> Option<usize> {
+    // Register the guard first: if that is no longer possible (the thread is exiting), use the
+    // shared shard for good.
+    if GUARD.try_with(|_| ()).is_err() {
+        let _ = SLOT.try_with(|s| s.set(0));
+        return None;
+    }
     // Start the search at a spot derived from the thread-local's address so that threads do not
     // all race for slot 1.
-    let start = SLOT.with(|s| s as *const Slot as usize / 64) % (SHARDS - 1);
+    let start = SLOT.with(|s| s as *const Cell<usize> as usize / 64) % (SHARDS - 1);
     for k in 0..SHARDS - 1 {
         let i = 1 + (start + k) % (SHARDS - 1);
         if OWNED[i]
-            .compare_exchange(false, true, std::sync::atomic::Ordering::Acquire, Relaxed)
+            .compare_exchange(false, true, Ordering::Acquire, Relaxed)
             .is_ok()
         {
-            OWNERS.0.fetch_add(1, Relaxed);
-            return i;
+            // One owner more, and a new epoch.
+            STATE.0.fetch_add(EPOCH + 1, Ordering::AcqRel);
+            SLOT.with(|s| s.set(i));
+            return Some(i);
         }
     }
-    0
+    SLOT.with(|s| s.set(0));
+    None
 }
 
-/// One thread's counters.
+/// One thread's counters. The first group is written on the hot path; the second only by the
+/// owner on a flush or a resync; `hw`/`hw_epoch` are read by readers.
 #[repr(align(128))]
 struct Shard {
+    /// Live bytes allocated less freed through this shard.
     bytes: AtomicI64,
-    count: AtomicI64,
-    mallocs: AtomicU64,
     frees: AtomicU64,
-    reallocs: AtomicU64,
-    failed: AtomicU64,
-    largest: AtomicU64,
-    unflushed: AtomicI64,
     hist: [AtomicU64; HIST_BUCKETS],
+    largest: AtomicU64,
+    reallocs: AtomicU64,
+    failed_mallocs: AtomicU64,
+    failed_reallocs: AtomicU64,
+    /// `bytes` when this shard last flushed: `bytes - at_flush` is not yet in `flushed`.
+    at_flush: AtomicI64,
+    /// While solo: the global current value is `offset + bytes`.
+    offset: AtomicI64,
+    /// The epoch of the last resync (`u64::MAX`: never).
+    seen_epoch: AtomicU64,
+    /// The highest global current value this shard saw while solo (exact values only).
+    hw: AtomicI64,
+    /// The epoch `hw` was started in (compared with the last peak reset's).
+    hw_epoch: AtomicU64,
 }
 
 impl Shard {
     const fn new() -> Shard {
         Shard {
             bytes: AtomicI64::new(0),
-            count: AtomicI64::new(0),
-            mallocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
-            reallocs: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            largest: AtomicU64::new(0),
-            unflushed: AtomicI64::new(0),
             hist: [const { AtomicU64::new(0) }; HIST_BUCKETS],
+            largest: AtomicU64::new(0),
+            reallocs: AtomicU64::new(0),
+            failed_mallocs: AtomicU64::new(0),
+            failed_reallocs: AtomicU64::new(0),
+            at_flush: AtomicI64::new(0),
+            offset: AtomicI64::new(0),
+            seen_epoch: AtomicU64::new(u64::MAX),
+            hw: AtomicI64::new(i64::MIN),
+            hw_epoch: AtomicU64::new(0),
         }
     }
 }
@@ -216,6 +273,9 @@ pub struct Counters {
     shards: [Shard; SHARDS],
     flushed: CacheAligned<AtomicI64>,
     peak: CacheAligned<AtomicI64>,
+    /// The epoch of the last [`reset_peak`](Self::reset_peak): a shard's `hw` from an older
+    /// epoch no longer counts.
+    reset_epoch: AtomicU64,
 }
 
 impl Default for Counters {
@@ -232,6 +292,7 @@ impl Counters {
             shards: [const { Shard::new() }; SHARDS],
             flushed: CacheAligned(AtomicI64::new(0)),
             peak: CacheAligned(AtomicI64::new(0)),
+            reset_epoch: AtomicU64::new(0),
         }
     }
 
@@ -243,34 +304,88 @@ impl Counters {
         }
     }
 
+    /// After the bytes of shard `s` moved by `delta` to `bytes`: keep the peak.
     #[inline(always)]
-    fn note_bytes(&self, s: &Shard, owned: bool, delta: i64) {
-        let pending = add_i(&s.unflushed, delta, owned);
-        if OWNERS.0.load(Relaxed) <= 1 || !(-PEAK_FLUSH_BYTES..PEAK_FLUSH_BYTES).contains(&pending)
-        {
-            self.flush(s, owned);
+    fn note_bytes(&self, s: &Shard, owned: bool, bytes: i64, delta: i64) {
+        if !owned {
+            self.shared_moved(delta);
+            return;
+        }
+        let state = STATE.0.load(Relaxed);
+        if state & OWNERS_MASK <= 1 {
+            if s.seen_epoch.load(Relaxed) != state >> EPOCH_SHIFT {
+                self.resync(s, state >> EPOCH_SHIFT);
+            }
+            let now = s.offset.load(Relaxed).wrapping_add(bytes);
+            if now > s.hw.load(Relaxed) {
+                s.hw.store(now, Relaxed);
+            }
+        }
+        // Solo or not, the pending delta stays under the threshold: when a second thread starts
+        // allocating, its flushes must already find this thread's bytes (nearly) all in
+        // `flushed`.
+        let pending = bytes.wrapping_sub(s.at_flush.load(Relaxed));
+        if !(-PEAK_FLUSH_BYTES..PEAK_FLUSH_BYTES).contains(&pending) {
+            self.flush(s);
         }
     }
 
-    #[inline]
-    fn flush(&self, s: &Shard, owned: bool) {
-        let pending = if owned {
-            let p = s.unflushed.load(Relaxed);
-            s.unflushed.store(0, Relaxed);
-            p
-        } else {
-            s.unflushed.swap(0, Relaxed)
-        };
-        if pending != 0 {
-            let now = self
-                .flushed
-                .0
-                .fetch_add(pending, Relaxed)
-                .wrapping_add(pending);
-            if now > self.peak.0.load(Relaxed) {
-                self.peak.0.fetch_max(now, Relaxed);
-            }
+    /// The owner of `s` moves its pending delta into `flushed`; returns the new `flushed`.
+    fn flush(&self, s: &Shard) -> i64 {
+        let bytes = s.bytes.load(Relaxed);
+        let pending = bytes.wrapping_sub(s.at_flush.load(Relaxed));
+        s.at_flush.store(bytes, Relaxed);
+        let now = self
+            .flushed
+            .0
+            .fetch_add(pending, Relaxed)
+            .wrapping_add(pending);
+        if now > self.peak.0.load(Relaxed) {
+            self.peak.0.fetch_max(now, Relaxed);
         }
+        now
+    }
+
+    /// The owner of `s` (alone) starts a new solo window in `epoch`: the old high-water mark goes
+    /// into `peak` (unless a reset made it stale), the pending delta into `flushed`, and `offset`
+    /// becomes the other shards' bytes (unchanging while this thread is alone: they are unowned,
+    /// and a change of the shared shard starts a new epoch).
+    #[cold]
+    #[inline(never)]
+    fn resync(&self, s: &Shard, epoch: u64) {
+        self.fold_hw(s);
+        self.flush(s);
+        let now = self.current_bytes();
+        s.offset
+            .store(now.wrapping_sub(s.bytes.load(Relaxed)), Relaxed);
+        s.hw.store(now, Relaxed);
+        // Release: a reader that sees the new epoch sees the new `hw` too.
+        s.hw_epoch.store(epoch, Ordering::Release);
+        s.seen_epoch.store(epoch, Relaxed);
+    }
+
+    /// Move shard `s`'s high-water mark into `peak` unless a reset came after it.
+    fn fold_hw(&self, s: &Shard) {
+        if s.hw_epoch.load(Relaxed) >= self.reset_epoch.load(Ordering::Acquire) {
+            self.peak.0.fetch_max(s.hw.load(Relaxed), Relaxed);
+        }
+    }
+
+    /// The owner of `s` is exiting: everything it has goes to the shared values.
+    fn retire_shard(&self, s: &Shard) {
+        self.fold_hw(s);
+        self.flush(s);
+        s.seen_epoch.store(u64::MAX, Relaxed);
+    }
+
+    /// The shared shard moved by `delta`: it flushes at once, and a solo owner must resync.
+    #[cold]
+    fn shared_moved(&self, delta: i64) {
+        let s = &self.shards[0];
+        s.at_flush.fetch_add(delta, Relaxed);
+        let now = self.flushed.0.fetch_add(delta, Relaxed).wrapping_add(delta);
+        self.peak.0.fetch_max(now, Relaxed);
+        bump_epoch();
     }
 
     /// Record a call of `xMalloc` for `request` bytes that returned a block of `size` bytes
@@ -278,16 +393,14 @@ impl Counters {
     #[inline]
     pub fn on_malloc(&self, request: usize, size: Option<usize>) {
         let (s, owned) = self.shard();
-        add_u(&s.mallocs, 1, owned);
-        max_u(&s.largest, request as u64, owned);
         add_u(&s.hist[bucket(request)], 1, owned);
+        max_u(&s.largest, request as u64, owned);
         match size {
             Some(sz) => {
-                add_i(&s.bytes, sz as i64, owned);
-                add_i(&s.count, 1, owned);
-                self.note_bytes(s, owned, sz as i64);
+                let b = add_i(&s.bytes, sz as i64, owned);
+                self.note_bytes(s, owned, b, sz as i64);
             }
-            None => add_u(&s.failed, 1, owned),
+            None => add_u(&s.failed_mallocs, 1, owned),
         }
     }
 
@@ -296,9 +409,8 @@ impl Counters {
     pub fn on_free(&self, size: usize) {
         let (s, owned) = self.shard();
         add_u(&s.frees, 1, owned);
-        add_i(&s.bytes, -(size as i64), owned);
-        add_i(&s.count, -1, owned);
-        self.note_bytes(s, owned, -(size as i64));
+        let b = add_i(&s.bytes, -(size as i64), owned);
+        self.note_bytes(s, owned, b, -(size as i64));
     }
 
     /// Record a call of `xRealloc` for `request` bytes of a block of `old` bytes that now has
@@ -307,25 +419,22 @@ impl Counters {
     pub fn on_realloc(&self, request: usize, old: usize, new: Option<usize>) {
         let (s, owned) = self.shard();
         add_u(&s.reallocs, 1, owned);
-        max_u(&s.largest, request as u64, owned);
         add_u(&s.hist[bucket(request)], 1, owned);
+        max_u(&s.largest, request as u64, owned);
         match new {
             Some(new) => {
                 let d = new as i64 - old as i64;
-                add_i(&s.bytes, d, owned);
-                self.note_bytes(s, owned, d);
+                let b = add_i(&s.bytes, d, owned);
+                self.note_bytes(s, owned, b, d);
             }
-            None => add_u(&s.failed, 1, owned),
+            None => add_u(&s.failed_reallocs, 1, owned),
         }
     }
 
     /// Make these the counters that threads flush their pending peak delta into when they exit,
     /// so that the peak stays exact when one thread is left allocating. Called on install.
     pub fn make_primary(&'static self) {
-        PRIMARY.store(
-            self as *const Counters as *mut Counters,
-            std::sync::atomic::Ordering::Release,
-        );
+        PRIMARY.store(self as *const Counters as *mut Counters, Ordering::Release);
     }
 
     /// Exact sum of the live bytes (see the module documentation for when it is exact).
@@ -337,16 +446,27 @@ impl Counters {
     /// time, the values are each exact for some moment during the call.
     pub fn snapshot(&self) -> Snapshot {
         let mut out = Snapshot::default();
+        let mut calls = 0i64;
+        let mut failed_mallocs = 0i64;
+        let mut hw = i64::MIN;
+        let reset = self.reset_epoch.load(Ordering::Acquire);
         for s in self.shards.iter() {
             out.current_bytes += s.bytes.load(Relaxed);
-            out.current_count += s.count.load(Relaxed);
-            out.malloc_calls += s.mallocs.load(Relaxed) as i64;
+            calls += s.hist.iter().map(|c| c.load(Relaxed) as i64).sum::<i64>();
             out.free_calls += s.frees.load(Relaxed) as i64;
             out.realloc_calls += s.reallocs.load(Relaxed) as i64;
-            out.failed_calls += s.failed.load(Relaxed) as i64;
+            let fm = s.failed_mallocs.load(Relaxed) as i64;
+            failed_mallocs += fm;
+            out.failed_calls += fm + s.failed_reallocs.load(Relaxed) as i64;
             out.largest_request = out.largest_request.max(s.largest.load(Relaxed) as i64);
+            // Acquire: the `hw` read next is at least the one stored with this epoch.
+            if s.hw_epoch.load(Ordering::Acquire) >= reset {
+                hw = hw.max(s.hw.load(Relaxed));
+            }
         }
-        out.peak_bytes = self.peak.0.load(Relaxed).max(out.current_bytes);
+        out.malloc_calls = calls - out.realloc_calls;
+        out.current_count = out.malloc_calls - failed_mallocs - out.free_calls;
+        out.peak_bytes = self.peak.0.load(Relaxed).max(hw).max(out.current_bytes);
         out
     }
 
@@ -361,10 +481,11 @@ impl Counters {
         h
     }
 
-    /// Start a new peak from the current value.
+    /// Start a new peak from the current value: every shard's high-water mark so far stops
+    /// counting, and a solo owner starts a new one at its next call.
     pub fn reset_peak(&self) {
-        let (s, owned) = self.shard();
-        self.flush(s, owned);
+        let epoch = bump_epoch();
+        self.reset_epoch.fetch_max(epoch, Ordering::AcqRel);
         self.peak.0.store(self.current_bytes(), Relaxed);
     }
 }

@@ -35,6 +35,8 @@ pub enum InitError {
 /// - [`size`](Self::size) of a live block is at least the size last requested for it and at most
 ///   the number of bytes that may be used through the pointer, and does not change while the block
 ///   lives;
+/// - [`malloc_and_size`](Self::malloc_and_size) and [`size_and_free`](Self::size_and_free), when
+///   overridden, behave exactly as their default bodies (the two calls in sequence);
 /// - [`roundup`](Self::roundup)`(n)` is at least `n` and is the size [`size`](Self::size) would
 ///   report for a block of `n` bytes when the allocator can tell in advance (SQLite uses it to
 ///   size buffers so that it gets to use the slack);
@@ -72,6 +74,29 @@ pub unsafe trait MemMethods: Send + Sync {
 
     /// `xRoundup`: the size a request of `size` bytes will really get.
     fn roundup(&self, size: usize) -> usize;
+
+    /// [`malloc`](Self::malloc) and the new block's [`size`](Self::size) in one call. The layers
+    /// above count every block's size; a backend that knows it while allocating (a buddy heap, a
+    /// size-class allocator) overrides this to save the second look-up.
+    fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
+        let p = self.malloc(size)?;
+        // SAFETY: `p` was just returned by `malloc`, so it is a live block of this allocator.
+        Some((p, unsafe { self.size(p) }))
+    }
+
+    /// [`size`](Self::size) of a block, then [`free`](Self::free) it, in one call; returns the
+    /// size. Overridden where freeing finds the size anyway (a block header, a buddy heap's
+    /// control byte) or where a sized free is faster.
+    ///
+    /// # Safety
+    /// As [`free`](Self::free).
+    unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: `ptr` is live (caller's contract) until the `free` below.
+        let n = unsafe { self.size(ptr) };
+        // SAFETY: forwarded contract.
+        unsafe { self.free(ptr) };
+        n
+    }
 
     /// `xInit`: called by `sqlite3_initialize()` before the first allocation.
     fn init(&self) -> Result<(), InitError> {

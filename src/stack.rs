@@ -229,7 +229,14 @@ unsafe impl MemMethods for Stack {
         self.backend.name()
     }
 
+    #[inline]
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
+        if self.limit.is_none() && self.fault.is_none() {
+            // The common case: counters straight over the backend, one call down.
+            let r = self.backend.malloc_and_size(size);
+            self.counters.on_malloc(size, r.map(|(_, n)| n));
+            return r.map(|(p, _)| p);
+        }
         let p = match &self.limit {
             None => self.lower_malloc(size),
             Some(l) => {
@@ -264,15 +271,14 @@ unsafe impl MemMethods for Stack {
         p
     }
 
+    #[inline]
     unsafe fn free(&self, ptr: NonNull<u8>) {
-        // SAFETY: `ptr` is live (caller's contract).
-        let size = unsafe { self.backend.size(ptr) };
+        // SAFETY: forwarded contract.
+        let size = unsafe { self.backend.size_and_free(ptr) };
         self.counters.on_free(size);
         if let Some(l) = &self.limit {
             l.release(size as u64);
         }
-        // SAFETY: forwarded contract.
-        unsafe { self.backend.free(ptr) }
     }
 
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {

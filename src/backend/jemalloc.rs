@@ -87,6 +87,23 @@ unsafe impl MemMethods for Jemalloc {
         unsafe { je::sallocx(ptr.as_ptr().cast(), 0) }
     }
 
+    fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
+        let p = self.malloc(size)?;
+        // nallocx computes the size class from the request alone (no look-up of `p`); it is what
+        // `sallocx(p)` reports for a block `mallocx` returned for this request without flags.
+        // SAFETY: nallocx only computes a size class; a non-zero size is given.
+        Some((p, unsafe { je::nallocx(size.max(1), 0) }))
+    }
+
+    unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
+        let p: *mut c_void = ptr.as_ptr().cast();
+        // SAFETY: `ptr` is a live jemalloc block (caller's contract).
+        let n = unsafe { je::sallocx(p, 0) };
+        // SAFETY: `ptr` is live and `n` its usable size, a valid size for the sized free.
+        unsafe { je::sdallocx(p, n, 0) };
+        n
+    }
+
     fn roundup(&self, size: usize) -> usize {
         if size > SQLITE_MAX_REQUEST {
             return size;

@@ -457,6 +457,27 @@ unsafe impl MemMethods for Memsys5 {
         }
     }
 
+    fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
+        let k = self.class_of(size)?;
+        Some((self.malloc(size)?, self.atom() << k))
+    }
+
+    unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
+        let Some(i) = self.index_of(ptr) else {
+            return 0;
+        };
+        let mut l = self.lock();
+        let c = l.ctrl(i);
+        if c & CTRL_FREE != 0 {
+            return 0;
+        }
+        let n = self.atom() << (c & CTRL_LOGSIZE);
+        // Marked before `release` writes its links into the block.
+        poison::block_free(self.heap.ptr(0), ptr, n);
+        l.release(i);
+        n
+    }
+
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
         // SAFETY: `ptr` is a live block (caller's contract).
         let old = unsafe { self.size(ptr) };
