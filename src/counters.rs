@@ -44,7 +44,6 @@
 //! reset (each was the true global value at some moment). `peak_bytes` reported is never below
 //! `current_bytes`.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
@@ -80,13 +79,104 @@ fn bump_epoch() -> u64 {
 #[repr(align(128))]
 struct CacheAligned<T>(T);
 
-const UNCLAIMED: usize = usize::MAX;
+/// The calling thread's slot as stored: 0 before its first allocation (so that zero-initialized
+/// thread-local memory means "unclaimed"), else the shard index plus one (1: the shared shard,
+/// which a thread uses when it got no slot or its thread-local storage is being torn down).
+mod slot {
+    /// The stored value (see the module above).
+    #[inline(always)]
+    pub fn get() -> usize {
+        imp::get()
+    }
+
+    /// Store `v`.
+    #[inline(always)]
+    pub fn set(v: usize) {
+        imp::set(v)
+    }
+
+    /// x86-64 Linux: an 8-byte variable in the static TLS block, reached with the initial-exec
+    /// model (`%fs` plus an offset the dynamic linker fixes at load time), the way jemalloc and
+    /// mimalloc reach their thread caches. A Rust `thread_local!` in a shared object
+    /// (`libsqlalloc.so`, `libsqlalloc_preload.so`) uses the general-dynamic model instead: a call
+    /// of `__tls_get_addr` on every access, about 11 instructions, on every malloc and free.
+    /// The cost of the initial-exec model: the library needs 8 bytes of the static TLS surplus
+    /// glibc reserves for libraries loaded with `dlopen` (glibc has hundreds to spare).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    mod imp {
+        use std::arch::{asm, global_asm};
+
+        // One zero-initialized, 8-aligned, 8-byte thread-local variable. Global (the accessors
+        // below are inlined into other crates' code) but hidden: each shared object that links
+        // sqlalloc has its own, none exports it.
+        global_asm!(
+            ".pushsection .tbss.sqlalloc_counters_slot,\"awT\",@nobits",
+            ".globl sqlalloc_counters_slot",
+            ".hidden sqlalloc_counters_slot",
+            ".type sqlalloc_counters_slot, @object",
+            ".size sqlalloc_counters_slot, 8",
+            ".p2align 3",
+            "sqlalloc_counters_slot:",
+            ".zero 8",
+            ".popsection",
+        );
+
+        #[inline(always)]
+        pub fn get() -> usize {
+            let v: usize;
+            // SAFETY: the GOT entry holds the variable's offset from the thread pointer (set by
+            // the dynamic linker, or resolved by the static linker in an executable); `%fs:off`
+            // is then the calling thread's own copy, 8 bytes, 8-aligned, zero-initialized and
+            // only ever accessed by this thread through these functions. Reads no other memory.
+            unsafe {
+                asm!(
+                    "mov {off}, qword ptr [rip + sqlalloc_counters_slot@GOTTPOFF]",
+                    "mov {v}, qword ptr fs:[{off}]",
+                    off = out(reg) _,
+                    v = lateout(reg) v,
+                    options(nostack, readonly, preserves_flags),
+                )
+            };
+            v
+        }
+
+        #[inline(always)]
+        pub fn set(v: usize) {
+            // SAFETY: as in `get`: the calling thread's own 8-byte variable, written by it only.
+            unsafe {
+                asm!(
+                    "mov {off}, qword ptr [rip + sqlalloc_counters_slot@GOTTPOFF]",
+                    "mov qword ptr fs:[{off}], {v}",
+                    off = out(reg) _,
+                    v = in(reg) v,
+                    options(nostack, preserves_flags),
+                )
+            };
+        }
+    }
+
+    /// Elsewhere (and under Miri): a `thread_local!` without destructor.
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+    mod imp {
+        use std::cell::Cell;
+
+        thread_local! {
+            static SLOT: Cell<usize> = const { Cell::new(0) };
+        }
+
+        #[inline(always)]
+        pub fn get() -> usize {
+            SLOT.try_with(|s| s.get()).unwrap_or(1)
+        }
+
+        #[inline(always)]
+        pub fn set(v: usize) {
+            let _ = SLOT.try_with(|s| s.set(v));
+        }
+    }
+}
 
 thread_local! {
-    /// The calling thread's slot: `UNCLAIMED` before its first allocation, then its shard (0 when
-    /// it got none or its thread-local storage is being torn down). No destructor, so access is
-    /// a plain thread-local load; the release at exit is [`SlotGuard`]'s job.
-    static SLOT: Cell<usize> = const { Cell::new(UNCLAIMED) };
     /// Registered by [`claim`] once a slot is taken; gives the slot back when the thread exits.
     static GUARD: SlotGuard = const { SlotGuard };
 }
@@ -99,12 +189,13 @@ struct SlotGuard;
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        let Ok(i) = SLOT.try_with(|s| s.replace(0)) else {
-            return;
-        };
-        if i == UNCLAIMED || i == 0 {
+        let stored = slot::get();
+        // From now on this thread uses the shared shard.
+        slot::set(1);
+        if stored < 2 {
             return;
         }
+        let i = stored - 1;
         let p = PRIMARY.load(Ordering::Acquire);
         // SAFETY: PRIMARY only ever holds null or a `&'static Counters` (see `make_primary`), so
         // a non-null value is valid for reads for the rest of the process.
@@ -123,15 +214,27 @@ impl Drop for SlotGuard {
 /// for the shared overflow shard.
 #[inline(always)]
 fn my_slot() -> Option<usize> {
-    let i = SLOT.try_with(|s| s.get()).unwrap_or(0);
-    if i.wrapping_sub(1) < SHARDS - 1 {
-        Some(i)
-    } else if i == UNCLAIMED {
+    let stored = slot::get();
+    if stored >= 2 {
+        Some(stored - 1)
+    } else if stored == 0 {
         claim()
     } else {
         None
     }
 }
+
+/// A small number for the calling thread, to spread threads over per-thread structures (e.g.
+/// the parts of a sharded `memsys5`): its counters slot once it has one (consecutive threads get
+/// consecutive slots), 0 before its first allocation.
+#[inline]
+pub fn thread_index() -> usize {
+    slot::get().saturating_sub(1)
+}
+
+/// Where the next thread starts looking for a free slot: threads that start one after another
+/// get consecutive slots.
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 
 #[cold]
 #[inline(never)]
@@ -139,12 +242,12 @@ fn claim() -> Option<usize> {
     // Register the guard first: if that is no longer possible (the thread is exiting), use the
     // shared shard for good.
     if GUARD.try_with(|_| ()).is_err() {
-        let _ = SLOT.try_with(|s| s.set(0));
+        slot::set(1);
         return None;
     }
-    // Start the search at a spot derived from the thread-local's address so that threads do not
-    // all race for slot 1.
-    let start = SLOT.with(|s| s as *const Cell<usize> as usize / 64) % (SHARDS - 1);
+    // Start the search where the previous thread's ended, so that threads do not all race for
+    // slot 1 and consecutive threads get consecutive slots.
+    let start = (NEXT_SLOT.fetch_add(1, Relaxed) % (SHARDS as u64 - 1)) as usize;
     for k in 0..SHARDS - 1 {
         let i = 1 + (start + k) % (SHARDS - 1);
         if OWNED[i]
@@ -153,11 +256,11 @@ fn claim() -> Option<usize> {
         {
             // One owner more, and a new epoch.
             STATE.0.fetch_add(EPOCH + 1, Ordering::AcqRel);
-            SLOT.with(|s| s.set(i));
+            slot::set(i + 1);
             return Some(i);
         }
     }
-    SLOT.with(|s| s.set(0));
+    slot::set(1);
     None
 }
 
@@ -326,8 +429,15 @@ impl Counters {
         // `flushed`.
         let pending = bytes.wrapping_sub(s.at_flush.load(Relaxed));
         if !(-PEAK_FLUSH_BYTES..PEAK_FLUSH_BYTES).contains(&pending) {
-            self.flush(s);
+            self.flush_cold(s);
         }
+    }
+
+    /// [`flush`](Self::flush) out of the hot path.
+    #[cold]
+    #[inline(never)]
+    fn flush_cold(&self, s: &Shard) {
+        self.flush(s);
     }
 
     /// The owner of `s` moves its pending delta into `flushed`; returns the new `flushed`.
@@ -380,6 +490,7 @@ impl Counters {
 
     /// The shared shard moved by `delta`: it flushes at once, and a solo owner must resync.
     #[cold]
+    #[inline(never)]
     fn shared_moved(&self, delta: i64) {
         let s = &self.shards[0];
         s.at_flush.fetch_add(delta, Relaxed);
@@ -390,7 +501,7 @@ impl Counters {
 
     /// Record a call of `xMalloc` for `request` bytes that returned a block of `size` bytes
     /// (`None`: the call failed).
-    #[inline]
+    #[inline(always)]
     pub fn on_malloc(&self, request: usize, size: Option<usize>) {
         let (s, owned) = self.shard();
         add_u(&s.hist[bucket(request)], 1, owned);
@@ -405,7 +516,7 @@ impl Counters {
     }
 
     /// Record a call of `xFree` of a block of `size` bytes.
-    #[inline]
+    #[inline(always)]
     pub fn on_free(&self, size: usize) {
         let (s, owned) = self.shard();
         add_u(&s.frees, 1, owned);

@@ -161,8 +161,9 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
         Backend::Memsys3 { heap } => {
             Box::new(backend::Memsys3::new(heap).ok_or(Error::HeapUnavailable { bytes: heap })?)
         }
-        Backend::Memsys5 { heap, min } => Box::new(
-            backend::Memsys5::new(heap, min).ok_or(Error::HeapUnavailable { bytes: heap })?,
+        Backend::Memsys5 { heap, min, shards } => Box::new(
+            backend::Memsys5::with_shards(heap, min, shards)
+                .ok_or(Error::HeapUnavailable { bytes: heap })?,
         ),
         #[cfg(feature = "jemalloc")]
         Backend::Jemalloc => Box::new(backend::Jemalloc),
@@ -178,7 +179,14 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
             }))
         }
     };
-    Ok(Stack::new(backend, parsed.limit, spec.trim().to_string()).with_fault(parsed.fault))
+    let system = matches!(parsed.backend, Backend::System);
+    let stack = Stack::new(backend, parsed.limit, spec.trim().to_string()).with_fault(parsed.fault);
+    // The `system` backend's calls are inlined into the stack's (no dynamic call per block).
+    Ok(if system {
+        stack.with_system_fast_path()
+    } else {
+        stack
+    })
 }
 
 /// Serializes installs (never taken on an allocation path).

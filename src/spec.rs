@@ -14,7 +14,7 @@
 //! | `system` | none |
 //! | `debug` | `backtrace=N` frames kept per block (0–64, default 0) |
 //! | `memsys3` | `heap=SIZE` (default 16M) |
-//! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0) |
+//! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0), `shards=N` independent buddy heaps cut from the one heap, 1–64 (default 1: SQLite's memsys5; see [`crate::backend::Memsys5`]) |
 //! | `jemalloc` | none (cargo feature `jemalloc`) |
 //! | `mimalloc` | none (cargo feature `mimalloc`) |
 //! | `rust` | none: the program's `#[global_allocator]` |
@@ -63,6 +63,8 @@ pub enum Backend {
         heap: usize,
         /// Requested minimum allocation in bytes (0: SQLite's default).
         min: usize,
+        /// Independent buddy heaps the heap is cut into (1: SQLite's memsys5).
+        shards: usize,
     },
     /// `jemalloc`: jemalloc's sized API (cargo feature `jemalloc`).
     Jemalloc,
@@ -91,6 +93,9 @@ fn built_in(part: &str, name: &str, on: bool) -> Result<(), SpecError> {
 
 /// Most frames of backtrace the debug backend keeps per block.
 pub const MAX_BACKTRACE: usize = 64;
+
+/// Most `shards` a `memsys5` heap may be cut into.
+pub const MAX_SHARDS: usize = 64;
 
 /// Why a spec was refused: the part at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,7 +391,17 @@ impl Spec {
                     Some(v) => usize::try_from(parse_size(part, v)?)
                         .map_err(|_| err(part, "min is too large"))?,
                 };
-                Backend::Memsys5 { heap, min }
+                let shards = match o.take("shards") {
+                    None => 1,
+                    Some(v) => v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_SHARDS).contains(n))
+                        .ok_or_else(|| {
+                            err(part, format!("shards must be a whole number from 1 to {MAX_SHARDS}, not '{v}'"))
+                        })?,
+                };
+                Backend::Memsys5 { heap, min, shards }
             }
             "jemalloc" => {
                 built_in(part, name, cfg!(feature = "jemalloc"))?;
@@ -445,10 +460,19 @@ mod tests {
             Spec {
                 backend: Backend::Memsys5 {
                     heap: 64 << 20,
-                    min: 64
+                    min: 64,
+                    shards: 1
                 },
                 limit: Some(48 << 20),
                 fault: None,
+            }
+        );
+        assert_eq!(
+            Spec::parse("memsys5:heap=1M,shards=4").unwrap().backend,
+            Backend::Memsys5 {
+                heap: 1 << 20,
+                min: 0,
+                shards: 4
             }
         );
         assert_eq!(
@@ -471,7 +495,8 @@ mod tests {
             Spec::parse("memsys5:min=0").unwrap().backend,
             Backend::Memsys5 {
                 heap: 64 << 20,
-                min: 0
+                min: 0,
+                shards: 1
             }
         );
     }
@@ -609,6 +634,17 @@ mod tests {
             ("system+bogus:x=1", "bogus:x=1", "unknown layer 'bogus'"),
             ("system+memsys5", "memsys5", "only one backend"),
             ("limit:max=1M", "limit:max=1M", "starts with a backend"),
+            (
+                "memsys5:shards=0",
+                "memsys5:shards=0",
+                "shards must be a whole number from 1 to 64",
+            ),
+            (
+                "memsys5:shards=65",
+                "memsys5:shards=65",
+                "from 1 to 64, not '65'",
+            ),
+            ("memsys5:shards=two", "memsys5:shards=two", "not 'two'"),
             ("debug:backtrace=65", "debug:backtrace=65", "from 0 to 64"),
             ("debug:backtrace=x", "debug:backtrace=x", "from 0 to 64"),
             ("sys tem", "sys tem", "unexpected character"),

@@ -7,6 +7,7 @@
 //! exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only the
 //! calls the limit let through, and a failure it injects is counted above as a failed call.
 
+use crate::backend::System;
 use crate::counters::{Counters, Snapshot};
 use crate::fault::{Fault, FaultSpec};
 use crate::methods::{InitError, LiveBlock, MemMethods};
@@ -130,6 +131,9 @@ pub struct Stack {
     counters: &'static Counters,
     limit: Option<Limit>,
     fault: Option<Fault>,
+    /// The backend is [`System`](crate::backend::System): the hot paths call it directly, so
+    /// that libc's malloc and free are reached without a dynamic call.
+    system: bool,
     spec: String,
     spec_c: std::ffi::CString,
 }
@@ -147,6 +151,7 @@ impl Stack {
             counters,
             limit: limit.map(Limit::new),
             fault: None,
+            system: false,
             spec,
             spec_c,
         }
@@ -189,9 +194,53 @@ impl Stack {
         self
     }
 
+    /// Call the backend, which must be a [`System`](crate::backend::System), statically on the
+    /// hot paths.
+    pub(crate) fn with_system_fast_path(mut self) -> Stack {
+        self.system = self.backend.name() == "system";
+        self
+    }
+
     /// The fault layer, if any.
     pub fn fault(&self) -> Option<&Fault> {
         self.fault.as_ref()
+    }
+
+    /// [`MemMethods::malloc`] with a limit or a fault layer.
+    #[inline(never)]
+    fn malloc_layered(&self, size: usize) -> Option<NonNull<u8>> {
+        let p = match &self.limit {
+            None => self.lower_malloc(size),
+            Some(l) => {
+                let est = self.backend.roundup(size) as u64;
+                if !l.reserve(est) {
+                    self.counters.on_malloc(size, None);
+                    return None;
+                }
+                match self.lower_malloc(size) {
+                    None => {
+                        l.release(est);
+                        None
+                    }
+                    Some(p) => {
+                        // SAFETY: `p` was just returned by the backend and is live.
+                        let real = unsafe { self.backend.size(p) } as u64;
+                        if l.adjust(est, real) {
+                            Some(p)
+                        } else {
+                            l.release(est);
+                            // SAFETY: `p` is live, from this backend, and not handed out.
+                            unsafe { self.backend.free(p) };
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        // SAFETY: a returned `p` is live.
+        self.counters
+            .on_malloc(size, p.map(|p| unsafe { self.backend.size(p) }));
+        p
     }
 
     /// The backend's malloc, under the fault layer when there is one.
@@ -229,52 +278,31 @@ unsafe impl MemMethods for Stack {
         self.backend.name()
     }
 
-    #[inline]
+    #[inline(always)]
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         if self.limit.is_none() && self.fault.is_none() {
             // The common case: counters straight over the backend, one call down.
-            let r = self.backend.malloc_and_size(size);
+            let r = if self.system {
+                System.malloc_and_size(size)
+            } else {
+                self.backend.malloc_and_size(size)
+            };
             self.counters.on_malloc(size, r.map(|(_, n)| n));
             return r.map(|(p, _)| p);
         }
-        let p = match &self.limit {
-            None => self.lower_malloc(size),
-            Some(l) => {
-                let est = self.backend.roundup(size) as u64;
-                if !l.reserve(est) {
-                    self.counters.on_malloc(size, None);
-                    return None;
-                }
-                match self.lower_malloc(size) {
-                    None => {
-                        l.release(est);
-                        None
-                    }
-                    Some(p) => {
-                        // SAFETY: `p` was just returned by the backend and is live.
-                        let real = unsafe { self.backend.size(p) } as u64;
-                        if l.adjust(est, real) {
-                            Some(p)
-                        } else {
-                            l.release(est);
-                            // SAFETY: `p` is live, from this backend, and not handed out.
-                            unsafe { self.backend.free(p) };
-                            None
-                        }
-                    }
-                }
+        self.malloc_layered(size)
+    }
+    #[inline(always)]
+    unsafe fn free(&self, ptr: NonNull<u8>) {
+        // SAFETY: forwarded contract (a `system` stack's backend is `System`, whose blocks are
+        // libc's: calling its methods on a value of the type is the same as through the box).
+        let size = unsafe {
+            if self.system {
+                System.size_and_free(ptr)
+            } else {
+                self.backend.size_and_free(ptr)
             }
         };
-        // SAFETY: a returned `p` is live.
-        self.counters
-            .on_malloc(size, p.map(|p| unsafe { self.backend.size(p) }));
-        p
-    }
-
-    #[inline]
-    unsafe fn free(&self, ptr: NonNull<u8>) {
-        // SAFETY: forwarded contract.
-        let size = unsafe { self.backend.size_and_free(ptr) };
         self.counters.on_free(size);
         if let Some(l) = &self.limit {
             l.release(size as u64);

@@ -87,6 +87,7 @@ backend_suite! {
     memsys5 => "memsys5:heap=2M",
     memsys5_min64 => "memsys5:heap=2M,min=64",
     memsys5_small => "memsys5:heap=100K,min=16",
+    memsys5_shards => "memsys5:heap=2M,min=32,shards=3",
     system_limit => "system+limit:max=200K",
     debug_limit => "debug+limit:max=100K",
     memsys3_limit => "memsys3:heap=1M+limit:max=300K",
@@ -107,6 +108,7 @@ fn every_backend_is_thread_safe_on_its_own() {
         "debug",
         "memsys3:heap=4M",
         "memsys5:heap=4M",
+        "memsys5:heap=4M,shards=2",
         "system+limit:max=1M",
     ] {
         let stack = sqlalloc::build(spec).unwrap();

@@ -47,6 +47,27 @@
 //! requests up to 64 KiB (`n = 1024`), a heap 6 times the peak live memory is always enough.
 //! The counters over the backend (`peak_bytes`, the request-size histogram) give `M` and `n`.
 //!
+//! # Shards (`memsys5:shards=N`)
+//!
+//! One lock serializes every call, so two threads allocating at once wait on each other (C
+//! memsys5 with memstatus off runs 2 threads at a fraction of 1 thread's throughput). With
+//! `shards=N` the atoms are cut into `N` *parts*, consecutive runs of `nblock / N` atoms (the last
+//! part takes the remainder), each an independent buddy heap as described above with its own
+//! lock, free lists and top-level blocks; atom indices, buddies and alignment inside a part are
+//! relative to its first atom. A thread allocates from its own part (threads are spread over the
+//! parts by their counters slot: consecutive threads, consecutive parts) and, when that part
+//! cannot serve the request, from the next ones in turn before failing. A block is freed into the
+//! part its address lies in, whichever thread frees it. The control bytes stay one array, so
+//! `size` is unchanged.
+//!
+//! Effect on Robson's bound: it holds *per part*. A request fails only when no part can serve it,
+//! so the guarantee above holds for the whole heap when each part alone satisfies it: with `N`
+//! parts, `heap / N` must reach `N_robson(M, n)` for the most memory `M` ever live and the largest
+//! request `n`, that is up to `N` times the heap an unsharded memsys5 needs for the same
+//! guarantee (worst case: all live memory lands in one part). The largest block is a part's
+//! largest power of two, so requests above `heap / N` fail. `shards=1` (the default) is SQLite's
+//! memsys5: same placement, same peak. Several parts also place blocks differently from C.
+//!
 //! # Heap layout
 //!
 //! ```text
@@ -84,8 +105,8 @@
 //!
 //! # Differences from SQLite's `mem5.c`
 //!
-//! - Locking: the state is behind this value's own `std::sync::Mutex`, always, instead of
-//!   `SQLITE_MUTEX_STATIC_MEM` taken only when memstatus is off. The lock is held only for list
+//! - Locking: the state is behind this value's own `std::sync::Mutex` (one per part), always,
+//!   instead of `SQLITE_MUTEX_STATIC_MEM` taken only when memstatus is off. The lock is held only for list
 //!   and control-byte updates; the copy of a moving realloc happens outside it, as in C.
 //! - Heap sizes: C receives the heap size as an `int`. Here it may be larger; the atom count is
 //!   then capped at `2^31 - 1` (the most atoms the top-level layout can use with `LOGMAX = 30`,
@@ -160,7 +181,19 @@ pub struct Memsys5 {
     nblock: usize,
     /// Byte offset of the control bytes (`nblock * atom`).
     ctrl: usize,
-    /// Free-list heads and the live-block count.
+    /// Atoms per part (the last part also takes the remainder).
+    per_part: usize,
+    /// The independent buddy heaps the atoms are cut into (one unless `shards=N`).
+    parts: Box<[Part]>,
+}
+
+/// One buddy heap: atoms `first .. first + n` of the heap, with its own lock and free lists.
+/// Inside a part, atom and block indices (free-list links, buddies, alignment) are relative to
+/// `first`.
+#[repr(align(128))]
+struct Part {
+    first: usize,
+    n: usize,
     state: Mutex<State>,
 }
 
@@ -179,23 +212,50 @@ impl Memsys5 {
     /// at once, so the allocator works without [`init`](MemMethods::init). `None` only when the
     /// buffer cannot be allocated.
     pub fn new(heap: usize, min: usize) -> Option<Memsys5> {
+        Memsys5::with_shards(heap, min, 1)
+    }
+
+    /// As [`new`](Self::new), with the atoms cut into `shards` independent buddy heaps (see
+    /// "Shards" in the module documentation). `shards` is clamped to `1..=` the number of atoms.
+    pub fn with_shards(heap: usize, min: usize, shards: usize) -> Option<Memsys5> {
         let (atom_log, nblock) = geometry(heap, min);
         // nblock * (atom + 1) <= heap, so this does not overflow.
         let ctrl = nblock << atom_log;
         let buf = HeapBuf::new(heap)?;
+        let shards = shards.clamp(1, nblock.max(1));
+        let per_part = nblock / shards;
+        let parts = (0..shards)
+            .map(|p| Part {
+                first: p * per_part,
+                n: if p + 1 == shards {
+                    nblock - p * per_part
+                } else {
+                    per_part
+                },
+                state: Mutex::new(State {
+                    free: [NONE; LOGMAX + 1],
+                    live: 0,
+                }),
+            })
+            .collect();
         let m = Memsys5 {
             heap: buf,
             atom_log,
             nblock,
             ctrl,
-            state: Mutex::new(State {
-                free: [NONE; LOGMAX + 1],
-                live: 0,
-            }),
+            per_part,
+            parts,
         };
         m.mark_pool();
-        m.lock().layout();
+        for p in 0..m.parts.len() {
+            m.lock_part(p).layout();
+        }
         Some(m)
+    }
+
+    /// Number of parts (the `shards` option, after clamping).
+    pub fn shards(&self) -> usize {
+        self.parts.len()
     }
 
     /// Size of an atom (the smallest block) in bytes.
@@ -210,7 +270,8 @@ impl Memsys5 {
 
     /// Size in bytes of the largest block the heap can ever hand out (0 when it holds no atom).
     pub fn largest_block(&self) -> usize {
-        match self.nblock.checked_ilog2() {
+        let n = self.parts.iter().map(|p| p.n).max().unwrap_or(0);
+        match n.checked_ilog2() {
             Some(k) => (self.atom() << k).min(MAX_REQUEST),
             None => 0,
         }
@@ -222,10 +283,32 @@ impl Memsys5 {
         self.heap.offset_of(p)
     }
 
-    fn lock(&self) -> Locked<'_> {
+    /// Lock part `p`.
+    fn lock_part(&self, p: usize) -> Locked<'_> {
+        let part = &self.parts[p];
         Locked {
             m: self,
-            st: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            base: part.first,
+            n: part.n,
+            st: part.state.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// The part holding global atom `g` (`g < nblock`).
+    fn part_of(&self, g: usize) -> usize {
+        match g.checked_div(self.per_part) {
+            Some(p) => p.min(self.parts.len() - 1),
+            None => 0,
+        }
+    }
+
+    /// The part the calling thread tries first: threads are spread over the parts by the slot
+    /// the counters gave them (consecutive threads get consecutive slots).
+    #[inline]
+    fn preferred_part(&self) -> usize {
+        match self.parts.len() {
+            1 => 0,
+            n => crate::counters::thread_index() % n,
         }
     }
 
@@ -268,35 +351,46 @@ impl Memsys5 {
 /// links of free blocks.
 struct Locked<'a> {
     m: &'a Memsys5,
+    /// The part's first atom in the heap and its number of atoms: indices below are relative.
+    base: usize,
+    n: usize,
     st: MutexGuard<'a, State>,
 }
 
 impl Locked<'_> {
     /// Control byte of atom `i`.
     fn ctrl(&self, i: usize) -> u8 {
-        assert!(i < self.m.nblock, "atom {i} outside the heap");
-        // SAFETY: `i < nblock` (checked) and the lock is held (`self.st`).
-        unsafe { self.m.ctrl_byte(i) }
+        assert!(i < self.n, "atom {i} outside the part");
+        // SAFETY: `base + i < base + n <= nblock` (checked) and the part's lock is held
+        // (`self.st`); atoms of other parts are never touched under this lock.
+        unsafe { self.m.ctrl_byte(self.base + i) }
     }
 
     /// Set the control byte of atom `i`.
     fn set_ctrl(&mut self, i: usize, v: u8) {
-        assert!(i < self.m.nblock, "atom {i} outside the heap");
-        // SAFETY: ctrl + i < heap length; the control area is never handed out and the lock is
-        // held, so nobody else reads or writes this byte meanwhile.
-        unsafe { self.m.heap.ptr(self.m.ctrl + i).as_ptr().write(v) }
+        assert!(i < self.n, "atom {i} outside the part");
+        // SAFETY: ctrl + base + i < ctrl + nblock <= heap length; the control area is never
+        // handed out and the part's lock is held, so nobody else reads or writes this byte
+        // meanwhile (the control byte of a live block, read without the lock, is not written).
+        unsafe {
+            self.m
+                .heap
+                .ptr(self.m.ctrl + self.base + i)
+                .as_ptr()
+                .write(v)
+        }
     }
 
     /// The `(next, prev)` link of free block `i`.
     ///
     /// # Safety
-    /// `i < nblock` is a free block (its first 8 bytes belong to the allocator) whose link was
-    /// written when it was put on its list.
+    /// `i < n` is a free block of this part (its first 8 bytes belong to the allocator) whose
+    /// link was written when it was put on its list.
     unsafe fn links(&self, i: usize) -> (u32, u32) {
-        debug_assert!(i < self.m.nblock);
-        let off = i << self.m.atom_log;
+        debug_assert!(i < self.n);
+        let off = (self.base + i) << self.m.atom_log;
         // SAFETY: off + 8 <= nblock * atom <= heap length, off is a multiple of 8; the block is
-        // free, so no user accesses it, and the lock is held.
+        // free, so no user accesses it, and the part's lock is held.
         self.m.open_link(off, || unsafe {
             (self.m.heap.read_u32(off), self.m.heap.read_u32(off + 4))
         })
@@ -305,10 +399,10 @@ impl Locked<'_> {
     /// Set the `next` link of free block `i`.
     ///
     /// # Safety
-    /// `i < nblock` is a free block.
+    /// `i < n` is a free block of this part.
     unsafe fn set_next(&mut self, i: usize, next: u32) {
-        debug_assert!(i < self.m.nblock);
-        let off = i << self.m.atom_log;
+        debug_assert!(i < self.n);
+        let off = (self.base + i) << self.m.atom_log;
         // SAFETY: as in `links`.
         self.m
             .open_link(off, || unsafe { self.m.heap.write_u32(off, next) })
@@ -317,10 +411,10 @@ impl Locked<'_> {
     /// Set the `prev` link of free block `i`.
     ///
     /// # Safety
-    /// `i < nblock` is a free block.
+    /// `i < n` is a free block of this part.
     unsafe fn set_prev(&mut self, i: usize, prev: u32) {
-        debug_assert!(i < self.m.nblock);
-        let off = i << self.m.atom_log;
+        debug_assert!(i < self.n);
+        let off = (self.base + i) << self.m.atom_log;
         // SAFETY: as in `links`.
         self.m
             .open_link(off, || unsafe { self.m.heap.write_u32(off + 4, prev) })
@@ -363,10 +457,16 @@ impl Locked<'_> {
 
     /// Lay the whole heap out as free top-level blocks (forgets every block).
     fn layout(&mut self) {
-        let n = self.m.nblock;
-        // SAFETY: the control area `ctrl .. ctrl + nblock` lies inside the heap and is never
-        // handed out; the lock is held.
-        unsafe { self.m.heap.ptr(self.m.ctrl).as_ptr().write_bytes(0, n) };
+        let n = self.n;
+        // SAFETY: the part's control bytes `ctrl + base .. ctrl + base + n` lie inside the heap
+        // and are never handed out; the part's lock is held.
+        unsafe {
+            self.m
+                .heap
+                .ptr(self.m.ctrl + self.base)
+                .as_ptr()
+                .write_bytes(0, n)
+        };
         self.st.free = [NONE; LOGMAX + 1];
         self.st.live = 0;
         let mut at = 0;
@@ -406,7 +506,7 @@ impl Locked<'_> {
                 i - size
             } else {
                 let b = i + size;
-                if b >= self.m.nblock {
+                if b >= self.n {
                     break;
                 }
                 b
@@ -438,23 +538,22 @@ unsafe impl MemMethods for Memsys5 {
 
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         let k = self.class_of(size)?;
-        let i = self.lock().alloc(k)?;
+        // The thread's own part first, then the others in turn.
+        let first = self.preferred_part();
+        let nparts = self.parts.len();
+        let i = (0..nparts).find_map(|d| {
+            let p = (first + d) % nparts;
+            let i = self.lock_part(p).alloc(k)?;
+            Some(self.parts[p].first + i)
+        })?;
         let p = self.heap.ptr(i << self.atom_log);
         poison::block_alloc(self.heap.ptr(0), p, self.atom() << k);
         Some(p)
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
-        let Some(i) = self.index_of(ptr) else {
-            return;
-        };
-        let mut l = self.lock();
-        let c = l.ctrl(i);
-        if c & CTRL_FREE == 0 {
-            // Marked before `release` writes its links into the block.
-            poison::block_free(self.heap.ptr(0), ptr, self.atom() << (c & CTRL_LOGSIZE));
-            l.release(i);
-        }
+        // SAFETY: forwarded contract.
+        unsafe { self.size_and_free(ptr) };
     }
 
     fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
@@ -463,10 +562,12 @@ unsafe impl MemMethods for Memsys5 {
     }
 
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
-        let Some(i) = self.index_of(ptr) else {
+        let Some(g) = self.index_of(ptr) else {
             return 0;
         };
-        let mut l = self.lock();
+        let part = self.part_of(g);
+        let mut l = self.lock_part(part);
+        let i = g - l.base;
         let c = l.ctrl(i);
         if c & CTRL_FREE != 0 {
             return 0;
@@ -524,9 +625,12 @@ unsafe impl MemMethods for Memsys5 {
         if self.nblock == 0 {
             return Err(InitError::NoMem);
         }
-        let mut l = self.lock();
-        if l.st.live == 0 {
-            l.layout();
+        // Every part, in order (the only place that holds more than one part's lock).
+        let mut parts: Vec<Locked<'_>> = (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
+        if parts.iter().all(|l| l.st.live == 0) {
+            for l in parts.iter_mut() {
+                l.layout();
+            }
         }
         Ok(())
     }
@@ -565,8 +669,25 @@ impl Drop for Memsys5 {
 impl Memsys5 {
     /// Check every invariant of the module doc; panics naming the first one broken.
     fn check(&self) {
-        let l = self.lock();
-        let n = self.nblock;
+        for p in 0..self.parts.len() {
+            self.check_part(p);
+        }
+        assert_eq!(
+            self.parts.iter().map(|p| p.n).sum::<usize>(),
+            self.nblock,
+            "the parts cover the atoms"
+        );
+    }
+
+    /// Part 0 locked (the whole heap when it is not sharded).
+    fn lock(&self) -> Locked<'_> {
+        self.lock_part(0)
+    }
+
+    /// Check the invariants inside part `p`.
+    fn check_part(&self, p: usize) {
+        let l = self.lock_part(p);
+        let n = l.n;
         // Top-level blocks, as laid out.
         let mut tops = Vec::new();
         let mut at = 0;
@@ -1294,5 +1415,93 @@ mod tests {
         m.check();
         assert_eq!(m.lock().st.live, 0);
         assert!(m.malloc(m.largest_block()).is_some());
+    }
+
+    #[test]
+    fn shards_cut_the_heap_and_fall_back() {
+        // 4 parts of 16 atoms of 64 bytes (plus control bytes).
+        let m = Memsys5::with_shards(64 * 65, 64, 4).unwrap();
+        assert_eq!((m.shards(), m.atoms(), m.largest_block()), (4, 64, 16 * 64));
+        m.check();
+        // A block larger than a part can never be had.
+        assert!(m.malloc(16 * 64 + 1).is_none());
+        // Every atom can be handed out: the thread's own part first, then the others.
+        let own = m.preferred_part();
+        let mut blocks = Vec::new();
+        while let Some(p) = m.malloc(64) {
+            blocks.push(p);
+            m.check();
+        }
+        assert_eq!(blocks.len(), 64, "all four parts used");
+        let part_of = |p: NonNull<u8>| m.part_of(m.off(p) / 64);
+        assert!(
+            blocks[..16].iter().all(|&p| part_of(p) == own),
+            "the own part is used first"
+        );
+        let mut offs: Vec<usize> = blocks.iter().map(|&p| m.off(p)).collect();
+        offs.sort_unstable();
+        offs.dedup();
+        assert_eq!(offs.len(), 64, "no block handed out twice");
+        // Freed blocks go back to their own part and join up again.
+        for p in blocks {
+            // SAFETY: live blocks of `m`, freed once.
+            unsafe { m.free(p) };
+        }
+        m.check();
+        for p in 0..4 {
+            let l = m.lock_part(p);
+            assert_eq!(
+                (l.st.live, l.st.free[4]),
+                (0, 0),
+                "part {p} is one free block again"
+            );
+        }
+    }
+
+    #[test]
+    fn shards_are_clamped_to_the_atoms() {
+        let m = Memsys5::with_shards(3 * 9, 8, 64).unwrap();
+        assert_eq!((m.atoms(), m.shards()), (3, 3));
+        m.check();
+        let m = Memsys5::with_shards(100 * 65, 64, 3).unwrap();
+        // 100 atoms: 33 + 33 + 34.
+        assert_eq!(
+            m.parts.iter().map(|p| p.n).collect::<Vec<_>>(),
+            [33, 33, 34]
+        );
+        m.check();
+        let one = Memsys5::with_shards(1 << 20, 64, 1).unwrap();
+        let plain = Memsys5::new(1 << 20, 64).unwrap();
+        assert_eq!((one.shards(), one.atoms()), (1, plain.atoms()));
+    }
+
+    #[test]
+    fn shards_with_threads_freeing_each_others_blocks() {
+        let m = Arc::new(Memsys5::with_shards(4 << 20, 64, 2).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        let producer = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || {
+                let mut rng = Rng(7);
+                for _ in 0..2000 {
+                    let n = 1 + rng.below(3000);
+                    if let Some(p) = m.malloc(n) {
+                        fill(p, n, 0x5a);
+                        tx.send(m.off(p)).unwrap();
+                    }
+                }
+            })
+        };
+        let mut freed = 0;
+        for off in rx {
+            let p = m.heap.ptr(off);
+            // SAFETY: a live block the producer handed over and no longer uses.
+            unsafe { m.free(p) };
+            freed += 1;
+        }
+        producer.join().unwrap();
+        assert!(freed > 0);
+        m.check();
+        assert!(m.parts.iter().all(|p| p.state.lock().unwrap().live == 0));
     }
 }
