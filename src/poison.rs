@@ -81,7 +81,7 @@ pub(crate) fn keep_open(p: NonNull<u8>, n: usize) {
 
 /// Run `f` with the `n` bytes of allocator metadata at `p` accessible, then make them no-access
 /// again. The caller holds the pool's lock, so no other thread opens or closes the same bytes.
-#[inline]
+#[inline(always)]
 pub(crate) fn with_open<R>(p: NonNull<u8>, n: usize, f: impl FnOnce() -> R) -> R {
     if !active() {
         return f();
@@ -93,7 +93,7 @@ pub(crate) fn with_open<R>(p: NonNull<u8>, n: usize, f: impl FnOnce() -> R) -> R
 }
 
 /// Whether marking is on: built with the `asan` feature, or running under valgrind.
-#[inline]
+#[inline(always)]
 pub fn active() -> bool {
     cfg!(feature = "asan") || vg::running()
 }
@@ -135,17 +135,22 @@ mod vg {
     static RUNNING: AtomicU8 = AtomicU8::new(0);
 
     /// Whether the process runs under valgrind (asked once).
-    #[inline]
+    #[inline(always)]
     pub(super) fn running() -> bool {
         match RUNNING.load(Relaxed) {
             1 => false,
             2 => true,
-            _ => {
-                let on = client_request(0, [RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]) != 0;
-                RUNNING.store(if on { 2 } else { 1 }, Relaxed);
-                on
-            }
+            _ => ask(),
         }
+    }
+
+    /// The first [`running`]: ask valgrind and remember.
+    #[cold]
+    #[inline(never)]
+    fn ask() -> bool {
+        let on = client_request(0, [RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]) != 0;
+        RUNNING.store(if on { 2 } else { 1 }, Relaxed);
+        on
     }
 
     /// Send request `code` with three arguments (callers have checked [`running`] or the

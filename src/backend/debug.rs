@@ -238,6 +238,25 @@ impl Raw {
         // of a block is written when it is made), and not written meanwhile by the caller's
         // contract.
         let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), n) };
+        if let &[e] = expected {
+            // One repeated byte (the fills of new and freed blocks): compare 8 bytes at a time
+            // and look for the byte only in the first word that differs.
+            let word = u64::from_ne_bytes([e; 8]);
+            let mut chunks = bytes.chunks_exact(8);
+            let mut at = 0;
+            for c in chunks.by_ref() {
+                let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+                if w != word {
+                    return c.iter().position(|&b| b != e).map(|i| off + at + i);
+                }
+                at += 8;
+            }
+            return chunks
+                .remainder()
+                .iter()
+                .position(|&b| b != e)
+                .map(|i| off + at + i);
+        }
         bytes
             .iter()
             .zip(expected.iter().cycle())

@@ -295,7 +295,11 @@ impl Memsys5 {
     }
 
     /// The part holding global atom `g` (`g < nblock`).
+    #[inline]
     fn part_of(&self, g: usize) -> usize {
+        if self.parts.len() == 1 {
+            return 0;
+        }
         match g.checked_div(self.per_part) {
             Some(p) => p.min(self.parts.len() - 1),
             None => 0,
@@ -359,6 +363,7 @@ struct Locked<'a> {
 
 impl Locked<'_> {
     /// Control byte of atom `i`.
+    #[inline(always)]
     fn ctrl(&self, i: usize) -> u8 {
         assert!(i < self.n, "atom {i} outside the part");
         // SAFETY: `base + i < base + n <= nblock` (checked) and the part's lock is held
@@ -367,6 +372,7 @@ impl Locked<'_> {
     }
 
     /// Set the control byte of atom `i`.
+    #[inline(always)]
     fn set_ctrl(&mut self, i: usize, v: u8) {
         assert!(i < self.n, "atom {i} outside the part");
         // SAFETY: ctrl + base + i < ctrl + nblock <= heap length; the control area is never
@@ -386,6 +392,7 @@ impl Locked<'_> {
     /// # Safety
     /// `i < n` is a free block of this part (its first 8 bytes belong to the allocator) whose
     /// link was written when it was put on its list.
+    #[inline(always)]
     unsafe fn links(&self, i: usize) -> (u32, u32) {
         debug_assert!(i < self.n);
         let off = (self.base + i) << self.m.atom_log;
@@ -400,6 +407,7 @@ impl Locked<'_> {
     ///
     /// # Safety
     /// `i < n` is a free block of this part.
+    #[inline(always)]
     unsafe fn set_next(&mut self, i: usize, next: u32) {
         debug_assert!(i < self.n);
         let off = (self.base + i) << self.m.atom_log;
@@ -412,6 +420,7 @@ impl Locked<'_> {
     ///
     /// # Safety
     /// `i < n` is a free block of this part.
+    #[inline(always)]
     unsafe fn set_prev(&mut self, i: usize, prev: u32) {
         debug_assert!(i < self.n);
         let off = (self.base + i) << self.m.atom_log;
@@ -421,6 +430,7 @@ impl Locked<'_> {
     }
 
     /// Take free block `i` of class `k` off its list.
+    #[inline(always)]
     fn unlink(&mut self, i: usize, k: usize) {
         debug_assert_eq!(self.ctrl(i), CTRL_FREE | k as u8);
         // SAFETY: `i` is a free block on list `k` (its control byte says so), so its link is
@@ -439,6 +449,7 @@ impl Locked<'_> {
     }
 
     /// Put free block `i` of class `k` at the head of its list.
+    #[inline(always)]
     fn link(&mut self, i: usize, k: usize) {
         debug_assert_eq!(self.ctrl(i), CTRL_FREE | k as u8);
         let head = self.st.free[k];
@@ -653,7 +664,7 @@ impl Memsys5 {
     }
 
     /// Run `f` with the 8-byte link of the free block at byte offset `off` accessible.
-    #[inline]
+    #[inline(always)]
     fn open_link<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
         poison::with_open(self.heap.ptr(off), LINK_SIZE, f)
     }
