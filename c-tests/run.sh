@@ -55,7 +55,7 @@ run() {
 for b in $BACKENDS; do run workload "$b" "$BIN/t_workload" "$b"; done
 # One process through every backend: sqlite3_shutdown() and a new install between them.
 run reinstall "all (shutdown+install)" "$BIN/t_workload" -n 20000 $BACKENDS
-for b in $BACKENDS; do run threads "$b" "$BIN/t_threads" "$b"; done
+for b in $BACKENDS memsys5:heap=128M,min=32,shards=2; do run threads "$b" "$BIN/t_threads" "$b"; done
 for b in $BACKENDS; do run heaplimit "$b" "$BIN/t_heaplimit" "$b"; done
 for b in $LIMIT_BASES; do run limit "$b+limit:max=4M" "$BIN/t_limit" "$b"; done
 run nomem "memsys5:heap=1M,min=64" "$BIN/t_nomem" "memsys5:heap=1M,min=64" "memsys5:heap=16K"
