@@ -1494,7 +1494,7 @@ mod tests {
             let m = Arc::clone(&m);
             std::thread::spawn(move || {
                 let mut rng = Rng(7);
-                for _ in 0..2000 {
+                for _ in 0..if cfg!(miri) { 200 } else { 2000 } {
                     let n = 1 + rng.below(3000);
                     if let Some(p) = m.malloc(n) {
                         fill(p, n, 0x5a);
