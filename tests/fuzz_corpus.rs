@@ -164,3 +164,66 @@ fn the_harness_catches_overlapping_blocks() {
     let ops = [harness::Op::Malloc(100), harness::Op::Malloc(100)];
     harness::run_ops(&stack, "overlapping", false, &ops);
 }
+
+/// An allocator whose realloc moves a block without copying it (every block a fresh slot of one
+/// zeroed buffer it owns, sizes kept in a map), for the test below.
+struct Forgetful {
+    buf: Box<[std::sync::atomic::AtomicU64]>,
+    next: std::sync::Mutex<(usize, std::collections::BTreeMap<usize, usize>)>,
+}
+
+impl Forgetful {
+    fn take(&self, size: usize) -> Option<NonNull<u8>> {
+        let mut g = self.next.lock().unwrap();
+        let slot = g.0;
+        let words = size.max(1).div_ceil(8);
+        if slot + words > self.buf.len() {
+            return None;
+        }
+        g.0 += words;
+        let p = NonNull::new(self.buf[slot].as_ptr().cast::<u8>())?;
+        g.1.insert(p.as_ptr().addr(), words * 8);
+        Some(p)
+    }
+}
+
+// SAFETY: deliberately broken (realloc loses the contents) for the test below, which expects the
+// harness to panic on it; blocks are distinct slots of `buf` that are never reused, sized as
+// `size` reports, and written through pointers from `AtomicU64::as_ptr` (which allow writes).
+// Used from one thread.
+unsafe impl MemMethods for Forgetful {
+    fn name(&self) -> &'static str {
+        "forgetful"
+    }
+    fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
+        self.take(size)
+    }
+    unsafe fn free(&self, p: NonNull<u8>) {
+        self.next.lock().unwrap().1.remove(&p.as_ptr().addr());
+    }
+    unsafe fn realloc(&self, p: NonNull<u8>, n: usize) -> Option<NonNull<u8>> {
+        let q = self.take(n)?;
+        self.next.lock().unwrap().1.remove(&p.as_ptr().addr());
+        Some(q)
+    }
+    unsafe fn size(&self, p: NonNull<u8>) -> usize {
+        self.next.lock().unwrap().1[&p.as_ptr().addr()]
+    }
+    fn roundup(&self, n: usize) -> usize {
+        n.max(1).div_ceil(8) * 8
+    }
+}
+
+/// The byte checks compare whole chunks at once; a block whose contents a realloc lost is still
+/// caught, and the byte named.
+#[test]
+#[should_panic(expected = "byte 0 is 0x0, expected 0x1")]
+fn the_harness_catches_lost_contents() {
+    let a = Forgetful {
+        buf: (0..8192).map(|_| 0.into()).collect(),
+        next: Default::default(),
+    };
+    let stack = Stack::new(Box::new(a), None, "forgetful".into());
+    let ops = [harness::Op::Malloc(1000), harness::Op::Realloc(0, 2000)];
+    harness::run_ops(&stack, "forgetful", false, &ops);
+}
