@@ -164,12 +164,16 @@ bench-deps:
 bench: lib bench-deps
 	CARGO_TARGET_DIR=$(BENCH_TARGET) $(CARGO) build --release -p sqlalloc_preload --features jemalloc,mimalloc
 	bench/build.sh $(BENCH_DIR) $(LIBA)
+	$(CARGO) build --release --example counters_cost
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_PRELOAD) \
+	  --counters-cost $(RELEASE)/examples/counters_cost \
 	  --out docs/BENCHMARKS.md --chart docs/benchmarks.svg
 
 bench-smoke: lib preload bench-deps
 	bench/build.sh $(BENCH_DIR) $(LIBA)
-	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke
+	$(CARGO) build --release --example counters_cost
+	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke \
+	  --counters-cost $(RELEASE)/examples/counters_cost
 
 # ---- Fault injection: OOM sweep and soak (owner: fault; see docs/RELIABILITY.md) -------------
 # Every backend of the C tests, plus `rust`. oom_sweep installs BACKEND+fault and fails
