@@ -81,7 +81,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let v = it.next().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
+        let v = it
+            .next()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v > 0);
         match (a.as_str(), v) {
             ("--pairs", Some(v)) => pairs = v,
             ("--rounds", Some(v)) => rounds = v,
@@ -100,9 +103,9 @@ fn main() {
         hs.into_iter().map(|h| h.join().expect("worker")).collect()
     });
     let n = results.len() as f64;
-    let (b, w, d) = results
-        .iter()
-        .fold((0.0, 0.0, 0.0), |a, r| (a.0 + r.0 / n, a.1 + r.1 / n, a.2 + r.2 / n));
+    let (b, w, d) = results.iter().fold((0.0, 0.0, 0.0), |a, r| {
+        (a.0 + r.0 / n, a.1 + r.1 / n, a.2 + r.2 / n)
+    });
     // The counters must have seen every pair: a check that the loop was not optimized away.
     let s = c.snapshot();
     let expect = (threads * (pairs * rounds + pairs / 10 + 1)) as i64;
