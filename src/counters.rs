@@ -23,7 +23,7 @@
 //! # Peak
 //!
 //! An exact peak needs the global current value after every call. Every call reads one shared
-//! word, [`STATE`] (number of owned shards and an epoch that moves whenever a thread claims or
+//! word, `STATE` (number of owned shards and an epoch that moves whenever a thread claims or
 //! gives back a shard, or the shared shard or a peak reset changes the picture); the word is
 //! written only on those rare events, so reading it shares nothing on the hot path.
 //!
