@@ -181,8 +181,9 @@ pub struct Memsys5 {
     nblock: usize,
     /// Byte offset of the control bytes (`nblock * atom`).
     ctrl: usize,
-    /// Atoms per part (the last part also takes the remainder).
-    per_part: usize,
+    /// `ceil(2^64 / per_part)` for the atoms per part (every part but the last, which also takes
+    /// the remainder, has `per_part`), 0 when `per_part < 2`: `part_of` divides by multiplying.
+    per_part_recip: u64,
     /// The independent buddy heaps the atoms are cut into (one unless `shards=N`).
     parts: Box<[Part]>,
 }
@@ -243,7 +244,11 @@ impl Memsys5 {
             atom_log,
             nblock,
             ctrl,
-            per_part,
+            per_part_recip: if per_part < 2 {
+                0
+            } else {
+                u64::MAX / per_part as u64 + 1
+            },
             parts,
         };
         m.mark_pool();
@@ -297,13 +302,18 @@ impl Memsys5 {
     /// The part holding global atom `g` (`g < nblock`).
     #[inline]
     fn part_of(&self, g: usize) -> usize {
-        if self.parts.len() == 1 {
+        let n = self.parts.len();
+        if n == 1 {
             return 0;
         }
-        match g.checked_div(self.per_part) {
-            Some(p) => p.min(self.parts.len() - 1),
-            None => 0,
-        }
+        // g / per_part without a division instruction (tens of cycles, on every free): for
+        // g, per_part < 2^32, floor(g * ceil(2^64 / per_part) / 2^64) is exactly g / per_part.
+        let q = if self.per_part_recip == 0 {
+            g
+        } else {
+            ((g as u128 * self.per_part_recip as u128) >> 64) as usize
+        };
+        q.min(n - 1)
     }
 
     /// The part the calling thread tries first: threads are spread over the parts by the slot
@@ -312,7 +322,14 @@ impl Memsys5 {
     fn preferred_part(&self) -> usize {
         match self.parts.len() {
             1 => 0,
-            n => crate::counters::thread_index() % n,
+            n => {
+                let t = crate::counters::thread_index();
+                if t < n {
+                    t
+                } else {
+                    t % n
+                }
+            }
         }
     }
 
@@ -553,7 +570,11 @@ unsafe impl MemMethods for Memsys5 {
         let first = self.preferred_part();
         let nparts = self.parts.len();
         let i = (0..nparts).find_map(|d| {
-            let p = (first + d) % nparts;
+            let p = if first + d < nparts {
+                first + d
+            } else {
+                first + d - nparts
+            };
             let i = self.lock_part(p).alloc(k)?;
             Some(self.parts[p].first + i)
         })?;
@@ -1514,5 +1535,31 @@ mod tests {
         assert!(freed > 0);
         m.check();
         assert!(m.parts.iter().all(|p| p.state.lock().unwrap().live == 0));
+    }
+
+    #[test]
+    fn part_of_divides_exactly() {
+        for (heap, shards) in [
+            (100 * 65, 3),
+            (1 << 20, 7),
+            (64 * 65, 4),
+            (10 * 65, 5),
+            (2 * 65, 2),
+        ] {
+            let m = Memsys5::with_shards(heap, 64, shards).unwrap();
+            for g in 0..m.atoms() {
+                let want = (g / m.parts[0].n).min(m.shards() - 1);
+                assert_eq!(m.part_of(g), want, "atom {g}, heap {heap}, shards {shards}");
+                let p = &m.parts[want];
+                assert!(p.first <= g && g < p.first + p.n, "atom {g} in part {want}");
+            }
+        }
+        // The multiply is exact up to 2^31 atoms (the most a heap can have).
+        for d in [2u64, 3, 7, 1000, 65_535, (1 << 31) - 1] {
+            let r = u64::MAX / d + 1;
+            for g in [0u64, 1, d - 1, d, d + 1, (1 << 31) - 1, (1 << 31) - 2] {
+                assert_eq!(((g as u128 * r as u128) >> 64) as u64, g / d, "{g} / {d}");
+            }
+        }
     }
 }
