@@ -268,14 +268,12 @@ fn claim() -> Option<usize> {
 /// owner on a flush or a resync; `hw`/`hw_epoch` are read by readers.
 #[repr(align(128))]
 struct Shard {
+    // One cache line (64 bytes): every field a free touches, and all a malloc touches but its
+    // histogram bucket.
     /// Live bytes allocated less freed through this shard.
     bytes: AtomicI64,
     frees: AtomicU64,
-    hist: [AtomicU64; HIST_BUCKETS],
     largest: AtomicU64,
-    reallocs: AtomicU64,
-    failed_mallocs: AtomicU64,
-    failed_reallocs: AtomicU64,
     /// `bytes` when this shard last flushed: `bytes - at_flush` is not yet in `flushed`.
     at_flush: AtomicI64,
     /// While solo: the global current value is `offset + bytes`.
@@ -284,6 +282,11 @@ struct Shard {
     seen_epoch: AtomicU64,
     /// The highest global current value this shard saw while solo (exact values only).
     hw: AtomicI64,
+    reallocs: AtomicU64,
+    // Then the histogram, then what is rarely written.
+    hist: [AtomicU64; HIST_BUCKETS],
+    failed_mallocs: AtomicU64,
+    failed_reallocs: AtomicU64,
     /// The epoch `hw` was started in (compared with the last peak reset's).
     hw_epoch: AtomicU64,
 }
