@@ -432,19 +432,15 @@ impl Counters {
         // `flushed`.
         let pending = bytes.wrapping_sub(s.at_flush.load(Relaxed));
         if !(-PEAK_FLUSH_BYTES..PEAK_FLUSH_BYTES).contains(&pending) {
-            self.flush_cold(s);
+            self.flush(s);
         }
     }
 
-    /// [`flush`](Self::flush) out of the hot path.
+    /// The owner of `s` moves its pending delta into `flushed` (every ±64 KiB, at a resync, at
+    /// exit: out of the hot path).
     #[cold]
     #[inline(never)]
-    fn flush_cold(&self, s: &Shard) {
-        self.flush(s);
-    }
-
-    /// The owner of `s` moves its pending delta into `flushed`; returns the new `flushed`.
-    fn flush(&self, s: &Shard) -> i64 {
+    fn flush(&self, s: &Shard) {
         let bytes = s.bytes.load(Relaxed);
         let pending = bytes.wrapping_sub(s.at_flush.load(Relaxed));
         s.at_flush.store(bytes, Relaxed);
@@ -456,7 +452,6 @@ impl Counters {
         if now > self.peak.0.load(Relaxed) {
             self.peak.0.fetch_max(now, Relaxed);
         }
-        now
     }
 
     /// The owner of `s` (alone) starts a new solo window in `epoch`: the old high-water mark goes
@@ -495,8 +490,6 @@ impl Counters {
     #[cold]
     #[inline(never)]
     fn shared_moved(&self, delta: i64) {
-        let s = &self.shards[0];
-        s.at_flush.fetch_add(delta, Relaxed);
         let now = self.flushed.0.fetch_add(delta, Relaxed).wrapping_add(delta);
         self.peak.0.fetch_max(now, Relaxed);
         bump_epoch();

@@ -180,13 +180,9 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
         }
     };
     let system = matches!(parsed.backend, Backend::System);
-    let stack = Stack::new(backend, parsed.limit, spec.trim().to_string()).with_fault(parsed.fault);
-    // The `system` backend's calls are inlined into the stack's (no dynamic call per block).
-    Ok(if system {
-        stack.with_system_fast_path()
-    } else {
-        stack
-    })
+    Ok(Stack::new(backend, parsed.limit, spec.trim().to_string())
+        .with_fault(parsed.fault)
+        .with_system_fast_path(system))
 }
 
 /// Serializes installs (never taken on an allocation path).

@@ -78,6 +78,7 @@ pub unsafe trait MemMethods: Send + Sync {
     /// [`malloc`](Self::malloc) and the new block's [`size`](Self::size) in one call. The layers
     /// above count every block's size; a backend that knows it while allocating (a buddy heap, a
     /// size-class allocator) overrides this to save the second look-up.
+    #[inline]
     fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
         let p = self.malloc(size)?;
         // SAFETY: `p` was just returned by `malloc`, so it is a live block of this allocator.
@@ -90,6 +91,7 @@ pub unsafe trait MemMethods: Send + Sync {
     ///
     /// # Safety
     /// As [`free`](Self::free).
+    #[inline]
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: `ptr` is live (caller's contract) until the `free` below.
         let n = unsafe { self.size(ptr) };

@@ -194,10 +194,11 @@ impl Stack {
         self
     }
 
-    /// Call the backend, which must be a [`System`](crate::backend::System), statically on the
-    /// hot paths.
-    pub(crate) fn with_system_fast_path(mut self) -> Stack {
-        self.system = self.backend.name() == "system";
+    /// With `system` true (only for a backend built as [`System`](crate::backend::System)):
+    /// call it statically on the hot paths, so that its calls are inlined into the stack's.
+    pub(crate) fn with_system_fast_path(mut self, system: bool) -> Stack {
+        debug_assert!(!system || self.backend.name() == "system");
+        self.system = system;
         self
     }
 

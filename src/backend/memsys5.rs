@@ -316,6 +316,24 @@ impl Memsys5 {
         q.min(n - 1)
     }
 
+    /// Hand out a block of class `k`: from the thread's own part first, then the others in turn.
+    fn malloc_class(&self, k: usize) -> Option<NonNull<u8>> {
+        let first = self.preferred_part();
+        let nparts = self.parts.len();
+        let i = (0..nparts).find_map(|d| {
+            let p = if first + d < nparts {
+                first + d
+            } else {
+                first + d - nparts
+            };
+            let i = self.lock_part(p).alloc(k)?;
+            Some(self.parts[p].first + i)
+        })?;
+        let p = self.heap.ptr(i << self.atom_log);
+        poison::block_alloc(self.heap.ptr(0), p, self.atom() << k);
+        Some(p)
+    }
+
     /// The part the calling thread tries first: threads are spread over the parts by the slot
     /// the counters gave them (consecutive threads get consecutive slots).
     #[inline]
@@ -565,32 +583,17 @@ unsafe impl MemMethods for Memsys5 {
     }
 
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
+        self.malloc_class(self.class_of(size)?)
+    }
+
+    fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
         let k = self.class_of(size)?;
-        // The thread's own part first, then the others in turn.
-        let first = self.preferred_part();
-        let nparts = self.parts.len();
-        let i = (0..nparts).find_map(|d| {
-            let p = if first + d < nparts {
-                first + d
-            } else {
-                first + d - nparts
-            };
-            let i = self.lock_part(p).alloc(k)?;
-            Some(self.parts[p].first + i)
-        })?;
-        let p = self.heap.ptr(i << self.atom_log);
-        poison::block_alloc(self.heap.ptr(0), p, self.atom() << k);
-        Some(p)
+        Some((self.malloc_class(k)?, self.atom() << k))
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
         // SAFETY: forwarded contract.
         unsafe { self.size_and_free(ptr) };
-    }
-
-    fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
-        let k = self.class_of(size)?;
-        Some((self.malloc(size)?, self.atom() << k))
     }
 
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {

@@ -38,22 +38,6 @@ unsafe impl MemMethods for System {
     }
 
     #[inline(always)]
-    fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
-        let p = self.malloc(size)?;
-        // SAFETY: `p` is a live libc block.
-        Some((p, unsafe { self.size(p) }))
-    }
-
-    #[inline(always)]
-    unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
-        // SAFETY: `ptr` is a live libc block (caller's contract) until the free.
-        let n = unsafe { self.size(ptr) };
-        // SAFETY: forwarded contract.
-        unsafe { self.free(ptr) };
-        n
-    }
-
-    #[inline(always)]
     unsafe fn free(&self, ptr: NonNull<u8>) {
         // SAFETY: the caller guarantees `ptr` is a live block from libc malloc/realloc here.
         unsafe { libc::free(ptr.as_ptr().cast()) }
