@@ -214,7 +214,6 @@ missing_tests() {
         if (n in ours) continue
         split_last(n)
         if (cnt[K] >= 3) {
-          if (!(K in late)) late[K] = 0
           if ((K in top) && NUM > top[K]) { late[K]++; limit = int(cnt[K] / 100); if (limit < 2) limit = 2; if (late[K] <= limit) continue }
         }
         if (!(n in seen)) { seen[n] = 1; miss[++m] = n }
