@@ -50,6 +50,7 @@ pub mod counters;
 pub mod fault;
 mod ffi;
 pub mod heap;
+mod lock;
 pub mod methods;
 mod poison;
 pub mod render;

@@ -89,7 +89,8 @@
 //!   to release memory. sqlalloc never calls into SQLite from an allocation path (SQLite may hold
 //!   its own locks there, and the allocator must work without SQLite), so the merge passes run
 //!   exactly as in C but without that call; when they fail the allocation simply fails.
-//! - **Locking:** a `std::sync::Mutex` of this allocator, not SQLite's `SQLITE_MUTEX_STATIC_MEM`.
+//! - **Locking:** a lock of this allocator ([`crate::lock`]: test-and-set, released with a plain
+//!   store), not SQLite's `SQLITE_MUTEX_STATIC_MEM`.
 //!   `size` also takes it, because the "previous chunk checked out" bit in a block's header is
 //!   changed by other threads' allocations (C reads it unlocked).
 //! - **Heap limits:** C gets its size as an `int` (≤ 2 GiB) and keeps block counts in `u32`, with
@@ -113,10 +114,10 @@
 //!   the tests walks the heap instead).
 
 use crate::heap::HeapBuf;
+use crate::lock::{Lock, LockGuard};
 use crate::methods::{InitError, MemMethods};
 use crate::poison;
 use std::ptr::NonNull;
-use std::sync::{Mutex, MutexGuard};
 
 /// Bytes per block.
 const BLOCK: usize = 8;
@@ -175,7 +176,7 @@ fn root_for(size: u32) -> usize {
     }
 }
 
-/// The allocator's state, behind the mutex.
+/// The allocator's state, behind the lock.
 struct State {
     heap: HeapBuf,
     /// Pool blocks `P`; 0 when the heap is too small to use.
@@ -210,7 +211,7 @@ impl State {
     fn rd(&self, blk: u32, half: usize) -> u32 {
         let off = self.word_off(blk, half);
         // SAFETY: `off` is 4-aligned and `off + 4 <= 8 * (P + 2) <= heap.len()` (word_off). The
-        // mutex guarding this State is held (we are reached through its guard), and the
+        // lock guarding this State is held (we are reached through its guard), and the
         // allocator only touches header words and the link words of free chunks, never the
         // user data of a checked-out chunk (module invariants), so no other thread accesses
         // these bytes. (`open` makes the word accessible to valgrind/ASan meanwhile.)
@@ -522,7 +523,7 @@ impl State {
 
 /// SQLite's memsys3 over one heap; see the [module documentation](self).
 pub struct Memsys3 {
-    state: Mutex<State>,
+    state: Lock<State>,
 }
 
 impl Memsys3 {
@@ -548,7 +549,7 @@ impl Memsys3 {
         poison::pool_create(st.heap.ptr(0), st.heap.len());
         st.layout();
         Some(Memsys3 {
-            state: Mutex::new(st),
+            state: Lock::new(st),
         })
     }
 
@@ -562,10 +563,10 @@ impl Memsys3 {
         self.lock().live
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> LockGuard<'_, State> {
         // A panic while the lock is held can only come from a corrupt-heap assertion, which
-        // aborts in the libraries (panic = "abort"); recovering the guard is fine in tests.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        // aborts in the libraries (panic = "abort"); the guard releases the lock on unwinding.
+        self.state.lock()
     }
 }
 
@@ -580,7 +581,7 @@ impl Memsys3 {
 // - `roundup(n)` is C's formula and equals `size` except when a whole key chunk one block larger
 //   is handed out (then `size` is 8 more), so it is never more than `size`;
 // - failed `realloc` returns before touching the old block;
-// - all state is behind one Mutex.
+// - all state is behind one lock (crate::lock::Lock).
 unsafe impl MemMethods for Memsys3 {
     fn name(&self) -> &'static str {
         "memsys3"
@@ -706,7 +707,7 @@ impl State {
 
 impl Drop for Memsys3 {
     fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let st = self.state.get_mut();
         poison::pool_destroy(st.heap.ptr(0), st.heap.len());
     }
 }

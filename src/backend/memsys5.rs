@@ -105,8 +105,9 @@
 //!
 //! # Differences from SQLite's `mem5.c`
 //!
-//! - Locking: the state is behind this value's own `std::sync::Mutex` (one per part), always,
-//!   instead of `SQLITE_MUTEX_STATIC_MEM` taken only when memstatus is off. The lock is held only for list
+//! - Locking: the state is behind this value's own lock (one per part; [`crate::lock`], a
+//!   test-and-set lock released with a plain store), always, instead of `SQLITE_MUTEX_STATIC_MEM`
+//!   taken only when memstatus is off. The lock is held only for list
 //!   and control-byte updates; the copy of a moving realloc happens outside it, as in C.
 //! - Heap sizes: C receives the heap size as an `int`. Here it may be larger; the atom count is
 //!   then capped at `2^31 - 1` (the most atoms the top-level layout can use with `LOGMAX = 30`,
@@ -138,10 +139,10 @@
 //! offset; one such trace is a unit test).
 
 use crate::heap::HeapBuf;
+use crate::lock::{Lock, LockGuard};
 use crate::methods::{InitError, MemMethods};
 use crate::poison;
 use std::ptr::NonNull;
-use std::sync::{Mutex, MutexGuard};
 
 /// Largest size class: a block has at most `2^LOGMAX` atoms.
 const LOGMAX: usize = 30;
@@ -195,11 +196,11 @@ pub struct Memsys5 {
 struct Part {
     first: usize,
     n: usize,
-    state: Mutex<State>,
+    state: Lock<State>,
 }
 
-/// Mutable allocator state (behind the mutex; the heap bytes it describes are only touched with
-/// the mutex held, except the control byte of a live block, which nobody writes).
+/// Mutable allocator state (behind the lock; the heap bytes it describes are only touched with
+/// the lock held, except the control byte of a live block, which nobody writes).
 struct State {
     /// `free[k]`: atom index of the first free block of class `k`, or [`NONE`].
     free: [u32; LOGMAX + 1],
@@ -233,7 +234,7 @@ impl Memsys5 {
                 } else {
                     per_part
                 },
-                state: Mutex::new(State {
+                state: Lock::new(State {
                     free: [NONE; LOGMAX + 1],
                     live: 0,
                 }),
@@ -295,7 +296,7 @@ impl Memsys5 {
             m: self,
             base: part.first,
             n: part.n,
-            st: part.state.lock().unwrap_or_else(|e| e.into_inner()),
+            st: part.state.lock(),
         }
     }
 
@@ -393,7 +394,7 @@ struct Locked<'a> {
     /// The part's first atom in the heap and its number of atoms: indices below are relative.
     base: usize,
     n: usize,
-    st: MutexGuard<'a, State>,
+    st: LockGuard<'a, State>,
 }
 
 impl Locked<'_> {
@@ -576,7 +577,7 @@ impl Locked<'_> {
 // marked in use, so live blocks never overlap; a block of class k has atom << k >= the request
 // bytes and starts at a multiple of the atom (>= 8) from a 64-aligned base; its control byte (hence
 // `size`) does not change while it lives; a failed realloc returns before touching the old
-// block; all shared state is behind the mutex.
+// block; all shared state is behind the part's lock.
 unsafe impl MemMethods for Memsys5 {
     fn name(&self) -> &'static str {
         "memsys5"
@@ -1537,7 +1538,7 @@ mod tests {
         producer.join().unwrap();
         assert!(freed > 0);
         m.check();
-        assert!(m.parts.iter().all(|p| p.state.lock().unwrap().live == 0));
+        assert!(m.parts.iter().all(|p| p.state.lock().live == 0));
     }
 
     #[test]
