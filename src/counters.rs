@@ -22,8 +22,9 @@
 //!
 //! # Peak
 //!
-//! An exact peak needs the global current value after every call. Every call reads one shared
-//! word, `STATE` (number of owned shards and an epoch that moves whenever a thread claims or
+//! An exact peak needs the global current value after every call that can raise it (a free
+//! never does: it only adds to its shard and checks the flush threshold below). Every malloc and
+//! realloc reads one shared word, `STATE` (number of owned shards and an epoch that moves whenever a thread claims or
 //! gives back a shard, or the shared shard or a peak reset changes the picture); the word is
 //! written only on those rare events, so reading it shares nothing on the hot path.
 //!
@@ -517,7 +518,16 @@ impl Counters {
         let (s, owned) = self.shard();
         add_u(&s.frees, 1, owned);
         let b = add_i(&s.bytes, -(size as i64), owned);
-        self.note_bytes(s, owned, b, -(size as i64));
+        if !owned {
+            self.shared_moved(-(size as i64));
+            return;
+        }
+        // A free never raises the high-water mark, so the solo bookkeeping of `note_bytes`
+        // (resync, `hw`) waits for the next malloc; only the flush threshold is kept.
+        let pending = b.wrapping_sub(s.at_flush.load(Relaxed));
+        if pending < -PEAK_FLUSH_BYTES {
+            self.flush(s);
+        }
     }
 
     /// Record a call of `xRealloc` for `request` bytes of a block of `old` bytes that now has

@@ -78,6 +78,7 @@ pub use stats_alloc::StatsAlloc;
 /// [`Stats::to_prometheus`].
 pub type Stats = Snapshot;
 
+use stack::Lower;
 use std::ffi::c_int;
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -156,21 +157,21 @@ impl From<SpecError> for Error {
 /// Build the allocator a spec names, without installing it.
 pub fn build(spec: &str) -> Result<Stack, Error> {
     let parsed = Spec::parse(spec)?;
-    let backend: Box<dyn MemMethods> = match parsed.backend {
-        Backend::System => Box::new(backend::System),
-        Backend::Debug { backtrace } => Box::new(backend::Debug::new(backtrace)),
-        Backend::Memsys3 { heap } => {
-            Box::new(backend::Memsys3::new(heap).ok_or(Error::HeapUnavailable { bytes: heap })?)
-        }
-        Backend::Memsys5 { heap, min, shards } => Box::new(
+    let lower = match parsed.backend {
+        Backend::System => Lower::System(backend::System),
+        Backend::Debug { backtrace } => Lower::Dyn(Box::new(backend::Debug::new(backtrace))),
+        Backend::Memsys3 { heap } => Lower::Dyn(Box::new(
+            backend::Memsys3::new(heap).ok_or(Error::HeapUnavailable { bytes: heap })?,
+        )),
+        Backend::Memsys5 { heap, min, shards } => Lower::Memsys5(Box::new(
             backend::Memsys5::with_shards(heap, min, shards)
                 .ok_or(Error::HeapUnavailable { bytes: heap })?,
-        ),
+        )),
         #[cfg(feature = "jemalloc")]
-        Backend::Jemalloc => Box::new(backend::Jemalloc),
+        Backend::Jemalloc => Lower::Dyn(Box::new(backend::Jemalloc)),
         #[cfg(feature = "mimalloc")]
-        Backend::Mimalloc => Box::new(backend::Mimalloc),
-        Backend::Rust => Box::new(backend::Rust),
+        Backend::Mimalloc => Lower::Dyn(Box::new(backend::Mimalloc)),
+        Backend::Rust => Lower::Dyn(Box::new(backend::Rust)),
         // Spec::parse refuses the names of backends that are not built in.
         #[allow(unreachable_patterns)]
         _ => {
@@ -180,10 +181,7 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
             }))
         }
     };
-    let system = matches!(parsed.backend, Backend::System);
-    Ok(Stack::new(backend, parsed.limit, spec.trim().to_string())
-        .with_fault(parsed.fault)
-        .with_system_fast_path(system))
+    Ok(Stack::with_lower(lower, parsed.limit, spec.trim().to_string()).with_fault(parsed.fault))
 }
 
 /// Serializes installs (never taken on an allocation path).

@@ -7,7 +7,7 @@
 //! exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only the
 //! calls the limit let through, and a failure it injects is counted above as a failed call.
 
-use crate::backend::System;
+use crate::backend::{Memsys5, System};
 use crate::counters::{Counters, Snapshot};
 use crate::fault::{Fault, FaultSpec};
 use crate::methods::{InitError, LiveBlock, MemMethods};
@@ -85,11 +85,11 @@ impl Stack {
         old: usize,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
-        if self.backend.roundup(new_size) <= old {
+        if self.backend().roundup(new_size) <= old {
             // SAFETY: forwarded contract.
             let p = unsafe { self.lower_realloc(ptr, new_size) }?;
             // SAFETY: `p` is live.
-            let new = unsafe { self.backend.size(p) };
+            let new = unsafe { self.backend().size(p) };
             // Shrinking: the backends keep a shrunk block in place, so `new <= old` and the cap
             // holds; the difference is accounted either way so that the total stays exact.
             if new >= old {
@@ -99,7 +99,7 @@ impl Stack {
             }
             return Some(p);
         }
-        let est = self.backend.roundup(new_size) as u64;
+        let est = self.backend().roundup(new_size) as u64;
         if !l.reserve(est) {
             return None;
         }
@@ -108,11 +108,11 @@ impl Stack {
             return None;
         };
         // SAFETY: `q` is live.
-        let real = unsafe { self.backend.size(q) } as u64;
+        let real = unsafe { self.backend().size(q) } as u64;
         if !l.adjust(est, real) {
             l.release(est);
             // SAFETY: `q` is live and was never handed out.
-            unsafe { self.backend.free(q) };
+            unsafe { self.backend().free(q) };
             return None;
         }
         // SAFETY: `ptr` has `old` readable bytes, `q` at least `new_size` writable ones; they are
@@ -120,20 +120,26 @@ impl Stack {
         unsafe { std::ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.min(new_size)) };
         l.release(old as u64);
         // SAFETY: `ptr` is live and, per the realloc contract, no longer used by the caller.
-        unsafe { self.backend.free(ptr) };
+        unsafe { self.backend().free(ptr) };
         Some(q)
     }
 }
 
+/// The backend as the stack holds it: the backends whose speed is measured against SQLite's C
+/// allocators are called statically on the hot paths (`malloc`, `free`), so that their code is
+/// inlined into the stack's instead of reached through a `dyn` call; any other through `dyn`.
+pub(crate) enum Lower {
+    System(System),
+    Memsys5(Box<Memsys5>),
+    Dyn(Box<dyn MemMethods>),
+}
+
 /// A backend with counters and optional limit on top.
 pub struct Stack {
-    backend: Box<dyn MemMethods>,
+    lower: Lower,
     counters: &'static Counters,
     limit: Option<Limit>,
     fault: Option<Fault>,
-    /// The backend is [`System`](crate::backend::System): the hot paths call it directly, so
-    /// that libc's malloc and free are reached without a dynamic call.
-    system: bool,
     spec: String,
     spec_c: std::ffi::CString,
 }
@@ -142,16 +148,20 @@ impl Stack {
     /// Put counters (and a limit, if `limit` is given) over `backend`. `spec` is the text shown
     /// in reports.
     pub fn new(backend: Box<dyn MemMethods>, limit: Option<u64>, spec: String) -> Stack {
+        Stack::with_lower(Lower::Dyn(backend), limit, spec)
+    }
+
+    /// As [`new`](Self::new), with the backend in the form the hot paths call.
+    pub(crate) fn with_lower(lower: Lower, limit: Option<u64>, spec: String) -> Stack {
         // The counters of an allocator that was installed must outlive it (threads flush into
         // them at exit, reports may still read them), so they are leaked: 24 KiB per install.
         let counters: &'static Counters = Box::leak(Box::new(Counters::new()));
         let spec_c = std::ffi::CString::new(spec.clone()).unwrap_or_default();
         Stack {
-            backend,
+            lower,
             counters,
             limit: limit.map(Limit::new),
             fault: None,
-            system: false,
             spec,
             spec_c,
         }
@@ -179,7 +189,11 @@ impl Stack {
 
     /// The backend at the bottom.
     pub fn backend(&self) -> &dyn MemMethods {
-        &*self.backend
+        match &self.lower {
+            Lower::System(b) => b,
+            Lower::Memsys5(b) => &**b,
+            Lower::Dyn(b) => &**b,
+        }
     }
 
     /// The limit layer, if any.
@@ -194,14 +208,6 @@ impl Stack {
         self
     }
 
-    /// With `system` true (only for a backend built as [`System`](crate::backend::System)):
-    /// call it statically on the hot paths, so that its calls are inlined into the stack's.
-    pub(crate) fn with_system_fast_path(mut self, system: bool) -> Stack {
-        debug_assert!(!system || self.backend.name() == "system");
-        self.system = system;
-        self
-    }
-
     /// The fault layer, if any.
     pub fn fault(&self) -> Option<&Fault> {
         self.fault.as_ref()
@@ -213,7 +219,7 @@ impl Stack {
         let p = match &self.limit {
             None => self.lower_malloc(size),
             Some(l) => {
-                let est = self.backend.roundup(size) as u64;
+                let est = self.backend().roundup(size) as u64;
                 if !l.reserve(est) {
                     self.counters.on_malloc(size, None);
                     return None;
@@ -225,13 +231,13 @@ impl Stack {
                     }
                     Some(p) => {
                         // SAFETY: `p` was just returned by the backend and is live.
-                        let real = unsafe { self.backend.size(p) } as u64;
+                        let real = unsafe { self.backend().size(p) } as u64;
                         if l.adjust(est, real) {
                             Some(p)
                         } else {
                             l.release(est);
                             // SAFETY: `p` is live, from this backend, and not handed out.
-                            unsafe { self.backend.free(p) };
+                            unsafe { self.backend().free(p) };
                             None
                         }
                     }
@@ -240,7 +246,7 @@ impl Stack {
         };
         // SAFETY: a returned `p` is live.
         self.counters
-            .on_malloc(size, p.map(|p| unsafe { self.backend.size(p) }));
+            .on_malloc(size, p.map(|p| unsafe { self.backend().size(p) }));
         p
     }
 
@@ -252,7 +258,7 @@ impl Stack {
                 return None;
             }
         }
-        self.backend.malloc(size)
+        self.backend().malloc(size)
     }
 
     /// The backend's realloc, under the fault layer when there is one (a failure leaves `ptr`
@@ -268,7 +274,7 @@ impl Stack {
             }
         }
         // SAFETY: forwarded contract.
-        unsafe { self.backend.realloc(ptr, new_size) }
+        unsafe { self.backend().realloc(ptr, new_size) }
     }
 }
 
@@ -276,17 +282,17 @@ impl Stack {
 // refuse a request (returning None without touching the old block) or count.
 unsafe impl MemMethods for Stack {
     fn name(&self) -> &'static str {
-        self.backend.name()
+        self.backend().name()
     }
 
     #[inline(always)]
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         if self.limit.is_none() && self.fault.is_none() {
             // The common case: counters straight over the backend, one call down.
-            let r = if self.system {
-                System.malloc_and_size(size)
-            } else {
-                self.backend.malloc_and_size(size)
+            let r = match &self.lower {
+                Lower::System(b) => b.malloc_and_size(size),
+                Lower::Memsys5(b) => b.malloc_and_size(size),
+                Lower::Dyn(b) => b.malloc_and_size(size),
             };
             self.counters.on_malloc(size, r.map(|(_, n)| n));
             return r.map(|(p, _)| p);
@@ -295,13 +301,12 @@ unsafe impl MemMethods for Stack {
     }
     #[inline(always)]
     unsafe fn free(&self, ptr: NonNull<u8>) {
-        // SAFETY: forwarded contract (a `system` stack's backend is `System`, whose blocks are
-        // libc's: calling its methods on a value of the type is the same as through the box).
+        // SAFETY: forwarded contract.
         let size = unsafe {
-            if self.system {
-                System.size_and_free(ptr)
-            } else {
-                self.backend.size_and_free(ptr)
+            match &self.lower {
+                Lower::System(b) => b.size_and_free(ptr),
+                Lower::Memsys5(b) => b.size_and_free(ptr),
+                Lower::Dyn(b) => b.size_and_free(ptr),
             }
         };
         self.counters.on_free(size);
@@ -312,7 +317,7 @@ unsafe impl MemMethods for Stack {
 
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
         // SAFETY: `ptr` is live (caller's contract).
-        let old = unsafe { self.backend.size(ptr) };
+        let old = unsafe { self.backend().size(ptr) };
         let p = match &self.limit {
             // SAFETY: forwarded contract.
             None => unsafe { self.lower_realloc(ptr, new_size) },
@@ -321,32 +326,32 @@ unsafe impl MemMethods for Stack {
         };
         // SAFETY: a returned `p` is live.
         self.counters
-            .on_realloc(new_size, old, p.map(|p| unsafe { self.backend.size(p) }));
+            .on_realloc(new_size, old, p.map(|p| unsafe { self.backend().size(p) }));
         p
     }
 
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: forwarded contract.
-        unsafe { self.backend.size(ptr) }
+        unsafe { self.backend().size(ptr) }
     }
 
     fn roundup(&self, size: usize) -> usize {
-        self.backend.roundup(size)
+        self.backend().roundup(size)
     }
 
     fn init(&self) -> Result<(), InitError> {
-        self.backend.init()
+        self.backend().init()
     }
 
     fn shutdown(&self) {
-        self.backend.shutdown()
+        self.backend().shutdown()
     }
 
     fn live_blocks(&self, out: &mut dyn FnMut(LiveBlock<'_>)) {
-        self.backend.live_blocks(out)
+        self.backend().live_blocks(out)
     }
 
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
-        self.backend.owns(ptr)
+        self.backend().owns(ptr)
     }
 }
