@@ -165,6 +165,14 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="the smoke run's tiny inputs, but the page is written (to test it)")
     args = ap.parse_args()
+    # The revision measured, taken before this run writes anything (the page and the chart are
+    # tracked files: asked at the end, git would call every run's tree dirty).
+    try:
+        args.rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                  text=True,
+                                  cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        args.rev = "unknown"
     b = os.path.abspath(args.build)
     args.preload = os.path.abspath(args.preload)
     for f in ("speedtest1", "micro", "threads", "libtrace_rec.so"):
@@ -396,12 +404,7 @@ def main():
               + ("Below 1.8: the machine did not have two free cores then, so no configuration "
                  "can show the 1.8× scaling target in that table; see its CPU-efficiency columns."
                  if par < 1.8 else "Two cores were free."))
-    try:
-        rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        rev = "unknown"
-    w(f"- sqlalloc at `{rev}` (the working tree as built; `-dirty`: with uncommitted changes).")
+    w(f"- sqlalloc at `{args.rev}` (the working tree as built; `-dirty`: with uncommitted changes).")
     w(f"- {reps} rounds, configurations alternating within each round; medians; ratios are paired "
       f"per round. Whole run: {elapsed / 60:.1f} minutes.")
     w("- SQLite 3.40.1 from Debian's source package, `configure --disable-tcl`, `make libsqlite3.la "
