@@ -89,7 +89,7 @@
 //!   to release memory. sqlalloc never calls into SQLite from an allocation path (SQLite may hold
 //!   its own locks there, and the allocator must work without SQLite), so the merge passes run
 //!   exactly as in C but without that call; when they fail the allocation simply fails.
-//! - **Locking:** a lock of this allocator ([`crate::lock`]: test-and-set, released with a plain
+//! - **Locking:** a lock of this allocator (`src/lock.rs`: test-and-set, released with a plain
 //!   store), not SQLite's `SQLITE_MUTEX_STATIC_MEM`.
 //!   `size` also takes it, because the "previous chunk checked out" bit in a block's header is
 //!   changed by other threads' allocations (C reads it unlocked).

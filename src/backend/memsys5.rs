@@ -105,7 +105,7 @@
 //!
 //! # Differences from SQLite's `mem5.c`
 //!
-//! - Locking: the state is behind this value's own lock (one per part; [`crate::lock`], a
+//! - Locking: the state is behind this value's own lock (one per part; `src/lock.rs`, a
 //!   test-and-set lock released with a plain store), always, instead of `SQLITE_MUTEX_STATIC_MEM`
 //!   taken only when memstatus is off. The lock is held only for list
 //!   and control-byte updates; the copy of a moving realloc happens outside it, as in C.
@@ -254,7 +254,7 @@ impl Memsys5 {
         };
         m.mark_pool();
         for p in 0..m.parts.len() {
-            m.lock_part(p).layout();
+            m.lock_part::<true>(p).layout();
         }
         Some(m)
     }
@@ -289,8 +289,8 @@ impl Memsys5 {
         self.heap.offset_of(p)
     }
 
-    /// Lock part `p`.
-    fn lock_part(&self, p: usize) -> Locked<'_> {
+    /// Lock part `p`, with the marking for valgrind/ASan (`MARK`: see [`Locked`]).
+    fn lock_part<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
         let part = &self.parts[p];
         Locked {
             m: self,
@@ -318,7 +318,18 @@ impl Memsys5 {
     }
 
     /// Hand out a block of class `k`: from the thread's own part first, then the others in turn.
+    #[inline]
     fn malloc_class(&self, k: usize) -> Option<NonNull<u8>> {
+        if poison::active() {
+            self.malloc_class_in::<true>(k)
+        } else {
+            self.malloc_class_in::<false>(k)
+        }
+    }
+
+    /// [`malloc_class`](Self::malloc_class) with the marking on (`MARK`) or known to be off.
+    #[inline(always)]
+    fn malloc_class_in<const MARK: bool>(&self, k: usize) -> Option<NonNull<u8>> {
         let first = self.preferred_part();
         let nparts = self.parts.len();
         let i = (0..nparts).find_map(|d| {
@@ -327,7 +338,7 @@ impl Memsys5 {
             } else {
                 first + d - nparts
             };
-            let i = self.lock_part(p).alloc(k)?;
+            let i = self.lock_part::<MARK>(p).alloc(k)?;
             Some(self.parts[p].first + i)
         })?;
         let p = self.heap.ptr(i << self.atom_log);
@@ -389,7 +400,11 @@ impl Memsys5 {
 
 /// The state with the lock held: every method here may read and write control bytes and the
 /// links of free blocks.
-struct Locked<'a> {
+///
+/// `MARK` false: the caller has seen that no valgrind/ASan marking is wanted
+/// ([`poison::active`] false, which never changes once asked), so link accesses skip even the
+/// check; true: every access asks (the cold paths, and all paths under the tools).
+struct Locked<'a, const MARK: bool> {
     m: &'a Memsys5,
     /// The part's first atom in the heap and its number of atoms: indices below are relative.
     base: usize,
@@ -397,7 +412,7 @@ struct Locked<'a> {
     st: LockGuard<'a, State>,
 }
 
-impl Locked<'_> {
+impl<const MARK: bool> Locked<'_, MARK> {
     /// Control byte of atom `i`.
     #[inline(always)]
     fn ctrl(&self, i: usize) -> u8 {
@@ -423,6 +438,16 @@ impl Locked<'_> {
         }
     }
 
+    /// Run `f` with the link of the free block at byte offset `off` accessible to the tools.
+    #[inline(always)]
+    fn open_link<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
+        if MARK {
+            self.m.open_link(off, f)
+        } else {
+            f()
+        }
+    }
+
     /// The `(next, prev)` link of free block `i`.
     ///
     /// # Safety
@@ -434,7 +459,7 @@ impl Locked<'_> {
         let off = (self.base + i) << self.m.atom_log;
         // SAFETY: off + 8 <= nblock * atom <= heap length, off is a multiple of 8; the block is
         // free, so no user accesses it, and the part's lock is held.
-        self.m.open_link(off, || unsafe {
+        self.open_link(off, || unsafe {
             (self.m.heap.read_u32(off), self.m.heap.read_u32(off + 4))
         })
     }
@@ -448,8 +473,7 @@ impl Locked<'_> {
         debug_assert!(i < self.n);
         let off = (self.base + i) << self.m.atom_log;
         // SAFETY: as in `links`.
-        self.m
-            .open_link(off, || unsafe { self.m.heap.write_u32(off, next) })
+        self.open_link(off, || unsafe { self.m.heap.write_u32(off, next) })
     }
 
     /// Set the `prev` link of free block `i`.
@@ -461,8 +485,7 @@ impl Locked<'_> {
         debug_assert!(i < self.n);
         let off = (self.base + i) << self.m.atom_log;
         // SAFETY: as in `links`.
-        self.m
-            .open_link(off, || unsafe { self.m.heap.write_u32(off + 4, prev) })
+        self.open_link(off, || unsafe { self.m.heap.write_u32(off + 4, prev) })
     }
 
     /// Take free block `i` of class `k` off its list.
@@ -573,6 +596,26 @@ impl Locked<'_> {
     }
 }
 
+impl Memsys5 {
+    /// The locked part of [`size_and_free`](MemMethods::size_and_free): free the block at
+    /// global atom `g` of part `part` (`ptr` points at it) and return its size, 0 when it is not
+    /// a live block.
+    #[inline(always)]
+    fn release_in<const MARK: bool>(&self, ptr: NonNull<u8>, g: usize, part: usize) -> usize {
+        let mut l = self.lock_part::<MARK>(part);
+        let i = g - l.base;
+        let c = l.ctrl(i);
+        if c & CTRL_FREE != 0 {
+            return 0;
+        }
+        let n = self.atom() << (c & CTRL_LOGSIZE);
+        // Marked before `release` writes its links into the block.
+        poison::block_free(self.heap.ptr(0), ptr, n);
+        l.release(i);
+        n
+    }
+}
+
 // SAFETY: every block handed out is a run of atoms taken off the free lists under the lock and
 // marked in use, so live blocks never overlap; a block of class k has atom << k >= the request
 // bytes and starts at a multiple of the atom (>= 8) from a 64-aligned base; its control byte (hence
@@ -602,17 +645,11 @@ unsafe impl MemMethods for Memsys5 {
             return 0;
         };
         let part = self.part_of(g);
-        let mut l = self.lock_part(part);
-        let i = g - l.base;
-        let c = l.ctrl(i);
-        if c & CTRL_FREE != 0 {
-            return 0;
+        if poison::active() {
+            self.release_in::<true>(ptr, g, part)
+        } else {
+            self.release_in::<false>(ptr, g, part)
         }
-        let n = self.atom() << (c & CTRL_LOGSIZE);
-        // Marked before `release` writes its links into the block.
-        poison::block_free(self.heap.ptr(0), ptr, n);
-        l.release(i);
-        n
     }
 
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
@@ -662,7 +699,8 @@ unsafe impl MemMethods for Memsys5 {
             return Err(InitError::NoMem);
         }
         // Every part, in order (the only place that holds more than one part's lock).
-        let mut parts: Vec<Locked<'_>> = (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
+        let mut parts: Vec<Locked<'_, true>> =
+            (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
         if parts.iter().all(|l| l.st.live == 0) {
             for l in parts.iter_mut() {
                 l.layout();
@@ -716,13 +754,13 @@ impl Memsys5 {
     }
 
     /// Part 0 locked (the whole heap when it is not sharded).
-    fn lock(&self) -> Locked<'_> {
+    fn lock(&self) -> Locked<'_, true> {
         self.lock_part(0)
     }
 
     /// Check the invariants inside part `p`.
     fn check_part(&self, p: usize) {
-        let l = self.lock_part(p);
+        let l = self.lock_part::<true>(p);
         let n = l.n;
         // Top-level blocks, as laid out.
         let mut tops = Vec::new();
@@ -1485,7 +1523,7 @@ mod tests {
         }
         m.check();
         for p in 0..4 {
-            let l = m.lock_part(p);
+            let l = m.lock_part::<true>(p);
             assert_eq!(
                 (l.st.live, l.st.free[4]),
                 (0, 0),
