@@ -41,6 +41,13 @@
 //!   `T × PEAK_FLUSH_BYTES` of the true peak: below it when growth is still pending, above it
 //!   when another thread's frees are (e.g. 2 threads: at most 128 KiB off).
 //!
+//! The owner's fast path is therefore one read of `STATE`, compared with the value it saw last,
+//! and one comparison of its `bytes` with two bounds kept in its shard: above `limit_hi` (the
+//! bytes at which the global value would pass `hw` while solo, or the +64 KiB flush point) or
+//! below `limit_lo` (the −64 KiB flush point), the call takes a cold slow path that records the
+//! new high-water mark or flushes, and computes the bounds again. A changed `STATE` also takes
+//! the slow path (resync when alone; no high-water mark kept otherwise).
+//!
 //! A reader takes the maximum of `peak` and of every shard's `hw` recorded since the last peak
 //! reset (each was the true global value at some moment). `peak_bytes` reported is never below
 //! `current_bytes`.
@@ -275,12 +282,23 @@ struct Shard {
     bytes: AtomicI64,
     frees: AtomicU64,
     largest: AtomicU64,
+    /// `STATE` as this shard's owner last saw it (`u64::MAX`: never): while `STATE` still has
+    /// this value, `hw_rel` and the bounds below are up to date.
+    seen_state: AtomicU64,
+    /// A malloc or realloc that takes `bytes` above this takes the slow path
+    /// (`min(hw_rel, at_flush + PEAK_FLUSH_BYTES - 1)`): a new high-water mark or a flush is due.
+    limit_hi: AtomicI64,
+    /// A call that takes `bytes` below this takes the slow path: a flush is due
+    /// (`at_flush - PEAK_FLUSH_BYTES`).
+    limit_lo: AtomicI64,
     /// `bytes` when this shard last flushed: `bytes - at_flush` is not yet in `flushed`.
     at_flush: AtomicI64,
     /// While solo: the global current value is `offset + bytes`.
     offset: AtomicI64,
-    /// The epoch of the last resync (`u64::MAX`: never).
-    seen_epoch: AtomicU64,
+    // Second line: written on the slow path only.
+    /// While solo: the value of `bytes` at which the global value equals `hw` (`hw - offset`);
+    /// `i64::MAX` while other threads allocate (no high-water mark is kept then).
+    hw_rel: AtomicI64,
     /// The highest global current value this shard saw while solo (exact values only).
     hw: AtomicI64,
     reallocs: AtomicU64,
@@ -303,8 +321,13 @@ impl Shard {
             failed_mallocs: AtomicU64::new(0),
             failed_reallocs: AtomicU64::new(0),
             at_flush: AtomicI64::new(0),
+            seen_state: AtomicU64::new(u64::MAX),
+            // The first malloc takes the slow path anyway (`seen_state`); a free before it
+            // flushes at the usual threshold.
+            limit_hi: AtomicI64::new(i64::MIN),
+            limit_lo: AtomicI64::new(-PEAK_FLUSH_BYTES),
+            hw_rel: AtomicI64::new(i64::MAX),
             offset: AtomicI64::new(0),
-            seen_epoch: AtomicU64::new(u64::MAX),
             hw: AtomicI64::new(i64::MIN),
             hw_epoch: AtomicU64::new(0),
         }
@@ -411,22 +434,44 @@ impl Counters {
         }
     }
 
-    /// After the bytes of shard `s` moved by `delta` to `bytes`: keep the peak.
+    /// After the bytes of shard `s` moved by `delta` to `bytes` in a malloc or a realloc: keep
+    /// the peak. The owner's fast path is one shared read (`STATE`, unchanged since the last
+    /// slow path) and one comparison (`limit_hi`, `limit_lo`); everything else is in
+    /// [`slow_path`](Self::slow_path).
     #[inline(always)]
     fn note_bytes(&self, s: &Shard, owned: bool, bytes: i64, delta: i64) {
         if !owned {
             self.shared_moved(delta);
             return;
         }
+        if STATE.0.load(Relaxed) != s.seen_state.load(Relaxed)
+            || bytes > s.limit_hi.load(Relaxed)
+            || bytes < s.limit_lo.load(Relaxed)
+        {
+            self.slow_path(s, bytes);
+        }
+    }
+
+    /// The owner of `s`, whose bytes are now `bytes`: resync after a change of `STATE`, record a
+    /// new high-water mark while solo, flush when the pending delta reached ±`PEAK_FLUSH_BYTES`,
+    /// and set the bounds of the fast path again.
+    #[cold]
+    #[inline(never)]
+    fn slow_path(&self, s: &Shard, bytes: i64) {
         let state = STATE.0.load(Relaxed);
-        if state & OWNERS_MASK <= 1 {
-            if s.seen_epoch.load(Relaxed) != state >> EPOCH_SHIFT {
+        if state != s.seen_state.load(Relaxed) {
+            if state & OWNERS_MASK <= 1 {
+                // Alone: start a solo window (sets `hw_rel` to the current bytes).
                 self.resync(s, state >> EPOCH_SHIFT);
+            } else {
+                // Others allocate too: no high-water mark, the flushes bound the peak.
+                s.hw_rel.store(i64::MAX, Relaxed);
             }
-            let now = s.offset.load(Relaxed).wrapping_add(bytes);
-            if now > s.hw.load(Relaxed) {
-                s.hw.store(now, Relaxed);
-            }
+            s.seen_state.store(state, Relaxed);
+        }
+        if bytes > s.hw_rel.load(Relaxed) {
+            s.hw.store(s.offset.load(Relaxed).wrapping_add(bytes), Relaxed);
+            s.hw_rel.store(bytes, Relaxed);
         }
         // Solo or not, the pending delta stays under the threshold: when a second thread starts
         // allocating, its flushes must already find this thread's bytes (nearly) all in
@@ -435,6 +480,16 @@ impl Counters {
         if !(-PEAK_FLUSH_BYTES..PEAK_FLUSH_BYTES).contains(&pending) {
             self.flush(s);
         }
+        Self::set_limits(s);
+    }
+
+    /// The bounds of the owner's fast path, from `at_flush` and `hw_rel`.
+    fn set_limits(s: &Shard) {
+        let at = s.at_flush.load(Relaxed);
+        s.limit_lo
+            .store(at.saturating_sub(PEAK_FLUSH_BYTES), Relaxed);
+        let hi = at.saturating_add(PEAK_FLUSH_BYTES - 1);
+        s.limit_hi.store(hi.min(s.hw_rel.load(Relaxed)), Relaxed);
     }
 
     /// The owner of `s` moves its pending delta into `flushed` (every ±64 KiB, at a resync, at
@@ -468,9 +523,9 @@ impl Counters {
         s.offset
             .store(now.wrapping_sub(s.bytes.load(Relaxed)), Relaxed);
         s.hw.store(now, Relaxed);
+        s.hw_rel.store(s.bytes.load(Relaxed), Relaxed);
         // Release: a reader that sees the new epoch sees the new `hw` too.
         s.hw_epoch.store(epoch, Ordering::Release);
-        s.seen_epoch.store(epoch, Relaxed);
     }
 
     /// Move shard `s`'s high-water mark into `peak` unless a reset came after it.
@@ -484,7 +539,10 @@ impl Counters {
     fn retire_shard(&self, s: &Shard) {
         self.fold_hw(s);
         self.flush(s);
-        s.seen_epoch.store(u64::MAX, Relaxed);
+        // The next owner of this shard starts with a slow path (resync or not).
+        s.seen_state.store(u64::MAX, Relaxed);
+        s.hw_rel.store(i64::MAX, Relaxed);
+        Self::set_limits(s);
     }
 
     /// The shared shard moved by `delta`: it flushes at once, and a solo owner must resync.
@@ -512,6 +570,14 @@ impl Counters {
         }
     }
 
+    /// The owner of `s` freed its way below `limit_lo`: flush.
+    #[cold]
+    #[inline(never)]
+    fn slow_free(&self, s: &Shard) {
+        self.flush(s);
+        Self::set_limits(s);
+    }
+
     /// Record a call of `xFree` of a block of `size` bytes.
     #[inline(always)]
     pub fn on_free(&self, size: usize) {
@@ -522,11 +588,10 @@ impl Counters {
             self.shared_moved(-(size as i64));
             return;
         }
-        // A free never raises the high-water mark, so the solo bookkeeping of `note_bytes`
-        // (resync, `hw`) waits for the next malloc; only the flush threshold is kept.
-        let pending = b.wrapping_sub(s.at_flush.load(Relaxed));
-        if pending < -PEAK_FLUSH_BYTES {
-            self.flush(s);
+        // A free never raises the high-water mark, so the solo bookkeeping (a resync after a
+        // change of `STATE`, `hw`) waits for the next malloc; only the flush threshold is kept.
+        if b < s.limit_lo.load(Relaxed) {
+            self.slow_free(s);
         }
     }
 
