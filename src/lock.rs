@@ -32,12 +32,37 @@
 //! with two threads on one unsharded heap: better aggregate throughput than restarting the
 //! stages, and than `std::sync::Mutex`; see bench/notes.md).
 //!
+//! # Bias (x86-64 Linux)
+//!
+//! Most programs allocate from one thread (SQLite itself serializes its calls when memstatus is
+//! on), and even an uncontended compare-exchange costs a locked instruction per call. So the
+//! first thread to take the lock becomes its *owner*: it enters by storing `owner_in = true`
+//! and checking that `bias` still names it, and leaves by storing `owner_in = false`; no locked
+//! instruction either way. Any other thread that wants the lock *revokes* the bias for good,
+//! once: holding the test-and-set lock, it stores `bias = REVOKED`, calls
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` and waits until `owner_in` is false; from then
+//! on everybody, the former owner included, uses the test-and-set lock.
+//!
+//! Why this is exclusive although the owner's store and load may be reordered by the processor
+//! (store-load): `membarrier` runs a full memory barrier on every CPU that runs a thread of the
+//! process (a thread that is not running gets one when it is scheduled again) before it returns.
+//! If the owner's store of `owner_in = true` came before that barrier in its program order, the
+//! revoker sees it after `membarrier` and waits; if it came after, the owner's check of `bias`,
+//! which follows the store, also comes after the barrier and sees `REVOKED`, so the owner backs
+//! out (`owner_in = false`) and takes the test-and-set lock, which the revoker holds. The owner
+//! is identified by its thread pointer (`%fs:0`, unique among live threads; a thread that gets a
+//! dead owner's pointer may use the bias, the dead owner being outside). The bias is used only
+//! when `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED` succeeded (Linux 4.14 and later); elsewhere,
+//! and under Miri, the lock is the test-and-set lock alone. After `fork` the child registers
+//! again before revoking.
+//!
 //! # Properties
 //!
 //! - Mutual exclusion: only the compare-exchange that sees `false` takes the lock; the release
 //!   store happens-before the acquire of the next holder, so the protected data is seen whole.
 //! - No allocation, no call into SQLite, no other lock: it can be taken on any allocation path.
-//!   The only system calls are `sched_yield` and `nanosleep`, on the contended path.
+//!   The only system calls are `sched_yield` and `nanosleep`, on the contended path, and one
+//!   `membarrier` per lock when a second thread first takes it.
 //! - Not fair: a thread that releases and takes the lock again at once may win over a waiter.
 //!   Under contention the sharded memsys5 (`shards=N`) is the answer, not fairness.
 //! - Not reentrant, and no poisoning: a panic while it is held releases it through the guard's
@@ -45,7 +70,7 @@
 
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Reads of the flag, with a pause between them, before a waiter starts yielding its CPU.
@@ -57,15 +82,26 @@ const MAX_BACKOFF_LOG: u32 = 6;
 /// How long a waiter sleeps between reads once it has yielded [`YIELDS`] times.
 pub const NAP: Duration = Duration::from_micros(50);
 
+/// `bias` once revoked (or never allowed): everybody uses the test-and-set lock.
+const REVOKED: usize = 1;
+/// `bias` before any thread took the lock.
+const UNOWNED: usize = 0;
+
 /// Mutual exclusion over a `T`; see the [module documentation](self).
 pub struct Lock<T> {
+    /// The test-and-set lock.
     locked: AtomicBool,
+    /// The owner's thread pointer, [`UNOWNED`] or [`REVOKED`].
+    bias: AtomicUsize,
+    /// The owner is inside (written by the owner only).
+    owner_in: AtomicBool,
     data: UnsafeCell<T>,
 }
 
 // SAFETY: the data is only reached through a `LockGuard`, and at most one guard exists at a time
-// (the flag is set by exactly one successful compare-exchange and cleared by that guard's drop),
-// so sharing the lock between threads hands the `T` from one thread to another, never to two at
+// (a test-and-set guard: the flag is set by exactly one successful compare-exchange and cleared
+// by that guard's drop; a biased guard: only the owner takes one, and a revoker waits for it to
+// be dropped before it goes on, see the module documentation), so sharing the lock between threads hands the `T` from one thread to another, never to two at
 // once: `T: Send` is what that needs.
 unsafe impl<T: Send> Sync for Lock<T> {}
 
@@ -74,13 +110,53 @@ impl<T> Lock<T> {
     pub const fn new(data: T) -> Lock<T> {
         Lock {
             locked: AtomicBool::new(false),
+            bias: AtomicUsize::new(UNOWNED),
+            owner_in: AtomicBool::new(false),
             data: UnsafeCell::new(data),
         }
     }
 
     /// Wait until the lock is free, take it, and return the guard that releases it.
-    #[inline]
+    #[inline(always)]
     pub fn lock(&self) -> LockGuard<'_, T> {
+        if let Some(me) = bias::me() {
+            let mut b = self.bias.load(Ordering::Relaxed);
+            if b == UNOWNED {
+                // The first thread to get here becomes the owner.
+                b = match self.bias.compare_exchange(
+                    UNOWNED,
+                    me,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => me,
+                    Err(now) => now,
+                };
+            }
+            if b == me {
+                self.owner_in.store(true, Ordering::Relaxed);
+                // The processor may still let the load below pass the store above; the
+                // revoker's `membarrier` covers that (module documentation). The compiler must
+                // not reorder them, nor move the critical section above the check.
+                compiler_fence(Ordering::SeqCst);
+                if self.bias.load(Ordering::Relaxed) == me {
+                    return LockGuard {
+                        lock: self,
+                        biased: true,
+                    };
+                }
+                // Revoked meanwhile: leave, and queue on the test-and-set lock.
+                self.owner_in.store(false, Ordering::Release);
+            }
+        }
+        self.lock_unbiased()
+    }
+
+    /// Take the test-and-set lock, then make sure no owner can be inside: revoke a bias that is
+    /// still on (once per lock), or forbid one when nobody took it yet. Out of line: the owner's
+    /// path above is what must be inlined.
+    #[inline(never)]
+    fn lock_unbiased(&self) -> LockGuard<'_, T> {
         if self
             .locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -88,7 +164,32 @@ impl<T> Lock<T> {
         {
             self.lock_contended();
         }
-        LockGuard { lock: self }
+        if self.bias.load(Ordering::Relaxed) != REVOKED {
+            self.revoke();
+        }
+        LockGuard {
+            lock: self,
+            biased: false,
+        }
+    }
+
+    /// With the test-and-set lock held: end the bias for good and wait until the owner is out.
+    #[cold]
+    #[inline(never)]
+    fn revoke(&self) {
+        // Holders of the test-and-set lock are the only writers of `REVOKED`; a thread that has
+        // not yet taken the bias can no longer take it (its compare-exchange fails).
+        let was = self.bias.swap(REVOKED, Ordering::Relaxed);
+        if was == UNOWNED {
+            // Nobody ever entered as owner.
+            return;
+        }
+        bias::barrier_all();
+        let mut polls: u32 = 0;
+        // Acquire: everything the owner did inside happens-before what the revoker does next.
+        while self.owner_in.load(Ordering::Acquire) {
+            wait(&mut polls);
+        }
     }
 
     /// The slow path of [`lock`](Self::lock): poll until the flag is seen clear and taken.
@@ -98,16 +199,7 @@ impl<T> Lock<T> {
         let mut polls: u32 = 0;
         loop {
             while self.locked.load(Ordering::Relaxed) {
-                if polls < SPINS {
-                    for _ in 0..1u32 << polls.min(MAX_BACKOFF_LOG) {
-                        std::hint::spin_loop();
-                    }
-                } else if polls < SPINS + YIELDS {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(NAP);
-                }
-                polls = polls.saturating_add(1);
+                wait(&mut polls);
             }
             if self
                 .locked
@@ -125,9 +217,25 @@ impl<T> Lock<T> {
     }
 }
 
+/// One poll of a waiter that has polled `polls` times: spin (with backoff), yield, or nap.
+fn wait(polls: &mut u32) {
+    if *polls < SPINS {
+        for _ in 0..1u32 << (*polls).min(MAX_BACKOFF_LOG) {
+            std::hint::spin_loop();
+        }
+    } else if *polls < SPINS + YIELDS {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(NAP);
+    }
+    *polls = polls.saturating_add(1);
+}
+
 /// Proof that the lock is held; gives access to the data, releases the lock when dropped.
 pub struct LockGuard<'a, T> {
     lock: &'a Lock<T>,
+    /// Taken as the owner (released through `owner_in`), else through the test-and-set lock.
+    biased: bool,
 }
 
 impl<T> Deref for LockGuard<'_, T> {
@@ -151,7 +259,111 @@ impl<T> DerefMut for LockGuard<'_, T> {
 impl<T> Drop for LockGuard<'_, T> {
     #[inline(always)]
     fn drop(&mut self) {
-        self.lock.locked.store(false, Ordering::Release);
+        if self.biased {
+            self.lock.owner_in.store(false, Ordering::Release);
+        } else {
+            self.lock.locked.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The owner's identity and the revoker's barrier.
+mod bias {
+    /// The calling thread's identity for the bias (its thread pointer, never 0 or 1), or `None`
+    /// when biasing is off here: no `membarrier`, or not x86-64 Linux, or Miri.
+    #[inline(always)]
+    pub fn me() -> Option<usize> {
+        imp::me()
+    }
+
+    /// Run a full memory barrier on every CPU that runs a thread of this process.
+    pub fn barrier_all() {
+        imp::barrier_all()
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    mod imp {
+        use std::arch::asm;
+        use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+        const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+        const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+        /// 0: not asked yet; 1: biasing off; 2: on (the process is registered).
+        static STATE: AtomicU8 = AtomicU8::new(0);
+
+        #[inline(always)]
+        pub fn me() -> Option<usize> {
+            let on = match STATE.load(Relaxed) {
+                2 => true,
+                1 => false,
+                _ => ask(),
+            };
+            if !on {
+                return None;
+            }
+            let tp: usize;
+            // SAFETY: on x86-64 Linux `%fs:0` holds the thread control block's pointer to
+            // itself (the TLS ABI), readable by the thread at any time; nothing is written.
+            unsafe {
+                asm!(
+                    "mov {tp}, qword ptr fs:[0]",
+                    tp = out(reg) tp,
+                    options(nostack, readonly, preserves_flags),
+                )
+            };
+            // A thread pointer is a real, aligned address: never UNOWNED (0) or REVOKED (1).
+            (tp > super::super::REVOKED).then_some(tp)
+        }
+
+        /// Register for private expedited membarriers (once per process).
+        #[cold]
+        fn ask() -> bool {
+            let on = register();
+            STATE.store(if on { 2 } else { 1 }, Relaxed);
+            on
+        }
+
+        fn register() -> bool {
+            // SAFETY: the membarrier system call with a command and flags 0 reads and writes
+            // no memory of the caller.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                    0,
+                    0,
+                ) == 0
+            }
+        }
+
+        pub fn barrier_all() {
+            // SAFETY: as in `register`.
+            let run = || unsafe {
+                libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0
+            };
+            // A child of `fork` is not registered (the registration belongs to the parent's
+            // address space): register, then try again.
+            if run() || (register() && run()) {
+                return;
+            }
+            // The registration succeeded once in this process, so this does not happen; going
+            // on without the barrier could let two threads into the allocator at once.
+            let msg = b"sqlalloc: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed; aborting\n";
+            // SAFETY: writes `msg.len()` bytes of a live buffer to standard error.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            std::process::abort();
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+    mod imp {
+        #[inline(always)]
+        pub fn me() -> Option<usize> {
+            None
+        }
+
+        pub fn barrier_all() {}
     }
 }
 
@@ -185,6 +397,74 @@ mod tests {
         }
         let total = threads as u64 * rounds;
         assert_eq!(*lock.lock(), (total, total));
+    }
+
+    #[test]
+    fn bias_is_revoked_exclusively() {
+        // Many fresh locks: the first thread takes each one as its owner (on x86-64 Linux with
+        // membarrier) and keeps entering it; a second thread arrives at a varying moment and
+        // revokes the bias while the owner may be inside. Each critical section does a
+        // non-atomic read-modify-write of a pair with a window in the middle: two threads inside
+        // at once lose an increment or tear the pair.
+        let locks = if cfg!(miri) { 3 } else { 100 };
+        let rounds: u64 = if cfg!(miri) { 20 } else { 40 };
+        // Long enough inside (tens of microseconds, longer than a `membarrier`) that a revoker
+        // that did not wait for the owner would overlap it.
+        fn critical(g: &mut (u64, u64)) {
+            let (a, b) = *g;
+            assert_eq!(a, b, "two threads inside at once");
+            g.0 = a + 1;
+            for _ in 0..if cfg!(miri) { 1 } else { 5_000 } {
+                std::hint::black_box(&mut *g);
+                std::hint::spin_loop();
+            }
+            g.1 = b + 1;
+        }
+        for n in 0..locks {
+            let lock = Arc::new(Lock::new((0u64, 0u64)));
+            let go = Arc::new(std::sync::Barrier::new(2));
+            let owner = {
+                let (lock, go) = (Arc::clone(&lock), Arc::clone(&go));
+                std::thread::spawn(move || {
+                    let _ = *lock.lock(); // become the owner before the other thread starts
+                    go.wait();
+                    for _ in 0..rounds {
+                        let mut g = lock.lock();
+                        critical(&mut g);
+                    }
+                })
+            };
+            go.wait();
+            for _ in 0..(n % 50) * 20 {
+                std::hint::spin_loop();
+            }
+            for _ in 0..rounds {
+                let mut g = lock.lock();
+                critical(&mut g);
+            }
+            owner.join().unwrap();
+            assert_eq!(*lock.lock(), (2 * rounds, 2 * rounds));
+            if bias::me().is_some() {
+                assert_eq!(lock.bias.load(Ordering::Relaxed), REVOKED);
+            }
+        }
+    }
+
+    #[test]
+    fn one_thread_keeps_the_bias() {
+        let lock = Lock::new(0u32);
+        for _ in 0..1000 {
+            *lock.lock() += 1;
+        }
+        assert_eq!(*lock.lock(), 1000);
+        match bias::me() {
+            // The owner never took the test-and-set lock.
+            Some(me) => {
+                assert_eq!(lock.bias.load(Ordering::Relaxed), me);
+                assert!(!lock.locked.load(Ordering::Relaxed));
+            }
+            None => assert_eq!(lock.bias.load(Ordering::Relaxed), REVOKED),
+        }
     }
 
     #[test]

@@ -290,6 +290,7 @@ impl Memsys5 {
     }
 
     /// Lock part `p`, with the marking for valgrind/ASan (`MARK`: see [`Locked`]).
+    #[inline(always)]
     fn lock_part<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
         let part = &self.parts[p];
         Locked {
