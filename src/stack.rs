@@ -330,13 +330,26 @@ unsafe impl MemMethods for Stack {
         p
     }
 
+    #[inline]
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
-        // SAFETY: forwarded contract.
-        unsafe { self.backend().size(ptr) }
+        // SAFETY: forwarded contract. (Static calls as in `malloc`: SQLite asks the size twice
+        // per malloc+free pair when memstatus is on.)
+        unsafe {
+            match &self.lower {
+                Lower::System(b) => b.size(ptr),
+                Lower::Memsys5(b) => b.size(ptr),
+                Lower::Dyn(b) => b.size(ptr),
+            }
+        }
     }
 
+    #[inline]
     fn roundup(&self, size: usize) -> usize {
-        self.backend().roundup(size)
+        match &self.lower {
+            Lower::System(b) => b.roundup(size),
+            Lower::Memsys5(b) => b.roundup(size),
+            Lower::Dyn(b) => b.roundup(size),
+        }
     }
 
     fn init(&self) -> Result<(), InitError> {
