@@ -24,9 +24,10 @@
 //!
 //! An exact peak needs the global current value after every call that can raise it (a free
 //! never does: it only adds to its shard and checks the flush threshold below). Every malloc and
-//! realloc reads one shared word, `STATE` (number of owned shards and an epoch that moves whenever a thread claims or
-//! gives back a shard, or the shared shard or a peak reset changes the picture); the word is
-//! written only on those rare events, so reading it shares nothing on the hot path.
+//! realloc reads one shared word, `STATE` (number of owned shards and an epoch that moves
+//! whenever a thread claims or gives back a shard, or the shared shard or a peak reset changes
+//! the picture); the word is written only on those rare events, so reading it shares nothing on
+//! the hot path.
 //!
 //! - **One thread allocating** (one shard owned; SQLite with memstatus on is serialized anyway):
 //!   every other shard is unowned, so their bytes do not move. The owner sums them once, when it

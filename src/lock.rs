@@ -101,8 +101,9 @@ pub struct Lock<T> {
 // SAFETY: the data is only reached through a `LockGuard`, and at most one guard exists at a time
 // (a test-and-set guard: the flag is set by exactly one successful compare-exchange and cleared
 // by that guard's drop; a biased guard: only the owner takes one, and a revoker waits for it to
-// be dropped before it goes on, see the module documentation), so sharing the lock between threads hands the `T` from one thread to another, never to two at
-// once: `T: Send` is what that needs.
+// be dropped before it goes on, see the module documentation), so sharing the lock between
+// threads hands the `T` from one thread to another, never to two at once: `T: Send` is what that
+// needs.
 unsafe impl<T: Send> Sync for Lock<T> {}
 
 impl<T> Lock<T> {

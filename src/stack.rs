@@ -72,9 +72,9 @@ impl Limit {
 
 impl Stack {
     /// Realloc under the cap. A request that fits in the old block's size is passed to the
-    /// backend (a shrink; the usage difference is accounted exactly). A growing request is done as a capped malloc, a copy and a free, because the backend's real
-    /// size after an in-place growth is only known once the old block is gone, when it is too
-    /// late to refuse.
+    /// backend (a shrink; the usage difference is accounted exactly). A growing request is done
+    /// as a capped malloc, a copy and a free, because the backend's real size after an in-place
+    /// growth is only known once the old block is gone, when it is too late to refuse.
     ///
     /// # Safety
     /// `ptr` is a live block of the backend whose size is `old`.
