@@ -571,14 +571,6 @@ impl Counters {
         }
     }
 
-    /// The owner of `s` freed its way below `limit_lo`: flush.
-    #[cold]
-    #[inline(never)]
-    fn slow_free(&self, s: &Shard) {
-        self.flush(s);
-        Self::set_limits(s);
-    }
-
     /// Record a call of `xFree` of a block of `size` bytes.
     #[inline(always)]
     pub fn on_free(&self, size: usize) {
@@ -590,9 +582,10 @@ impl Counters {
             return;
         }
         // A free never raises the high-water mark, so the solo bookkeeping (a resync after a
-        // change of `STATE`, `hw`) waits for the next malloc; only the flush threshold is kept.
+        // change of `STATE`, `hw`) waits for the next malloc; only the flush threshold is
+        // checked here (the slow path does the rest too, which is always correct).
         if b < s.limit_lo.load(Relaxed) {
-            self.slow_free(s);
+            self.slow_path(s, b);
         }
     }
 

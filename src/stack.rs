@@ -125,6 +125,18 @@ impl Stack {
     }
 }
 
+/// `$call` with `$b` bound to the backend of `$lower` (a [`Lower`]): a static call for the
+/// backends held by type, a `dyn` call for the others.
+macro_rules! on_lower {
+    ($lower:expr, $b:ident => $call:expr) => {
+        match $lower {
+            Lower::System($b) => $call,
+            Lower::Memsys5($b) => $call,
+            Lower::Dyn($b) => $call,
+        }
+    };
+}
+
 /// The backend as the stack holds it: the backends whose speed is measured against SQLite's C
 /// allocators are called statically on the hot paths (`malloc`, `free`), so that their code is
 /// inlined into the stack's instead of reached through a `dyn` call; any other through `dyn`.
@@ -289,11 +301,7 @@ unsafe impl MemMethods for Stack {
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         if self.limit.is_none() && self.fault.is_none() {
             // The common case: counters straight over the backend, one call down.
-            let r = match &self.lower {
-                Lower::System(b) => b.malloc_and_size(size),
-                Lower::Memsys5(b) => b.malloc_and_size(size),
-                Lower::Dyn(b) => b.malloc_and_size(size),
-            };
+            let r = on_lower!(&self.lower, b => b.malloc_and_size(size));
             self.counters.on_malloc(size, r.map(|(_, n)| n));
             return r.map(|(p, _)| p);
         }
@@ -302,13 +310,7 @@ unsafe impl MemMethods for Stack {
     #[inline(always)]
     unsafe fn free(&self, ptr: NonNull<u8>) {
         // SAFETY: forwarded contract.
-        let size = unsafe {
-            match &self.lower {
-                Lower::System(b) => b.size_and_free(ptr),
-                Lower::Memsys5(b) => b.size_and_free(ptr),
-                Lower::Dyn(b) => b.size_and_free(ptr),
-            }
-        };
+        let size = unsafe { on_lower!(&self.lower, b => b.size_and_free(ptr)) };
         self.counters.on_free(size);
         if let Some(l) = &self.limit {
             l.release(size as u64);
@@ -334,22 +336,12 @@ unsafe impl MemMethods for Stack {
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: forwarded contract. (Static calls as in `malloc`: SQLite asks the size twice
         // per malloc+free pair when memstatus is on.)
-        unsafe {
-            match &self.lower {
-                Lower::System(b) => b.size(ptr),
-                Lower::Memsys5(b) => b.size(ptr),
-                Lower::Dyn(b) => b.size(ptr),
-            }
-        }
+        unsafe { on_lower!(&self.lower, b => b.size(ptr)) }
     }
 
     #[inline]
     fn roundup(&self, size: usize) -> usize {
-        match &self.lower {
-            Lower::System(b) => b.roundup(size),
-            Lower::Memsys5(b) => b.roundup(size),
-            Lower::Dyn(b) => b.roundup(size),
-        }
+        on_lower!(&self.lower, b => b.roundup(size))
     }
 
     fn init(&self) -> Result<(), InitError> {
