@@ -106,6 +106,107 @@ impl HeapBuf {
     }
 }
 
+impl HeapBuf {
+    /// A view of bytes `off .. off + len` of the buffer, for a hot path that checks its indices
+    /// against `len` itself and then reaches the bytes without a second bounds check (see
+    /// [`HeapView`]).
+    ///
+    /// # Panics
+    /// When the range does not lie inside the buffer.
+    #[inline]
+    pub fn view(&self, off: usize, len: usize) -> HeapView<'_> {
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.len),
+            "heap view {off}+{len} outside a heap of {} bytes",
+            self.len
+        );
+        HeapView {
+            base: self.ptr(off),
+            len,
+            _heap: std::marker::PhantomData,
+        }
+    }
+}
+
+impl HeapBuf {
+    /// [`view`](Self::view) without the bounds check, for a range checked once beforehand.
+    ///
+    /// # Safety
+    /// `off + len <= self.len()` (without overflow).
+    #[inline(always)]
+    pub unsafe fn view_unchecked(&self, off: usize, len: usize) -> HeapView<'_> {
+        debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len));
+        HeapView {
+            // SAFETY: `off <= off + len <= len` of the buffer (caller's contract): within the
+            // allocation, derived from `base`.
+            base: unsafe { self.base.add(off) },
+            len,
+            _heap: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Bytes `off .. off + len` of a [`HeapBuf`], borrowed from it: a base pointer derived from the
+/// buffer's (same provenance) and a length. Its accessors are `unsafe` and check their offsets
+/// only in debug builds: the caller has already bounded them (typically an atom index checked
+/// against the number of atoms of a part), and the view's `Copy` fields let the compiler keep
+/// base and length in registers across the heap writes of an allocator's critical section,
+/// where `HeapBuf`'s own fields would have to be reloaded after every store.
+#[derive(Clone, Copy)]
+pub struct HeapView<'a> {
+    base: NonNull<u8>,
+    len: usize,
+    _heap: std::marker::PhantomData<&'a HeapBuf>,
+}
+
+impl HeapView<'_> {
+    /// Read the byte at offset `off` of the view.
+    ///
+    /// # Safety
+    /// `off < len`, and no other thread may be writing that byte.
+    #[inline(always)]
+    pub unsafe fn read_u8(&self, off: usize) -> u8 {
+        debug_assert!(off < self.len);
+        // SAFETY: `off < len` (caller's contract) and the view lies inside the buffer (checked
+        // by `HeapBuf::view`); no concurrent writer by the same contract.
+        unsafe { self.base.add(off).as_ptr().read() }
+    }
+
+    /// Write the byte at offset `off` of the view.
+    ///
+    /// # Safety
+    /// `off < len`, and no other thread may be reading or writing that byte.
+    #[inline(always)]
+    pub unsafe fn write_u8(&self, off: usize, v: u8) {
+        debug_assert!(off < self.len);
+        // SAFETY: as in `read_u8`.
+        unsafe { self.base.add(off).as_ptr().write(v) }
+    }
+
+    /// Read the `u32` at offset `off` of the view.
+    ///
+    /// # Safety
+    /// `off` is a multiple of 4 with `off + 4 <= len`, the view's start is 4-aligned, and no
+    /// other thread may be writing those bytes.
+    #[inline(always)]
+    pub unsafe fn read_u32(&self, off: usize) -> u32 {
+        debug_assert!(off % 4 == 0 && off + 4 <= self.len);
+        // SAFETY: in bounds and aligned by the caller's contract; no concurrent writer.
+        unsafe { self.base.add(off).cast::<u32>().as_ptr().read() }
+    }
+
+    /// Write the `u32` at offset `off` of the view.
+    ///
+    /// # Safety
+    /// As [`read_u32`](Self::read_u32), and no other thread may be reading those bytes.
+    #[inline(always)]
+    pub unsafe fn write_u32(&self, off: usize, v: u32) {
+        debug_assert!(off % 4 == 0 && off + 4 <= self.len);
+        // SAFETY: as in `read_u32`.
+        unsafe { self.base.add(off).cast::<u32>().as_ptr().write(v) }
+    }
+}
+
 impl Drop for HeapBuf {
     fn drop(&mut self) {
         let layout =

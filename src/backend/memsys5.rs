@@ -23,7 +23,10 @@
 //!   two are joined; the test repeats on the joined block until the buddy is in use, split, or
 //!   outside the heap. The result goes on the free list of its class.
 //! - Each free list is doubly linked by atom index, so taking any block off a list is O(1):
-//!   malloc and free cost O(`LOGMAX`), never a scan of a list.
+//!   malloc and free cost O(`LOGMAX`), never a scan of a list. A bit mask of the non-empty
+//!   lists finds the list a request is served from in one instruction. Taking the head off a
+//!   list leaves the new head's `prev` link as it was (a head's `prev` is never read), so a
+//!   malloc served by a list's head writes no heap line but the block it returns.
 //! - `size` is the block's size (`atom << k`) and `roundup(n)` the size of the block a request
 //!   of `n` bytes gets: `n` rounded up to a power of two, at least one atom.
 //! - `realloc` keeps the block when the new size fits in it (shrinking never splits a block);
@@ -99,7 +102,9 @@
 //! 1. Walking from atom 0 by block size (`2^class` atoms each) visits a tiling of
 //!    `0..nblock`: every block starts at a multiple of its size and lies inside one top-level block.
 //! 2. A block is free exactly when it is on the free list of its class, once; list links are
-//!    symmetric (`prev` of a block is the block whose `next` it is; the head has no `prev`).
+//!    symmetric (`prev` of a block is the block whose `next` it is), except the `prev` of a
+//!    list's head, which is never read and may be stale; bit `k` of the non-empty mask is set
+//!    exactly when list `k` is not empty.
 //! 3. No free block has a free buddy of the same class (it would have been joined).
 //! 4. The number of blocks in use equals the count kept in the state.
 //!
@@ -128,6 +133,10 @@
 //!   path must not call into SQLite); the counters of the stack above provide the statistics.
 //! - C also sets the free flag on the last atom's control byte of a freed block; nothing reads
 //!   it, so it is not reproduced.
+//! - C finds the list to serve a request from by scanning the list heads upwards from the
+//!   request's class, and clears the new head's `prev` link when it takes a list's head; here a
+//!   bit mask of the non-empty lists replaces the scan and the new head's `prev` is left stale
+//!   (see "Invariants"). The lists hold the same blocks in the same order either way.
 //! - `malloc(0)` returns the smallest block (what [`MemMethods`] asks of every backend); C's
 //!   `xMalloc(0)` returns NULL. SQLite itself never asks for 0 bytes.
 //! - A pointer passed to `free` that is plainly not a live block of this heap (outside it, not on
@@ -139,7 +148,7 @@
 //! running C's `mem5.c` and this module on the same random call sequences and comparing every
 //! offset; one such trace is a unit test).
 
-use crate::heap::HeapBuf;
+use crate::heap::{HeapBuf, HeapView};
 use crate::lock::{Lock, LockGuard};
 use crate::methods::{InitError, MemMethods};
 use crate::poison;
@@ -205,6 +214,9 @@ struct Part {
 struct State {
     /// `free[k]`: atom index of the first free block of class `k`, or [`NONE`].
     free: [u32; LOGMAX + 1],
+    /// Bit `k` set exactly when list `k` is not empty: a request of class `k` takes the list of
+    /// the lowest set bit at or above `k`, found with one instruction instead of a scan.
+    nonempty: u32,
     /// Number of blocks handed out and not yet freed.
     live: usize,
 }
@@ -237,6 +249,7 @@ impl Memsys5 {
                 },
                 state: Lock::new(State {
                     free: [NONE; LOGMAX + 1],
+                    nonempty: 0,
                     live: 0,
                 }),
             })
@@ -294,8 +307,21 @@ impl Memsys5 {
     #[inline(always)]
     fn lock_part<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
         let part = &self.parts[p];
+        // SAFETY: the parts tile the atoms `0..nblock` (see `with_shards`), so
+        // `first + n <= nblock`: the part's atoms end at `nblock << atom_log = ctrl` at the
+        // latest and its control bytes at `ctrl + nblock <= heap length` (see `geometry`).
+        let (atoms, ctrls) = unsafe {
+            (
+                self.heap
+                    .view_unchecked(part.first << self.atom_log, part.n << self.atom_log),
+                self.heap.view_unchecked(self.ctrl + part.first, part.n),
+            )
+        };
         Locked {
             m: self,
+            atoms,
+            ctrls,
+            atom_log: self.atom_log,
             base: part.first,
             n: part.n,
             st: part.state.lock(),
@@ -332,19 +358,26 @@ impl Memsys5 {
     /// [`malloc_class`](Self::malloc_class) with the marking on (`MARK`) or known to be off.
     #[inline(always)]
     fn malloc_class_in<const MARK: bool>(&self, k: usize) -> Option<NonNull<u8>> {
-        let first = self.preferred_part();
         let nparts = self.parts.len();
-        let i = (0..nparts).find_map(|d| {
-            let p = if first + d < nparts {
-                first + d
-            } else {
-                first + d - nparts
-            };
-            let i = self.lock_part::<MARK>(p).alloc(k)?;
-            Some(self.parts[p].first + i)
-        })?;
+        let i = if nparts == 1 {
+            // SQLite's memsys5: one heap, atom indices are global.
+            self.lock_part::<MARK>(0).alloc(k)?
+        } else {
+            let first = self.preferred_part();
+            (0..nparts).find_map(|d| {
+                let p = if first + d < nparts {
+                    first + d
+                } else {
+                    first + d - nparts
+                };
+                let i = self.lock_part::<MARK>(p).alloc(k)?;
+                Some(self.parts[p].first + i)
+            })?
+        };
         let p = self.heap.ptr(i << self.atom_log);
-        poison::block_alloc(self.heap.ptr(0), p, self.atom() << k);
+        if MARK {
+            poison::block_alloc(self.heap.ptr(0), p, self.atom() << k);
+        }
         Some(p)
     }
 
@@ -408,6 +441,12 @@ impl Memsys5 {
 /// check; true: every access asks (the cold paths, and all paths under the tools).
 struct Locked<'a, const MARK: bool> {
     m: &'a Memsys5,
+    /// The part's atoms and its control bytes; atom `i` of the part is at byte `i << atom_log`
+    /// of `atoms`, its control byte at byte `i` of `ctrls`. Copies, so that they stay in
+    /// registers across the heap writes below.
+    atoms: HeapView<'a>,
+    ctrls: HeapView<'a>,
+    atom_log: u32,
     /// The part's first atom in the heap and its number of atoms: indices below are relative.
     base: usize,
     n: usize,
@@ -419,38 +458,35 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn ctrl(&self, i: usize) -> u8 {
         assert!(i < self.n, "atom {i} outside the part");
-        // SAFETY: `base + i < base + n <= nblock` (checked) and the part's lock is held
-        // (`self.st`); atoms of other parts are never touched under this lock.
-        unsafe { self.m.ctrl_byte(self.base + i) }
+        // SAFETY: `i < n`, the length of `ctrls` (checked); the part's lock is held (`self.st`)
+        // and the control bytes of other parts are never touched under this lock; the control
+        // byte of a live block, read by `size` without the lock, is not written while it lives.
+        unsafe { self.ctrls.read_u8(i) }
     }
 
     /// Set the control byte of atom `i`.
     #[inline(always)]
     fn set_ctrl(&mut self, i: usize, v: u8) {
         assert!(i < self.n, "atom {i} outside the part");
-        // SAFETY: ctrl + base + i < ctrl + nblock <= heap length; the control area is never
-        // handed out and the part's lock is held, so nobody else reads or writes this byte
-        // meanwhile (the control byte of a live block, read without the lock, is not written).
-        unsafe {
-            self.m
-                .heap
-                .ptr(self.m.ctrl + self.base + i)
-                .as_ptr()
-                .write(v)
-        }
+        // SAFETY: as in `ctrl`; the control area is never handed out, so nobody else reads or
+        // writes this byte meanwhile.
+        unsafe { self.ctrls.write_u8(i, v) }
     }
 
-    /// Run `f` with the link of the free block at byte offset `off` accessible to the tools.
+    /// Run `f` with the link of free block `i` accessible to the tools.
     #[inline(always)]
-    fn open_link<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
+    fn open_link<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
         if MARK {
-            self.m.open_link(off, f)
+            self.m.open_link((self.base + i) << self.atom_log, f)
         } else {
             f()
         }
     }
 
-    /// The `(next, prev)` link of free block `i`.
+    /// The `(next, prev)` link of free block `i`. Both are checked to be [`NONE`] or an atom of
+    /// the part: a link is the one thing in the heap a program can overwrite (by writing into a
+    /// block it has freed), and a wild index must stop the allocator rather than let it write
+    /// outside the part.
     ///
     /// # Safety
     /// `i < n` is a free block of this part (its first 8 bytes belong to the allocator) whose
@@ -458,12 +494,20 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     unsafe fn links(&self, i: usize) -> (u32, u32) {
         debug_assert!(i < self.n);
-        let off = (self.base + i) << self.m.atom_log;
-        // SAFETY: off + 8 <= nblock * atom <= heap length, off is a multiple of 8; the block is
+        let off = i << self.atom_log;
+        // SAFETY: `i < n`, so `off + 8 <= n << atom_log`, the length of `atoms` (an atom has at
+        // least 8 bytes); `off` is a multiple of 8 from a 64-aligned heap base; the block is
         // free, so no user accesses it, and the part's lock is held.
-        self.open_link(off, || unsafe {
-            (self.m.heap.read_u32(off), self.m.heap.read_u32(off + 4))
-        })
+        let (next, prev) = self.open_link(i, || unsafe {
+            (self.atoms.read_u32(off), self.atoms.read_u32(off + 4))
+        });
+        let ok = |v: u32| v == NONE || (v as usize) < self.n;
+        assert!(
+            ok(next) && ok(prev),
+            "memsys5: corrupt free list at atom {} (was a freed block written to?)",
+            self.base + i
+        );
+        (next, prev)
     }
 
     /// Set the `next` link of free block `i`.
@@ -473,9 +517,9 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     unsafe fn set_next(&mut self, i: usize, next: u32) {
         debug_assert!(i < self.n);
-        let off = (self.base + i) << self.m.atom_log;
+        let off = i << self.atom_log;
         // SAFETY: as in `links`.
-        self.open_link(off, || unsafe { self.m.heap.write_u32(off, next) })
+        self.open_link(i, || unsafe { self.atoms.write_u32(off, next) })
     }
 
     /// Set the `prev` link of free block `i`.
@@ -485,12 +529,19 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     unsafe fn set_prev(&mut self, i: usize, prev: u32) {
         debug_assert!(i < self.n);
-        let off = (self.base + i) << self.m.atom_log;
+        let off = i << self.atom_log;
         // SAFETY: as in `links`.
-        self.open_link(off, || unsafe { self.m.heap.write_u32(off + 4, prev) })
+        self.open_link(i, || unsafe { self.atoms.write_u32(off + 4, prev) })
     }
 
     /// Take free block `i` of class `k` off its list.
+    ///
+    /// The head of a list is taken off without writing its successor's `prev` link, which then
+    /// still names the block just taken: the `prev` link of a list's head is never read (a head
+    /// is recognised by `free[k]`), so it may be stale. This spares the most common call, a
+    /// malloc served by the head of its list, a write into a second cold heap line (the
+    /// successor's). Every other block's `prev` is exact: a block stops being the head only when
+    /// another is put in front of it, which writes its `prev` (see [`link`](Self::link)).
     #[inline(always)]
     fn unlink(&mut self, i: usize, k: usize) {
         debug_assert_eq!(self.ctrl(i), CTRL_FREE | k as u8);
@@ -498,11 +549,14 @@ impl<const MARK: bool> Locked<'_, MARK> {
         // valid, and its neighbours are free blocks on the same list.
         unsafe {
             let (next, prev) = self.links(i);
-            if prev == NONE {
+            if self.st.free[k] == i as u32 {
                 self.st.free[k] = next;
-            } else {
-                self.set_next(prev as usize, next);
+                if next == NONE {
+                    self.st.nonempty &= !(1 << k);
+                }
+                return;
             }
+            self.set_next(prev as usize, next);
             if next != NONE {
                 self.set_prev(next as usize, prev);
             }
@@ -525,21 +579,19 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
         // i < nblock <= MAX_BLOCKS < u32::MAX.
         self.st.free[k] = i as u32;
+        self.st.nonempty |= 1 << k;
     }
 
     /// Lay the whole heap out as free top-level blocks (forgets every block).
     fn layout(&mut self) {
         let n = self.n;
-        // SAFETY: the part's control bytes `ctrl + base .. ctrl + base + n` lie inside the heap
-        // and are never handed out; the part's lock is held.
-        unsafe {
-            self.m
-                .heap
-                .ptr(self.m.ctrl + self.base)
-                .as_ptr()
-                .write_bytes(0, n)
-        };
+        for i in 0..n {
+            // SAFETY: `i < n`, the length of `ctrls`; the control bytes are never handed out
+            // and the part's lock is held.
+            unsafe { self.ctrls.write_u8(i, 0) };
+        }
         self.st.free = [NONE; LOGMAX + 1];
+        self.st.nonempty = 0;
         self.st.live = 0;
         let mut at = 0;
         for k in (0..=LOGMAX).rev() {
@@ -553,8 +605,14 @@ impl<const MARK: bool> Locked<'_, MARK> {
 
     /// Hand out a block of class `k`: its atom index, or `None` when no free block is large
     /// enough.
+    #[inline(always)]
     fn alloc(&mut self, k: usize) -> Option<usize> {
-        let mut bin = (k..=LOGMAX).find(|&b| self.st.free[b] != NONE)?;
+        // The smallest non-empty class at or above `k` (k <= LOGMAX < 32).
+        let above = self.st.nonempty >> k;
+        if above == 0 {
+            return None;
+        }
+        let mut bin = k + above.trailing_zeros() as usize;
         let i = self.st.free[bin] as usize;
         self.unlink(i, bin);
         while bin > k {
@@ -569,6 +627,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     }
 
     /// Free the live block starting at atom `i`, joining it with free buddies.
+    #[inline(always)]
     fn release(&mut self, mut i: usize) {
         let mut k = (self.ctrl(i) & CTRL_LOGSIZE) as usize;
         self.set_ctrl(i, CTRL_FREE | k as u8);
@@ -612,7 +671,9 @@ impl Memsys5 {
         }
         let n = self.atom() << (c & CTRL_LOGSIZE);
         // Marked before `release` writes its links into the block.
-        poison::block_free(self.heap.ptr(0), ptr, n);
+        if MARK {
+            poison::block_free(self.heap.ptr(0), ptr, n);
+        }
         l.release(i);
         n
     }
@@ -819,11 +880,19 @@ impl Memsys5 {
                 listed[c] = true;
                 // SAFETY: `c` is a free block (checked above).
                 let (next, p) = unsafe { l.links(c) };
-                assert_eq!(p, prev, "prev link of {c} on list {k}");
+                // The head's `prev` may be stale (see `unlink`).
+                if prev != NONE {
+                    assert_eq!(p, prev, "prev link of {c} on list {k}");
+                }
                 (prev, cur) = (cur, next);
                 len += 1;
             }
             assert_eq!(len, count, "length of list {k}");
+            assert_eq!(
+                l.st.nonempty & (1 << k) != 0,
+                count != 0,
+                "bit {k} of the non-empty mask"
+            );
         }
         // 3. No two free buddies.
         for i in (0..n).filter(|&i| start[i]) {
