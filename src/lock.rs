@@ -118,45 +118,65 @@ impl<T> Lock<T> {
     }
 
     /// Wait until the lock is free, take it, and return the guard that releases it.
+    ///
+    /// The owner's path is inlined: one load of `bias` compared with the thread pointer (a
+    /// thread pointer is stored there only when biasing is on, see [`lock_slow`]), the store
+    /// of `owner_in` and the second load of `bias`. Everything else is out of line.
+    ///
+    /// [`lock_slow`]: Self::lock_slow
     #[inline(always)]
     pub fn lock(&self) -> LockGuard<'_, T> {
-        if let Some(me) = bias::me() {
-            let mut b = self.bias.load(Ordering::Relaxed);
-            if b == UNOWNED {
-                // The first thread to get here becomes the owner.
-                b = match self.bias.compare_exchange(
-                    UNOWNED,
-                    me,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => me,
-                    Err(now) => now,
-                };
-            }
-            if b == me {
-                self.owner_in.store(true, Ordering::Relaxed);
-                // The processor may still let the load below pass the store above; the
-                // revoker's `membarrier` covers that (module documentation). The compiler must
-                // not reorder them, nor move the critical section above the check.
-                compiler_fence(Ordering::SeqCst);
-                if self.bias.load(Ordering::Relaxed) == me {
-                    return LockGuard {
-                        lock: self,
-                        biased: true,
-                    };
+        if let Some(tp) = bias::thread_pointer() {
+            if self.bias.load(Ordering::Relaxed) == tp {
+                if let Some(g) = self.enter_as_owner(tp) {
+                    return g;
                 }
-                // Revoked meanwhile: leave, and queue on the test-and-set lock.
-                self.owner_in.store(false, Ordering::Release);
+            }
+        }
+        self.lock_slow()
+    }
+
+    /// The owner `me` enters: `None` when the bias was revoked meanwhile.
+    #[inline(always)]
+    fn enter_as_owner(&self, me: usize) -> Option<LockGuard<'_, T>> {
+        self.owner_in.store(true, Ordering::Relaxed);
+        // The processor may still let the load below pass the store above; the revoker's
+        // `membarrier` covers that (module documentation). The compiler must not reorder them,
+        // nor move the critical section above the check.
+        compiler_fence(Ordering::SeqCst);
+        if self.bias.load(Ordering::Relaxed) == me {
+            return Some(LockGuard {
+                lock: self,
+                biased: true,
+            });
+        }
+        // Revoked meanwhile: leave, and queue on the test-and-set lock.
+        self.owner_in.store(false, Ordering::Release);
+        None
+    }
+
+    /// Not the owner (yet): become it when nobody took the lock before and biasing is on here,
+    /// else take the test-and-set lock.
+    #[inline(never)]
+    fn lock_slow(&self) -> LockGuard<'_, T> {
+        if let Some(me) = bias::me() {
+            // The first thread to get here becomes the owner.
+            if self.bias.load(Ordering::Relaxed) == UNOWNED
+                && self
+                    .bias
+                    .compare_exchange(UNOWNED, me, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                if let Some(g) = self.enter_as_owner(me) {
+                    return g;
+                }
             }
         }
         self.lock_unbiased()
     }
 
     /// Take the test-and-set lock, then make sure no owner can be inside: revoke a bias that is
-    /// still on (once per lock), or forbid one when nobody took it yet. Out of line: the owner's
-    /// path above is what must be inlined.
-    #[inline(never)]
+    /// still on (once per lock), or forbid one when nobody took it yet.
     fn lock_unbiased(&self) -> LockGuard<'_, T> {
         if self
             .locked
@@ -282,6 +302,14 @@ mod bias {
         imp::barrier_all()
     }
 
+    /// The calling thread's pointer where biasing can exist at all (x86-64 Linux, not Miri),
+    /// whether or not it is on; `None` elsewhere. A lock's `bias` holds a thread pointer only
+    /// when [`me`] returned it, so comparing with this one suffices on the owner's path.
+    #[inline(always)]
+    pub fn thread_pointer() -> Option<usize> {
+        imp::thread_pointer()
+    }
+
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     mod imp {
         use std::arch::asm;
@@ -303,6 +331,11 @@ mod bias {
             if !on {
                 return None;
             }
+            thread_pointer()
+        }
+
+        #[inline(always)]
+        pub fn thread_pointer() -> Option<usize> {
             let tp: usize;
             // SAFETY: on x86-64 Linux `%fs:0` holds the thread control block's pointer to
             // itself (the TLS ABI), readable by the thread at any time; nothing is written.
@@ -361,6 +394,11 @@ mod bias {
     mod imp {
         #[inline(always)]
         pub fn me() -> Option<usize> {
+            None
+        }
+
+        #[inline(always)]
+        pub fn thread_pointer() -> Option<usize> {
             None
         }
 

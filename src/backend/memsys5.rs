@@ -348,6 +348,18 @@ impl Memsys5 {
     /// Hand out a block of class `k`: from the thread's own part first, then the others in turn.
     #[inline]
     fn malloc_class(&self, k: usize) -> Option<NonNull<u8>> {
+        if self.parts.len() == 1 && !poison::active() {
+            // SQLite's memsys5, no marking: the path to keep short (the others are calls away,
+            // so that this one saves and restores few registers).
+            let i = self.lock_part::<false>(0).alloc(k)?;
+            return Some(self.heap.ptr(i << self.atom_log));
+        }
+        self.malloc_class_other(k)
+    }
+
+    /// [`malloc_class`](Self::malloc_class) with shards or with the marking on.
+    #[inline(never)]
+    fn malloc_class_other(&self, k: usize) -> Option<NonNull<u8>> {
         if poison::active() {
             self.malloc_class_in::<true>(k)
         } else {
@@ -679,6 +691,20 @@ impl Memsys5 {
     }
 }
 
+impl Memsys5 {
+    /// [`size_and_free`](MemMethods::size_and_free) of the block at global atom `g` with shards
+    /// or with the marking on.
+    #[inline(never)]
+    fn release_other(&self, ptr: NonNull<u8>, g: usize) -> usize {
+        let part = self.part_of(g);
+        if poison::active() {
+            self.release_in::<true>(ptr, g, part)
+        } else {
+            self.release_in::<false>(ptr, g, part)
+        }
+    }
+}
+
 // SAFETY: every block handed out is a run of atoms taken off the free lists under the lock and
 // marked in use, so live blocks never overlap; a block of class k has atom << k >= the request
 // bytes and starts at a multiple of the atom (>= 8) from a 64-aligned base; its control byte (hence
@@ -707,12 +733,11 @@ unsafe impl MemMethods for Memsys5 {
         let Some(g) = self.index_of(ptr) else {
             return 0;
         };
-        let part = self.part_of(g);
-        if poison::active() {
-            self.release_in::<true>(ptr, g, part)
-        } else {
-            self.release_in::<false>(ptr, g, part)
+        if self.parts.len() == 1 && !poison::active() {
+            // The short path, as in `malloc_class`.
+            return self.release_in::<false>(ptr, g, 0);
         }
+        self.release_other(ptr, g)
     }
 
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
