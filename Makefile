@@ -147,6 +147,9 @@ BENCH_DIR     := $(BUILD)/bench
 BENCH_TARGET  ?= target/bench
 BENCH_PRELOAD := $(BENCH_TARGET)/release/libsqlalloc_preload.so
 BENCH_SMOKE_PRELOAD ?= $(PRELOAD_SO)
+# The preload library without valgrind pool marking, for memsys3/memsys5 instruction counts.
+NOMARK_TARGET  ?= target/nomark
+NOMARK_PRELOAD := $(NOMARK_TARGET)/release/libsqlalloc_preload.so
 .PHONY: bench bench-smoke bench-deps
 
 # Debian's jemalloc and mimalloc for the LD_PRELOAD baselines, and valgrind for callgrind.
@@ -163,17 +166,19 @@ bench-deps:
 
 bench: lib bench-deps
 	CARGO_TARGET_DIR=$(BENCH_TARGET) $(CARGO) build --release -p sqlalloc_preload --features jemalloc,mimalloc
+	CARGO_TARGET_DIR=$(NOMARK_TARGET) $(CARGO) build --release -p sqlalloc_preload --features no-valgrind-marking
 	bench/build.sh $(BENCH_DIR) $(LIBA)
 	$(CARGO) build --release --example counters_cost
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_PRELOAD) \
-	  --counters-cost $(RELEASE)/examples/counters_cost \
+	  --preload-nomark $(NOMARK_PRELOAD) --counters-cost $(RELEASE)/examples/counters_cost \
 	  --out docs/BENCHMARKS.md --chart docs/benchmarks.svg
 
 bench-smoke: lib preload bench-deps
+	CARGO_TARGET_DIR=$(NOMARK_TARGET) $(CARGO) build --release -p sqlalloc_preload --features no-valgrind-marking
 	bench/build.sh $(BENCH_DIR) $(LIBA)
 	$(CARGO) build --release --example counters_cost
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke \
-	  --counters-cost $(RELEASE)/examples/counters_cost
+	  --preload-nomark $(NOMARK_PRELOAD) --counters-cost $(RELEASE)/examples/counters_cost
 
 # ---- Fault injection: OOM sweep and soak (owner: fault; see docs/RELIABILITY.md) -------------
 # Every backend of the C tests, plus `rust`. oom_sweep installs BACKEND+fault and fails

@@ -20,6 +20,8 @@
  *                    probability 2% grows the slot's block with xRealloc. Sizes: 50% 8-64 bytes,
  *                    43% 257-512, 5% 4096-8192 (page buffers), 2% 65-256.
  *   --trace FILE     replays a trace written by libtrace_rec.so (see bench/trace_rec.c).
+ *   --passes P       replays the trace P times (default 2, at least 1) and times the last: the
+ *                    instruction count of one pass is the difference between P = 3 and P = 2.
  *   --threads T      runs the mix in T threads at once, each on its own slots, and reports the
  *                    aggregate pairs per second (wall clock).
  * ns_per_pair is time / (malloc+free pairs); a realloc counts as one pair. Single-thread figures
@@ -142,7 +144,7 @@ static void *run_mix(void *vp) {
  *   header: "SQATRC01", u32 number of records, u32 number of ids (most blocks live at once)
  *   records: u32 (op << 30 | id), u32 size; op 0 = xMalloc into id, 1 = xFree id,
  *            2 = xRealloc id to size. */
-static int replay(const char *path) {
+static int replay(const char *path, int passes) {
   FILE *f = fopen(path, "rb");
   if (!f) die("cannot open trace %s", path);
   char magic[8];
@@ -161,10 +163,10 @@ static int replay(const char *path) {
     if (op > 2 || id > nid) die("trace %s has a bad record", path);
     if (op != 1) pairs++;
   }
-  /* Pass 0 warms up (the allocator's heap grows to the trace's peak, pages are faulted in);
-   * pass 1 is timed. */
+  /* The first passes warm up (the allocator's heap grows to the trace's peak, pages are
+   * faulted in); the last is timed. */
   double cpu = 0;
-  for (int pass = 0; pass < 2; pass++) {
+  for (int pass = 0; pass < passes; pass++) {
     double c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
     for (uint32_t i = 0; i < n; i++) {
       uint32_t op = rec[2 * i] >> 30, id = rec[2 * i] & 0x3fffffff;
@@ -200,7 +202,7 @@ static int replay(const char *path) {
 
 int main(int argc, char **argv) {
   long heap = 0, heap_min = 0, steps = 0;
-  int threads = 0;
+  int threads = 0, passes = 2;
   const char *trace = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--heap") && i + 2 < argc) {
@@ -212,6 +214,9 @@ int main(int argc, char **argv) {
       threads = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--trace") && i + 1 < argc) {
       trace = argv[++i];
+    } else if (!strcmp(argv[i], "--passes") && i + 1 < argc) {
+      passes = atoi(argv[++i]);
+      if (passes < 1) die("--passes must be at least 1, not '%s'", argv[i]);
     } else {
       die("unknown or incomplete argument '%s' (see the comment at the top of bench/micro.c)",
           argv[i]);
@@ -231,7 +236,7 @@ int main(int argc, char **argv) {
 
   int rc = 0;
   if (trace) {
-    rc = replay(trace);
+    rc = replay(trace, passes);
   } else if (threads <= 0) {
     Step *st = make_steps(steps, 42);
     /* The first pass warms up (heap growth, page faults); the second is timed. */

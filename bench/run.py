@@ -47,12 +47,17 @@ class Config:
         self.key, self.label, self.kind = key, label, kind
         self.spec, self.preload, self.counterpart = spec, preload, counterpart
 
-    def env(self, args):
+    def env(self, args, counting=False):
+        """The environment to run a program under this configuration. `counting`: for
+        callgrind, where memsys3/memsys5 run from the preload library built without the pool
+        marking (`--preload-nomark`), whose client requests callgrind would count."""
         e = dict(os.environ)
         for v in ("SQLALLOC", "SQLALLOC_REPORT", "LD_PRELOAD", "SQLALLOC_TRACE"):
             e.pop(v, None)
         if self.kind == "sqlalloc":
             e["LD_PRELOAD"] = args.preload
+            if counting and self.key in VALGRIND_MARKED:
+                e["LD_PRELOAD"] = args.preload_nomark
             e["SQLALLOC"] = self.spec
         elif self.preload:
             e["LD_PRELOAD"] = self.preload
@@ -161,6 +166,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--counters-cost", default=None,
                     help="the examples/counters_cost binary (measures the counters alone)")
+    ap.add_argument("--preload-nomark", default=None,
+                    help="the preload library built with --features no-valgrind-marking: "
+                         "memsys3/memsys5 instruction counts (without it they are left out)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true",
                     help="the smoke run's tiny inputs, but the page is written (to test it)")
@@ -180,6 +188,11 @@ def main():
             sys.exit(f"bench: {b}/{f} is missing (run bench/build.sh first)")
     if not os.path.exists(args.preload):
         sys.exit(f"bench: no preload library at {args.preload} (make preload)")
+    if args.preload_nomark:
+        args.preload_nomark = os.path.abspath(args.preload_nomark)
+        if not os.path.exists(args.preload_nomark):
+            sys.exit(f"bench: no preload library at {args.preload_nomark} (build it with "
+                     "--features no-valgrind-marking)")
     smoke = args.smoke
     tiny = smoke or args.quick
     reps = 1 if tiny else args.reps
@@ -274,6 +287,11 @@ def main():
     rec_line = next((l for l in rec_err.splitlines() if l.startswith("trace_rec:")), "")
     if not rec_line or "INVALID" in rec_line:
         sys.exit(f"bench: recording the trace failed:\n{rec_err[-1500:]}")
+    # Pairs as micro counts them: every malloc and every realloc record.
+    m = re.search(r"([0-9]+) malloc, [0-9]+ free, ([0-9]+) realloc", rec_line)
+    if not m:
+        sys.exit(f"bench: cannot read the trace's record counts from: {rec_line}")
+    trace_pairs = int(m.group(1)) + int(m.group(2))
     mix_steps = "20000" if tiny else "2000000"
     print("bench: microbenchmarks", file=sys.stderr)
 
@@ -328,12 +346,28 @@ def main():
     ir_mix = {}
     cg_cs = [c for c in cs if c.key in ("mem1", "system")] if tiny else cs
     # sqlalloc's memsys3/memsys5 mark their heap for memcheck with valgrind client requests,
-    # which run only under valgrind (any tool): their callgrind counts would include that work.
-    cg_cs = [c for c in cg_cs if c.key not in VALGRIND_MARKED]
+    # which run only under valgrind (any tool): they are counted from the preload library built
+    # without the marking, and left out without one.
+    if tiny:
+        cg_cs += [c for c in cs if c.key == "memsys5"]
+    if not args.preload_nomark:
+        cg_cs = [c for c in cg_cs if c.key not in VALGRIND_MARKED]
     for c in cg_cs:
-        irs = [callgrind_ir([f"{b}/micro"] + c.heap_args() + ["--mix", str(n)], c.env(args))[0]
+        irs = [callgrind_ir([f"{b}/micro"] + c.heap_args() + ["--mix", str(n)],
+                            c.env(args, counting=True))[0]
                for n in (cg_steps, 2 * cg_steps)]
         ir_mix[c.key] = (irs[1] - irs[0]) / (2 * cg_steps)
+    # Instructions per pair of the trace replay, for the rows of the targets: one pass, the
+    # difference between runs of 3 and 2 passes.
+    ir_trace = {}
+    for c in cg_cs:
+        if c.key not in ("mem1", "c-memsys5", "system", "memsys5", "memsys5-shards"):
+            continue
+        irs = [callgrind_ir([f"{b}/micro"] + c.heap_args() + ["--trace", trace, "--passes",
+                                                              str(n)],
+                            c.env(args, counting=True))[0]
+               for n in (2, 3)]
+        ir_trace[c.key] = (irs[1] - irs[0]) / trace_pairs
     ir_base = ir_mix.get("mem1")
     ir_st = {}
     cg_size = "1" if tiny else "3"
@@ -349,7 +383,7 @@ def main():
                 irs = []
                 for k in (c.key, c.counterpart):
                     two = [callgrind_ir([f"{b}/speedtest1", "--size", str(n)] + byk[k].heap_args()
-                                        + extra, byk[k].env(args))[0]
+                                        + extra, byk[k].env(args, counting=True))[0]
                            for n in (int(cg_size), 2 * int(cg_size))]
                     irs.append(two[1] - two[0])
                 ir_st[(wk, c.key)] = irs
@@ -358,9 +392,15 @@ def main():
     load1 = os.getloadavg()
     if smoke:
         n = sum(len(v) for w in st.values() for v in w.values())
+        if args.preload_nomark:
+            for k in ("mem1", "memsys5"):
+                if k in byk and not (ir_mix.get(k, 0) > 0 and ir_trace.get(k, 0) > 0):
+                    sys.exit(f"bench-smoke: no instruction count for {k}: mix {ir_mix.get(k)}, "
+                             f"trace {ir_trace.get(k)}")
         print(f"bench-smoke: OK: {len(cs)} configurations ({len(skipped)} skipped), {n} speedtest1 "
               f"runs, micro, threads and callgrind all produced numbers, --verify hash "
-              f"{hashes.pop()} everywhere, memsys5 high-water marks equal ({peaks}); "
+              f"{hashes.pop()} everywhere, memsys5 high-water marks equal ({peaks}); Ir/pair of "
+              f"the trace {', '.join(f'{k} {v:.0f}' for k, v in ir_trace.items())}; "
               f"{elapsed:.1f} s")
         return
 
@@ -483,8 +523,8 @@ def main():
       "step generation, the same for every row: compare the rows, or read ΔIr, the difference to "
       "C mem1. Repeatable where ns are not.")
     w("")
-    w("| configuration | trace ns/pair | ratio | mix ns/pair | ratio | Δ ns vs mem1 (mix) | Ir/pair (mix) | ΔIr vs mem1 |")
-    w("|---|---|---|---|---|---|---|---|")
+    w("| configuration | trace ns/pair | ratio | trace Ir/pair | ratio | mix ns/pair | ratio | Δ ns vs mem1 (mix) | Ir/pair (mix) | ΔIr vs mem1 |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for c in cs:
         rt = f3(paired_ratio(mtrace, c.key, c.counterpart)) if c.counterpart else "—"
         rm = f3(paired_ratio(mmix, c.key, c.counterpart)) if c.counterpart else "—"
@@ -492,15 +532,32 @@ def main():
         if c.key in ir_mix and ir_base:
             irs = f"{ir_mix[c.key]:.1f} | {ir_mix[c.key] - ir_base:+.1f}"
         else:
-            irs = "— † | — †" if c.key in VALGRIND_MARKED else "— | —"
-        w(f"| {c.label} | {f2(median(mtrace[c.key]))} | {rt} | {f2(median(mmix[c.key]))} | {rm} | "
-          f"{dn:+.2f} | {irs} |")
+            irs = "— † | — †" if c.key in VALGRIND_MARKED and not args.preload_nomark else "— | —"
+        it = "— | —"
+        if c.key in ir_trace:
+            cp = c.counterpart if c.counterpart in ir_trace else None
+            it = f"{ir_trace[c.key]:.1f} | " + (f"{ir_trace[c.key] / ir_trace[cp]:.3f}" if cp
+                                                 else "—")
+        w(f"| {c.label} | {f2(median(mtrace[c.key]))} | {rt} | {it} | {f2(median(mmix[c.key]))} | "
+          f"{rm} | {dn:+.2f} | {irs} |")
     w("")
 
-    w("† Not counted: sqlalloc's memsys3 and memsys5 tell memcheck about every block and every "
-      "free-list link with valgrind client requests, which execute only when the process runs "
-      "under valgrind (any tool, callgrind included), so their instruction counts would not be "
-      "those of a normal run. Their ns columns are normal runs.")
+    w("- trace Ir/pair: instructions per pair of one replay of the trace, counted by callgrind "
+      "(Ir of `micro --trace FILE --passes 3` − Ir of `--passes 2`, over the pairs of one pass), "
+      "driver loop included; for the rows of the targets. Repeatable where ns are not, but blind "
+      "to cache misses and to what a locked instruction costs.")
+    w("")
+    if args.preload_nomark:
+        w("sqlalloc's memsys3 and memsys5 tell memcheck about every block and every free-list link "
+          "with valgrind client requests, which run under any valgrind tool: their instruction "
+          "counts come from the same preload library built with `--features no-valgrind-marking` "
+          "(the bench builds it), which leaves the requests out.")
+    else:
+        w("† Not counted: sqlalloc's memsys3 and memsys5 tell memcheck about every block and every "
+          "free-list link with valgrind client requests, which execute only when the process runs "
+          "under valgrind (any tool, callgrind included), so their instruction counts would not be "
+          "those of a normal run (run.py counts them with `--preload-nomark`). Their ns columns "
+          "are normal runs.")
     w("")
     w("## Two threads")
     w("")
@@ -557,6 +614,10 @@ def main():
             tgt(f"memsys5 ≤ 1.00 × C memsys5, speedtest1 {wk}", f3(r), r <= 1.0)
         r = paired_ratio(mtrace, "memsys5", "c-memsys5")
         tgt("memsys5 ≤ 0.9 × C memsys5 ns/pair, trace replay", f3(r), r <= 0.9)
+        if "memsys5" in ir_trace and "c-memsys5" in ir_trace:
+            w(f"| (instructions) memsys5 / C memsys5, trace replay, Ir per pair | "
+              f"{ir_trace['memsys5']:.1f} / {ir_trace['c-memsys5']:.1f} = "
+              f"{ir_trace['memsys5'] / ir_trace['c-memsys5']:.3f} | — |")
         if len(peaks) == 2:
             tgt("memsys5: same peak heap usage as C memsys5 (speedtest1 --stats)",
                 f"{peaks['memsys5']:,} vs {peaks['c-memsys5']:,} bytes",

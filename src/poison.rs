@@ -92,10 +92,12 @@ pub(crate) fn with_open<R>(p: NonNull<u8>, n: usize, f: impl FnOnce() -> R) -> R
     r
 }
 
-/// Whether marking is on: built with the `asan` feature, or running under valgrind.
+/// Whether marking is on: built with the `asan` feature, or running under valgrind (unless built
+/// with `no-valgrind-marking`, which the benchmarks use to count instructions under callgrind
+/// without the client requests).
 #[inline(always)]
 pub fn active() -> bool {
-    cfg!(feature = "asan") || vg::running()
+    cfg!(feature = "asan") || (!cfg!(feature = "no-valgrind-marking") && vg::running())
 }
 
 fn mark_noaccess(p: NonNull<u8>, n: usize) {
