@@ -160,12 +160,20 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
     let lower = match parsed.backend {
         Backend::System => Lower::System(backend::System),
         Backend::Debug { backtrace } => Lower::Dyn(Box::new(backend::Debug::new(backtrace))),
-        Backend::Memsys3 { heap } => Lower::Dyn(Box::new(
-            backend::Memsys3::new(heap).ok_or(Error::HeapUnavailable { bytes: heap })?,
+        Backend::Memsys3 { heap, bias } => Lower::Dyn(Box::new(
+            backend::Memsys3::new(heap)
+                .ok_or(Error::HeapUnavailable { bytes: heap })?
+                .with_bias(bias),
         )),
-        Backend::Memsys5 { heap, min, shards } => Lower::Memsys5(Box::new(
+        Backend::Memsys5 {
+            heap,
+            min,
+            shards,
+            bias,
+        } => Lower::Memsys5(Box::new(
             backend::Memsys5::with_shards(heap, min, shards)
-                .ok_or(Error::HeapUnavailable { bytes: heap })?,
+                .ok_or(Error::HeapUnavailable { bytes: heap })?
+                .with_bias(bias),
         )),
         #[cfg(feature = "jemalloc")]
         Backend::Jemalloc => Lower::Dyn(Box::new(backend::Jemalloc)),

@@ -61,8 +61,20 @@
 //! - Mutual exclusion: only the compare-exchange that sees `false` takes the lock; the release
 //!   store happens-before the acquire of the next holder, so the protected data is seen whole.
 //! - No allocation, no call into SQLite, no other lock: it can be taken on any allocation path.
-//!   The only system calls are `sched_yield` and `nanosleep`, on the contended path, and one
-//!   `membarrier` per lock when a second thread first takes it.
+//!   The only system calls are `sched_yield` and `nanosleep`, on the contended path, one
+//!   `membarrier` registration per process when a lock is first taken, and one `membarrier` per
+//!   lock when a second thread first takes it.
+//!
+//! # Turning the bias off (`bias=off`)
+//!
+//! A process that forbids `membarrier` with a seccomp filter *before* the first lock is taken
+//! only loses the bias (the registration fails, every lock is a test-and-set lock). One that
+//! installs such a filter *after* (a sandbox that locks itself down once initialized) leaves a
+//! biased lock that a second thread can no longer revoke safely: the revoker then aborts the
+//! process with a message that names the remedy, because going on could let two threads into
+//! the allocator at once. The remedy is the backends' spec key `bias=off`
+//! ([`Lock::forbid_bias`]): the locks are never biased and make no `membarrier` call; each
+//! call then costs an uncontended compare-exchange (a few nanoseconds).
 //! - Not fair: a thread that releases and takes the lock again at once may win over a waiter.
 //!   Under contention the sharded memsys5 (`shards=N`) is the answer, not fairness.
 //! - Not reentrant, and no poisoning: a panic while it is held releases it through the guard's
@@ -159,16 +171,19 @@ impl<T> Lock<T> {
     /// else take the test-and-set lock.
     #[inline(never)]
     fn lock_slow(&self) -> LockGuard<'_, T> {
-        if let Some(me) = bias::me() {
-            // The first thread to get here becomes the owner.
-            if self.bias.load(Ordering::Relaxed) == UNOWNED
-                && self
+        // Asked only while nobody took the lock yet: a lock whose bias is forbidden
+        // (`forbid_bias`) never makes a `membarrier` call.
+        if self.bias.load(Ordering::Relaxed) == UNOWNED {
+            if let Some(me) = bias::me() {
+                // The first thread to get here becomes the owner.
+                if self
                     .bias
                     .compare_exchange(UNOWNED, me, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
-            {
-                if let Some(g) = self.enter_as_owner(me) {
-                    return g;
+                {
+                    if let Some(g) = self.enter_as_owner(me) {
+                        return g;
+                    }
                 }
             }
         }
@@ -230,6 +245,18 @@ impl<T> Lock<T> {
                 return;
             }
         }
+    }
+
+    /// Never bias this lock: every thread, the first included, takes the test-and-set lock, and
+    /// the lock makes no `membarrier` call (for processes whose seccomp filter forbids it; the
+    /// spec key `bias=off`). `&mut self`: nobody can hold the lock meanwhile.
+    pub fn forbid_bias(&mut self) {
+        *self.bias.get_mut() = REVOKED;
+    }
+
+    /// Whether this lock is biased to a thread now (for tests and diagnostics).
+    pub fn is_biased(&self) -> bool {
+        !matches!(self.bias.load(Ordering::Relaxed), UNOWNED | REVOKED)
     }
 
     /// The data, without locking: `&mut self` proves nobody else holds the lock.
@@ -383,7 +410,10 @@ mod bias {
             }
             // The registration succeeded once in this process, so this does not happen; going
             // on without the barrier could let two threads into the allocator at once.
-            let msg = b"sqlalloc: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed; aborting\n";
+            let msg = b"sqlalloc: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed (a seccomp \
+                filter installed after the allocator's first use?): a second thread cannot \
+                take the memsys3/memsys5 lock safely; add bias=off to the backend's options \
+                (e.g. memsys5:heap=64M,bias=off); aborting\n";
             // SAFETY: writes `msg.len()` bytes of a live buffer to standard error.
             unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
             std::process::abort();

@@ -13,8 +13,8 @@
 //! |---|---|
 //! | `system` | none |
 //! | `debug` | `backtrace=N` frames kept per block (0–64, default 0) |
-//! | `memsys3` | `heap=SIZE` (default 16M) |
-//! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0), `shards=N` independent buddy heaps cut from the one heap, 1–64 (default 1: SQLite's memsys5; see [`crate::backend::Memsys5`]) |
+//! | `memsys3` | `heap=SIZE` (default 16M), `bias=on\|off` (default `on`: the lock is biased to the first thread that takes it; `off`: never, and no `membarrier` system call, for processes that forbid it with seccomp; see `src/lock.rs`) |
+//! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0), `shards=N` independent buddy heaps cut from the one heap, 1–64 (default 1: SQLite's memsys5; see [`crate::backend::Memsys5`]), `bias=on\|off` (as for `memsys3`) |
 //! | `jemalloc` | none (cargo feature `jemalloc`) |
 //! | `mimalloc` | none (cargo feature `mimalloc`) |
 //! | `rust` | none: the program's `#[global_allocator]` |
@@ -56,6 +56,8 @@ pub enum Backend {
     Memsys3 {
         /// Heap size in bytes.
         heap: usize,
+        /// Whether the lock may be biased to one thread (`bias=`, default on).
+        bias: bool,
     },
     /// `memsys5`: power-of-two buddy over one heap (SQLite's mem5).
     Memsys5 {
@@ -65,6 +67,8 @@ pub enum Backend {
         min: usize,
         /// Independent buddy heaps the heap is cut into (1: SQLite's memsys5).
         shards: usize,
+        /// Whether the parts' locks may be biased to one thread (`bias=`, default on).
+        bias: bool,
     },
     /// `jemalloc`: jemalloc's sized API (cargo feature `jemalloc`).
     Jemalloc,
@@ -93,6 +97,15 @@ fn built_in(part: &str, name: &str, on: bool) -> Result<(), SpecError> {
 
 /// Most frames of backtrace the debug backend keeps per block.
 pub const MAX_BACKTRACE: usize = 64;
+
+/// The value of a `bias=` key (absent: on).
+fn bias(part: &str, v: Option<&str>) -> Result<bool, SpecError> {
+    match v {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(v) => Err(err(part, format!("bias must be 'on' or 'off', not '{v}'"))),
+    }
+}
 
 /// Most `shards` a `memsys5` heap may be cut into.
 pub const MAX_SHARDS: usize = 64;
@@ -383,6 +396,7 @@ impl Spec {
             }
             "memsys3" => Backend::Memsys3 {
                 heap: o.usize("heap", Some(16 << 20))?,
+                bias: bias(part, o.take("bias"))?,
             },
             "memsys5" => {
                 let heap = o.usize("heap", Some(64 << 20))?;
@@ -401,7 +415,13 @@ impl Spec {
                             err(part, format!("shards must be a whole number from 1 to {MAX_SHARDS}, not '{v}'"))
                         })?,
                 };
-                Backend::Memsys5 { heap, min, shards }
+                let bias = bias(part, o.take("bias"))?;
+                Backend::Memsys5 {
+                    heap,
+                    min,
+                    shards,
+                    bias,
+                }
             }
             "jemalloc" => {
                 built_in(part, name, cfg!(feature = "jemalloc"))?;
@@ -461,7 +481,8 @@ mod tests {
                 backend: Backend::Memsys5 {
                     heap: 64 << 20,
                     min: 64,
-                    shards: 1
+                    shards: 1,
+                    bias: true
                 },
                 limit: Some(48 << 20),
                 fault: None,
@@ -472,7 +493,8 @@ mod tests {
             Backend::Memsys5 {
                 heap: 1 << 20,
                 min: 0,
-                shards: 4
+                shards: 4,
+                bias: true
             }
         );
         assert_eq!(
@@ -481,7 +503,32 @@ mod tests {
         );
         assert_eq!(
             Spec::parse("memsys3:heap=16m").unwrap().backend,
-            Backend::Memsys3 { heap: 16 << 20 }
+            Backend::Memsys3 {
+                heap: 16 << 20,
+                bias: true
+            }
+        );
+        assert_eq!(
+            Spec::parse("memsys3:bias=off").unwrap().backend,
+            Backend::Memsys3 {
+                heap: 16 << 20,
+                bias: false
+            }
+        );
+        assert_eq!(
+            Spec::parse("memsys5:heap=1M,bias=off,shards=2")
+                .unwrap()
+                .backend,
+            Backend::Memsys5 {
+                heap: 1 << 20,
+                min: 0,
+                shards: 2,
+                bias: false
+            }
+        );
+        assert_eq!(
+            Spec::parse("memsys5:bias=on").unwrap().backend,
+            Spec::parse("memsys5").unwrap().backend
         );
         assert_eq!(
             Spec::parse("system+limit:max=1G").unwrap().limit,
@@ -496,7 +543,8 @@ mod tests {
             Backend::Memsys5 {
                 heap: 64 << 20,
                 min: 0,
-                shards: 1
+                shards: 1,
+                bias: true
             }
         );
     }
@@ -645,6 +693,21 @@ mod tests {
                 "from 1 to 64, not '65'",
             ),
             ("memsys5:shards=two", "memsys5:shards=two", "not 'two'"),
+            (
+                "memsys5:bias=no",
+                "memsys5:bias=no",
+                "bias must be 'on' or 'off', not 'no'",
+            ),
+            (
+                "memsys3:bias=1",
+                "memsys3:bias=1",
+                "bias must be 'on' or 'off'",
+            ),
+            (
+                "system:bias=off",
+                "system:bias=off",
+                "unknown option 'bias'",
+            ),
             ("debug:backtrace=65", "debug:backtrace=65", "from 0 to 64"),
             ("debug:backtrace=x", "debug:backtrace=x", "from 0 to 64"),
             ("sys tem", "sys tem", "unexpected character"),

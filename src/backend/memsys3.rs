@@ -553,6 +553,20 @@ impl Memsys3 {
         })
     }
 
+    /// With `on` false, the lock is never biased to a thread and makes no `membarrier` call
+    /// (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
+    pub fn with_bias(mut self, on: bool) -> Memsys3 {
+        if !on {
+            self.state.forbid_bias();
+        }
+        self
+    }
+
+    /// Whether the lock is biased to a thread now (tests and diagnostics).
+    pub fn lock_is_biased(&self) -> bool {
+        self.state.is_biased()
+    }
+
     /// Bytes of heap actually allocated and managed (the requested size after the cap).
     pub fn heap_len(&self) -> usize {
         self.lock().heap.len()

@@ -111,8 +111,8 @@
 //! # Differences from SQLite's `mem5.c`
 //!
 //! - Locking: the state is behind this value's own lock (one per part; `src/lock.rs`, a
-//!   test-and-set lock released with a plain store and biased to the first thread that takes it),
-//!   always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only when memstatus is off. The lock is
+//!   test-and-set lock released with a plain store and biased to the first thread that takes it
+//!   unless the spec says `bias=off`), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only when memstatus is off. The lock is
 //!   held only for list and control-byte updates; the copy of a moving realloc happens outside
 //!   it, as in C.
 //! - Heap sizes: C receives the heap size as an `int`. Here it may be larger; the atom count is
@@ -271,6 +271,22 @@ impl Memsys5 {
             m.lock_part::<true>(p).layout();
         }
         Some(m)
+    }
+
+    /// With `on` false, the parts' locks are never biased to a thread and make no `membarrier`
+    /// call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
+    pub fn with_bias(mut self, on: bool) -> Memsys5 {
+        if !on {
+            for p in self.parts.iter_mut() {
+                p.state.forbid_bias();
+            }
+        }
+        self
+    }
+
+    /// Whether any part's lock is biased to a thread now (tests and diagnostics).
+    pub fn lock_is_biased(&self) -> bool {
+        self.parts.iter().any(|p| p.state.is_biased())
     }
 
     /// Number of parts (the `shards` option, after clamping).
