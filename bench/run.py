@@ -133,11 +133,30 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def run_order(cs):
+    """The configurations in the order a round runs them: each C configuration followed by the
+    sqlalloc ones measured against it, so that the two sides of a ratio run close together in
+    time (on a shared machine the noise comes in bursts)."""
+    order, seen = [], set()
+    for c in cs:
+        if c.counterpart is None and c.key not in seen:
+            order.append(c)
+            seen.add(c.key)
+            for d in cs:
+                if d.counterpart == c.key and d.key not in seen:
+                    order.append(d)
+                    seen.add(d.key)
+    return order + [c for c in cs if c.key not in seen]
+
+
 def alternate(cs, reps, fn):
-    """Call fn(config, round) for every round and configuration in turn; gather results."""
+    """Call fn(config, round) for every round and configuration; gather results. Rounds run the
+    configurations in `run_order`, forwards then backwards (A B, B A, ...), so that a drift of
+    the machine during a round does not favour the side that runs first."""
     res = {c.key: [] for c in cs}
+    order = run_order(cs)
     for r in range(reps):
-        for c in cs:
+        for c in (order if r % 2 == 0 else order[::-1]):
             res[c.key].append(fn(c, r))
     return res
 
@@ -163,7 +182,7 @@ def main():
     ap.add_argument("--preload", required=True)
     ap.add_argument("--out", default="docs/BENCHMARKS.md")
     ap.add_argument("--chart", default="docs/benchmarks.svg")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--counters-cost", default=None,
                     help="the examples/counters_cost binary (measures the counters alone)")
     ap.add_argument("--preload-nomark", default=None,
@@ -445,8 +464,9 @@ def main():
                  "can show the 1.8× scaling target in that table; see its CPU-efficiency columns."
                  if par < 1.8 else "Two cores were free."))
     w(f"- sqlalloc at `{args.rev}` (the working tree as built; `-dirty`: with uncommitted changes).")
-    w(f"- {reps} rounds, configurations alternating within each round; medians; ratios are paired "
-      f"per round. Whole run: {elapsed / 60:.1f} minutes.")
+    w(f"- {reps} rounds; within a round each C configuration runs right before the sqlalloc "
+      "configurations compared with it, and every other round runs the order backwards; medians; "
+      f"ratios are paired per round. Whole run: {elapsed / 60:.1f} minutes.")
     w("- SQLite 3.40.1 from Debian's source package, `configure --disable-tcl`, `make libsqlite3.la "
       "OPTS=-DSQLITE_ENABLE_MEMSYS5` (gcc -g -O2, threadsafe); `test/speedtest1.c` and the drivers "
       "(bench/micro.c, bench/threads.c) linked against that shared library (rpath).")
