@@ -11,20 +11,10 @@ use std::ptr::NonNull;
 /// Alignment of the heap buffer's base.
 pub const HEAP_ALIGN: usize = 64;
 
-/// Alignment asked of the global allocator: what it gives without a special path (glibc's
-/// `malloc`/`calloc`; Rust's `System` allocator zeroes an over-aligned allocation by writing
-/// every byte, where `calloc` of a large block takes fresh pages that are already zero). The
-/// 64-byte base is found inside a block [`HEAP_ALIGN`] bytes longer.
-const ALLOC_ALIGN: usize = 16;
-
 /// A heap buffer of `len` bytes, owned, freed on drop.
 pub struct HeapBuf {
-    /// The allocation, `len + HEAP_ALIGN` bytes (`alloc_len`), as the global allocator gave it.
-    alloc: NonNull<u8>,
-    /// The first `HEAP_ALIGN`-aligned byte of the allocation, derived from `alloc`.
     base: NonNull<u8>,
     len: usize,
-    alloc_len: usize,
 }
 
 // SAFETY: HeapBuf owns its buffer like a Box<[u8]>; it has no thread affinity. All access to the
@@ -37,38 +27,10 @@ unsafe impl Sync for HeapBuf {}
 impl HeapBuf {
     /// A new buffer of `len` bytes (contents unspecified), or `None` when memory cannot be had.
     pub fn new(len: usize) -> Option<HeapBuf> {
-        HeapBuf::with(len, false)
-    }
-
-    /// A new buffer of `len` bytes, all zero, or `None` when memory cannot be had. For a large
-    /// buffer the global allocator maps fresh pages, which are zero already: nothing is
-    /// written, and no page is touched until it is used.
-    pub fn new_zeroed(len: usize) -> Option<HeapBuf> {
-        HeapBuf::with(len, true)
-    }
-
-    fn with(len: usize, zeroed: bool) -> Option<HeapBuf> {
-        let alloc_len = len.max(1).checked_add(HEAP_ALIGN)?;
-        let layout = Layout::from_size_align(alloc_len, ALLOC_ALIGN).ok()?;
+        let layout = Layout::from_size_align(len.max(1), HEAP_ALIGN).ok()?;
         // SAFETY: `layout` has a non-zero size.
-        let alloc = NonNull::new(unsafe {
-            if zeroed {
-                std::alloc::alloc_zeroed(layout)
-            } else {
-                std::alloc::alloc(layout)
-            }
-        })?;
-        // The address is only read, to find the padding; the base is derived from `alloc`.
-        let pad = alloc.as_ptr().addr().wrapping_neg() % HEAP_ALIGN;
-        // SAFETY: pad < HEAP_ALIGN, so `alloc + pad .. alloc + pad + len` lies inside the
-        // `len + HEAP_ALIGN` bytes allocated.
-        let base = unsafe { alloc.add(pad) };
-        Some(HeapBuf {
-            alloc,
-            base,
-            len,
-            alloc_len,
-        })
+        let base = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        Some(HeapBuf { base, len })
     }
 
     /// Size of the buffer in bytes.
@@ -248,9 +210,9 @@ impl HeapView<'_> {
 impl Drop for HeapBuf {
     fn drop(&mut self) {
         let layout =
-            Layout::from_size_align(self.alloc_len, ALLOC_ALIGN).expect("layout was valid at new");
-        // SAFETY: `alloc` was allocated in `with` with exactly this layout and is freed once.
-        unsafe { std::alloc::dealloc(self.alloc.as_ptr(), layout) }
+            Layout::from_size_align(self.len.max(1), HEAP_ALIGN).expect("layout was valid at new");
+        // SAFETY: `base` was allocated in `new` with exactly this layout and is freed once.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) }
     }
 }
 
@@ -273,22 +235,6 @@ mod tests {
             assert_eq!(h.read_u32(16), 0xdead_beef);
             h.copy_within(16, 32, 4);
             assert_eq!(h.read_u32(32), 0xdead_beef);
-        }
-    }
-
-    #[test]
-    fn bases_are_aligned_and_zeroed_buffers_are_zero() {
-        for len in [1, 64, 1000, 1 << 20] {
-            for zeroed in [false, true] {
-                let h = HeapBuf::with(len, zeroed).unwrap();
-                assert_eq!(h.ptr(0).as_ptr().addr() % HEAP_ALIGN, 0, "len {len}");
-                assert_eq!(h.len(), len);
-                if zeroed {
-                    let v = h.view(0, len);
-                    // SAFETY: every offset is below the view's length; nobody else has `h`.
-                    assert!((0..len).all(|i| unsafe { v.read_u8(i) } == 0), "len {len}");
-                }
-            }
         }
     }
 

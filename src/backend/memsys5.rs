@@ -127,9 +127,8 @@
 //!   live blocks may still be referenced. C always lays it out afresh. `init` fails with
 //!   `NoMem` when the heap cannot hold one atom (C initializes an empty pool and lets the first
 //!   allocation fail).
-//! - The whole control-byte area is zero after layout (C leaves it as it was), so that every
-//!   byte the allocator may read is initialized: a new heap comes zeroed from the global
-//!   allocator (fresh pages, not written), a re-layout writes the zeros.
+//! - The whole control-byte area is zeroed at layout (C leaves it as it was), so that every
+//!   byte the allocator may read is initialized.
 //! - No `SQLITE_DEBUG` statistics, fill patterns or `sqlite3_log` call on failure (an allocation
 //!   path must not call into SQLite); the counters of the stack above provide the statistics.
 //! - C also sets the free flag on the last atom's control byte of a freed block; nothing reads
@@ -237,9 +236,7 @@ impl Memsys5 {
         let (atom_log, nblock) = geometry(heap, min);
         // nblock * (atom + 1) <= heap, so this does not overflow.
         let ctrl = nblock << atom_log;
-        // Zeroed: the control bytes must read 0 at the first layout, and a fresh mapping is
-        // zero without being written (C memsys5 does not touch them either).
-        let buf = HeapBuf::new_zeroed(heap)?;
+        let buf = HeapBuf::new(heap)?;
         let shards = shards.clamp(1, nblock.max(1));
         let per_part = nblock / shards;
         let parts = (0..shards)
@@ -271,7 +268,7 @@ impl Memsys5 {
         };
         m.mark_pool();
         for p in 0..m.parts.len() {
-            m.lock_part::<true>(p).layout(true);
+            m.lock_part::<true>(p).layout();
         }
         Some(m)
     }
@@ -613,16 +610,13 @@ impl<const MARK: bool> Locked<'_, MARK> {
         self.st.nonempty |= 1 << k;
     }
 
-    /// Lay the whole heap out as free top-level blocks (forgets every block). `zeroed`: the
-    /// control bytes are known to be all zero (a fresh heap), so they are not written.
-    fn layout(&mut self, zeroed: bool) {
+    /// Lay the whole heap out as free top-level blocks (forgets every block).
+    fn layout(&mut self) {
         let n = self.n;
-        if !zeroed {
-            for i in 0..n {
-                // SAFETY: `i < n`, the length of `ctrls`; the control bytes are never handed out
-                // and the part's lock is held.
-                unsafe { self.ctrls.write_u8(i, 0) };
-            }
+        for i in 0..n {
+            // SAFETY: `i < n`, the length of `ctrls`; the control bytes are never handed out
+            // and the part's lock is held.
+            unsafe { self.ctrls.write_u8(i, 0) };
         }
         self.st.free = [NONE; LOGMAX + 1];
         self.st.nonempty = 0;
@@ -813,7 +807,7 @@ unsafe impl MemMethods for Memsys5 {
             (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
         if parts.iter().all(|l| l.st.live == 0) {
             for l in parts.iter_mut() {
-                l.layout(false);
+                l.layout();
             }
         }
         Ok(())
