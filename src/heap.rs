@@ -109,27 +109,7 @@ impl HeapBuf {
 impl HeapBuf {
     /// A view of bytes `off .. off + len` of the buffer, for a hot path that checks its indices
     /// against `len` itself and then reaches the bytes without a second bounds check (see
-    /// [`HeapView`]).
-    ///
-    /// # Panics
-    /// When the range does not lie inside the buffer.
-    #[inline]
-    pub fn view(&self, off: usize, len: usize) -> HeapView<'_> {
-        assert!(
-            off.checked_add(len).is_some_and(|e| e <= self.len),
-            "heap view {off}+{len} outside a heap of {} bytes",
-            self.len
-        );
-        HeapView {
-            base: self.ptr(off),
-            len,
-            _heap: std::marker::PhantomData,
-        }
-    }
-}
-
-impl HeapBuf {
-    /// [`view`](Self::view) without the bounds check, for a range checked once beforehand.
+    /// [`HeapView`]). The range is not checked here: the caller bounded it once beforehand.
     ///
     /// # Safety
     /// `off + len <= self.len()` (without overflow).
@@ -167,8 +147,8 @@ impl HeapView<'_> {
     #[inline(always)]
     pub unsafe fn read_u8(&self, off: usize) -> u8 {
         debug_assert!(off < self.len);
-        // SAFETY: `off < len` (caller's contract) and the view lies inside the buffer (checked
-        // by `HeapBuf::view`); no concurrent writer by the same contract.
+        // SAFETY: `off < len` (caller's contract) and the view lies inside the buffer (the
+        // contract of `HeapBuf::view_unchecked`); no concurrent writer by the same contract.
         unsafe { self.base.add(off).as_ptr().read() }
     }
 

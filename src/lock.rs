@@ -64,6 +64,10 @@
 //!   The only system calls are `sched_yield` and `nanosleep`, on the contended path, one
 //!   `membarrier` registration per process when a lock is first taken, and one `membarrier` per
 //!   lock when a second thread first takes it.
+//! - Not fair: a thread that releases and takes the lock again at once may win over a waiter.
+//!   Under contention the sharded memsys5 (`shards=N`) is the answer, not fairness.
+//! - Not reentrant, and no poisoning: a panic while it is held releases it through the guard's
+//!   `Drop` (the allocators' state is then checked by their own assertions, as before).
 //!
 //! # Turning the bias off (`bias=off`)
 //!
@@ -75,10 +79,6 @@
 //! the allocator at once. The remedy is the backends' spec key `bias=off`
 //! ([`Lock::forbid_bias`]): the locks are never biased and make no `membarrier` call; each
 //! call then costs an uncontended compare-exchange (a few nanoseconds).
-//! - Not fair: a thread that releases and takes the lock again at once may win over a waiter.
-//!   Under contention the sharded memsys5 (`shards=N`) is the answer, not fairness.
-//! - Not reentrant, and no poisoning: a panic while it is held releases it through the guard's
-//!   `Drop` (the allocators' state is then checked by their own assertions, as before).
 
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
@@ -408,8 +408,9 @@ mod bias {
             if run() || (register() && run()) {
                 return;
             }
-            // The registration succeeded once in this process, so this does not happen; going
-            // on without the barrier could let two threads into the allocator at once.
+            // The registration succeeded once in this process, so only a seccomp filter installed
+            // since (or a kernel refusing for another reason) gets here; going on without the
+            // barrier could let two threads into the allocator at once.
             let msg = b"sqlalloc: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed (a seccomp \
                 filter installed after the allocator's first use?): a second thread cannot \
                 take the memsys3/memsys5 lock safely; add bias=off to the backend's options \

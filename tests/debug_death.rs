@@ -9,7 +9,8 @@
 use sqlalloc::backend::Debug;
 use sqlalloc::MemMethods;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+
+mod common;
 use std::ptr::NonNull;
 
 /// Environment variable naming the scenario the child runs.
@@ -18,24 +19,16 @@ const SCENARIO_ENV: &str = "SQLALLOC_DEBUG_DEATH";
 /// In the child (the variable names `name`): run `scenario`, which must not return. In the
 /// parent: run the child and return its stderr, after checking that it died of SIGABRT.
 fn run(name: &str, scenario: fn()) -> String {
-    if std::env::var(SCENARIO_ENV).as_deref() == Ok(name) {
+    if common::in_child(name, SCENARIO_ENV) {
         scenario();
         eprintln!("scenario {name} returned: the allocator did not abort");
         std::process::exit(3);
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(SCENARIO_ENV, name)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run the child test process");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (status, stderr) = common::rerun_self(name, SCENARIO_ENV);
     assert_eq!(
-        out.status.signal(),
+        status.signal(),
         Some(libc::SIGABRT),
-        "scenario {name}: child did not die of SIGABRT ({:?}); stderr:\n{stderr}",
-        out.status
+        "scenario {name}: child did not die of SIGABRT ({status:?}); stderr:\n{stderr}"
     );
     stderr
 }

@@ -10,7 +10,8 @@
 
 use sqlalloc::MemMethods;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+
+mod common;
 
 /// Environment variable naming the scenario the child runs.
 const SCENARIO_ENV: &str = "SQLALLOC_SECCOMP_SCENARIO";
@@ -18,21 +19,18 @@ const SCENARIO_ENV: &str = "SQLALLOC_SECCOMP_SCENARIO";
 /// In the child (the variable names `name`): run `scenario` and exit 0. In the parent: run the
 /// child and return its exit status and stderr.
 fn run(name: &str, scenario: fn()) -> (std::process::ExitStatus, String) {
-    if std::env::var(SCENARIO_ENV).as_deref() == Ok(name) {
+    if common::in_child(name, SCENARIO_ENV) {
         scenario();
         std::process::exit(0);
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(SCENARIO_ENV, name)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run the child test process");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::rerun_self(name, SCENARIO_ENV)
+}
+
+/// Test `name` runs `scenario` in a child, which must finish (no abort) under the filter.
+fn runs_under_the_filter(name: &str, scenario: fn()) {
+    let (status, stderr) = run(name, scenario);
+    assert!(status.success(), "{status:?}; stderr:\n{stderr}");
+    assert!(stderr.contains("SCENARIO DONE"), "{stderr}");
 }
 
 /// Whether this kernel lets the process use private expedited membarriers (else there is no
@@ -142,20 +140,16 @@ fn biased_memsys5_aborts_naming_bias_off() {
 
 #[test]
 fn memsys5_bias_off_runs_under_the_filter() {
-    let (status, stderr) = run("memsys5_bias_off_runs_under_the_filter", || {
+    runs_under_the_filter("memsys5_bias_off_runs_under_the_filter", || {
         scenario("memsys5:heap=1M,bias=off")
     });
-    assert!(status.success(), "{status:?}; stderr:\n{stderr}");
-    assert!(stderr.contains("SCENARIO DONE"), "{stderr}");
 }
 
 #[test]
 fn memsys3_bias_off_runs_under_the_filter() {
-    let (status, stderr) = run("memsys3_bias_off_runs_under_the_filter", || {
+    runs_under_the_filter("memsys3_bias_off_runs_under_the_filter", || {
         scenario("memsys3:heap=1M,bias=off")
     });
-    assert!(status.success(), "{status:?}; stderr:\n{stderr}");
-    assert!(stderr.contains("SCENARIO DONE"), "{stderr}");
 }
 
 #[test]

@@ -112,9 +112,9 @@
 //!
 //! - Locking: the state is behind this value's own lock (one per part; `src/lock.rs`, a
 //!   test-and-set lock released with a plain store and biased to the first thread that takes it
-//!   unless the spec says `bias=off`), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only when memstatus is off. The lock is
-//!   held only for list and control-byte updates; the copy of a moving realloc happens outside
-//!   it, as in C.
+//!   unless the spec says `bias=off`), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only
+//!   when memstatus is off. The lock is held only for list and control-byte updates; the copy
+//!   of a moving realloc happens outside it, as in C.
 //! - Heap sizes: C receives the heap size as an `int`. Here it may be larger; the atom count is
 //!   then capped at `2^31 - 1` (the most atoms the top-level layout can use with `LOGMAX = 30`,
 //!   which keeps every index in a `u32`) and the rest of the buffer is left unused.
