@@ -163,6 +163,17 @@ impl HeapView<'_> {
         unsafe { self.base.add(off).as_ptr().write(v) }
     }
 
+    /// Set every byte of the view to 0.
+    ///
+    /// # Safety
+    /// No other thread may be reading or writing any byte of the view.
+    #[inline]
+    pub unsafe fn zero(&self) {
+        // SAFETY: the view lies inside the buffer (the contract of `HeapBuf::view_unchecked`);
+        // exclusive access by the caller's contract.
+        unsafe { self.base.as_ptr().write_bytes(0, self.len) }
+    }
+
     /// Read the `u32` at offset `off` of the view.
     ///
     /// # Safety
