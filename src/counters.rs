@@ -371,11 +371,10 @@ fn max_u(c: &AtomicU64, v: u64, owned: bool) {
 /// Histogram bucket of a request of `n` bytes.
 #[inline]
 pub fn bucket(n: usize) -> usize {
-    if n <= 1 {
-        0
-    } else {
-        ((usize::BITS - (n - 1).leading_zeros()) as usize).min(HIST_BUCKETS - 1)
-    }
+    // ceil(log2(n)) for n >= 2, without a branch: `n - 1` saturates to 0 for n <= 1, whose
+    // leading_zeros() is usize::BITS, hence bucket 0.
+    let m = n.saturating_sub(1);
+    ((usize::BITS - m.leading_zeros()) as usize).min(HIST_BUCKETS - 1)
 }
 
 /// A snapshot of the counters (see [`Counters::snapshot`]).
@@ -555,11 +554,37 @@ impl Counters {
         bump_epoch();
     }
 
+    /// The calling thread's own shard, when it has one (the fast path of every call): a load of
+    /// its thread-local slot and one comparison.
+    #[inline(always)]
+    fn own_shard(&self) -> Option<&Shard> {
+        let stored = slot::get();
+        // A stored slot is at most SHARDS (see `claim`), so the mask changes nothing; it only
+        // lets the compiler drop the bounds check.
+        (stored >= 2).then(|| &self.shards[(stored - 1) & (SHARDS - 1)])
+    }
+
     /// Record a call of `xMalloc` for `request` bytes that returned a block of `size` bytes
     /// (`None`: the call failed).
     #[inline(always)]
     pub fn on_malloc(&self, request: usize, size: Option<usize>) {
+        match self.own_shard() {
+            Some(s) => self.malloc_in(s, true, request, size),
+            None => self.on_malloc_first_or_shared(request, size),
+        }
+    }
+
+    /// [`on_malloc`](Self::on_malloc) before the thread's first call (which claims its shard)
+    /// or on the shared shard.
+    #[cold]
+    #[inline(never)]
+    fn on_malloc_first_or_shared(&self, request: usize, size: Option<usize>) {
         let (s, owned) = self.shard();
+        self.malloc_in(s, owned, request, size)
+    }
+
+    #[inline(always)]
+    fn malloc_in(&self, s: &Shard, owned: bool, request: usize, size: Option<usize>) {
         add_u(&s.hist[bucket(request)], 1, owned);
         max_u(&s.largest, request as u64, owned);
         match size {
@@ -574,7 +599,22 @@ impl Counters {
     /// Record a call of `xFree` of a block of `size` bytes.
     #[inline(always)]
     pub fn on_free(&self, size: usize) {
+        match self.own_shard() {
+            Some(s) => self.free_in(s, true, size),
+            None => self.on_free_first_or_shared(size),
+        }
+    }
+
+    /// [`on_free`](Self::on_free) before the thread's first call or on the shared shard.
+    #[cold]
+    #[inline(never)]
+    fn on_free_first_or_shared(&self, size: usize) {
         let (s, owned) = self.shard();
+        self.free_in(s, owned, size)
+    }
+
+    #[inline(always)]
+    fn free_in(&self, s: &Shard, owned: bool, size: usize) {
         add_u(&s.frees, 1, owned);
         let b = add_i(&s.bytes, -(size as i64), owned);
         if !owned {

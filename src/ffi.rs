@@ -7,7 +7,7 @@
 
 use crate::methods::MemMethods;
 use crate::sqlite::{self, Sqlite3MemMethods};
-use crate::stack::Stack;
+use crate::stack::{kind, Stack};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
@@ -145,22 +145,22 @@ fn to_int(n: usize) -> c_int {
     c_int::try_from(n).unwrap_or(c_int::MAX)
 }
 
-unsafe extern "C" fn x_malloc(n: c_int) -> *mut c_void {
+unsafe extern "C" fn x_malloc<const K: u8>(n: c_int) -> *mut c_void {
     let (Some(s), Ok(n)) = (current(), usize::try_from(n)) else {
         return std::ptr::null_mut();
     };
-    s.malloc(n)
+    s.malloc_as::<K>(n)
         .map_or(std::ptr::null_mut(), |p| p.as_ptr().cast())
 }
 
-unsafe extern "C" fn x_free(p: *mut c_void) {
+unsafe extern "C" fn x_free<const K: u8>(p: *mut c_void) {
     let Some(p) = NonNull::new(p.cast::<u8>()) else {
         return;
     };
     if let Some(s) = owner(p) {
         // SAFETY: SQLite only frees blocks this table handed out, and `owner` found the
         // allocator that did.
-        unsafe { s.free(p) }
+        unsafe { s.free_as::<K>(p) }
     }
 }
 
@@ -198,11 +198,11 @@ unsafe fn migrate(old: &Stack, cur: &Stack, p: NonNull<u8>, n: usize) -> Option<
     Some(q)
 }
 
-unsafe extern "C" fn x_size(p: *mut c_void) -> c_int {
+unsafe extern "C" fn x_size<const K: u8>(p: *mut c_void) -> c_int {
     match NonNull::new(p.cast::<u8>()).and_then(|p| owner(p).map(|s| (s, p))) {
         // SAFETY: SQLite only asks the size of live blocks this table handed out; `owner`
         // found the allocator that did.
-        Some((s, p)) => to_int(unsafe { s.size(p) }),
+        Some((s, p)) => to_int(unsafe { s.size_as::<K>(p) }),
         None => 0,
     }
 }
@@ -228,14 +228,25 @@ unsafe extern "C" fn x_shutdown(_app: *mut c_void) {
     }
 }
 
-/// The methods table for `SQLITE_CONFIG_MALLOC`. SQLite copies it, so one static table serves
-/// every install; the functions find the installed stack through [`CURRENT`].
-pub(crate) fn methods_table() -> Sqlite3MemMethods {
+/// The methods table for `SQLITE_CONFIG_MALLOC`, with `xMalloc`, `xFree` and `xSize`
+/// specialised for a backend of kind `kind` (see [`crate::stack::kind`]; any table works with
+/// any stack, the specialised one is faster for its kind). SQLite copies the table; the
+/// functions find the installed stack through [`CURRENT`].
+pub(crate) fn methods_table(kind: u8) -> Sqlite3MemMethods {
+    match kind {
+        kind::SYSTEM => table_for::<{ kind::SYSTEM }>(),
+        kind::MEMSYS5 => table_for::<{ kind::MEMSYS5 }>(),
+        kind::DYN => table_for::<{ kind::DYN }>(),
+        _ => table_for::<{ kind::ANY }>(),
+    }
+}
+
+fn table_for<const K: u8>() -> Sqlite3MemMethods {
     Sqlite3MemMethods {
-        x_malloc: Some(x_malloc),
-        x_free: Some(x_free),
+        x_malloc: Some(x_malloc::<K>),
+        x_free: Some(x_free::<K>),
         x_realloc: Some(x_realloc),
-        x_size: Some(x_size),
+        x_size: Some(x_size::<K>),
         x_roundup: Some(x_roundup),
         x_init: Some(x_init),
         x_shutdown: Some(x_shutdown),

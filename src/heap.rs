@@ -163,6 +163,18 @@ impl HeapView<'_> {
         unsafe { self.base.add(off).as_ptr().write(v) }
     }
 
+    /// Pointer to offset `off` of the view (with the buffer's provenance).
+    ///
+    /// # Safety
+    /// `off <= len`.
+    #[inline(always)]
+    pub unsafe fn ptr(&self, off: usize) -> NonNull<u8> {
+        debug_assert!(off <= self.len);
+        // SAFETY: `off <= len` (caller's contract) and the view lies inside the buffer, so the
+        // result is within (or one past the end of) the allocation, derived from its base.
+        unsafe { self.base.add(off) }
+    }
+
     /// Set every byte of the view to 0.
     ///
     /// # Safety

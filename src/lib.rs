@@ -305,7 +305,7 @@ fn install_stack(stack: Stack) -> Result<(), Error> {
             // Which refusal applies? SQLITE_CONFIG_GETMALLOC is refused while SQLite is
             // initialized and otherwise only reads the configured table (never empty here: ours,
             // or something wrapping it, is configured), so asking changes nothing.
-            let mut probe = ffi::methods_table();
+            let mut probe = ffi::methods_table(stack.kind());
             // SAFETY: SQLITE_CONFIG_GETMALLOC writes one sqlite3_mem_methods through the pointer,
             // which points to a value of exactly that layout.
             let rc = unsafe { config(sqlite::SQLITE_CONFIG_GETMALLOC, &mut probe as *mut _) };
@@ -315,11 +315,12 @@ fn install_stack(stack: Stack) -> Result<(), Error> {
             return Err(Error::AlreadyInstalled { live_blocks });
         }
     }
-    let table = ffi::methods_table();
+    let table = ffi::methods_table(stack.kind());
     // SAFETY: SQLITE_CONFIG_MALLOC takes a pointer to a sqlite3_mem_methods, which SQLite copies
     // before returning; `table` matches its layout field for field; `config` is sqlite3_config.
-    // When sqlalloc is already installed this is the very table SQLite has, so a success changes
-    // nothing in SQLite by itself: what is installed is decided by CURRENT below.
+    // The table is the one specialised for the new stack's backend (`stack::kind`); every table
+    // serves every stack correctly (the functions find the stack through CURRENT and check its
+    // backend), so a free of an old block in the window before the swap below is still right.
     let rc = unsafe { config(sqlite::SQLITE_CONFIG_MALLOC, &table as *const _) };
     match rc {
         sqlite::SQLITE_OK => {}

@@ -146,9 +146,29 @@ pub(crate) enum Lower {
     Dyn(Box<dyn MemMethods>),
 }
 
+/// Which backend the functions of a methods table are specialised for (see
+/// `ffi::methods_table`): a table made for the installed stack's [`Lower`] variant reaches its
+/// backend's code without looking at the variant of any other, so each function holds one
+/// backend's hot path only (fewer registers to save, nothing else in the instruction cache).
+/// Whatever the table, every call still checks the variant and takes the general path when it
+/// differs (a table captured by a wrapper before a re-install, a retired allocator's block).
+pub(crate) mod kind {
+    /// Any backend: every variant is handled inline (the [`MemMethods`](super::MemMethods)
+    /// impl of `Stack`).
+    pub const ANY: u8 = 0;
+    /// [`Lower::System`](super::Lower::System).
+    pub const SYSTEM: u8 = 1;
+    /// [`Lower::Memsys5`](super::Lower::Memsys5).
+    pub const MEMSYS5: u8 = 2;
+    /// [`Lower::Dyn`](super::Lower::Dyn).
+    pub const DYN: u8 = 3;
+}
+
 /// A backend with counters and optional limit on top.
 pub struct Stack {
     lower: Lower,
+    /// No limit and no fault layer: the counters sit right on the backend.
+    plain: bool,
     counters: &'static Counters,
     limit: Option<Limit>,
     fault: Option<Fault>,
@@ -171,6 +191,7 @@ impl Stack {
         let spec_c = std::ffi::CString::new(spec.clone()).unwrap_or_default();
         Stack {
             lower,
+            plain: limit.is_none(),
             counters,
             limit: limit.map(Limit::new),
             fault: None,
@@ -217,12 +238,125 @@ impl Stack {
     /// for `None`.
     pub fn with_fault(mut self, spec: Option<FaultSpec>) -> Stack {
         self.fault = spec.map(Fault::new);
+        self.plain = self.limit.is_none() && self.fault.is_none();
         self
     }
 
     /// The fault layer, if any.
     pub fn fault(&self) -> Option<&Fault> {
         self.fault.as_ref()
+    }
+
+    /// The [`kind`] of the backend, for `ffi::methods_table`.
+    pub(crate) fn kind(&self) -> u8 {
+        match self.lower {
+            Lower::System(_) => kind::SYSTEM,
+            Lower::Memsys5(_) => kind::MEMSYS5,
+            Lower::Dyn(_) => kind::DYN,
+        }
+    }
+
+    /// [`MemMethods::malloc`], with the backend of kind `K` (or any, for [`kind::ANY`]) inline.
+    #[inline(always)]
+    pub(crate) fn malloc_as<const K: u8>(&self, size: usize) -> Option<NonNull<u8>> {
+        if self.plain {
+            // The common case: counters straight over the backend, one call down.
+            match &self.lower {
+                Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => {
+                    return self.plain_malloc(b, size)
+                }
+                Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => {
+                    return self.plain_malloc(&**b, size)
+                }
+                Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => {
+                    return self.plain_malloc(&**b, size)
+                }
+                _ => {}
+            }
+        }
+        self.malloc_other(size)
+    }
+
+    /// The counters over `b`'s `malloc_and_size`.
+    #[inline(always)]
+    fn plain_malloc<B: MemMethods + ?Sized>(&self, b: &B, size: usize) -> Option<NonNull<u8>> {
+        let r = b.malloc_and_size(size);
+        self.counters.on_malloc(size, r.map(|(_, n)| n));
+        r.map(|(p, _)| p)
+    }
+
+    /// [`malloc_as`](Self::malloc_as) off its specialised path: the layers, or another kind.
+    #[cold]
+    #[inline(never)]
+    fn malloc_other(&self, size: usize) -> Option<NonNull<u8>> {
+        if self.plain {
+            self.malloc_as::<{ kind::ANY }>(size)
+        } else {
+            self.malloc_layered(size)
+        }
+    }
+
+    /// [`MemMethods::free`], with the backend of kind `K` (or any) inline.
+    ///
+    /// # Safety
+    /// As [`MemMethods::free`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_as<const K: u8>(&self, ptr: NonNull<u8>) {
+        // SAFETY (all arms): forwarded contract.
+        let size = match &self.lower {
+            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => unsafe {
+                b.size_and_free(ptr)
+            },
+            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => unsafe {
+                b.size_and_free(ptr)
+            },
+            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => unsafe { b.size_and_free(ptr) },
+            // SAFETY: forwarded contract.
+            _ => return unsafe { self.free_other(ptr) },
+        };
+        self.counters.on_free(size);
+        if let Some(l) = &self.limit {
+            l.release(size as u64);
+        }
+    }
+
+    /// [`free_as`](Self::free_as) for a backend of another kind than the table's.
+    ///
+    /// # Safety
+    /// As [`MemMethods::free`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_other(&self, ptr: NonNull<u8>) {
+        // SAFETY: forwarded contract.
+        unsafe { self.free_as::<{ kind::ANY }>(ptr) }
+    }
+
+    /// [`MemMethods::size`], with the backend of kind `K` (or any) inline. (SQLite asks the
+    /// size twice per malloc+free pair when memstatus is on.)
+    ///
+    /// # Safety
+    /// As [`MemMethods::size`].
+    #[inline(always)]
+    pub(crate) unsafe fn size_as<const K: u8>(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY (all arms): forwarded contract.
+        match &self.lower {
+            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => unsafe { b.size(ptr) },
+            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => unsafe { b.size(ptr) },
+            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => unsafe { b.size(ptr) },
+            // SAFETY: forwarded contract.
+            _ => unsafe { self.size_other(ptr) },
+        }
+    }
+
+    /// [`size_as`](Self::size_as) for a backend of another kind than the table's.
+    ///
+    /// # Safety
+    /// As [`MemMethods::size`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn size_other(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { self.size_as::<{ kind::ANY }>(ptr) }
     }
 
     /// [`MemMethods::malloc`] with a limit or a fault layer.
@@ -297,24 +431,14 @@ unsafe impl MemMethods for Stack {
         self.backend().name()
     }
 
-    #[inline(always)]
+    #[inline]
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
-        if self.limit.is_none() && self.fault.is_none() {
-            // The common case: counters straight over the backend, one call down.
-            let r = on_lower!(&self.lower, b => b.malloc_and_size(size));
-            self.counters.on_malloc(size, r.map(|(_, n)| n));
-            return r.map(|(p, _)| p);
-        }
-        self.malloc_layered(size)
+        self.malloc_as::<{ kind::ANY }>(size)
     }
-    #[inline(always)]
+    #[inline]
     unsafe fn free(&self, ptr: NonNull<u8>) {
         // SAFETY: forwarded contract.
-        let size = unsafe { on_lower!(&self.lower, b => b.size_and_free(ptr)) };
-        self.counters.on_free(size);
-        if let Some(l) = &self.limit {
-            l.release(size as u64);
-        }
+        unsafe { self.free_as::<{ kind::ANY }>(ptr) }
     }
 
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
@@ -334,9 +458,8 @@ unsafe impl MemMethods for Stack {
 
     #[inline]
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
-        // SAFETY: forwarded contract. (Static calls as in `malloc`: SQLite asks the size twice
-        // per malloc+free pair when memstatus is on.)
-        unsafe { on_lower!(&self.lower, b => b.size(ptr)) }
+        // SAFETY: forwarded contract.
+        unsafe { self.size_as::<{ kind::ANY }>(ptr) }
     }
 
     #[inline]

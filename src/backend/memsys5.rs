@@ -362,13 +362,16 @@ impl Memsys5 {
     }
 
     /// Hand out a block of class `k`: from the thread's own part first, then the others in turn.
-    #[inline]
+    #[inline(always)]
     fn malloc_class(&self, k: usize) -> Option<NonNull<u8>> {
         if self.parts.len() == 1 && !poison::active() {
             // SQLite's memsys5, no marking: the path to keep short (the others are calls away,
             // so that this one saves and restores few registers).
-            let i = self.lock_part::<false>(0).alloc(k)?;
-            return Some(self.heap.ptr(i << self.atom_log));
+            let l = &mut self.lock_part::<false>(0);
+            let i = l.alloc(k)?;
+            // SAFETY: `alloc` returns an atom index `i < n` (its control byte was set through
+            // the checked `set_ctrl`), so `i << atom_log` is inside `atoms`.
+            return Some(unsafe { l.atoms.ptr(i << l.atom_log) });
         }
         self.malloc_class_other(k)
     }
@@ -485,7 +488,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Control byte of atom `i`.
     #[inline(always)]
     fn ctrl(&self, i: usize) -> u8 {
-        assert!(i < self.n, "atom {i} outside the part");
+        // A fixed message: formatting `i` would make the hot paths keep it in memory.
+        assert!(i < self.n, "memsys5: atom index outside the part (corrupt heap?)");
         // SAFETY: `i < n`, the length of `ctrls` (checked); the part's lock is held (`self.st`)
         // and the control bytes of other parts are never touched under this lock; the control
         // byte of a live block, read by `size` without the lock, is not written while it lives.
@@ -495,7 +499,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Set the control byte of atom `i`.
     #[inline(always)]
     fn set_ctrl(&mut self, i: usize, v: u8) {
-        assert!(i < self.n, "atom {i} outside the part");
+        assert!(i < self.n, "memsys5: atom index outside the part (corrupt heap?)");
         // SAFETY: as in `ctrl`; the control area is never handed out, so nobody else reads or
         // writes this byte meanwhile.
         unsafe { self.ctrls.write_u8(i, v) }
@@ -511,31 +515,47 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
     }
 
-    /// The `(next, prev)` link of free block `i`. Both are checked to be [`NONE`] or an atom of
-    /// the part: a link is the one thing in the heap a program can overwrite (by writing into a
-    /// block it has freed), and a wild index must stop the allocator rather than let it write
-    /// outside the part.
+    /// A link value read from the heap, checked to be [`NONE`] or an atom of the part: a link is
+    /// the one thing in the heap a program can overwrite (by writing into a block it has
+    /// freed), and a wild index must stop the allocator rather than let it write outside the
+    /// part. Checked where it is used, so that the `prev` link of a list's head, never used
+    /// (see [`unlink`](Self::unlink)), is not checked either.
+    #[inline(always)]
+    fn checked(&self, v: u32) -> u32 {
+        assert!(
+            v == NONE || (v as usize) < self.n,
+            "memsys5: corrupt free list (was a freed block written to?)"
+        );
+        v
+    }
+
+    /// The `next` link of free block `i`, checked (see [`checked`](Self::checked)).
     ///
     /// # Safety
     /// `i < n` is a free block of this part (its first 8 bytes belong to the allocator) whose
     /// link was written when it was put on its list.
     #[inline(always)]
-    unsafe fn links(&self, i: usize) -> (u32, u32) {
+    unsafe fn next_of(&self, i: usize) -> u32 {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
         // SAFETY: `i < n`, so `off + 8 <= n << atom_log`, the length of `atoms` (an atom has at
         // least 8 bytes); `off` is a multiple of 8 from a 64-aligned heap base; the block is
         // free, so no user accesses it, and the part's lock is held.
-        let (next, prev) = self.open_link(i, || unsafe {
-            (self.atoms.read_u32(off), self.atoms.read_u32(off + 4))
-        });
-        let ok = |v: u32| v == NONE || (v as usize) < self.n;
-        assert!(
-            ok(next) && ok(prev),
-            "memsys5: corrupt free list at atom {} (was a freed block written to?)",
-            self.base + i
-        );
-        (next, prev)
+        let v = self.open_link(i, || unsafe { self.atoms.read_u32(off) });
+        self.checked(v)
+    }
+
+    /// The `prev` link of free block `i`, checked.
+    ///
+    /// # Safety
+    /// As [`next_of`](Self::next_of).
+    #[inline(always)]
+    unsafe fn prev_of(&self, i: usize) -> u32 {
+        debug_assert!(i < self.n);
+        let off = i << self.atom_log;
+        // SAFETY: as in `next_of`, for the second `u32` of the link.
+        let v = self.open_link(i, || unsafe { self.atoms.read_u32(off + 4) });
+        self.checked(v)
     }
 
     /// Set the `next` link of free block `i`.
@@ -576,7 +596,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         // SAFETY: `i` is a free block on list `k` (its control byte says so), so its link is
         // valid, and its neighbours are free blocks on the same list.
         unsafe {
-            let (next, prev) = self.links(i);
+            let next = self.next_of(i);
             if self.st.free[k] == i as u32 {
                 self.st.free[k] = next;
                 if next == NONE {
@@ -584,6 +604,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
                 }
                 return;
             }
+            let prev = self.prev_of(i);
             self.set_next(prev as usize, next);
             if next != NONE {
                 self.set_prev(next as usize, prev);
@@ -733,6 +754,7 @@ unsafe impl MemMethods for Memsys5 {
         self.malloc_class(self.class_of(size)?)
     }
 
+    #[inline(always)]
     fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
         let k = self.class_of(size)?;
         Some((self.malloc_class(k)?, self.atom() << k))
@@ -743,6 +765,7 @@ unsafe impl MemMethods for Memsys5 {
         unsafe { self.size_and_free(ptr) };
     }
 
+    #[inline(always)]
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
         let Some(g) = self.index_of(ptr) else {
             return 0;
@@ -918,9 +941,11 @@ impl Memsys5 {
                 assert!(!listed[c], "block {c} listed twice");
                 listed[c] = true;
                 // SAFETY: `c` is a free block (checked above).
-                let (next, p) = unsafe { l.links(c) };
+                let next = unsafe { l.next_of(c) };
                 // The head's `prev` may be stale (see `unlink`).
                 if prev != NONE {
+                    // SAFETY: as above.
+                    let p = unsafe { l.prev_of(c) };
                     assert_eq!(p, prev, "prev link of {c} on list {k}");
                 }
                 (prev, cur) = (cur, next);
@@ -959,7 +984,7 @@ impl Memsys5 {
         while cur != NONE {
             v.push(cur as usize);
             // SAFETY: blocks on a free list are free.
-            cur = unsafe { l.links(cur as usize) }.0;
+            cur = unsafe { l.next_of(cur as usize) };
         }
         v
     }
