@@ -68,6 +68,15 @@ impl HeapBuf {
         (off < self.len).then_some(off)
     }
 
+    /// Offset of `p` from the base when it is below `end` (`end <= len`: a prefix of the
+    /// buffer), else `None`. The address is compared, never read.
+    #[inline(always)]
+    pub fn offset_below(&self, p: NonNull<u8>, end: usize) -> Option<usize> {
+        debug_assert!(end <= self.len);
+        let off = p.as_ptr().addr().wrapping_sub(self.base.as_ptr().addr());
+        (off < end).then_some(off)
+    }
+
     /// Read the `u32` at byte offset `off`.
     ///
     /// # Safety

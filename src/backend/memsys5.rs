@@ -441,13 +441,14 @@ impl Memsys5 {
     }
 
     /// Atom index of `p` when it points at the start of an atom of this heap.
+    #[inline(always)]
     fn index_of(&self, p: NonNull<u8>) -> Option<usize> {
-        let off = self.heap.offset_of(p)?;
+        // The atoms are the first `ctrl = nblock << atom_log` bytes of the heap.
+        let off = self.heap.offset_below(p, self.ctrl)?;
         if off & (self.atom() - 1) != 0 {
             return None;
         }
-        let i = off >> self.atom_log;
-        (i < self.nblock).then_some(i)
+        Some(off >> self.atom_log)
     }
 
     /// Control byte of atom `i`, read without the lock.
@@ -455,12 +456,13 @@ impl Memsys5 {
     /// # Safety
     /// `i < nblock`, and either the caller holds the lock or `i` is the first atom of a live
     /// block (whose control byte nobody writes while it lives).
+    #[inline(always)]
     unsafe fn ctrl_byte(&self, i: usize) -> u8 {
         debug_assert!(i < self.nblock);
-        // SAFETY: ctrl + i < ctrl + nblock <= heap length; the byte belongs to the control area,
-        // which is never handed out, and was initialized at layout; no concurrent writer by the
-        // caller's contract.
-        unsafe { self.heap.ptr(self.ctrl + i).as_ptr().read() }
+        // SAFETY: the control bytes are `nblock` bytes at `ctrl`, inside the heap (see
+        // `geometry`), and `i < nblock`; the control area is never handed out and was
+        // initialized at layout; no concurrent writer by the caller's contract.
+        unsafe { self.heap.view_unchecked(self.ctrl, self.nblock).read_u8(i) }
     }
 }
 
@@ -489,7 +491,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn ctrl(&self, i: usize) -> u8 {
         // A fixed message: formatting `i` would make the hot paths keep it in memory.
-        assert!(i < self.n, "memsys5: atom index outside the part (corrupt heap?)");
+        assert!(
+            i < self.n,
+            "memsys5: atom index outside the part (corrupt heap?)"
+        );
         // SAFETY: `i < n`, the length of `ctrls` (checked); the part's lock is held (`self.st`)
         // and the control bytes of other parts are never touched under this lock; the control
         // byte of a live block, read by `size` without the lock, is not written while it lives.
@@ -499,7 +504,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Set the control byte of atom `i`.
     #[inline(always)]
     fn set_ctrl(&mut self, i: usize, v: u8) {
-        assert!(i < self.n, "memsys5: atom index outside the part (corrupt heap?)");
+        assert!(
+            i < self.n,
+            "memsys5: atom index outside the part (corrupt heap?)"
+        );
         // SAFETY: as in `ctrl`; the control area is never handed out, so nobody else reads or
         // writes this byte meanwhile.
         unsafe { self.ctrls.write_u8(i, v) }
@@ -795,6 +803,7 @@ unsafe impl MemMethods for Memsys5 {
         Some(q)
     }
 
+    #[inline(always)]
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
         let Some(i) = self.index_of(ptr) else {
             return 0;
@@ -802,8 +811,9 @@ unsafe impl MemMethods for Memsys5 {
         // SAFETY: `i < nblock` and `i` starts a live block (caller's contract), whose control
         // byte nobody writes while it lives.
         let c = unsafe { self.ctrl_byte(i) };
-        let k = usize::from(c & CTRL_LOGSIZE).min(LOGMAX);
-        self.atom().saturating_mul(1 << k)
+        let k = u32::from(c & CTRL_LOGSIZE).min(LOGMAX as u32);
+        // atom <= 2^12 and k <= 30: at most 2^42, which a 64-bit usize holds.
+        usize::try_from((self.atom() as u64) << k).unwrap_or(usize::MAX)
     }
 
     /// Exact: whether `ptr` points into this heap (the address is compared, never read).
