@@ -170,11 +170,11 @@ pub fn build(spec: &str) -> Result<Stack, Error> {
             min,
             shards,
             bias,
-        } => Lower::Memsys5(Box::new(
+        } => Lower::Memsys5(
             backend::Memsys5::with_shards(heap, min, shards)
                 .ok_or(Error::HeapUnavailable { bytes: heap })?
                 .with_bias(bias),
-        )),
+        ),
         #[cfg(feature = "jemalloc")]
         Backend::Jemalloc => Lower::Dyn(Box::new(backend::Jemalloc)),
         #[cfg(feature = "mimalloc")]

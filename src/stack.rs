@@ -142,7 +142,7 @@ macro_rules! on_lower {
 /// inlined into the stack's instead of reached through a `dyn` call; any other through `dyn`.
 pub(crate) enum Lower {
     System(System),
-    Memsys5(Box<Memsys5>),
+    Memsys5(Memsys5),
     Dyn(Box<dyn MemMethods>),
 }
 
@@ -224,7 +224,7 @@ impl Stack {
     pub fn backend(&self) -> &dyn MemMethods {
         match &self.lower {
             Lower::System(b) => b,
-            Lower::Memsys5(b) => &**b,
+            Lower::Memsys5(b) => b,
             Lower::Dyn(b) => &**b,
         }
     }
@@ -266,7 +266,7 @@ impl Stack {
                     return self.plain_malloc(b, size)
                 }
                 Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => {
-                    return self.plain_malloc(&**b, size)
+                    return self.plain_malloc(b, size)
                 }
                 Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => {
                     return self.plain_malloc(&**b, size)

@@ -188,6 +188,8 @@ pub struct Memsys5 {
     heap: HeapBuf,
     /// log2 of the atom size in bytes (3..=12).
     atom_log: u32,
+    /// `atom - 1`: the offset bits below an atom boundary (kept, not recomputed on every call).
+    atom_mask: usize,
     /// Number of atoms in the heap.
     nblock: usize,
     /// Byte offset of the control bytes (`nblock * atom`).
@@ -257,6 +259,7 @@ impl Memsys5 {
         let m = Memsys5 {
             heap: buf,
             atom_log,
+            atom_mask: (1 << atom_log) - 1,
             nblock,
             ctrl,
             per_part_recip: if per_part < 2 {
@@ -445,7 +448,7 @@ impl Memsys5 {
     fn index_of(&self, p: NonNull<u8>) -> Option<usize> {
         // The atoms are the first `ctrl = nblock << atom_log` bytes of the heap.
         let off = self.heap.offset_below(p, self.ctrl)?;
-        if off & (self.atom() - 1) != 0 {
+        if off & self.atom_mask != 0 {
             return None;
         }
         Some(off >> self.atom_log)
