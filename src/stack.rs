@@ -186,7 +186,7 @@ impl Stack {
     /// As [`new`](Self::new), with the backend in the form the hot paths call.
     pub(crate) fn with_lower(lower: Lower, limit: Option<u64>, spec: String) -> Stack {
         // The counters of an allocator that was installed must outlive it (threads flush into
-        // them at exit, reports may still read them), so they are leaked: 24 KiB per install.
+        // them at exit, reports may still read them), so they are leaked: 64 KiB per install.
         let counters: &'static Counters = Box::leak(Box::new(Counters::new()));
         let spec_c = std::ffi::CString::new(spec.clone()).unwrap_or_default();
         Stack {

@@ -203,8 +203,10 @@ pub struct Memsys5 {
 
 /// One buddy heap: atoms `first .. first + n` of the heap, with its own lock and free lists.
 /// Inside a part, atom and block indices (free-list links, buddies, alignment) are relative to
-/// `first`.
-#[repr(align(128))]
+/// `first`. Parts are 1 KiB apart, so that the hardware prefetchers do not pull one thread's
+/// part (its lock and list heads, written on every call) into the core of the thread using the
+/// next (see `Shard` in `src/counters.rs`).
+#[repr(align(1024))]
 struct Part {
     first: usize,
     n: usize,
