@@ -199,17 +199,36 @@ unsafe fn migrate(old: &Stack, cur: &Stack, p: NonNull<u8>, n: usize) -> Option<
 }
 
 unsafe extern "C" fn x_size<const K: u8>(p: *mut c_void) -> c_int {
-    match NonNull::new(p.cast::<u8>()).and_then(|p| owner(p).map(|s| (s, p))) {
-        // SAFETY: SQLite only asks the size of live blocks this table handed out; `owner`
-        // found the allocator that did.
-        Some((s, p)) => to_int(unsafe { s.size_as::<K>(p) }),
+    let Some(p) = NonNull::new(p.cast::<u8>()) else {
+        return 0;
+    };
+    match current() {
+        // No retired allocator: the block is the installed one's (as in `owner`). SQLite asks
+        // the size of live blocks only.
+        // SAFETY: SQLite only asks the size of live blocks this table handed out.
+        Some(s) if RETIRED_LEN.load(Ordering::Acquire) == 0 => to_int(unsafe { s.size_as::<K>(p) }),
+        // SAFETY: as above; `owner` finds the allocator that handed the block out.
+        _ => unsafe { size_among_retired(p) },
+    }
+}
+
+/// [`x_size`] when allocators were retired (or none is installed).
+///
+/// # Safety
+/// `p` is a live block one of them handed out.
+#[cold]
+#[inline(never)]
+unsafe fn size_among_retired(p: NonNull<u8>) -> c_int {
+    match owner(p) {
+        // SAFETY: forwarded contract; `owner` found the allocator that handed `p` out.
+        Some(s) => to_int(unsafe { s.size(p) }),
         None => 0,
     }
 }
 
-unsafe extern "C" fn x_roundup(n: c_int) -> c_int {
+unsafe extern "C" fn x_roundup<const K: u8>(n: c_int) -> c_int {
     match (current(), usize::try_from(n)) {
-        (Some(s), Ok(n)) => to_int(s.roundup(n)),
+        (Some(s), Ok(n)) => to_int(s.roundup_as::<K>(n)),
         _ => n,
     }
 }
@@ -247,7 +266,7 @@ fn table_for<const K: u8>() -> Sqlite3MemMethods {
         x_free: Some(x_free::<K>),
         x_realloc: Some(x_realloc),
         x_size: Some(x_size::<K>),
-        x_roundup: Some(x_roundup),
+        x_roundup: Some(x_roundup::<K>),
         x_init: Some(x_init),
         x_shutdown: Some(x_shutdown),
         p_app_data: std::ptr::null_mut(),

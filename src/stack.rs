@@ -125,18 +125,6 @@ impl Stack {
     }
 }
 
-/// `$call` with `$b` bound to the backend of `$lower` (a [`Lower`]): a static call for the
-/// backends held by type, a `dyn` call for the others.
-macro_rules! on_lower {
-    ($lower:expr, $b:ident => $call:expr) => {
-        match $lower {
-            Lower::System($b) => $call,
-            Lower::Memsys5($b) => $call,
-            Lower::Dyn($b) => $call,
-        }
-    };
-}
-
 /// The backend as the stack holds it: the backends whose speed is measured against SQLite's C
 /// allocators are called statically on the hot paths (`malloc`, `free`), so that their code is
 /// inlined into the stack's instead of reached through a `dyn` call; any other through `dyn`.
@@ -348,6 +336,25 @@ impl Stack {
         }
     }
 
+    /// [`MemMethods::roundup`], with the backend of kind `K` (or any) inline. (SQLite asks it
+    /// once per malloc when memstatus is on.)
+    #[inline(always)]
+    pub(crate) fn roundup_as<const K: u8>(&self, size: usize) -> usize {
+        match &self.lower {
+            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => b.roundup(size),
+            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => b.roundup(size),
+            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => b.roundup(size),
+            _ => self.roundup_other(size),
+        }
+    }
+
+    /// [`roundup_as`](Self::roundup_as) for a backend of another kind than the table's.
+    #[cold]
+    #[inline(never)]
+    fn roundup_other(&self, size: usize) -> usize {
+        self.roundup_as::<{ kind::ANY }>(size)
+    }
+
     /// [`size_as`](Self::size_as) for a backend of another kind than the table's.
     ///
     /// # Safety
@@ -464,7 +471,7 @@ unsafe impl MemMethods for Stack {
 
     #[inline]
     fn roundup(&self, size: usize) -> usize {
-        on_lower!(&self.lower, b => b.roundup(size))
+        self.roundup_as::<{ kind::ANY }>(size)
     }
 
     fn init(&self) -> Result<(), InitError> {

@@ -817,8 +817,8 @@ unsafe impl MemMethods for Memsys5 {
         // byte nobody writes while it lives.
         let c = unsafe { self.ctrl_byte(i) };
         let k = u32::from(c & CTRL_LOGSIZE).min(LOGMAX as u32);
-        // atom <= 2^12 and k <= 30: at most 2^42, which a 64-bit usize holds.
-        usize::try_from((self.atom() as u64) << k).unwrap_or(usize::MAX)
+        // atom_log <= 12 and k <= 30: at most 2^42, which a u64 holds.
+        usize::try_from(1u64 << (self.atom_log + k)).unwrap_or(usize::MAX)
     }
 
     /// Exact: whether `ptr` points into this heap (the address is compared, never read).
