@@ -278,9 +278,9 @@ fn claim() -> Option<usize> {
 ///
 /// Each shard takes 1 KiB although it uses under 400 bytes: with shards 128 bytes apart (no cache
 /// line shared, not even a 128-byte pair), two threads writing their own shards still slowed each
-/// other down by about 12% per pair on the AMD EPYC of the fifth session (`micro --mix --threads
-/// 2`, CPU time per pair; 0.87 of the one-thread rate, 0.99 with the counters compiled out); 512
-/// bytes apart gave 0.93–0.98, 1 KiB and 4 KiB 0.99–1.00. The hardware prefetchers fetch lines
+/// other down by about 12% per pair on a 2-vCPU Intel Xeon (`micro --mix --threads 2`, CPU time
+/// per pair: 0.87 of the one-thread rate, 0.99 with the counters compiled out); 512 bytes apart
+/// gave 0.93–0.98, 1 KiB and 4 KiB 0.99–1.00. The hardware prefetchers fetch lines
 /// near the ones a thread touches, the neighbour's hot lines among them, which then bounce
 /// between the cores as if shared. 64 shards of 1 KiB: 64 KiB per installed allocator.
 #[repr(align(1024))]

@@ -490,3 +490,71 @@ unsafe impl MemMethods for Stack {
         self.backend().owns(ptr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Rust;
+
+    /// One stack of each [`Lower`] variant, and one with a limit (the layered path).
+    fn stacks() -> Vec<Stack> {
+        vec![
+            Stack::with_lower(Lower::System(System), None, "system".into()),
+            Stack::with_lower(
+                Lower::Memsys5(Memsys5::new(1 << 20, 64).unwrap()),
+                None,
+                "memsys5:heap=1M,min=64".into(),
+            ),
+            Stack::new(Box::new(Rust), None, "rust".into()),
+            Stack::with_lower(
+                Lower::Memsys5(Memsys5::new(1 << 20, 64).unwrap()),
+                Some(1 << 20),
+                "memsys5:heap=1M,min=64+limit:max=1M".into(),
+            ),
+        ]
+    }
+
+    /// A malloc, its size, a roundup and a free through the paths specialised for kind `K`:
+    /// the backend's own answers and exact counts whatever `K` is.
+    fn exercise<const K: u8>(s: &Stack) {
+        let before = s.stats();
+        let p = s.malloc_as::<K>(100).expect("a 100-byte block");
+        // SAFETY: `p` is live and from `s`; it is freed once below.
+        let n = unsafe { s.size_as::<K>(p) };
+        assert!(n >= 100, "{}: size {n}", s.spec());
+        // SAFETY: as above.
+        assert_eq!(n, unsafe { s.backend().size(p) }, "{}", s.spec());
+        assert_eq!(s.roundup_as::<K>(100), s.backend().roundup(100));
+        let mid = s.stats();
+        assert_eq!(mid.current_count, before.current_count + 1, "{}", s.spec());
+        assert_eq!(mid.current_bytes, before.current_bytes + n as i64);
+        if let Some(l) = s.limit() {
+            assert_eq!(l.used(), n as u64, "{}: limit usage", s.spec());
+        }
+        // SAFETY: `p` is live and from `s`.
+        unsafe { s.free_as::<K>(p) };
+        let after = s.stats();
+        assert_eq!(
+            (after.current_count, after.current_bytes),
+            (before.current_count, before.current_bytes),
+            "{}: after the free",
+            s.spec()
+        );
+        if let Some(l) = s.limit() {
+            assert_eq!(l.used(), 0, "{}: limit usage after the free", s.spec());
+        }
+    }
+
+    /// A methods table made for one kind of backend must serve a stack of any other kind (a
+    /// table captured before a re-install, a retired allocator's block): every specialised path
+    /// falls back to the general one.
+    #[test]
+    fn every_kind_of_path_serves_every_backend() {
+        for s in stacks() {
+            exercise::<{ kind::ANY }>(&s);
+            exercise::<{ kind::SYSTEM }>(&s);
+            exercise::<{ kind::MEMSYS5 }>(&s);
+            exercise::<{ kind::DYN }>(&s);
+        }
+    }
+}
