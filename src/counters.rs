@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! Every thread that allocates claims one *shard* (a cache-line-aligned block of counters) from a
+//! Every thread that allocates claims one *shard* (a 1 KiB-aligned block of counters) from a
 //! process-wide table of [`SHARDS`] slots the first time it allocates, and gives it back when it
 //! exits. A thread owns its shard exclusively, so it updates it with plain loads and stores
 //! (relaxed atomics, no locked instructions, no shared cache line written). A reader sums all
