@@ -97,12 +97,47 @@ static void print_totals_at_exit(void) {
   print_stats("total", g_default_spec, &t, 0);
 }
 
+/* The xMalloc and xFree of every methods table sqlalloc gave SQLite in this process. sqlalloc's
+ * tables are specialised per kind of backend (system, memsys5, the others), so an install can
+ * change them; every one of them serves whatever allocator is installed last. */
+#define MAX_TABLES 8
+static void *(*g_our_malloc[MAX_TABLES])(int);
+static void (*g_our_free[MAX_TABLES])(void *);
+static int g_our_tables;
+
+static void remember_table(const sqlite3_mem_methods *m) {
+  for (int i = 0; i < g_our_tables; i++) {
+    if (g_our_malloc[i] == m->xMalloc && g_our_free[i] == m->xFree) return;
+  }
+  if (g_our_tables == MAX_TABLES) {
+    fprintf(stderr, "sqlalloc-tcl: more than %d distinct methods tables\n", MAX_TABLES);
+    exit(2);
+  }
+  g_our_malloc[g_our_tables] = m->xMalloc;
+  g_our_free[g_our_tables] = m->xFree;
+  g_our_tables++;
+}
+
+static int is_our_malloc(void *(*f)(int)) {
+  for (int i = 0; i < g_our_tables; i++) {
+    if (g_our_malloc[i] == f) return 1;
+  }
+  return 0;
+}
+
+static int is_our_free(void (*f)(void *)) {
+  for (int i = 0; i < g_our_tables; i++) {
+    if (g_our_free[i] == f) return 1;
+  }
+  return 0;
+}
+
 /*
  * Install `spec` while SQLite is shut down, keeping the fault injector: when the methods table in
- * use is the injector's wrapper over sqlalloc's table (the same xFree, another xMalloc), that
- * wrapper is put back after the install. sqlalloc's table dispatches to whatever allocator was
- * installed last, so the wrapper now drives the new one. Returns an SQLite result code; nothing
- * changes unless it is SQLITE_OK.
+ * use is the injector's wrapper over one of sqlalloc's tables (one of our xFree, an xMalloc that
+ * is not ours), that wrapper is put back after the install. Every sqlalloc table dispatches to
+ * whatever allocator was installed last, so the wrapper now drives the new one. Returns an SQLite
+ * result code; nothing changes unless it is SQLITE_OK.
  */
 static int install_spec(const char *spec) {
   sqlite3_mem_methods before, ours;
@@ -132,7 +167,9 @@ static int install_spec(const char *spec) {
     print_stats("retired", old_spec, &old, 1);
   }
   rc = sqlite3_config(SQLITE_CONFIG_GETMALLOC, &ours);
-  if (rc == SQLITE_OK && before.xFree == ours.xFree && before.xMalloc != ours.xMalloc) {
+  if (rc != SQLITE_OK) return rc;
+  remember_table(&ours);
+  if (is_our_free(before.xFree) && !is_our_malloc(before.xMalloc)) {
     rc = sqlite3_config(SQLITE_CONFIG_MALLOC, &before);
   }
   return rc;
