@@ -203,8 +203,7 @@ unsafe extern "C" fn x_size<const K: u8>(p: *mut c_void) -> c_int {
         return 0;
     };
     match current() {
-        // No retired allocator: the block is the installed one's (as in `owner`). SQLite asks
-        // the size of live blocks only.
+        // No retired allocator, so the block is the installed one's (as in `owner`).
         // SAFETY: SQLite only asks the size of live blocks this table handed out.
         Some(s) if RETIRED_LEN.load(Ordering::Acquire) == 0 => to_int(unsafe { s.size_as::<K>(p) }),
         // SAFETY: as above; `owner` finds the allocator that handed the block out.
@@ -247,8 +246,8 @@ unsafe extern "C" fn x_shutdown(_app: *mut c_void) {
     }
 }
 
-/// The methods table for `SQLITE_CONFIG_MALLOC`, with `xMalloc`, `xFree` and `xSize`
-/// specialised for a backend of kind `kind` (see [`crate::stack::kind`]; any table works with
+/// The methods table for `SQLITE_CONFIG_MALLOC`, with `xMalloc`, `xFree`, `xSize` and
+/// `xRoundup` specialised for a backend of kind `kind` (see [`crate::stack::kind`]; any table works with
 /// any stack, the specialised one is faster for its kind). SQLite copies the table; the
 /// functions find the installed stack through [`CURRENT`].
 pub(crate) fn methods_table(kind: u8) -> Sqlite3MemMethods {

@@ -290,15 +290,19 @@ impl Stack {
     /// As [`MemMethods::free`].
     #[inline(always)]
     pub(crate) unsafe fn free_as<const K: u8>(&self, ptr: NonNull<u8>) {
-        // SAFETY (all arms): forwarded contract.
         let size = match &self.lower {
-            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => unsafe {
-                b.size_and_free(ptr)
-            },
-            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => unsafe {
-                b.size_and_free(ptr)
-            },
-            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => unsafe { b.size_and_free(ptr) },
+            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => {
+                // SAFETY: forwarded contract (`ptr` is a live block of this backend).
+                unsafe { b.size_and_free(ptr) }
+            }
+            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => {
+                // SAFETY: as above.
+                unsafe { b.size_and_free(ptr) }
+            }
+            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => {
+                // SAFETY: as above.
+                unsafe { b.size_and_free(ptr) }
+            }
             // SAFETY: forwarded contract.
             _ => return unsafe { self.free_other(ptr) },
         };
@@ -326,11 +330,19 @@ impl Stack {
     /// As [`MemMethods::size`].
     #[inline(always)]
     pub(crate) unsafe fn size_as<const K: u8>(&self, ptr: NonNull<u8>) -> usize {
-        // SAFETY (all arms): forwarded contract.
         match &self.lower {
-            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => unsafe { b.size(ptr) },
-            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => unsafe { b.size(ptr) },
-            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => unsafe { b.size(ptr) },
+            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => {
+                // SAFETY: forwarded contract (`ptr` is a live block of this backend).
+                unsafe { b.size(ptr) }
+            }
+            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => {
+                // SAFETY: as above.
+                unsafe { b.size(ptr) }
+            }
+            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => {
+                // SAFETY: as above.
+                unsafe { b.size(ptr) }
+            }
             // SAFETY: forwarded contract.
             _ => unsafe { self.size_other(ptr) },
         }
