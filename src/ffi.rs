@@ -199,28 +199,10 @@ unsafe fn migrate(old: &Stack, cur: &Stack, p: NonNull<u8>, n: usize) -> Option<
 }
 
 unsafe extern "C" fn x_size<const K: u8>(p: *mut c_void) -> c_int {
-    let Some(p) = NonNull::new(p.cast::<u8>()) else {
-        return 0;
-    };
-    match current() {
-        // No retired allocator, so the block is the installed one's (as in `owner`).
-        // SAFETY: SQLite only asks the size of live blocks this table handed out.
-        Some(s) if RETIRED_LEN.load(Ordering::Acquire) == 0 => to_int(unsafe { s.size_as::<K>(p) }),
-        // SAFETY: as above; `owner` finds the allocator that handed the block out.
-        _ => unsafe { size_among_retired(p) },
-    }
-}
-
-/// [`x_size`] when allocators were retired (or none is installed).
-///
-/// # Safety
-/// `p` is a live block one of them handed out.
-#[cold]
-#[inline(never)]
-unsafe fn size_among_retired(p: NonNull<u8>) -> c_int {
-    match owner(p) {
-        // SAFETY: forwarded contract; `owner` found the allocator that handed `p` out.
-        Some(s) => to_int(unsafe { s.size(p) }),
+    match NonNull::new(p.cast::<u8>()).and_then(|p| owner(p).map(|s| (s, p))) {
+        // SAFETY: SQLite only asks the size of live blocks this table handed out; `owner`
+        // found the allocator that did.
+        Some((s, p)) => to_int(unsafe { s.size_as::<K>(p) }),
         None => 0,
     }
 }
@@ -247,9 +229,9 @@ unsafe extern "C" fn x_shutdown(_app: *mut c_void) {
 }
 
 /// The methods table for `SQLITE_CONFIG_MALLOC`, with `xMalloc`, `xFree`, `xSize` and
-/// `xRoundup` specialised for a backend of kind `kind` (see [`crate::stack::kind`]; any table works with
-/// any stack, the specialised one is faster for its kind). SQLite copies the table; the
-/// functions find the installed stack through [`CURRENT`].
+/// `xRoundup` specialised for a backend of kind `kind` (see [`crate::stack::kind`]; any table
+/// works with any stack, the specialised one is faster for its kind). SQLite copies the table;
+/// the functions find the installed stack through [`CURRENT`].
 pub(crate) fn methods_table(kind: u8) -> Sqlite3MemMethods {
     match kind {
         kind::SYSTEM => table_for::<{ kind::SYSTEM }>(),

@@ -64,8 +64,7 @@ impl HeapBuf {
     /// Offset of `p` from the base when `p` points into the buffer, else `None`.
     #[inline]
     pub fn offset_of(&self, p: NonNull<u8>) -> Option<usize> {
-        let off = p.as_ptr().addr().wrapping_sub(self.base.as_ptr().addr());
-        (off < self.len).then_some(off)
+        self.offset_below(p, self.len)
     }
 
     /// Offset of `p` from the base when it is below `end` (`end <= len`: a prefix of the

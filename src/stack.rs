@@ -125,6 +125,22 @@ impl Stack {
     }
 }
 
+/// `$call` with `$b` bound to the backend of `$stack` (a [`Stack`]) when its [`Lower`] variant
+/// is the one kind `$k` names (any variant for [`kind::ANY`]), else `$other`: for a constant
+/// `$k` the other variants' arms compile to nothing, so the function holds one backend's path.
+/// `$b` is the backend by type for `System` and `Memsys5` (static calls, inlined) and a
+/// `&Box<dyn MemMethods>` for `Dyn` (method calls go through `dyn`).
+macro_rules! on_kind {
+    ($stack:expr, $k:ident, $b:ident => $call:expr, _ => $other:expr) => {
+        match &$stack.lower {
+            Lower::System($b) if $k == kind::SYSTEM || $k == kind::ANY => $call,
+            Lower::Memsys5($b) if $k == kind::MEMSYS5 || $k == kind::ANY => $call,
+            Lower::Dyn($b) if $k == kind::DYN || $k == kind::ANY => $call,
+            _ => $other,
+        }
+    };
+}
+
 /// The backend as the stack holds it: the backends whose speed is measured against SQLite's C
 /// allocators are called statically on the hot paths (`malloc`, `free`), so that their code is
 /// inlined into the stack's instead of reached through a `dyn` call; any other through `dyn`.
@@ -155,8 +171,6 @@ pub(crate) mod kind {
 /// A backend with counters and optional limit on top.
 pub struct Stack {
     lower: Lower,
-    /// No limit and no fault layer: the counters sit right on the backend.
-    plain: bool,
     counters: &'static Counters,
     limit: Option<Limit>,
     fault: Option<Fault>,
@@ -179,7 +193,6 @@ impl Stack {
         let spec_c = std::ffi::CString::new(spec.clone()).unwrap_or_default();
         Stack {
             lower,
-            plain: limit.is_none(),
             counters,
             limit: limit.map(Limit::new),
             fault: None,
@@ -226,7 +239,6 @@ impl Stack {
     /// for `None`.
     pub fn with_fault(mut self, spec: Option<FaultSpec>) -> Stack {
         self.fault = spec.map(Fault::new);
-        self.plain = self.limit.is_none() && self.fault.is_none();
         self
     }
 
@@ -244,40 +256,31 @@ impl Stack {
         }
     }
 
+    /// No limit and no fault layer: the counters sit right on the backend.
+    #[inline(always)]
+    fn plain(&self) -> bool {
+        self.limit.is_none() && self.fault.is_none()
+    }
+
     /// [`MemMethods::malloc`], with the backend of kind `K` (or any, for [`kind::ANY`]) inline.
     #[inline(always)]
     pub(crate) fn malloc_as<const K: u8>(&self, size: usize) -> Option<NonNull<u8>> {
-        if self.plain {
+        if self.plain() {
             // The common case: counters straight over the backend, one call down.
-            match &self.lower {
-                Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => {
-                    return self.plain_malloc(b, size)
-                }
-                Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => {
-                    return self.plain_malloc(b, size)
-                }
-                Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => {
-                    return self.plain_malloc(&**b, size)
-                }
-                _ => {}
-            }
+            on_kind!(self, K, b => {
+                let r = b.malloc_and_size(size);
+                self.counters.on_malloc(size, r.map(|(_, n)| n));
+                return r.map(|(p, _)| p);
+            }, _ => {});
         }
         self.malloc_other(size)
-    }
-
-    /// The counters over `b`'s `malloc_and_size`.
-    #[inline(always)]
-    fn plain_malloc<B: MemMethods + ?Sized>(&self, b: &B, size: usize) -> Option<NonNull<u8>> {
-        let r = b.malloc_and_size(size);
-        self.counters.on_malloc(size, r.map(|(_, n)| n));
-        r.map(|(p, _)| p)
     }
 
     /// [`malloc_as`](Self::malloc_as) off its specialised path: the layers, or another kind.
     #[cold]
     #[inline(never)]
     fn malloc_other(&self, size: usize) -> Option<NonNull<u8>> {
-        if self.plain {
+        if self.plain() {
             self.malloc_as::<{ kind::ANY }>(size)
         } else {
             self.malloc_layered(size)
@@ -290,22 +293,11 @@ impl Stack {
     /// As [`MemMethods::free`].
     #[inline(always)]
     pub(crate) unsafe fn free_as<const K: u8>(&self, ptr: NonNull<u8>) {
-        let size = match &self.lower {
-            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => {
-                // SAFETY: forwarded contract (`ptr` is a live block of this backend).
-                unsafe { b.size_and_free(ptr) }
-            }
-            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => {
-                // SAFETY: as above.
-                unsafe { b.size_and_free(ptr) }
-            }
-            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => {
-                // SAFETY: as above.
-                unsafe { b.size_and_free(ptr) }
-            }
+        let size = on_kind!(self, K,
+            // SAFETY: forwarded contract (`ptr` is a live block of this backend).
+            b => unsafe { b.size_and_free(ptr) },
             // SAFETY: forwarded contract.
-            _ => return unsafe { self.free_other(ptr) },
-        };
+            _ => return unsafe { self.free_other(ptr) });
         self.counters.on_free(size);
         if let Some(l) = &self.limit {
             l.release(size as u64);
@@ -330,41 +322,11 @@ impl Stack {
     /// As [`MemMethods::size`].
     #[inline(always)]
     pub(crate) unsafe fn size_as<const K: u8>(&self, ptr: NonNull<u8>) -> usize {
-        match &self.lower {
-            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => {
-                // SAFETY: forwarded contract (`ptr` is a live block of this backend).
-                unsafe { b.size(ptr) }
-            }
-            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => {
-                // SAFETY: as above.
-                unsafe { b.size(ptr) }
-            }
-            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => {
-                // SAFETY: as above.
-                unsafe { b.size(ptr) }
-            }
+        on_kind!(self, K,
+            // SAFETY: forwarded contract (`ptr` is a live block of this backend).
+            b => unsafe { b.size(ptr) },
             // SAFETY: forwarded contract.
-            _ => unsafe { self.size_other(ptr) },
-        }
-    }
-
-    /// [`MemMethods::roundup`], with the backend of kind `K` (or any) inline. (SQLite asks it
-    /// once per malloc when memstatus is on.)
-    #[inline(always)]
-    pub(crate) fn roundup_as<const K: u8>(&self, size: usize) -> usize {
-        match &self.lower {
-            Lower::System(b) if K == kind::SYSTEM || K == kind::ANY => b.roundup(size),
-            Lower::Memsys5(b) if K == kind::MEMSYS5 || K == kind::ANY => b.roundup(size),
-            Lower::Dyn(b) if K == kind::DYN || K == kind::ANY => b.roundup(size),
-            _ => self.roundup_other(size),
-        }
-    }
-
-    /// [`roundup_as`](Self::roundup_as) for a backend of another kind than the table's.
-    #[cold]
-    #[inline(never)]
-    fn roundup_other(&self, size: usize) -> usize {
-        self.roundup_as::<{ kind::ANY }>(size)
+            _ => unsafe { self.size_other(ptr) })
     }
 
     /// [`size_as`](Self::size_as) for a backend of another kind than the table's.
@@ -376,6 +338,20 @@ impl Stack {
     unsafe fn size_other(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: forwarded contract.
         unsafe { self.size_as::<{ kind::ANY }>(ptr) }
+    }
+
+    /// [`MemMethods::roundup`], with the backend of kind `K` (or any) inline. (SQLite asks it
+    /// once per malloc when memstatus is on.)
+    #[inline(always)]
+    pub(crate) fn roundup_as<const K: u8>(&self, size: usize) -> usize {
+        on_kind!(self, K, b => b.roundup(size), _ => self.roundup_other(size))
+    }
+
+    /// [`roundup_as`](Self::roundup_as) for a backend of another kind than the table's.
+    #[cold]
+    #[inline(never)]
+    fn roundup_other(&self, size: usize) -> usize {
+        self.roundup_as::<{ kind::ANY }>(size)
     }
 
     /// [`MemMethods::malloc`] with a limit or a fault layer.

@@ -542,33 +542,41 @@ impl<const MARK: bool> Locked<'_, MARK> {
         v
     }
 
-    /// The `next` link of free block `i`, checked (see [`checked`](Self::checked)).
+    /// Word `w` (0: `next`, 1: `prev`) of the link of free block `i`, checked (see
+    /// [`checked`](Self::checked)).
     ///
     /// # Safety
     /// `i < n` is a free block of this part (its first 8 bytes belong to the allocator) whose
-    /// link was written when it was put on its list.
+    /// link was written when it was put on its list; `w < 2`.
     #[inline(always)]
-    unsafe fn next_of(&self, i: usize) -> u32 {
-        debug_assert!(i < self.n);
-        let off = i << self.atom_log;
-        // SAFETY: `i < n`, so `off + 8 <= n << atom_log`, the length of `atoms` (an atom has at
-        // least 8 bytes); `off` is a multiple of 8 from a 64-aligned heap base; the block is
-        // free, so no user accesses it, and the part's lock is held.
+    unsafe fn link_word(&self, i: usize, w: usize) -> u32 {
+        debug_assert!(i < self.n && w < 2);
+        let off = (i << self.atom_log) + 4 * w;
+        // SAFETY: `i < n`, so `off + 4 <= (i << atom_log) + 8 <= n << atom_log`, the length of
+        // `atoms` (an atom has at least 8 bytes); `off` is a multiple of 4 from a 64-aligned
+        // heap base; the block is free, so no user accesses it, and the part's lock is held.
         let v = self.open_link(i, || unsafe { self.atoms.read_u32(off) });
         self.checked(v)
+    }
+
+    /// The `next` link of free block `i`, checked.
+    ///
+    /// # Safety
+    /// As [`link_word`](Self::link_word).
+    #[inline(always)]
+    unsafe fn next_of(&self, i: usize) -> u32 {
+        // SAFETY: forwarded contract.
+        unsafe { self.link_word(i, 0) }
     }
 
     /// The `prev` link of free block `i`, checked.
     ///
     /// # Safety
-    /// As [`next_of`](Self::next_of).
+    /// As [`link_word`](Self::link_word).
     #[inline(always)]
     unsafe fn prev_of(&self, i: usize) -> u32 {
-        debug_assert!(i < self.n);
-        let off = i << self.atom_log;
-        // SAFETY: as in `next_of`, for the second `u32` of the link.
-        let v = self.open_link(i, || unsafe { self.atoms.read_u32(off + 4) });
-        self.checked(v)
+        // SAFETY: forwarded contract.
+        unsafe { self.link_word(i, 1) }
     }
 
     /// Set the `next` link of free block `i`.
