@@ -1,4 +1,4 @@
-//! Generates the C header `sqlalloc.h` from `src/ffi.rs` with cbindgen.
+//! Generates the C header `sqlalloc.h` from the C API in `src/ffi/` with cbindgen.
 //!
 //! The header is written to `$OUT_DIR/sqlalloc.h` on every build. The checked-in copy in
 //! `include/sqlalloc.h` is what users see; `tests/header.rs` fails when the two differ, and
@@ -9,9 +9,7 @@ use std::path::PathBuf;
 fn main() {
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    println!("cargo:rerun-if-changed=src/ffi.rs");
-    println!("cargo:rerun-if-changed=src/report.rs");
-    println!("cargo:rerun-if-changed=src/fault.rs");
+    println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=SQLALLOC_UPDATE_HEADER");
     // Test executables export the functions named `*_backtrace_test*`, so that

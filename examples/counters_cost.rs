@@ -131,7 +131,7 @@ fn main() {
     });
     // The counters must have seen every counted malloc: a check that the work was not optimized
     // away. (Frees and bytes do not balance: a counted lap frees blocks an uncounted one made.)
-    let s = c.snapshot();
+    let s = c.stats();
     let expect = (threads * (pairs * rounds + pairs / 10 + 2048)) as i64;
     if s.malloc_calls != expect || s.free_calls < expect - 1024 * threads as i64 {
         eprintln!("counters_cost: the counters saw {s:?}, expected {expect} mallocs");

@@ -20,7 +20,7 @@
 
 #![allow(dead_code)]
 
-use sqlalloc::{MemMethods, Snapshot, Stack};
+use sqlalloc::{MemMethods, Stack, Stats};
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
@@ -269,7 +269,7 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
 
 /// Layout and byte counters (snapshot `s`, taken after the last action) of the live set; returns
 /// the bytes live.
-fn check(stack: &Stack, spec: &str, live: &[Live], cap: Option<i64>, s: &Snapshot) -> i64 {
+fn check(stack: &Stack, spec: &str, live: &[Live], cap: Option<i64>, s: &Stats) -> i64 {
     let mut ranges = BTreeMap::new();
     let mut sum = 0i64;
     for b in live {

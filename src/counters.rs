@@ -385,9 +385,12 @@ pub fn bucket(n: usize) -> usize {
     ((usize::BITS - m.leading_zeros()) as usize).min(HIST_BUCKETS - 1)
 }
 
-/// A snapshot of the counters (see [`Counters::snapshot`]).
+/// The counters read at one moment (see [`Counters::stats`]): what [`crate::stats`],
+/// [`Stack::stats`](crate::Stack::stats) and [`StatsAlloc::stats`](crate::StatsAlloc::stats)
+/// return, field for field the C struct `sqlalloc_stats`. Renders with [`Stats::to_json`] and
+/// [`Stats::to_prometheus`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct Stats {
     /// Sum of `xSize` over live blocks.
     pub current_bytes: i64,
     /// Highest `current_bytes` seen since the allocator was installed or the peak was reset.
@@ -668,8 +671,8 @@ impl Counters {
 
     /// All counters at once. Each counter is read once; with other threads allocating at the same
     /// time, the values are each exact for some moment during the call.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut out = Snapshot::default();
+    pub fn stats(&self) -> Stats {
+        let mut out = Stats::default();
         let mut calls = 0i64;
         let mut failed_mallocs = 0i64;
         let mut hw = i64::MIN;
@@ -749,7 +752,7 @@ mod tests {
                 });
             }
         });
-        let s = c.snapshot();
+        let s = c.stats();
         assert_eq!(s.current_bytes, big as i64 + 4 * 40);
         assert_eq!(s.current_count, 5);
         assert_eq!(s.malloc_calls, 1 + 4 * (N + 1));
@@ -760,7 +763,7 @@ mod tests {
         c.on_free(big);
         assert_eq!(c.current_bytes(), 160);
         c.reset_peak();
-        assert_eq!(c.snapshot().peak_bytes, 160);
+        assert_eq!(c.stats().peak_bytes, 160);
         assert_eq!(c.histogram().iter().sum::<u64>(), 1 + 4 * (N as u64 + 1));
     }
 
@@ -771,7 +774,7 @@ mod tests {
         c.on_malloc(10, Some(16));
         c.on_realloc(100, 16, Some(104));
         c.on_realloc(1 << 20, 104, None);
-        let s = c.snapshot();
+        let s = c.stats();
         assert_eq!((s.failed_calls, s.realloc_calls, s.malloc_calls), (2, 2, 2));
         assert_eq!((s.current_bytes, s.current_count), (104, 1));
         assert_eq!(s.largest_request, 1 << 20);

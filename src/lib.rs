@@ -47,9 +47,11 @@
 
 pub mod backend;
 pub mod counters;
+mod error;
 pub mod fault;
 mod ffi;
 pub mod heap;
+mod installed;
 mod lock;
 pub mod methods;
 mod poison;
@@ -65,135 +67,18 @@ mod stats_alloc;
 #[cfg(test)]
 use libsqlite3_sys as _;
 
-pub use counters::Snapshot;
+pub use counters::Stats;
+pub use error::Error;
 pub use fault::{Benign, FaultPlan, FaultSpec, FaultStats};
-pub use ffi::sqlalloc_stats;
 pub use methods::{InitError, LiveBlock, MemMethods};
 pub use spec::{Backend, Spec, SpecError};
 pub use stack::Stack;
 pub use stats_alloc::StatsAlloc;
 
-/// The counters of an allocator: what [`stats`], [`Stack::stats`] and [`StatsAlloc::stats`]
-/// return, field for field the C `sqlalloc_stats`. Renders with [`Stats::to_json`] and
-/// [`Stats::to_prometheus`].
-pub type Stats = Snapshot;
-
-use stack::Lower;
-use std::ffi::c_int;
-use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-
-/// Why an install failed. Nothing was changed in SQLite in any of these cases.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Error {
-    /// The spec was refused; the error names the offending part.
-    BadSpec(SpecError),
-    /// SQLite is already initialized: allocators can only be installed before
-    /// `sqlite3_initialize()` or after `sqlite3_shutdown()`.
-    AlreadyInitialized,
-    /// The installed allocator still owns live blocks and 32 allocators with live blocks have
-    /// been retired already. (A re-install normally retires an allocator that still owns blocks:
-    /// it is kept forever and its blocks are freed back into it. Only that many are kept.)
-    AlreadyInstalled {
-        /// Live blocks of the installed allocator.
-        live_blocks: i64,
-    },
-    /// No `sqlite3_config` to call: built without the `link` feature and
-    /// [`set_sqlite3_config`] was not called.
-    NoSqlite,
-    /// `sqlite3_config(SQLITE_CONFIG_MALLOC)` failed with an unexpected result code.
-    ConfigFailed(c_int),
-    /// The heap of a `memsys3`/`memsys5` backend could not be allocated.
-    HeapUnavailable {
-        /// The size asked for, in bytes.
-        bytes: usize,
-    },
-}
-
-impl Error {
-    /// The SQLite result code the C API returns for this error.
-    pub fn sqlite_code(&self) -> c_int {
-        match self {
-            Error::BadSpec(_) => sqlite::SQLITE_ERROR,
-            Error::AlreadyInitialized | Error::AlreadyInstalled { .. } => sqlite::SQLITE_MISUSE,
-            Error::HeapUnavailable { .. } => sqlite::SQLITE_NOMEM,
-            Error::NoSqlite | Error::ConfigFailed(_) => sqlite::SQLITE_ERROR,
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::BadSpec(e) => e.fmt(f),
-            Error::AlreadyInitialized => f.write_str(
-                "SQLite is already initialized: install before sqlite3_initialize() or after sqlite3_shutdown()",
-            ),
-            Error::AlreadyInstalled { live_blocks } => write!(
-                f,
-                "the installed allocator still owns {live_blocks} live block(s) and {} \
-                 allocators with live blocks are retired already: free SQLite memory first",
-                ffi::MAX_RETIRED
-            ),
-            Error::HeapUnavailable { bytes } => write!(f, "cannot allocate a heap of {bytes} bytes"),
-            Error::NoSqlite => f.write_str("no sqlite3_config to call (SQLite not loaded?)"),
-            Error::ConfigFailed(rc) => {
-                write!(f, "sqlite3_config(SQLITE_CONFIG_MALLOC) failed with code {rc}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<SpecError> for Error {
-    fn from(e: SpecError) -> Self {
-        Error::BadSpec(e)
-    }
-}
-
-/// Build the allocator a spec names, without installing it.
+/// Build the allocator a spec names, without installing it (see [`Stack::from_spec`]).
 pub fn build(spec: &str) -> Result<Stack, Error> {
-    let parsed = Spec::parse(spec)?;
-    let lower = match parsed.backend {
-        Backend::System => Lower::System(backend::System),
-        Backend::Debug { backtrace } => Lower::Dyn(Box::new(backend::Debug::new(backtrace))),
-        Backend::Memsys3 { heap, bias } => Lower::Dyn(Box::new(
-            backend::Memsys3::new(heap)
-                .ok_or(Error::HeapUnavailable { bytes: heap })?
-                .with_bias(bias),
-        )),
-        Backend::Memsys5 {
-            heap,
-            min,
-            shards,
-            bias,
-        } => Lower::Memsys5(
-            backend::Memsys5::with_shards(heap, min, shards)
-                .ok_or(Error::HeapUnavailable { bytes: heap })?
-                .with_bias(bias),
-        ),
-        #[cfg(feature = "jemalloc")]
-        Backend::Jemalloc => Lower::Dyn(Box::new(backend::Jemalloc)),
-        #[cfg(feature = "mimalloc")]
-        Backend::Mimalloc => Lower::Dyn(Box::new(backend::Mimalloc)),
-        Backend::Rust => Lower::Dyn(Box::new(backend::Rust)),
-        // Spec::parse refuses the names of backends that are not built in.
-        #[allow(unreachable_patterns)]
-        _ => {
-            return Err(Error::BadSpec(SpecError {
-                part: spec.trim().to_string(),
-                reason: "backend is not built in".to_string(),
-            }))
-        }
-    };
-    Ok(Stack::with_lower(lower, parsed.limit, spec.trim().to_string()).with_fault(parsed.fault))
+    Stack::from_spec(spec)
 }
-
-/// Serializes installs (never taken on an allocation path).
-static INSTALL: Mutex<()> = Mutex::new(());
 
 /// Install the allocator named by `spec` into the process's SQLite.
 ///
@@ -211,7 +96,7 @@ static INSTALL: Mutex<()> = Mutex::new(());
 /// With rusqlite or sqlx, enable this crate's feature `libsqlite3-sys`, so that the SQLite
 /// configured here is the one they link.
 pub fn install(spec: &str) -> Result<(), Error> {
-    install_stack(build(spec)?)
+    installed::install_spec(spec)
 }
 
 /// Install your own allocator as SQLite's, with sqlalloc's counters on top (read them with
@@ -289,62 +174,7 @@ pub fn configure_with_limit<M: MemMethods + 'static>(
         }
         Some(max) => format!("{name}+limit:max={max}"),
     };
-    install_stack(Stack::new(Box::new(a), limit, spec))
-}
-
-/// The one install path of [`install`] and [`configure`].
-fn install_stack(stack: Stack) -> Result<(), Error> {
-    let config = sqlite::config_fn().ok_or(Error::NoSqlite)?;
-    let stack = Box::new(stack);
-    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    // Checked before SQLite is asked, so that a refusal leaves SQLite's configuration as it was
-    // (another allocator, e.g. a fault simulator wrapping ours, may be configured by now).
-    if let Some(old) = ffi::current() {
-        let live_blocks = old.stats().current_count;
-        if live_blocks != 0 && ffi::retired_len() == ffi::MAX_RETIRED {
-            // Which refusal applies? SQLITE_CONFIG_GETMALLOC is refused while SQLite is
-            // initialized and otherwise only reads the configured table (never empty here: ours,
-            // or something wrapping it, is configured), so asking changes nothing.
-            let mut probe = ffi::methods_table(stack.kind());
-            // SAFETY: SQLITE_CONFIG_GETMALLOC writes one sqlite3_mem_methods through the pointer,
-            // which points to a value of exactly that layout.
-            let rc = unsafe { config(sqlite::SQLITE_CONFIG_GETMALLOC, &mut probe as *mut _) };
-            if rc == sqlite::SQLITE_MISUSE {
-                return Err(Error::AlreadyInitialized);
-            }
-            return Err(Error::AlreadyInstalled { live_blocks });
-        }
-    }
-    let table = ffi::methods_table(stack.kind());
-    // SAFETY: SQLITE_CONFIG_MALLOC takes a pointer to a sqlite3_mem_methods, which SQLite copies
-    // before returning; `table` matches its layout field for field; `config` is sqlite3_config.
-    // The table is the one specialised for the new stack's backend (`stack::kind`); every table
-    // serves every stack correctly (the functions find the stack through CURRENT and check its
-    // backend), so a free of an old block in the window before the swap below is still right.
-    let rc = unsafe { config(sqlite::SQLITE_CONFIG_MALLOC, &table as *const _) };
-    match rc {
-        sqlite::SQLITE_OK => {}
-        sqlite::SQLITE_MISUSE => return Err(Error::AlreadyInitialized),
-        other => return Err(Error::ConfigFailed(other)),
-    }
-    stack.counters().make_primary();
-    // An allocator that still has live blocks is retired (kept forever, its blocks routed back
-    // to it) before the new one takes its place, so that no free of one of its blocks can reach
-    // the wrong allocator; there is room (checked above).
-    if let Some(old) = ffi::current() {
-        if old.stats().current_count != 0 {
-            ffi::retire(old);
-        }
-    }
-    let old = ffi::CURRENT.swap(Box::into_raw(stack), Ordering::AcqRel);
-    if !old.is_null() && !ffi::is_retired(old) {
-        // SAFETY: `old` came from Box::into_raw in an earlier install and was just swapped out,
-        // so this is its only owner; it was not retired, so it owned no block (checked under the
-        // install lock, while SQLite is not initialized) and nothing can reach it any more.
-        drop(unsafe { Box::from_raw(old) });
-    }
-    fault::after_install();
-    Ok(())
+    installed::install(Stack::new(Box::new(a), limit, spec))
 }
 
 /// Use `f` as SQLite's `sqlite3_config` (for builds without the `link` feature, such as the
@@ -367,24 +197,24 @@ pub unsafe fn set_sqlite3_config(f: sqlite::ConfigFn) -> bool {
 /// SQLite must not be using sqlalloc's methods table any more: another allocator was configured
 /// (`SQLITE_CONFIG_MALLOC`) while SQLite was not initialized.
 pub unsafe fn forget_installed() {
-    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    ffi::CURRENT.store(std::ptr::null_mut(), Ordering::Release);
+    // SAFETY: the caller's contract is the one of `installed::forget`.
+    unsafe { installed::forget() }
 }
 
 /// The installed allocator, if any.
 pub fn installed() -> Option<&'static Stack> {
-    ffi::current()
+    installed::current()
 }
 
 /// The counters of SQLite's allocator (the installed one): the same fields as the C
 /// `sqlalloc_stats`. All zero when nothing is installed (see [`installed`]).
 pub fn stats() -> Stats {
-    ffi::current().map(|s| s.stats()).unwrap_or_default()
+    installed::current().map(|s| s.stats()).unwrap_or_default()
 }
 
 /// Start a new peak from the current value.
 pub fn reset_peak() {
-    if let Some(s) = ffi::current() {
+    if let Some(s) = installed::current() {
         s.counters().reset_peak()
     }
 }

@@ -18,11 +18,10 @@
 //! Nothing here goes through SQLite's allocator or takes a lock SQLite might hold; the only SQLite
 //! function called is `sqlite3_memory_used()`, never from an allocation path.
 
-use crate::counters::{Snapshot, HIST_BUCKETS};
+use crate::counters::{Stats, HIST_BUCKETS};
 use crate::methods::MemMethods;
-use crate::sqlite;
 use crate::stack::Stack;
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::c_int;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::sync::OnceLock;
@@ -194,7 +193,7 @@ pub struct Report {
     /// The spec the allocator was built from.
     pub spec: String,
     /// Every counter of `sqlalloc_stats`.
-    pub stats: Snapshot,
+    pub stats: Stats,
     /// Request sizes of xMalloc and xRealloc calls: bucket `i` counts requests of
     /// `2^(i-1) < n <= 2^i` bytes (bucket 0: 0 or 1 byte), the last bucket everything larger.
     pub histogram: [u64; HIST_BUCKETS],
@@ -252,7 +251,7 @@ impl Report {
     /// Capture the installed allocator (with `sqlite3_memory_used()` when it is known), or `None`
     /// when nothing is installed.
     pub fn capture_installed() -> Option<Report> {
-        let s = crate::installed()?;
+        let s = crate::installed::current()?;
         let used = memory_used_fn().map(|f| {
             move || {
                 // SAFETY: as in `sqlite_memory_used`.
@@ -590,106 +589,6 @@ pub fn render_prometheus(r: &Report) -> String {
     o
 }
 
-// ---------------------------------------------------------------------------------------------
-// C API.
-
-/// Write a report of the installed allocator to `target`: `"stderr"` (a short table),
-/// `"json:PATH"` or `"prometheus:PATH"` (the syntax of `SQLALLOC_REPORT`; `%p` in PATH is replaced
-/// by the process id; the file is written under a temporary name and renamed over PATH). The
-/// report carries the backend and spec, every counter of `sqlalloc_stats`, the request-size
-/// histogram, `sqlite3_memory_used()` read at the same moment, and for the `debug` backend the
-/// live blocks with sizes and backtraces.
-///
-/// Returns SQLITE_OK; SQLITE_MISUSE when `target` is NULL; SQLITE_ERROR for a bad target, when no
-/// sqlalloc allocator is installed, or when the file cannot be written (`sqlalloc_errmsg()` says
-/// which).
-///
-/// # Safety
-/// `target` must be NULL or a NUL-terminated string.
-#[no_mangle]
-pub unsafe extern "C" fn sqlalloc_report(target: *const c_char) -> c_int {
-    use crate::ffi::set_result;
-    if target.is_null() {
-        return set_result(sqlite::SQLITE_MISUSE, "sqlalloc_report: target is NULL");
-    }
-    // SAFETY: non-null and NUL-terminated by the caller's contract.
-    let target = unsafe { CStr::from_ptr(target) }.to_string_lossy();
-    let target = match Target::parse(&target) {
-        Ok(t) => t,
-        Err(e) => return set_result(sqlite::SQLITE_ERROR, &format!("sqlalloc_report: {e}")),
-    };
-    let Some(report) = Report::capture_installed() else {
-        return set_result(sqlite::SQLITE_ERROR, "no sqlalloc allocator is installed");
-    };
-    match report.write_to(&target) {
-        Ok(()) => set_result(sqlite::SQLITE_OK, ""),
-        Err(e) => set_result(sqlite::SQLITE_ERROR, &format!("sqlalloc_report: {e}")),
-    }
-}
-
-/// Render a report of the installed allocator in `format` (`"text"`, `"json"` or `"prometheus"`)
-/// into `buf`, for a metrics endpoint. Like `snprintf`: at most `len - 1` bytes are written,
-/// followed by a NUL (when `len > 0`), and the full length of the report (without the NUL) is
-/// returned, so a return value `>= len` means the report was cut; call with `buf = NULL, len = 0`
-/// to learn the size.
-///
-/// Returns -1 when `format` is NULL or unknown, `buf` is NULL with `len > 0`, or nothing is
-/// installed (`sqlalloc_errmsg()` says which).
-///
-/// # Safety
-/// `format` must be NULL or a NUL-terminated string; `buf` must be NULL or point to `len`
-/// writable bytes.
-#[no_mangle]
-pub unsafe extern "C" fn sqlalloc_report_to_buffer(
-    format: *const c_char,
-    buf: *mut c_char,
-    len: usize,
-) -> i64 {
-    use crate::ffi::set_result;
-    if format.is_null() {
-        set_result(
-            sqlite::SQLITE_MISUSE,
-            "sqlalloc_report_to_buffer: format is NULL",
-        );
-        return -1;
-    }
-    if buf.is_null() && len > 0 {
-        set_result(
-            sqlite::SQLITE_MISUSE,
-            "sqlalloc_report_to_buffer: buf is NULL but len is not 0",
-        );
-        return -1;
-    }
-    // SAFETY: non-null and NUL-terminated by the caller's contract.
-    let format = unsafe { CStr::from_ptr(format) }.to_string_lossy();
-    let format = match Format::parse(&format) {
-        Ok(f) => f,
-        Err(e) => {
-            set_result(
-                sqlite::SQLITE_ERROR,
-                &format!("sqlalloc_report_to_buffer: {e}"),
-            );
-            return -1;
-        }
-    };
-    let Some(report) = Report::capture_installed() else {
-        set_result(sqlite::SQLITE_ERROR, "no sqlalloc allocator is installed");
-        return -1;
-    };
-    let text = report.render(format);
-    if len > 0 {
-        let n = text.len().min(len - 1);
-        // SAFETY: `buf` has `len` writable bytes (caller's contract) and `n + 1 <= len`; `text`
-        // is a separate Rust allocation, so the ranges do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
-            buf.add(n).write(0);
-        }
-    }
-    set_result(sqlite::SQLITE_OK, "");
-    i64::try_from(text.len()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,7 +603,7 @@ mod tests {
             pid: 7,
             backend: "debug".into(),
             spec: "debug:backtrace=2+limit:max=1M".into(),
-            stats: Snapshot {
+            stats: Stats {
                 current_bytes: 100,
                 peak_bytes: 200,
                 current_count: 2,
@@ -844,30 +743,5 @@ mod tests {
 
     fn bucket_index(n: usize) -> usize {
         crate::counters::bucket(n)
-    }
-
-    #[test]
-    fn c_api_checks_its_arguments() {
-        // SAFETY: NULL and valid C strings only; buffers are sized as passed.
-        unsafe {
-            assert_eq!(sqlalloc_report(std::ptr::null()), sqlite::SQLITE_MISUSE);
-            assert_eq!(sqlalloc_report(c"xml:/x".as_ptr()), sqlite::SQLITE_ERROR);
-            let msg = CStr::from_ptr(crate::ffi::sqlalloc_errmsg()).to_string_lossy();
-            assert!(msg.contains("'xml:/x'"), "{msg}");
-            assert_eq!(
-                sqlalloc_report_to_buffer(std::ptr::null(), std::ptr::null_mut(), 0),
-                -1
-            );
-            assert_eq!(
-                sqlalloc_report_to_buffer(c"json".as_ptr(), std::ptr::null_mut(), 5),
-                -1
-            );
-            assert_eq!(
-                sqlalloc_report_to_buffer(c"yaml".as_ptr(), std::ptr::null_mut(), 0),
-                -1
-            );
-            let msg = CStr::from_ptr(crate::ffi::sqlalloc_errmsg()).to_string_lossy();
-            assert!(msg.contains("'yaml'"), "{msg}");
-        }
     }
 }

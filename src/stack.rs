@@ -7,10 +7,12 @@
 //! exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only the
 //! calls the limit let through, and a failure it injects is counted above as a failed call.
 
-use crate::backend::{Memsys5, System};
-use crate::counters::{Counters, Snapshot};
+use crate::backend::{self, Memsys5, System};
+use crate::counters::{Counters, Stats};
+use crate::error::Error;
 use crate::fault::{Fault, FaultSpec};
 use crate::methods::{InitError, LiveBlock, MemMethods};
+use crate::spec::{Backend, Spec, SpecError};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -151,7 +153,7 @@ pub(crate) enum Lower {
 }
 
 /// Which backend the functions of a methods table are specialised for (see
-/// `ffi::methods_table`): a table made for the installed stack's [`Lower`] variant reaches its
+/// `installed::methods_table`): a table made for the installed stack's [`Lower`] variant reaches its
 /// backend's code without looking at the variant of any other, so each function holds one
 /// backend's hot path only (fewer registers to save, nothing else in the instruction cache).
 /// Whatever the table, every call still checks the variant and takes the general path when it
@@ -175,10 +177,53 @@ pub struct Stack {
     limit: Option<Limit>,
     fault: Option<Fault>,
     spec: String,
-    spec_c: std::ffi::CString,
 }
 
 impl Stack {
+    /// Build the allocator `spec` names (parsed with [`Spec::parse`]): the backend with its
+    /// heap, the counters, and the `limit` and `fault` layers the spec asks for. Nothing is
+    /// installed. [`Error::BadSpec`] names the offending part; [`Error::HeapUnavailable`] when a
+    /// fixed heap cannot be had.
+    pub fn from_spec(spec: &str) -> Result<Stack, Error> {
+        let parsed = Spec::parse(spec)?;
+        let lower = match parsed.backend {
+            Backend::System => Lower::System(backend::System),
+            Backend::Debug { backtrace } => Lower::Dyn(Box::new(backend::Debug::new(backtrace))),
+            Backend::Memsys3 { heap, bias } => Lower::Dyn(Box::new(
+                backend::Memsys3::new(heap)
+                    .ok_or(Error::HeapUnavailable { bytes: heap })?
+                    .with_bias(bias),
+            )),
+            Backend::Memsys5 {
+                heap,
+                min,
+                shards,
+                bias,
+            } => Lower::Memsys5(
+                backend::Memsys5::with_shards(heap, min, shards)
+                    .ok_or(Error::HeapUnavailable { bytes: heap })?
+                    .with_bias(bias),
+            ),
+            #[cfg(feature = "jemalloc")]
+            Backend::Jemalloc => Lower::Dyn(Box::new(backend::Jemalloc)),
+            #[cfg(feature = "mimalloc")]
+            Backend::Mimalloc => Lower::Dyn(Box::new(backend::Mimalloc)),
+            Backend::Rust => Lower::Dyn(Box::new(backend::Rust)),
+            // Spec::parse refuses the names of backends that are not built in.
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(Error::BadSpec(SpecError {
+                    part: spec.trim().to_string(),
+                    reason: "backend is not built in".to_string(),
+                }))
+            }
+        };
+        Ok(
+            Stack::with_lower(lower, parsed.limit, spec.trim().to_string())
+                .with_fault(parsed.fault),
+        )
+    }
+
     /// Put counters (and a limit, if `limit` is given) over `backend`. `spec` is the text shown
     /// in reports.
     pub fn new(backend: Box<dyn MemMethods>, limit: Option<u64>, spec: String) -> Stack {
@@ -190,14 +235,12 @@ impl Stack {
         // The counters of an allocator that was installed must outlive it (threads flush into
         // them at exit, reports may still read them), so they are leaked: 64 KiB per install.
         let counters: &'static Counters = Box::leak(Box::new(Counters::new()));
-        let spec_c = std::ffi::CString::new(spec.clone()).unwrap_or_default();
         Stack {
             lower,
             counters,
             limit: limit.map(Limit::new),
             fault: None,
             spec,
-            spec_c,
         }
     }
 
@@ -206,19 +249,14 @@ impl Stack {
         self.counters
     }
 
-    /// Snapshot of the counters.
-    pub fn stats(&self) -> Snapshot {
-        self.counters.snapshot()
+    /// The counters, read now.
+    pub fn stats(&self) -> Stats {
+        self.counters.stats()
     }
 
     /// The spec this stack was built from.
     pub fn spec(&self) -> &str {
         &self.spec
-    }
-
-    /// The spec as a C string (for `sqlalloc_installed_spec`).
-    pub fn spec_c(&self) -> &std::ffi::CStr {
-        &self.spec_c
     }
 
     /// The backend at the bottom.
@@ -247,7 +285,7 @@ impl Stack {
         self.fault.as_ref()
     }
 
-    /// The [`kind`] of the backend, for `ffi::methods_table`.
+    /// The [`kind`] of the backend, for `installed::methods_table`.
     pub(crate) fn kind(&self) -> u8 {
         match self.lower {
             Lower::System(_) => kind::SYSTEM,

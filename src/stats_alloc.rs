@@ -52,9 +52,9 @@ impl<A> StatsAlloc<A> {
         &self.inner
     }
 
-    /// Snapshot of the counters (the same fields as [`crate::stats()`]).
+    /// The counters, read now.(the same fields as [`crate::stats()`]).
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        self.counters.stats()
     }
 
     /// Request-size histogram (see [`HIST_BUCKETS`]).

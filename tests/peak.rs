@@ -40,7 +40,7 @@ fn solo_run(c: &Counters, rng: &mut Rng, steps: usize, live: &mut Vec<usize>, ba
             }
             _ => {}
         }
-        let s = c.snapshot();
+        let s = c.stats();
         *base_peak = (*base_peak).max(s.current_bytes);
         assert_eq!(s.peak_bytes, *base_peak, "peak after a solo step");
     }
@@ -58,7 +58,7 @@ fn peak_is_exact_while_one_thread_allocates() {
 
     // 2. Another thread allocates (above the peak), frees some, keeps some, and exits; this
     // thread, alone again, must count from the new total.
-    let before = c.snapshot().current_bytes;
+    let before = c.stats().current_bytes;
     std::thread::spawn(move || {
         c.on_malloc(10 << 20, Some(10 << 20));
         c.on_malloc(3 << 20, Some(3 << 20));
@@ -66,10 +66,10 @@ fn peak_is_exact_while_one_thread_allocates() {
     })
     .join()
     .unwrap();
-    assert_eq!(c.snapshot().current_bytes, before + (3 << 20));
+    assert_eq!(c.stats().current_bytes, before + (3 << 20));
     // Two threads owned a shard meanwhile: the peak is within 2 × 64 KiB of the true one.
     let truth = peak.max(before + (13 << 20));
-    let seen = c.snapshot().peak_bytes;
+    let seen = c.stats().peak_bytes;
     let bound = 2 * sqlalloc::counters::PEAK_FLUSH_BYTES;
     assert!(
         (seen - truth).abs() <= bound,
@@ -80,8 +80,8 @@ fn peak_is_exact_while_one_thread_allocates() {
 
     // 3. A reset: the peak restarts from the current value and stays exact.
     c.reset_peak();
-    peak = c.snapshot().current_bytes;
-    assert_eq!(c.snapshot().peak_bytes, peak, "peak right after a reset");
+    peak = c.stats().current_bytes;
+    assert_eq!(c.stats().peak_bytes, peak, "peak right after a reset");
     solo_run(c, &mut rng, 5_000, &mut live, &mut peak);
 
     // 4. A thread that only reads (does not allocate) does not end the solo state: while it
@@ -93,7 +93,7 @@ fn peak_is_exact_while_one_thread_allocates() {
             let mut last = 0;
             let mut reads = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let p = c.snapshot().peak_bytes;
+                let p = c.stats().peak_bytes;
                 assert!(p >= last, "peak went down: {last} -> {p}");
                 last = p;
                 reads += 1;
@@ -114,8 +114,8 @@ fn peak_is_exact_while_one_thread_allocates() {
         c.on_free(n);
     }
     c.on_free(3 << 20); // the other thread's block
-    assert_eq!(c.snapshot().peak_bytes, peak, "frees do not move the peak");
-    let s = c.snapshot();
+    assert_eq!(c.stats().peak_bytes, peak, "frees do not move the peak");
+    let s = c.stats();
     assert_eq!(
         (s.current_bytes, s.current_count, s.peak_bytes),
         (0, 0, peak)

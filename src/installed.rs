@@ -1,62 +1,47 @@
-//! The C ABI: the `sqlite3_mem_methods` table handed to SQLite, and the `sqlalloc_*` functions
-//! of `include/sqlalloc.h` (generated from this file by cbindgen).
+//! The installed allocator: the process-wide state behind SQLite's `sqlite3_mem_methods`, and
+//! the one path that installs an allocator into SQLite.
 //!
-//! Everything here is a thin layer over [`crate::install`] and the installed [`Stack`]'s
-//! [`MemMethods`]. No function here can unwind: they are `extern "C"` (an unwinding panic aborts)
-//! and the libraries are built with `panic = "abort"`.
+//! SQLite's `xMalloc` has no context argument, so the functions of the methods table find the
+//! allocator through a global: [`CURRENT`], the installed [`Stack`]. Both faces of the crate use
+//! this module and nothing else to reach it: the Rust API (`src/lib.rs`: [`crate::install`],
+//! [`crate::stats`], …) and the C API (`src/ffi/`: `sqlalloc_install`, `sqlalloc_get_stats`, …).
+//!
+//! # The route of an install
+//!
+//! [`install_spec`]`(spec)` → [`Stack::from_spec`] (which parses the spec with
+//! [`Spec::parse`](crate::spec::Spec::parse) and builds the backend and its layers) →
+//! [`install`]`(stack)`, which hands SQLite the [methods table](methods_table) with
+//! `SQLITE_CONFIG_MALLOC` and, once SQLite has accepted it, makes the stack [`CURRENT`].
+//! [`crate::configure`] enters at [`install`] with a stack over the program's own allocator.
+//!
+//! # Retired allocators
+//!
+//! A re-install (after `sqlite3_shutdown()`) frees the old stack only when it owns no block. If
+//! SQLite or the program still holds some of its memory, the old stack is *retired* instead: kept
+//! for the rest of the process in [`RETIRED`], and every `xFree`, `xSize` or `xRealloc` of one of
+//! its blocks is routed back to it ([`owner`], through [`MemMethods::owns`]); a realloc moves the
+//! block into the installed allocator. At most [`MAX_RETIRED`] are kept.
+//!
+//! # Locks
+//!
+//! The methods table takes no lock: it loads [`CURRENT`] (and, only while some allocator is
+//! retired, the retired list) with acquire loads. [`INSTALL`] serializes installs and is never
+//! taken on an allocation path.
 
+use crate::error::Error;
+use crate::fault;
 use crate::methods::MemMethods;
 use crate::sqlite::{self, Sqlite3MemMethods};
 use crate::stack::{kind, Stack};
-use std::cell::RefCell;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-
-/// Counters of the installed allocator, as returned by `sqlalloc_get_stats`. All sizes are bytes
-/// as SQLite counts them (the sum of `xSize` over live blocks); all fields are 64-bit.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
-pub struct sqlalloc_stats {
-    /// Bytes in live blocks; equals `sqlite3_memory_used()` while SQLite's memstatus is on.
-    pub current_bytes: i64,
-    /// Highest `current_bytes` since install or `sqlalloc_reset_peak()` (exact while one thread
-    /// allocates; see the README for the bound with several threads).
-    pub peak_bytes: i64,
-    /// Number of live blocks.
-    pub current_count: i64,
-    /// Calls of xMalloc.
-    pub malloc_calls: i64,
-    /// Calls of xFree.
-    pub free_calls: i64,
-    /// Calls of xRealloc.
-    pub realloc_calls: i64,
-    /// Calls of xMalloc or xRealloc that returned NULL.
-    pub failed_calls: i64,
-    /// Largest size requested from xMalloc or xRealloc.
-    pub largest_request: i64,
-}
-
-impl From<crate::counters::Snapshot> for sqlalloc_stats {
-    fn from(s: crate::counters::Snapshot) -> Self {
-        sqlalloc_stats {
-            current_bytes: s.current_bytes,
-            peak_bytes: s.peak_bytes,
-            current_count: s.current_count,
-            malloc_calls: s.malloc_calls,
-            free_calls: s.free_calls,
-            realloc_calls: s.realloc_calls,
-            failed_calls: s.failed_calls,
-            largest_request: s.largest_request,
-        }
-    }
-}
+use std::sync::Mutex;
 
 /// The installed stack that the methods table dispatches to (SQLite's `xMalloc` has no context
-/// argument). Null before the first install. Only [`crate::install`] stores into it, under its
+/// argument). Null before the first install. Only [`install`] stores into it, under its
 /// lock, after `sqlite3_config` accepted the table (so SQLite is not initialized at that moment).
-pub(crate) static CURRENT: AtomicPtr<Stack> = AtomicPtr::new(std::ptr::null_mut());
+static CURRENT: AtomicPtr<Stack> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The installed stack, if any.
 #[inline]
@@ -64,7 +49,7 @@ pub(crate) fn current() -> Option<&'static Stack> {
     let p = CURRENT.load(Ordering::Acquire);
     // SAFETY: CURRENT holds null or a pointer from `Box::into_raw` of a Stack that is freed only
     // after being swapped out while SQLite is not initialized and none of its blocks is live
-    // (otherwise it is retired and kept forever; see `crate::install`); SQLite calls the table
+    // (otherwise it is retired and kept forever; see [`install`]); SQLite calls the table
     // only while initialized or on live blocks.
     unsafe { p.as_ref() }
 }
@@ -83,14 +68,14 @@ static RETIRED: [AtomicPtr<Stack>; MAX_RETIRED] =
 static RETIRED_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Number of retired allocators.
-pub(crate) fn retired_len() -> usize {
+fn retired_len() -> usize {
     RETIRED_LEN.load(Ordering::Acquire)
 }
 
 /// Keep `s` for the rest of the process and route its blocks back to it. Returns false (and
 /// keeps nothing) when [`MAX_RETIRED`] allocators are retired already. Called under the install
 /// lock.
-pub(crate) fn retire(s: &'static Stack) -> bool {
+fn retire(s: &'static Stack) -> bool {
     let n = RETIRED_LEN.load(Ordering::Acquire);
     if n == MAX_RETIRED {
         return false;
@@ -101,7 +86,7 @@ pub(crate) fn retire(s: &'static Stack) -> bool {
 }
 
 /// Whether `s` is one of the retired allocators.
-pub(crate) fn is_retired(s: *const Stack) -> bool {
+fn is_retired(s: *const Stack) -> bool {
     RETIRED[..retired_len()]
         .iter()
         .any(|r| std::ptr::eq(r.load(Ordering::Acquire), s))
@@ -254,124 +239,80 @@ fn table_for<const K: u8>() -> Sqlite3MemMethods {
     }
 }
 
-/// Size of the per-thread message buffer (longer messages are cut at a character boundary).
-const ERRMSG_LEN: usize = 512;
+/// Serializes installs (never taken on an allocation path).
+static INSTALL: Mutex<()> = Mutex::new(());
 
-thread_local! {
-    /// The last message of this thread, NUL-terminated. A fixed buffer that is overwritten in
-    /// place, so a pointer from `sqlalloc_errmsg` never dangles (it shows the newest message).
-    static ERRMSG: RefCell<[u8; ERRMSG_LEN]> = const { RefCell::new([0; ERRMSG_LEN]) };
+/// Install the allocator named by `spec`: parse it, build the stack, [`install`] it. The one
+/// route of `sqlalloc_install` and [`crate::install`].
+pub(crate) fn install_spec(spec: &str) -> Result<(), Error> {
+    install(Stack::from_spec(spec)?)
 }
 
-/// Record the outcome of a C call on this thread and return its result code.
-pub(crate) fn set_result(rc: c_int, msg: &str) -> c_int {
-    let mut end = msg.len().min(ERRMSG_LEN - 1);
-    while !msg.is_char_boundary(end) {
-        end -= 1;
-    }
-    // A thread being torn down has no message slot; the result code still says what happened.
-    let _ = ERRMSG.try_with(|m| {
-        let mut m = m.borrow_mut();
-        for (d, &b) in m.iter_mut().zip(msg.as_bytes()[..end].iter()) {
-            *d = if b == 0 { b'?' } else { b };
+/// Install `stack` into SQLite and make it [`CURRENT`]. The one install path of every face
+/// ([`install_spec`], [`crate::configure`]). Refused, with nothing changed, when SQLite is
+/// initialized ([`Error::AlreadyInitialized`]) or when the installed allocator owns live blocks
+/// and [`MAX_RETIRED`] are retired already ([`Error::AlreadyInstalled`]).
+pub(crate) fn install(stack: Stack) -> Result<(), Error> {
+    let config = sqlite::config_fn().ok_or(Error::NoSqlite)?;
+    let stack = Box::new(stack);
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    // Checked before SQLite is asked, so that a refusal leaves SQLite's configuration as it was
+    // (another allocator, e.g. a fault simulator wrapping ours, may be configured by now).
+    if let Some(old) = current() {
+        let live_blocks = old.stats().current_count;
+        if live_blocks != 0 && retired_len() == MAX_RETIRED {
+            // Which refusal applies? SQLITE_CONFIG_GETMALLOC is refused while SQLite is
+            // initialized and otherwise only reads the configured table (never empty here: ours,
+            // or something wrapping it, is configured), so asking changes nothing.
+            let mut probe = methods_table(stack.kind());
+            // SAFETY: SQLITE_CONFIG_GETMALLOC writes one sqlite3_mem_methods through the pointer,
+            // which points to a value of exactly that layout.
+            let rc = unsafe { config(sqlite::SQLITE_CONFIG_GETMALLOC, &mut probe as *mut _) };
+            if rc == sqlite::SQLITE_MISUSE {
+                return Err(Error::AlreadyInitialized);
+            }
+            return Err(Error::AlreadyInstalled { live_blocks });
         }
-        m[end] = 0;
-    });
-    rc
+    }
+    let table = methods_table(stack.kind());
+    // SAFETY: SQLITE_CONFIG_MALLOC takes a pointer to a sqlite3_mem_methods, which SQLite copies
+    // before returning; `table` matches its layout field for field; `config` is sqlite3_config.
+    // The table is the one specialised for the new stack's backend (`stack::kind`); every table
+    // serves every stack correctly (the functions find the stack through CURRENT and check its
+    // backend), so a free of an old block in the window before the swap below is still right.
+    let rc = unsafe { config(sqlite::SQLITE_CONFIG_MALLOC, &table as *const _) };
+    match rc {
+        sqlite::SQLITE_OK => {}
+        sqlite::SQLITE_MISUSE => return Err(Error::AlreadyInitialized),
+        other => return Err(Error::ConfigFailed(other)),
+    }
+    stack.counters().make_primary();
+    // An allocator that still has live blocks is retired (kept forever, its blocks routed back
+    // to it) before the new one takes its place, so that no free of one of its blocks can reach
+    // the wrong allocator; there is room (checked above).
+    if let Some(old) = current() {
+        if old.stats().current_count != 0 {
+            retire(old);
+        }
+    }
+    let old = CURRENT.swap(Box::into_raw(stack), Ordering::AcqRel);
+    if !old.is_null() && !is_retired(old) {
+        // SAFETY: `old` came from Box::into_raw in an earlier install and was just swapped out,
+        // so this is its only owner; it was not retired, so it owned no block (checked under the
+        // install lock, while SQLite is not initialized) and nothing can reach it any more.
+        drop(unsafe { Box::from_raw(old) });
+    }
+    fault::after_install();
+    Ok(())
 }
 
-/// Install the allocator named by `spec` (for example `"memsys5:heap=64M,min=64+limit:max=48M"`)
-/// into SQLite. Must be called before SQLite initializes (or after `sqlite3_shutdown()`).
-///
-/// Returns SQLITE_OK; SQLITE_ERROR for a bad spec (nothing is installed, `sqlalloc_errmsg()` names
-/// the offending part); SQLITE_MISUSE when SQLite is already initialized (nothing changes) or
-/// `spec` is NULL; SQLITE_NOMEM when a heap cannot be had.
+/// Forget the installed allocator (see [`crate::forget_installed`]). The stack is leaked, not
+/// freed: a block it handed out could still be referenced.
 ///
 /// # Safety
-/// `spec` must be NULL or a NUL-terminated string.
-#[no_mangle]
-pub unsafe extern "C" fn sqlalloc_install(spec: *const c_char) -> c_int {
-    if spec.is_null() {
-        return set_result(sqlite::SQLITE_MISUSE, "sqlalloc_install: spec is NULL");
-    }
-    // SAFETY: non-null and NUL-terminated by the caller's contract.
-    let spec = unsafe { CStr::from_ptr(spec) };
-    let Ok(spec) = spec.to_str() else {
-        return set_result(sqlite::SQLITE_ERROR, "bad spec: not valid UTF-8");
-    };
-    match crate::install(spec) {
-        Ok(()) => set_result(sqlite::SQLITE_OK, ""),
-        Err(e) => set_result(e.sqlite_code(), &e.to_string()),
-    }
-}
-
-/// Why the last sqlalloc call on this thread failed, in one line; "" when it did not. The
-/// pointer stays valid for the life of the thread; its text is replaced by the next sqlalloc call
-/// on the same thread.
-#[no_mangle]
-pub extern "C" fn sqlalloc_errmsg() -> *const c_char {
-    static EMPTY: &CStr = c"";
-    ERRMSG
-        .try_with(|m| RefCell::as_ptr(m).cast::<c_char>().cast_const())
-        .unwrap_or(EMPTY.as_ptr())
-}
-
-/// Write a snapshot of the installed allocator's counters to `*out`.
-///
-/// Returns SQLITE_OK; SQLITE_MISUSE when `out` is NULL; SQLITE_ERROR when no sqlalloc allocator
-/// has been installed (`*out` is not written).
-///
-/// # Safety
-/// `out` must be NULL or point to writable memory for one `sqlalloc_stats`.
-#[no_mangle]
-pub unsafe extern "C" fn sqlalloc_get_stats(out: *mut sqlalloc_stats) -> c_int {
-    let Some(out) = NonNull::new(out) else {
-        return set_result(sqlite::SQLITE_MISUSE, "sqlalloc_get_stats: out is NULL");
-    };
-    let Some(s) = current() else {
-        return set_result(sqlite::SQLITE_ERROR, "no sqlalloc allocator is installed");
-    };
-    // SAFETY: `out` is non-null and writable by the caller's contract.
-    unsafe { out.as_ptr().write(s.stats().into()) };
-    set_result(sqlite::SQLITE_OK, "")
-}
-
-/// Start a new peak (`peak_bytes`) from the current value. No effect when nothing is installed.
-#[no_mangle]
-pub extern "C" fn sqlalloc_reset_peak() {
-    if let Some(s) = current() {
-        s.counters().reset_peak();
-    }
-}
-
-/// The spec of the installed allocator (normalized), or "" when none is installed. The string
-/// stays valid until the next `sqlalloc_install` call.
-#[no_mangle]
-pub extern "C" fn sqlalloc_installed_spec() -> *const c_char {
-    static EMPTY: &CStr = c"";
-    current().map_or(EMPTY.as_ptr(), |s| s.spec_c().as_ptr())
-}
-
-/// Write the list of live blocks (address, requested size, backtrace when the `debug` backend
-/// keeps one) to file descriptor `fd`, one line each, after a summary line. Only the `debug`
-/// backend tracks blocks; for other backends only the summary line is written.
-///
-/// Returns the number of live blocks listed, or -1 when nothing is installed or writing failed.
-#[no_mangle]
-pub extern "C" fn sqlalloc_leak_report(fd: c_int) -> i64 {
-    let Some(s) = current() else {
-        set_result(sqlite::SQLITE_ERROR, "no sqlalloc allocator is installed");
-        return -1;
-    };
-    let mut out = crate::report::FdWriter(fd);
-    match crate::report::write_leaks(s, &mut out) {
-        Ok(n) => {
-            set_result(sqlite::SQLITE_OK, "");
-            n as i64
-        }
-        Err(e) => {
-            set_result(sqlite::SQLITE_ERROR, &format!("sqlalloc_leak_report: {e}"));
-            -1
-        }
-    }
+/// SQLite must not be using sqlalloc's methods table any more: another allocator was configured
+/// (`SQLITE_CONFIG_MALLOC`) while SQLite was not initialized.
+pub(crate) unsafe fn forget() {
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    CURRENT.store(std::ptr::null_mut(), Ordering::Release);
 }

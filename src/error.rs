@@ -1,0 +1,79 @@
+//! [`Error`]: why an install was refused. One type for the Rust API ([`crate::install`],
+//! [`crate::configure`]) and the C API, which returns [`Error::sqlite_code`] and puts the
+//! [`Display`](fmt::Display) text in `sqlalloc_errmsg()`.
+
+use crate::installed;
+use crate::spec::SpecError;
+use crate::sqlite;
+use std::ffi::c_int;
+use std::fmt;
+
+/// Why an install failed. Nothing was changed in SQLite in any of these cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The spec was refused; the error names the offending part.
+    BadSpec(SpecError),
+    /// SQLite is already initialized: allocators can only be installed before
+    /// `sqlite3_initialize()` or after `sqlite3_shutdown()`.
+    AlreadyInitialized,
+    /// The installed allocator still owns live blocks and 32 allocators with live blocks have
+    /// been retired already. (A re-install normally retires an allocator that still owns blocks:
+    /// it is kept forever and its blocks are freed back into it. Only that many are kept.)
+    AlreadyInstalled {
+        /// Live blocks of the installed allocator.
+        live_blocks: i64,
+    },
+    /// No `sqlite3_config` to call: built without the `link` feature and
+    /// [`set_sqlite3_config`](crate::set_sqlite3_config) was not called.
+    NoSqlite,
+    /// `sqlite3_config(SQLITE_CONFIG_MALLOC)` failed with an unexpected result code.
+    ConfigFailed(c_int),
+    /// The heap of a `memsys3`/`memsys5` backend could not be allocated.
+    HeapUnavailable {
+        /// The size asked for, in bytes.
+        bytes: usize,
+    },
+}
+
+impl Error {
+    /// The SQLite result code the C API returns for this error.
+    pub fn sqlite_code(&self) -> c_int {
+        match self {
+            Error::BadSpec(_) => sqlite::SQLITE_ERROR,
+            Error::AlreadyInitialized | Error::AlreadyInstalled { .. } => sqlite::SQLITE_MISUSE,
+            Error::HeapUnavailable { .. } => sqlite::SQLITE_NOMEM,
+            Error::NoSqlite | Error::ConfigFailed(_) => sqlite::SQLITE_ERROR,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadSpec(e) => e.fmt(f),
+            Error::AlreadyInitialized => f.write_str(
+                "SQLite is already initialized: install before sqlite3_initialize() or after sqlite3_shutdown()",
+            ),
+            Error::AlreadyInstalled { live_blocks } => write!(
+                f,
+                "the installed allocator still owns {live_blocks} live block(s) and {} \
+                 allocators with live blocks are retired already: free SQLite memory first",
+                installed::MAX_RETIRED
+            ),
+            Error::HeapUnavailable { bytes } => write!(f, "cannot allocate a heap of {bytes} bytes"),
+            Error::NoSqlite => f.write_str("no sqlite3_config to call (SQLite not loaded?)"),
+            Error::ConfigFailed(rc) => {
+                write!(f, "sqlite3_config(SQLITE_CONFIG_MALLOC) failed with code {rc}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<SpecError> for Error {
+    fn from(e: SpecError) -> Self {
+        Error::BadSpec(e)
+    }
+}
