@@ -2,39 +2,39 @@
 //!
 //! # Design
 //!
-//! Every thread that allocates claims one *shard* (a 1 KiB-aligned block of counters) from a
-//! process-wide table of [`SHARDS`] slots the first time it allocates, and gives it back when it
-//! exits. A thread owns its shard exclusively, so it updates it with plain loads and stores
+//! Every thread that allocates claims one *slot* (a 1 KiB-aligned block of counters) from a
+//! process-wide table of [`SLOTS`] slots the first time it allocates, and gives it back when it
+//! exits. A thread owns its slot exclusively, so it updates it with plain loads and stores
 //! (relaxed atomics, no locked instructions, no shared cache line written). A reader sums all
-//! shards. Slot 0 is the shared overflow shard: threads that find no free slot (more than
-//! `SHARDS - 1` allocating at once) or that allocate while their thread-local storage is being
+//! slots. Slot 0 is the shared overflow slot: threads that find no free slot (more than
+//! `SLOTS - 1` allocating at once) or that allocate while their thread-local storage is being
 //! torn down use it with atomic read-modify-write operations instead.
 //!
-//! Shards are never cleared when a thread exits: the next owner keeps adding to them, so sums
-//! stay exact. All counters are 64-bit; current bytes are signed per shard (a block freed on
-//! another thread than the one that allocated it makes one shard negative) and their sum is
+//! Slots are never cleared when a thread exits: the next owner keeps adding to them, so sums
+//! stay exact. All counters are 64-bit; current bytes are signed per slot (a block freed on
+//! another thread than the one that allocated it makes one slot negative) and their sum is
 //! exact.
 //!
 //! A call stores as little as it can: a malloc adds to its size bucket of the histogram and to
-//! the shard's bytes; a free adds to the free count and to the bytes. `malloc_calls` (the
+//! the slot's bytes; a free adds to the free count and to the bytes. `malloc_calls` (the
 //! histogram's total less the reallocs) and `current_count` (mallocs less failed mallocs less
 //! frees) are derived when read.
 //!
 //! # Peak
 //!
 //! An exact peak needs the global current value after every call that can raise it (a free
-//! never does: it only adds to its shard and checks the flush threshold below). Every malloc and
-//! realloc reads one shared word, `STATE` (number of owned shards and an epoch that moves
-//! whenever a thread claims or gives back a shard, or the shared shard or a peak reset changes
+//! never does: it only adds to its slot and checks the flush threshold below). Every malloc and
+//! realloc reads one shared word, `STATE` (number of owned slots and an epoch that moves
+//! whenever a thread claims or gives back a slot, or the shared slot or a peak reset changes
 //! the picture); the word is written only on those rare events, so reading it shares nothing on
 //! the hot path.
 //!
-//! - **One thread allocating** (one shard owned; SQLite with memstatus on is serialized anyway):
-//!   every other shard is unowned, so their bytes do not move. The owner sums them once, when it
+//! - **One thread allocating** (one slot owned; SQLite with memstatus on is serialized anyway):
+//!   every other slot is unowned, so their bytes do not move. The owner sums them once, when it
 //!   sees a new epoch (a *resync*), and from then on computes the global value from its own
-//!   bytes alone, keeping the shard's high-water mark `hw` with a plain store when it grows.
+//!   bytes alone, keeping the slot's high-water mark `hw` with a plain store when it grows.
 //!   `peak_bytes` is exact.
-//! - **`T` threads allocating at once**: each shard flushes its pending delta into `flushed`
+//! - **`T` threads allocating at once**: each slot flushes its pending delta into `flushed`
 //!   (and `peak` = its maximum) when the delta reaches ±[`PEAK_FLUSH_BYTES`] (a solo owner does
 //!   too, so that it has little pending when a second thread starts). The shared counter
 //!   differs from the true current value by the deltas not yet flushed, less than
@@ -43,22 +43,22 @@
 //!   when another thread's frees are (e.g. 2 threads: at most 128 KiB off).
 //!
 //! The owner's fast path is therefore one read of `STATE`, compared with the value it saw last,
-//! and one comparison of its `bytes` with two bounds kept in its shard: above `limit_hi` (the
+//! and one comparison of its `bytes` with two bounds kept in its slot: above `limit_hi` (the
 //! bytes at which the global value would pass `hw` while solo, or the +64 KiB flush point) or
 //! below `limit_lo` (the −64 KiB flush point), the call takes a cold slow path that records the
 //! new high-water mark or flushes, and computes the bounds again. A changed `STATE` also takes
 //! the slow path (resync when alone; no high-water mark kept otherwise).
 //!
-//! A reader takes the maximum of `peak` and of every shard's `hw` recorded since the last peak
+//! A reader takes the maximum of `peak` and of every slot's `hw` recorded since the last peak
 //! reset (each was the true global value at some moment). `peak_bytes` reported is never below
 //! `current_bytes`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
-/// Number of shard slots, slot 0 being the shared overflow shard.
-pub const SHARDS: usize = 64;
-/// A shard flushes its bytes delta into the shared peak counter when it reaches this many bytes
+/// Number of slots, slot 0 being the shared overflow slot.
+pub const SLOTS: usize = 64;
+/// A slot flushes its bytes delta into the shared peak counter when it reaches this many bytes
 /// (either way) while more than one thread allocates.
 pub const PEAK_FLUSH_BYTES: i64 = 64 * 1024;
 /// Number of power-of-two buckets in the request-size histogram: bucket `i` counts requests of
@@ -66,11 +66,11 @@ pub const PEAK_FLUSH_BYTES: i64 = 64 * 1024;
 pub const HIST_BUCKETS: usize = 32;
 
 /// Which slots are owned by a live thread (slot 0 is never owned).
-static OWNED: [AtomicBool; SHARDS] = [const { AtomicBool::new(false) }; SHARDS];
+static OWNED: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
 
 /// The number of owned slots (low [`EPOCH_SHIFT`] bits) and an epoch (the bits above) that
 /// moves on every event after which a solo owner must resync: a claim, a release, an update of
-/// the shared shard, a peak reset. Written only on those events; read on every call.
+/// the shared slot, a peak reset. Written only on those events; read on every call.
 static STATE: CacheAligned<AtomicU64> = CacheAligned(AtomicU64::new(0));
 const EPOCH_SHIFT: u32 = 16;
 const EPOCH: u64 = 1 << EPOCH_SHIFT;
@@ -89,7 +89,7 @@ fn bump_epoch() -> u64 {
 struct CacheAligned<T>(T);
 
 /// The calling thread's slot as stored: 0 before its first allocation (so that zero-initialized
-/// thread-local memory means "unclaimed"), else the shard index plus one (1: the shared shard,
+/// thread-local memory means "unclaimed"), else the slot index plus one (1: the shared slot,
 /// which a thread uses when it got no slot or its thread-local storage is being torn down).
 mod slot {
     /// The stored value (see the module above).
@@ -199,7 +199,7 @@ struct SlotGuard;
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let stored = slot::get();
-        // From now on this thread uses the shared shard.
+        // From now on this thread uses the shared slot.
         slot::set(1);
         if stored < 2 {
             return;
@@ -210,7 +210,7 @@ impl Drop for SlotGuard {
         // a non-null value is valid for reads for the rest of the process.
         if let Some(c) = unsafe { p.as_ref() } {
             // This thread still owns slot `i`, so the exclusive update is sound.
-            c.retire_shard(&c.shards[i]);
+            c.retire_slot(&c.slots[i]);
         }
         // One owner fewer, and a new epoch: a thread left alone must resync.
         STATE.0.fetch_add(EPOCH.wrapping_sub(1), Ordering::AcqRel);
@@ -219,8 +219,8 @@ impl Drop for SlotGuard {
     }
 }
 
-/// The calling thread's shard index: `Some(i)` with `i > 0` for an exclusively owned shard, `None`
-/// for the shared overflow shard.
+/// The calling thread's slot index: `Some(i)` with `i > 0` for an exclusively owned slot, `None`
+/// for the shared overflow slot.
 #[inline(always)]
 fn my_slot() -> Option<usize> {
     let stored = slot::get();
@@ -234,7 +234,7 @@ fn my_slot() -> Option<usize> {
 }
 
 /// A small number for the calling thread, to spread threads over per-thread structures (e.g.
-/// the parts of a sharded `memsys5`): its counters slot once it has one (consecutive threads get
+/// the shards of a sharded `memsys5`): its counters slot once it has one (consecutive threads get
 /// consecutive slots), 0 before its first allocation.
 #[inline]
 pub fn thread_index() -> usize {
@@ -249,16 +249,16 @@ static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 #[inline(never)]
 fn claim() -> Option<usize> {
     // Register the guard first: if that is no longer possible (the thread is exiting), use the
-    // shared shard for good.
+    // shared slot for good.
     if GUARD.try_with(|_| ()).is_err() {
         slot::set(1);
         return None;
     }
     // Start the search where the previous thread's ended, so that threads do not all race for
     // slot 1 and consecutive threads get consecutive slots.
-    let start = (NEXT_SLOT.fetch_add(1, Relaxed) % (SHARDS as u64 - 1)) as usize;
-    for k in 0..SHARDS - 1 {
-        let i = 1 + (start + k) % (SHARDS - 1);
+    let start = (NEXT_SLOT.fetch_add(1, Relaxed) % (SLOTS as u64 - 1)) as usize;
+    for k in 0..SLOTS - 1 {
+        let i = 1 + (start + k) % (SLOTS - 1);
         if OWNED[i]
             .compare_exchange(false, true, Ordering::Acquire, Relaxed)
             .is_ok()
@@ -276,22 +276,22 @@ fn claim() -> Option<usize> {
 /// One thread's counters. The first group is written on the hot path; the second only by the
 /// owner on a flush or a resync; `hw`/`hw_epoch` are read by readers.
 ///
-/// Each shard takes 1 KiB although it uses under 400 bytes: with shards 128 bytes apart (no cache
-/// line shared, not even a 128-byte pair), two threads writing their own shards still slowed each
+/// Each slot takes 1 KiB although it uses under 400 bytes: with slots 128 bytes apart (no cache
+/// line shared, not even a 128-byte pair), two threads writing their own slots still slowed each
 /// other down by about 12% per pair on a 2-vCPU Intel Xeon (`micro --mix --threads 2`, CPU time
 /// per pair: 0.87 of the one-thread rate, 0.99 with the counters compiled out); 512 bytes apart
 /// gave 0.93–0.98, 1 KiB and 4 KiB 0.99–1.00. The hardware prefetchers fetch lines
 /// near the ones a thread touches, the neighbour's hot lines among them, which then bounce
-/// between the cores as if shared. 64 shards of 1 KiB: 64 KiB per installed allocator.
+/// between the cores as if shared. 64 slots of 1 KiB: 64 KiB per installed allocator.
 #[repr(align(1024))]
-struct Shard {
+struct Slot {
     // One cache line (64 bytes): every field a free touches, and all a malloc touches but its
     // histogram bucket.
-    /// Live bytes allocated less freed through this shard.
+    /// Live bytes allocated less freed through this slot.
     bytes: AtomicI64,
     frees: AtomicU64,
     largest: AtomicU64,
-    /// `STATE` as this shard's owner last saw it (`u64::MAX`: never): while `STATE` still has
+    /// `STATE` as this slot's owner last saw it (`u64::MAX`: never): while `STATE` still has
     /// this value, `hw_rel` and the bounds below are up to date.
     seen_state: AtomicU64,
     /// A malloc or realloc that takes `bytes` above this takes the slow path
@@ -300,7 +300,7 @@ struct Shard {
     /// A call that takes `bytes` below this takes the slow path: a flush is due
     /// (`at_flush - PEAK_FLUSH_BYTES`).
     limit_lo: AtomicI64,
-    /// `bytes` when this shard last flushed: `bytes - at_flush` is not yet in `flushed`.
+    /// `bytes` when this slot last flushed: `bytes - at_flush` is not yet in `flushed`.
     at_flush: AtomicI64,
     /// While solo: the global current value is `offset + bytes`.
     offset: AtomicI64,
@@ -308,7 +308,7 @@ struct Shard {
     /// While solo: the value of `bytes` at which the global value equals `hw` (`hw - offset`);
     /// `i64::MAX` while other threads allocate (no high-water mark is kept then).
     hw_rel: AtomicI64,
-    /// The highest global current value this shard saw while solo (exact values only).
+    /// The highest global current value this slot saw while solo (exact values only).
     hw: AtomicI64,
     reallocs: AtomicU64,
     // Then the histogram, then what is rarely written.
@@ -319,9 +319,9 @@ struct Shard {
     hw_epoch: AtomicU64,
 }
 
-impl Shard {
-    const fn new() -> Shard {
-        Shard {
+impl Slot {
+    const fn new() -> Slot {
+        Slot {
             bytes: AtomicI64::new(0),
             frees: AtomicU64::new(0),
             hist: [const { AtomicU64::new(0) }; HIST_BUCKETS],
@@ -343,8 +343,8 @@ impl Shard {
     }
 }
 
-/// Adds to a counter of a shard: a plain load and store when the shard is owned by the calling
-/// thread, a locked add on the shared shard.
+/// Adds to a counter of a slot: a plain load and store when the slot is owned by the calling
+/// thread, a locked add on the shared slot.
 #[inline(always)]
 fn add_i(c: &AtomicI64, v: i64, owned: bool) -> i64 {
     if owned {
@@ -411,10 +411,10 @@ pub struct Stats {
 
 /// The counters of one installed allocator.
 pub struct Counters {
-    shards: [Shard; SHARDS],
+    slots: [Slot; SLOTS],
     flushed: CacheAligned<AtomicI64>,
     peak: CacheAligned<AtomicI64>,
-    /// The epoch of the last [`reset_peak`](Self::reset_peak): a shard's `hw` from an older
+    /// The epoch of the last [`reset_peak`](Self::reset_peak): a slot's `hw` from an older
     /// epoch no longer counts.
     reset_epoch: AtomicU64,
 }
@@ -430,7 +430,7 @@ impl Counters {
     /// `static`, as those of [`StatsAlloc`](crate::StatsAlloc), a global allocator, must.
     pub const fn new() -> Self {
         Counters {
-            shards: [const { Shard::new() }; SHARDS],
+            slots: [const { Slot::new() }; SLOTS],
             flushed: CacheAligned(AtomicI64::new(0)),
             peak: CacheAligned(AtomicI64::new(0)),
             reset_epoch: AtomicU64::new(0),
@@ -438,19 +438,19 @@ impl Counters {
     }
 
     #[inline(always)]
-    fn shard(&self) -> (&Shard, bool) {
+    fn slot(&self) -> (&Slot, bool) {
         match my_slot() {
-            Some(i) => (&self.shards[i], true),
-            None => (&self.shards[0], false),
+            Some(i) => (&self.slots[i], true),
+            None => (&self.slots[0], false),
         }
     }
 
-    /// After the bytes of shard `s` moved by `delta` to `bytes` in a malloc or a realloc: keep
+    /// After the bytes of slot `s` moved by `delta` to `bytes` in a malloc or a realloc: keep
     /// the peak. The owner's fast path is one shared read (`STATE`, unchanged since the last
     /// slow path) and one comparison (`limit_hi`, `limit_lo`); everything else is in
     /// [`slow_path`](Self::slow_path).
     #[inline(always)]
-    fn note_bytes(&self, s: &Shard, owned: bool, bytes: i64, delta: i64) {
+    fn note_bytes(&self, s: &Slot, owned: bool, bytes: i64, delta: i64) {
         if !owned {
             self.shared_moved(delta);
             return;
@@ -468,7 +468,7 @@ impl Counters {
     /// and set the bounds of the fast path again.
     #[cold]
     #[inline(never)]
-    fn slow_path(&self, s: &Shard, bytes: i64) {
+    fn slow_path(&self, s: &Slot, bytes: i64) {
         let state = STATE.0.load(Relaxed);
         if state != s.seen_state.load(Relaxed) {
             if state & OWNERS_MASK <= 1 {
@@ -495,7 +495,7 @@ impl Counters {
     }
 
     /// The bounds of the owner's fast path, from `at_flush` and `hw_rel`.
-    fn set_limits(s: &Shard) {
+    fn set_limits(s: &Slot) {
         let at = s.at_flush.load(Relaxed);
         s.limit_lo
             .store(at.saturating_sub(PEAK_FLUSH_BYTES), Relaxed);
@@ -507,7 +507,7 @@ impl Counters {
     /// exit: out of the hot path).
     #[cold]
     #[inline(never)]
-    fn flush(&self, s: &Shard) {
+    fn flush(&self, s: &Slot) {
         let bytes = s.bytes.load(Relaxed);
         let pending = bytes.wrapping_sub(s.at_flush.load(Relaxed));
         s.at_flush.store(bytes, Relaxed);
@@ -523,11 +523,11 @@ impl Counters {
 
     /// The owner of `s` (alone) starts a new solo window in `epoch`: the old high-water mark goes
     /// into `peak` (unless a reset made it stale), the pending delta into `flushed`, and `offset`
-    /// becomes the other shards' bytes (unchanging while this thread is alone: they are unowned,
-    /// and a change of the shared shard starts a new epoch).
+    /// becomes the other slots' bytes (unchanging while this thread is alone: they are unowned,
+    /// and a change of the shared slot starts a new epoch).
     #[cold]
     #[inline(never)]
-    fn resync(&self, s: &Shard, epoch: u64) {
+    fn resync(&self, s: &Slot, epoch: u64) {
         self.fold_hw(s);
         self.flush(s);
         let now = self.current_bytes();
@@ -539,24 +539,24 @@ impl Counters {
         s.hw_epoch.store(epoch, Ordering::Release);
     }
 
-    /// Move shard `s`'s high-water mark into `peak` unless a reset came after it.
-    fn fold_hw(&self, s: &Shard) {
+    /// Move slot `s`'s high-water mark into `peak` unless a reset came after it.
+    fn fold_hw(&self, s: &Slot) {
         if s.hw_epoch.load(Relaxed) >= self.reset_epoch.load(Ordering::Acquire) {
             self.peak.0.fetch_max(s.hw.load(Relaxed), Relaxed);
         }
     }
 
     /// The owner of `s` is exiting: everything it has goes to the shared values.
-    fn retire_shard(&self, s: &Shard) {
+    fn retire_slot(&self, s: &Slot) {
         self.fold_hw(s);
         self.flush(s);
-        // The next owner of this shard starts with a slow path (resync or not).
+        // The next owner of this slot starts with a slow path (resync or not).
         s.seen_state.store(u64::MAX, Relaxed);
         s.hw_rel.store(i64::MAX, Relaxed);
         Self::set_limits(s);
     }
 
-    /// The shared shard moved by `delta`: it flushes at once, and a solo owner must resync.
+    /// The shared slot moved by `delta`: it flushes at once, and a solo owner must resync.
     #[cold]
     #[inline(never)]
     fn shared_moved(&self, delta: i64) {
@@ -565,37 +565,37 @@ impl Counters {
         bump_epoch();
     }
 
-    /// The calling thread's own shard, when it has one (the fast path of every call): a load of
+    /// The calling thread's own slot, when it has one (the fast path of every call): a load of
     /// its thread-local slot and one comparison.
     #[inline(always)]
-    fn own_shard(&self) -> Option<&Shard> {
+    fn own_slot(&self) -> Option<&Slot> {
         let stored = slot::get();
-        // A stored slot is at most SHARDS (see `claim`), so the mask changes nothing; it only
+        // A stored slot is at most SLOTS (see `claim`), so the mask changes nothing; it only
         // lets the compiler drop the bounds check.
-        (stored >= 2).then(|| &self.shards[(stored - 1) & (SHARDS - 1)])
+        (stored >= 2).then(|| &self.slots[(stored - 1) & (SLOTS - 1)])
     }
 
     /// Record a call of `xMalloc` for `request` bytes that returned a block of `size` bytes
     /// (`None`: the call failed).
     #[inline(always)]
     pub fn on_malloc(&self, request: usize, size: Option<usize>) {
-        match self.own_shard() {
+        match self.own_slot() {
             Some(s) => self.malloc_in(s, true, request, size),
             None => self.on_malloc_first_or_shared(request, size),
         }
     }
 
-    /// [`on_malloc`](Self::on_malloc) before the thread's first call (which claims its shard)
-    /// or on the shared shard.
+    /// [`on_malloc`](Self::on_malloc) before the thread's first call (which claims its slot)
+    /// or on the shared slot.
     #[cold]
     #[inline(never)]
     fn on_malloc_first_or_shared(&self, request: usize, size: Option<usize>) {
-        let (s, owned) = self.shard();
+        let (s, owned) = self.slot();
         self.malloc_in(s, owned, request, size)
     }
 
     #[inline(always)]
-    fn malloc_in(&self, s: &Shard, owned: bool, request: usize, size: Option<usize>) {
+    fn malloc_in(&self, s: &Slot, owned: bool, request: usize, size: Option<usize>) {
         add_u(&s.hist[bucket(request)], 1, owned);
         max_u(&s.largest, request as u64, owned);
         match size {
@@ -610,22 +610,22 @@ impl Counters {
     /// Record a call of `xFree` of a block of `size` bytes.
     #[inline(always)]
     pub fn on_free(&self, size: usize) {
-        match self.own_shard() {
+        match self.own_slot() {
             Some(s) => self.free_in(s, true, size),
             None => self.on_free_first_or_shared(size),
         }
     }
 
-    /// [`on_free`](Self::on_free) before the thread's first call or on the shared shard.
+    /// [`on_free`](Self::on_free) before the thread's first call or on the shared slot.
     #[cold]
     #[inline(never)]
     fn on_free_first_or_shared(&self, size: usize) {
-        let (s, owned) = self.shard();
+        let (s, owned) = self.slot();
         self.free_in(s, owned, size)
     }
 
     #[inline(always)]
-    fn free_in(&self, s: &Shard, owned: bool, size: usize) {
+    fn free_in(&self, s: &Slot, owned: bool, size: usize) {
         add_u(&s.frees, 1, owned);
         let b = add_i(&s.bytes, -(size as i64), owned);
         if !owned {
@@ -644,7 +644,7 @@ impl Counters {
     /// `new` bytes (`None`: the call failed and the old block is unchanged).
     #[inline]
     pub fn on_realloc(&self, request: usize, old: usize, new: Option<usize>) {
-        let (s, owned) = self.shard();
+        let (s, owned) = self.slot();
         add_u(&s.reallocs, 1, owned);
         add_u(&s.hist[bucket(request)], 1, owned);
         max_u(&s.largest, request as u64, owned);
@@ -666,7 +666,7 @@ impl Counters {
 
     /// Exact sum of the live bytes (see the module documentation for when it is exact).
     pub fn current_bytes(&self) -> i64 {
-        self.shards.iter().map(|s| s.bytes.load(Relaxed)).sum()
+        self.slots.iter().map(|s| s.bytes.load(Relaxed)).sum()
     }
 
     /// All counters at once. Each counter is read once; with other threads allocating at the same
@@ -677,7 +677,7 @@ impl Counters {
         let mut failed_mallocs = 0i64;
         let mut hw = i64::MIN;
         let reset = self.reset_epoch.load(Ordering::Acquire);
-        for s in self.shards.iter() {
+        for s in self.slots.iter() {
             out.current_bytes += s.bytes.load(Relaxed);
             calls += s.hist.iter().map(|c| c.load(Relaxed) as i64).sum::<i64>();
             out.free_calls += s.frees.load(Relaxed) as i64;
@@ -700,7 +700,7 @@ impl Counters {
     /// Request-size histogram: `HIST_BUCKETS` counts (see [`HIST_BUCKETS`]).
     pub fn histogram(&self) -> [u64; HIST_BUCKETS] {
         let mut h = [0u64; HIST_BUCKETS];
-        for s in self.shards.iter() {
+        for s in self.slots.iter() {
             for (o, c) in h.iter_mut().zip(s.hist.iter()) {
                 *o += c.load(Relaxed);
             }
@@ -708,7 +708,7 @@ impl Counters {
         h
     }
 
-    /// Start a new peak from the current value: every shard's high-water mark so far stops
+    /// Start a new peak from the current value: every slot's high-water mark so far stops
     /// counting, and a solo owner starts a new one at its next call.
     pub fn reset_peak(&self) {
         let epoch = bump_epoch();

@@ -1,4 +1,4 @@
-//! memsys3 and memsys5 mark their pools for valgrind (src/poison.rs): a write past a block or a
+//! memsys3 and memsys5 mark their pools for valgrind (src/marking.rs): a write past a block or a
 //! read of a freed block is reported by memcheck, and normal use is clean.
 //!
 //! The test runs this very test binary under `valgrind --error-exitcode=99`, once per case (the

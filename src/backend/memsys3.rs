@@ -115,8 +115,8 @@
 
 use crate::heap::HeapBuf;
 use crate::lock::{Lock, LockGuard};
+use crate::marking;
 use crate::methods::{InitError, MemMethods};
-use crate::poison;
 use std::ptr::NonNull;
 
 /// Bytes per block.
@@ -214,15 +214,15 @@ impl State {
         // lock guarding this State is held (we are reached through its guard), and the
         // allocator only touches header words and the link words of free chunks, never the
         // user data of a checked-out chunk (module invariants), so no other thread accesses
-        // these bytes. (`open` makes the word accessible to valgrind/ASan meanwhile.)
-        self.open(off, || unsafe { self.heap.read_u32(off) })
+        // these bytes. (`accessible` makes the word accessible to valgrind/ASan meanwhile.)
+        self.accessible(off, || unsafe { self.heap.read_u32(off) })
     }
 
     #[inline]
     fn wr(&mut self, blk: u32, half: usize, v: u32) {
         let off = self.word_off(blk, half);
         // SAFETY: as in `rd`.
-        self.open(off, || unsafe { self.heap.write_u32(off, v) })
+        self.accessible(off, || unsafe { self.heap.write_u32(off, v) })
     }
 
     /// `prevSize` in the header of chunk `i`.
@@ -546,7 +546,7 @@ impl Memsys3 {
             roots: [0; N_ROOTS],
             live: 0,
         };
-        poison::pool_create(st.heap.ptr(0), st.heap.len());
+        marking::pool_create(st.heap.ptr(0), st.heap.len());
         st.layout();
         Some(Memsys3 {
             state: Lock::new(st),
@@ -692,37 +692,37 @@ unsafe impl MemMethods for Memsys3 {
     fn shutdown(&self) {}
 }
 
-// ---- valgrind / AddressSanitizer marking (src/poison.rs) ----------------------------------------
+// ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
 //
 // The heap is a pool: everything is no-access except the user area of checked-out chunks (its
 // whole usable size, `8·s − 4` bytes; the request size is not kept), which is addressable with
-// undefined contents. Chunk headers, list links and `prevSize` words are opened only for the
+// undefined contents. Chunk headers, list links and `prevSize` words are made accessible only for the
 // duration of each access by `rd`/`wr`, with the lock held. A user write past the usable size
 // hits the next chunk's `size4x` word and is reported.
 impl State {
     /// Run `f` with the 4-byte word at byte offset `off` accessible.
     #[inline]
-    fn open<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
-        poison::with_open(self.heap.ptr(off), 4, f)
+    fn accessible<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
+        marking::with_accessible(self.heap.ptr(off), 4, f)
     }
 
     /// Chunk `i` was just checked out (before its pointer is handed out).
     fn mark_alloc(&self, i: u32) {
         let n = usable(self.size4x(i));
-        poison::block_alloc(self.heap.ptr(0), self.ptr(i), n);
+        marking::block_alloc(self.heap.ptr(0), self.ptr(i), n);
     }
 
     /// Checked-out chunk `i` is about to be freed (before the allocator writes into it).
     fn mark_free(&self, i: u32) {
         let n = usable(self.size4x(i));
-        poison::block_free(self.heap.ptr(0), self.ptr(i), n);
+        marking::block_free(self.heap.ptr(0), self.ptr(i), n);
     }
 }
 
 impl Drop for Memsys3 {
     fn drop(&mut self) {
         let st = self.state.get_mut();
-        poison::pool_destroy(st.heap.ptr(0), st.heap.len());
+        marking::pool_destroy(st.heap.ptr(0), st.heap.len());
     }
 }
 

@@ -54,22 +54,22 @@
 //!
 //! One lock serializes every call, so two threads allocating at once wait on each other (C
 //! memsys5 with memstatus off runs 2 threads at a fraction of 1 thread's throughput). With
-//! `shards=N` the atoms are cut into `N` *parts*, consecutive runs of `nblock / N` atoms (the last
-//! part takes the remainder), each an independent buddy heap as described above with its own
-//! lock, free lists and top-level blocks; atom indices, buddies and alignment inside a part are
-//! relative to its first atom. A thread allocates from its own part (threads are spread over the
-//! parts by their counters slot: consecutive threads, consecutive parts) and, when that part
+//! `shards=N` the atoms are cut into `N` *shards*, consecutive runs of `nblock / N` atoms (the last
+//! shard takes the remainder), each an independent buddy heap as described above with its own
+//! lock, free lists and top-level blocks; atom indices, buddies and alignment inside a shard are
+//! relative to its first atom. A thread allocates from its own shard (threads are spread over the
+//! shards by their counters slot: consecutive threads, consecutive shards) and, when that shard
 //! cannot serve the request, from the next ones in turn before failing. A block is freed into the
-//! part its address lies in, whichever thread frees it. The control bytes stay one array, so
+//! shard its address lies in, whichever thread frees it. The control bytes stay one array, so
 //! `size` is unchanged.
 //!
-//! Effect on Robson's bound: it holds *per part*. A request fails only when no part can serve it,
-//! so the guarantee above holds for the whole heap when each part alone satisfies it: with `N`
-//! parts, `heap / N` must reach `N_robson(M, n)` for the most memory `M` ever live and the largest
+//! Effect on Robson's bound: it holds *per shard*. A request fails only when no shard can serve it,
+//! so the guarantee above holds for the whole heap when each shard alone satisfies it: with `N`
+//! shards, `heap / N` must reach `N_robson(M, n)` for the most memory `M` ever live and the largest
 //! request `n`, that is up to `N` times the heap an unsharded memsys5 needs for the same
-//! guarantee (worst case: all live memory lands in one part). The largest block is a part's
+//! guarantee (worst case: all live memory lands in one shard). The largest block is a shard's
 //! largest power of two, so requests above `heap / N` fail. `shards=1` (the default) is SQLite's
-//! memsys5: same placement, same peak. Several parts also place blocks differently from C.
+//! memsys5: same placement, same peak. Several shards also place blocks differently from C.
 //!
 //! # Heap layout
 //!
@@ -110,7 +110,7 @@
 //!
 //! # Differences from SQLite's `mem5.c`
 //!
-//! - Locking: the state is behind this value's own lock (one per part; `src/lock.rs`, a
+//! - Locking: the state is behind this value's own lock (one per shard; `src/lock.rs`, a
 //!   test-and-set lock released with a plain store and biased to the first thread that takes it
 //!   unless the spec says `bias=off`), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only
 //!   when memstatus is off. The lock is held only for list and control-byte updates; the copy
@@ -150,8 +150,8 @@
 
 use crate::heap::{HeapBuf, HeapView};
 use crate::lock::{Lock, LockGuard};
+use crate::marking;
 use crate::methods::{InitError, MemMethods};
-use crate::poison;
 use std::ptr::NonNull;
 
 /// Largest size class: a block has at most `2^LOGMAX` atoms.
@@ -194,20 +194,20 @@ pub struct Memsys5 {
     nblock: usize,
     /// Byte offset of the control bytes (`nblock * atom`).
     ctrl: usize,
-    /// `ceil(2^64 / per_part)` for the atoms per part (every part but the last, which also takes
-    /// the remainder, has `per_part`), 0 when `per_part < 2`: `part_of` divides by multiplying.
-    per_part_recip: u64,
+    /// `ceil(2^64 / per_shard)` for the atoms per shard (every shard but the last, which also takes
+    /// the remainder, has `per_shard`), 0 when `per_shard < 2`: `shard_of` divides by multiplying.
+    per_shard_recip: u64,
     /// The independent buddy heaps the atoms are cut into (one unless `shards=N`).
-    parts: Box<[Part]>,
+    shards: Box<[Shard]>,
 }
 
 /// One buddy heap: atoms `first .. first + n` of the heap, with its own lock and free lists.
-/// Inside a part, atom and block indices (free-list links, buddies, alignment) are relative to
-/// `first`. Parts are 1 KiB apart, so that the hardware prefetchers do not pull one thread's
-/// part (its lock and list heads, written on every call) into the core of the thread using the
+/// Inside a shard, atom and block indices (free-list links, buddies, alignment) are relative to
+/// `first`. Shards are 1 KiB apart, so that the hardware prefetchers do not pull one thread's
+/// shard (its lock and list heads, written on every call) into the core of the thread using the
 /// next (see `Shard` in `src/counters.rs`).
 #[repr(align(1024))]
-struct Part {
+struct Shard {
     first: usize,
     n: usize,
     state: Lock<State>,
@@ -242,14 +242,14 @@ impl Memsys5 {
         let ctrl = nblock << atom_log;
         let buf = HeapBuf::new(heap)?;
         let shards = shards.clamp(1, nblock.max(1));
-        let per_part = nblock / shards;
-        let parts = (0..shards)
-            .map(|p| Part {
-                first: p * per_part,
+        let per_shard = nblock / shards;
+        let shards = (0..shards)
+            .map(|p| Shard {
+                first: p * per_shard,
                 n: if p + 1 == shards {
-                    nblock - p * per_part
+                    nblock - p * per_shard
                 } else {
-                    per_part
+                    per_shard
                 },
                 state: Lock::new(State {
                     free: [NONE; LOGMAX + 1],
@@ -264,39 +264,39 @@ impl Memsys5 {
             atom_mask: (1 << atom_log) - 1,
             nblock,
             ctrl,
-            per_part_recip: if per_part < 2 {
+            per_shard_recip: if per_shard < 2 {
                 0
             } else {
-                u64::MAX / per_part as u64 + 1
+                u64::MAX / per_shard as u64 + 1
             },
-            parts,
+            shards,
         };
         m.mark_pool();
-        for p in 0..m.parts.len() {
-            m.lock_part::<true>(p).layout();
+        for p in 0..m.shards.len() {
+            m.lock_shard::<true>(p).layout();
         }
         Some(m)
     }
 
-    /// With `on` false, the parts' locks are never biased to a thread and make no `membarrier`
+    /// With `on` false, the shards' locks are never biased to a thread and make no `membarrier`
     /// call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
     pub fn with_bias(mut self, on: bool) -> Memsys5 {
         if !on {
-            for p in self.parts.iter_mut() {
+            for p in self.shards.iter_mut() {
                 p.state.forbid_bias();
             }
         }
         self
     }
 
-    /// Whether any part's lock is biased to a thread now (tests and diagnostics).
+    /// Whether any shard's lock is biased to a thread now (tests and diagnostics).
     pub fn lock_is_biased(&self) -> bool {
-        self.parts.iter().any(|p| p.state.is_biased())
+        self.shards.iter().any(|p| p.state.is_biased())
     }
 
-    /// Number of parts (the `shards` option, after clamping).
+    /// Number of shards (the `shards` option, after clamping).
     pub fn shards(&self) -> usize {
-        self.parts.len()
+        self.shards.len()
     }
 
     /// Size of an atom (the smallest block) in bytes.
@@ -311,7 +311,7 @@ impl Memsys5 {
 
     /// Size in bytes of the largest block the heap can ever hand out (0 when it holds no atom).
     pub fn largest_block(&self) -> usize {
-        let n = self.parts.iter().map(|p| p.n).max().unwrap_or(0);
+        let n = self.shards.iter().map(|p| p.n).max().unwrap_or(0);
         match n.checked_ilog2() {
             Some(k) => (self.atom() << k).min(MAX_REQUEST),
             None => 0,
@@ -324,18 +324,18 @@ impl Memsys5 {
         self.heap.offset_of(p)
     }
 
-    /// Lock part `p`, with the marking for valgrind/ASan (`MARK`: see [`Locked`]).
+    /// Lock shard `p`, with the marking for valgrind/ASan (`MARK`: see [`Locked`]).
     #[inline(always)]
-    fn lock_part<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
-        let part = &self.parts[p];
-        // SAFETY: the parts tile the atoms `0..nblock` (see `with_shards`), so
-        // `first + n <= nblock`: the part's atoms end at `nblock << atom_log = ctrl` at the
+    fn lock_shard<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
+        let shard = &self.shards[p];
+        // SAFETY: the shards tile the atoms `0..nblock` (see `with_shards`), so
+        // `first + n <= nblock`: the shard's atoms end at `nblock << atom_log = ctrl` at the
         // latest and its control bytes at `ctrl + nblock <= heap length` (see `geometry`).
         let (atoms, ctrls) = unsafe {
             (
                 self.heap
-                    .view_unchecked(part.first << self.atom_log, part.n << self.atom_log),
-                self.heap.view_unchecked(self.ctrl + part.first, part.n),
+                    .view_unchecked(shard.first << self.atom_log, shard.n << self.atom_log),
+                self.heap.view_unchecked(self.ctrl + shard.first, shard.n),
             )
         };
         Locked {
@@ -343,36 +343,36 @@ impl Memsys5 {
             atoms,
             ctrls,
             atom_log: self.atom_log,
-            base: part.first,
-            n: part.n,
-            st: part.state.lock(),
+            base: shard.first,
+            n: shard.n,
+            st: shard.state.lock(),
         }
     }
 
-    /// The part holding global atom `g` (`g < nblock`).
+    /// The shard holding global atom `g` (`g < nblock`).
     #[inline]
-    fn part_of(&self, g: usize) -> usize {
-        let n = self.parts.len();
+    fn shard_of(&self, g: usize) -> usize {
+        let n = self.shards.len();
         if n == 1 {
             return 0;
         }
-        // g / per_part without a division instruction (tens of cycles, on every free): for
-        // g, per_part < 2^32, floor(g * ceil(2^64 / per_part) / 2^64) is exactly g / per_part.
-        let q = if self.per_part_recip == 0 {
+        // g / per_shard without a division instruction (tens of cycles, on every free): for
+        // g, per_shard < 2^32, floor(g * ceil(2^64 / per_shard) / 2^64) is exactly g / per_shard.
+        let q = if self.per_shard_recip == 0 {
             g
         } else {
-            ((g as u128 * self.per_part_recip as u128) >> 64) as usize
+            ((g as u128 * self.per_shard_recip as u128) >> 64) as usize
         };
         q.min(n - 1)
     }
 
-    /// Hand out a block of class `k`: from the thread's own part first, then the others in turn.
+    /// Hand out a block of class `k`: from the thread's own shard first, then the others in turn.
     #[inline(always)]
     fn malloc_class(&self, k: usize) -> Option<NonNull<u8>> {
-        if self.parts.len() == 1 && !poison::active() {
+        if self.shards.len() == 1 && !marking::active() {
             // SQLite's memsys5, no marking: the path to keep short (the others are calls away,
             // so that this one saves and restores few registers).
-            let l = &mut self.lock_part::<false>(0);
+            let l = &mut self.lock_shard::<false>(0);
             let i = l.alloc(k)?;
             // SAFETY: `alloc` returns an atom index `i < n` (its control byte was set through
             // the checked `set_ctrl`), so `i << atom_log` is inside `atoms`.
@@ -384,7 +384,7 @@ impl Memsys5 {
     /// [`malloc_class`](Self::malloc_class) with shards or with the marking on.
     #[inline(never)]
     fn malloc_class_other(&self, k: usize) -> Option<NonNull<u8>> {
-        if poison::active() {
+        if marking::active() {
             self.malloc_class_in::<true>(k)
         } else {
             self.malloc_class_in::<false>(k)
@@ -394,34 +394,34 @@ impl Memsys5 {
     /// [`malloc_class`](Self::malloc_class) with the marking on (`MARK`) or known to be off.
     #[inline(always)]
     fn malloc_class_in<const MARK: bool>(&self, k: usize) -> Option<NonNull<u8>> {
-        let nparts = self.parts.len();
-        let i = if nparts == 1 {
+        let nshards = self.shards.len();
+        let i = if nshards == 1 {
             // SQLite's memsys5: one heap, atom indices are global.
-            self.lock_part::<MARK>(0).alloc(k)?
+            self.lock_shard::<MARK>(0).alloc(k)?
         } else {
             let first = self.preferred_part();
-            (0..nparts).find_map(|d| {
-                let p = if first + d < nparts {
+            (0..nshards).find_map(|d| {
+                let p = if first + d < nshards {
                     first + d
                 } else {
-                    first + d - nparts
+                    first + d - nshards
                 };
-                let i = self.lock_part::<MARK>(p).alloc(k)?;
-                Some(self.parts[p].first + i)
+                let i = self.lock_shard::<MARK>(p).alloc(k)?;
+                Some(self.shards[p].first + i)
             })?
         };
         let p = self.heap.ptr(i << self.atom_log);
         if MARK {
-            poison::block_alloc(self.heap.ptr(0), p, self.atom() << k);
+            marking::block_alloc(self.heap.ptr(0), p, self.atom() << k);
         }
         Some(p)
     }
 
-    /// The part the calling thread tries first: threads are spread over the parts by the slot
+    /// The shard the calling thread tries first: threads are spread over the shards by the slot
     /// the counters gave them (consecutive threads get consecutive slots).
     #[inline]
     fn preferred_part(&self) -> usize {
-        match self.parts.len() {
+        match self.shards.len() {
             1 => 0,
             n => {
                 let t = crate::counters::thread_index();
@@ -475,17 +475,17 @@ impl Memsys5 {
 /// links of free blocks.
 ///
 /// `MARK` false: the caller has seen that no valgrind/ASan marking is wanted
-/// ([`poison::active`] false, which never changes once asked), so link accesses skip even the
+/// ([`marking::active`] false, which never changes once asked), so link accesses skip even the
 /// check; true: every access asks (the cold paths, and all paths under the tools).
 struct Locked<'a, const MARK: bool> {
     m: &'a Memsys5,
-    /// The part's atoms and its control bytes; atom `i` of the part is at byte `i << atom_log`
+    /// The shard's atoms and its control bytes; atom `i` of the shard is at byte `i << atom_log`
     /// of `atoms`, its control byte at byte `i` of `ctrls`. Copies, so that they stay in
     /// registers across the heap writes below.
     atoms: HeapView<'a>,
     ctrls: HeapView<'a>,
     atom_log: u32,
-    /// The part's first atom in the heap and its number of atoms: indices below are relative.
+    /// The shard's first atom in the heap and its number of atoms: indices below are relative.
     base: usize,
     n: usize,
     st: LockGuard<'a, State>,
@@ -498,10 +498,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         // A fixed message: formatting `i` would make the hot paths keep it in memory.
         assert!(
             i < self.n,
-            "memsys5: atom index outside the part (corrupt heap?)"
+            "memsys5: atom index outside the shard (corrupt heap?)"
         );
-        // SAFETY: `i < n`, the length of `ctrls` (checked); the part's lock is held (`self.st`)
-        // and the control bytes of other parts are never touched under this lock; the control
+        // SAFETY: `i < n`, the length of `ctrls` (checked); the shard's lock is held (`self.st`)
+        // and the control bytes of other shards are never touched under this lock; the control
         // byte of a live block, read by `size` without the lock, is not written while it lives.
         unsafe { self.ctrls.read_u8(i) }
     }
@@ -511,7 +511,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     fn set_ctrl(&mut self, i: usize, v: u8) {
         assert!(
             i < self.n,
-            "memsys5: atom index outside the part (corrupt heap?)"
+            "memsys5: atom index outside the shard (corrupt heap?)"
         );
         // SAFETY: as in `ctrl`; the control area is never handed out, so nobody else reads or
         // writes this byte meanwhile.
@@ -520,18 +520,18 @@ impl<const MARK: bool> Locked<'_, MARK> {
 
     /// Run `f` with the link of free block `i` accessible to the tools.
     #[inline(always)]
-    fn open_link<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
+    fn link_accessible<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
         if MARK {
-            self.m.open_link((self.base + i) << self.atom_log, f)
+            self.m.link_accessible((self.base + i) << self.atom_log, f)
         } else {
             f()
         }
     }
 
-    /// A link value read from the heap, checked to be [`NONE`] or an atom of the part: a link is
+    /// A link value read from the heap, checked to be [`NONE`] or an atom of the shard: a link is
     /// the one thing in the heap a program can overwrite (by writing into a block it has
     /// freed), and a wild index must stop the allocator rather than let it write outside the
-    /// part. Checked where it is used, so that the `prev` link of a list's head, never used
+    /// shard. Checked where it is used, so that the `prev` link of a list's head, never used
     /// (see [`unlink`](Self::unlink)), is not checked either.
     #[inline(always)]
     fn checked(&self, v: u32) -> u32 {
@@ -546,7 +546,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// [`checked`](Self::checked)).
     ///
     /// # Safety
-    /// `i < n` is a free block of this part (its first 8 bytes belong to the allocator) whose
+    /// `i < n` is a free block of this shard (its first 8 bytes belong to the allocator) whose
     /// link was written when it was put on its list; `w < 2`.
     #[inline(always)]
     unsafe fn link_word(&self, i: usize, w: usize) -> u32 {
@@ -554,8 +554,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let off = (i << self.atom_log) + 4 * w;
         // SAFETY: `i < n`, so `off + 4 <= (i << atom_log) + 8 <= n << atom_log`, the length of
         // `atoms` (an atom has at least 8 bytes); `off` is a multiple of 4 from a 64-aligned
-        // heap base; the block is free, so no user accesses it, and the part's lock is held.
-        let v = self.open_link(i, || unsafe { self.atoms.read_u32(off) });
+        // heap base; the block is free, so no user accesses it, and the shard's lock is held.
+        let v = self.link_accessible(i, || unsafe { self.atoms.read_u32(off) });
         self.checked(v)
     }
 
@@ -582,25 +582,25 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Set the `next` link of free block `i`.
     ///
     /// # Safety
-    /// `i < n` is a free block of this part.
+    /// `i < n` is a free block of this shard.
     #[inline(always)]
     unsafe fn set_next(&mut self, i: usize, next: u32) {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
         // SAFETY: as in `links`.
-        self.open_link(i, || unsafe { self.atoms.write_u32(off, next) })
+        self.link_accessible(i, || unsafe { self.atoms.write_u32(off, next) })
     }
 
     /// Set the `prev` link of free block `i`.
     ///
     /// # Safety
-    /// `i < n` is a free block of this part.
+    /// `i < n` is a free block of this shard.
     #[inline(always)]
     unsafe fn set_prev(&mut self, i: usize, prev: u32) {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
         // SAFETY: as in `links`.
-        self.open_link(i, || unsafe { self.atoms.write_u32(off + 4, prev) })
+        self.link_accessible(i, || unsafe { self.atoms.write_u32(off + 4, prev) })
     }
 
     /// Take free block `i` of class `k` off its list.
@@ -655,7 +655,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Lay the whole heap out as free top-level blocks (forgets every block).
     fn layout(&mut self) {
         let n = self.n;
-        // SAFETY: `ctrls` is the part's control bytes, never handed out; the part's lock is
+        // SAFETY: `ctrls` is the shard's control bytes, never handed out; the shard's lock is
         // held, so nobody else reads or writes them.
         unsafe { self.ctrls.zero() };
         self.st.free = [NONE; LOGMAX + 1];
@@ -726,12 +726,12 @@ impl<const MARK: bool> Locked<'_, MARK> {
 }
 
 impl Memsys5 {
-    /// The locked part of [`size_and_free`](MemMethods::size_and_free): free the block at
-    /// global atom `g` of part `part` (`ptr` points at it) and return its size, 0 when it is not
+    /// The part of [`size_and_free`](MemMethods::size_and_free) done under the lock: free the block at
+    /// global atom `g` of shard `shard` (`ptr` points at it) and return its size, 0 when it is not
     /// a live block.
     #[inline(always)]
-    fn release_in<const MARK: bool>(&self, ptr: NonNull<u8>, g: usize, part: usize) -> usize {
-        let mut l = self.lock_part::<MARK>(part);
+    fn release_in<const MARK: bool>(&self, ptr: NonNull<u8>, g: usize, shard: usize) -> usize {
+        let mut l = self.lock_shard::<MARK>(shard);
         let i = g - l.base;
         let c = l.ctrl(i);
         if c & CTRL_FREE != 0 {
@@ -740,7 +740,7 @@ impl Memsys5 {
         let n = self.atom() << (c & CTRL_LOGSIZE);
         // Marked before `release` writes its links into the block.
         if MARK {
-            poison::block_free(self.heap.ptr(0), ptr, n);
+            marking::block_free(self.heap.ptr(0), ptr, n);
         }
         l.release(i);
         n
@@ -752,11 +752,11 @@ impl Memsys5 {
     /// or with the marking on.
     #[inline(never)]
     fn release_other(&self, ptr: NonNull<u8>, g: usize) -> usize {
-        let part = self.part_of(g);
-        if poison::active() {
-            self.release_in::<true>(ptr, g, part)
+        let shard = self.shard_of(g);
+        if marking::active() {
+            self.release_in::<true>(ptr, g, shard)
         } else {
-            self.release_in::<false>(ptr, g, part)
+            self.release_in::<false>(ptr, g, shard)
         }
     }
 }
@@ -765,7 +765,7 @@ impl Memsys5 {
 // marked in use, so live blocks never overlap; a block of class k has atom << k >= the request
 // bytes and starts at a multiple of the atom (>= 8) from a 64-aligned base; its control byte (hence
 // `size`) does not change while it lives; a failed realloc returns before touching the old
-// block; all shared state is behind the part's lock.
+// block; all shared state is behind the shard's lock.
 unsafe impl MemMethods for Memsys5 {
     fn name(&self) -> &'static str {
         "memsys5"
@@ -791,7 +791,7 @@ unsafe impl MemMethods for Memsys5 {
         let Some(g) = self.index_of(ptr) else {
             return 0;
         };
-        if self.parts.len() == 1 && !poison::active() {
+        if self.shards.len() == 1 && !marking::active() {
             // The short path, as in `malloc_class`.
             return self.release_in::<false>(ptr, g, 0);
         }
@@ -846,11 +846,11 @@ unsafe impl MemMethods for Memsys5 {
         if self.nblock == 0 {
             return Err(InitError::NoMem);
         }
-        // Every part, in order (the only place that holds more than one part's lock).
-        let mut parts: Vec<Locked<'_, true>> =
-            (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
-        if parts.iter().all(|l| l.st.live == 0) {
-            for l in parts.iter_mut() {
+        // Every shard, in order (the only place that holds more than one shard's lock).
+        let mut shards: Vec<Locked<'_, true>> =
+            (0..self.shards.len()).map(|p| self.lock_shard(p)).collect();
+        if shards.iter().all(|l| l.st.live == 0) {
+            for l in shards.iter_mut() {
                 l.layout();
             }
         }
@@ -860,30 +860,30 @@ unsafe impl MemMethods for Memsys5 {
     fn shutdown(&self) {}
 }
 
-// ---- valgrind / AddressSanitizer marking (src/poison.rs) ----------------------------------------
+// ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
 //
 // The atoms are a pool: free blocks (links included) are no-access, a block handed out is
 // addressable for its whole size (`atom << k`; the request size is not kept) with undefined
 // contents. The control bytes stay addressable: `size` reads a live block's control byte without
-// the lock, so they cannot be opened and closed around each access; only an overflow past the last
+// the lock, so they cannot be marked and unmarked around each access; only an overflow past the last
 // atom into them goes unseen. The unused remainder after them is no-access.
 impl Memsys5 {
     /// Register the heap as a pool and mark it, at creation.
     fn mark_pool(&self) {
-        poison::pool_create(self.heap.ptr(0), self.heap.len());
-        poison::keep_open(self.heap.ptr(self.ctrl), self.nblock);
+        marking::pool_create(self.heap.ptr(0), self.heap.len());
+        marking::keep_accessible(self.heap.ptr(self.ctrl), self.nblock);
     }
 
     /// Run `f` with the 8-byte link of the free block at byte offset `off` accessible.
     #[inline(always)]
-    fn open_link<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
-        poison::with_open(self.heap.ptr(off), LINK_SIZE, f)
+    fn link_accessible<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
+        marking::with_accessible(self.heap.ptr(off), LINK_SIZE, f)
     }
 }
 
 impl Drop for Memsys5 {
     fn drop(&mut self) {
-        poison::pool_destroy(self.heap.ptr(0), self.heap.len());
+        marking::pool_destroy(self.heap.ptr(0), self.heap.len());
     }
 }
 
@@ -891,24 +891,24 @@ impl Drop for Memsys5 {
 impl Memsys5 {
     /// Check every invariant of the module doc; panics naming the first one broken.
     fn check(&self) {
-        for p in 0..self.parts.len() {
+        for p in 0..self.shards.len() {
             self.check_part(p);
         }
         assert_eq!(
-            self.parts.iter().map(|p| p.n).sum::<usize>(),
+            self.shards.iter().map(|p| p.n).sum::<usize>(),
             self.nblock,
-            "the parts cover the atoms"
+            "the shards cover the atoms"
         );
     }
 
-    /// Part 0 locked (the whole heap when it is not sharded).
+    /// Shard 0 locked (the whole heap when it is not sharded).
     fn lock(&self) -> Locked<'_, true> {
-        self.lock_part(0)
+        self.lock_shard(0)
     }
 
-    /// Check the invariants inside part `p`.
+    /// Check the invariants inside shard `p`.
     fn check_part(&self, p: usize) {
-        let l = self.lock_part::<true>(p);
+        let l = self.lock_shard::<true>(p);
         let n = l.n;
         // Top-level blocks, as laid out.
         let mut tops = Vec::new();
@@ -1651,41 +1651,41 @@ mod tests {
 
     #[test]
     fn shards_cut_the_heap_and_fall_back() {
-        // 4 parts of 16 atoms of 64 bytes (plus control bytes).
+        // 4 shards of 16 atoms of 64 bytes (plus control bytes).
         let m = Memsys5::with_shards(64 * 65, 64, 4).unwrap();
         assert_eq!((m.shards(), m.atoms(), m.largest_block()), (4, 64, 16 * 64));
         m.check();
-        // A block larger than a part can never be had.
+        // A block larger than a shard can never be had.
         assert!(m.malloc(16 * 64 + 1).is_none());
-        // Every atom can be handed out: the thread's own part first, then the others.
+        // Every atom can be handed out: the thread's own shard first, then the others.
         let own = m.preferred_part();
         let mut blocks = Vec::new();
         while let Some(p) = m.malloc(64) {
             blocks.push(p);
             m.check();
         }
-        assert_eq!(blocks.len(), 64, "all four parts used");
-        let part_of = |p: NonNull<u8>| m.part_of(m.off(p) / 64);
+        assert_eq!(blocks.len(), 64, "all four shards used");
+        let shard_of = |p: NonNull<u8>| m.shard_of(m.off(p) / 64);
         assert!(
-            blocks[..16].iter().all(|&p| part_of(p) == own),
-            "the own part is used first"
+            blocks[..16].iter().all(|&p| shard_of(p) == own),
+            "the own shard is used first"
         );
         let mut offs: Vec<usize> = blocks.iter().map(|&p| m.off(p)).collect();
         offs.sort_unstable();
         offs.dedup();
         assert_eq!(offs.len(), 64, "no block handed out twice");
-        // Freed blocks go back to their own part and join up again.
+        // Freed blocks go back to their own shard and join up again.
         for p in blocks {
             // SAFETY: live blocks of `m`, freed once.
             unsafe { m.free(p) };
         }
         m.check();
         for p in 0..4 {
-            let l = m.lock_part::<true>(p);
+            let l = m.lock_shard::<true>(p);
             assert_eq!(
                 (l.st.live, l.st.free[4]),
                 (0, 0),
-                "part {p} is one free block again"
+                "shard {p} is one free block again"
             );
         }
     }
@@ -1698,7 +1698,7 @@ mod tests {
         let m = Memsys5::with_shards(100 * 65, 64, 3).unwrap();
         // 100 atoms: 33 + 33 + 34.
         assert_eq!(
-            m.parts.iter().map(|p| p.n).collect::<Vec<_>>(),
+            m.shards.iter().map(|p| p.n).collect::<Vec<_>>(),
             [33, 33, 34]
         );
         m.check();
@@ -1734,11 +1734,11 @@ mod tests {
         producer.join().unwrap();
         assert!(freed > 0);
         m.check();
-        assert!(m.parts.iter().all(|p| p.state.lock().live == 0));
+        assert!(m.shards.iter().all(|p| p.state.lock().live == 0));
     }
 
     #[test]
-    fn part_of_divides_exactly() {
+    fn shard_of_divides_exactly() {
         for (heap, shards) in [
             (100 * 65, 3),
             (1 << 20, 7),
@@ -1748,10 +1748,17 @@ mod tests {
         ] {
             let m = Memsys5::with_shards(heap, 64, shards).unwrap();
             for g in 0..m.atoms() {
-                let want = (g / m.parts[0].n).min(m.shards() - 1);
-                assert_eq!(m.part_of(g), want, "atom {g}, heap {heap}, shards {shards}");
-                let p = &m.parts[want];
-                assert!(p.first <= g && g < p.first + p.n, "atom {g} in part {want}");
+                let want = (g / m.shards[0].n).min(m.shards() - 1);
+                assert_eq!(
+                    m.shard_of(g),
+                    want,
+                    "atom {g}, heap {heap}, shards {shards}"
+                );
+                let p = &m.shards[want];
+                assert!(
+                    p.first <= g && g < p.first + p.n,
+                    "atom {g} in shard {want}"
+                );
             }
         }
         // The multiply is exact up to 2^31 atoms (the most a heap can have).

@@ -2,7 +2,7 @@
 //!
 //! To ASan a pool is one 64 KiB allocation from the global allocator, so without help a stray
 //! write or a read of a freed pool block touches "allocated" memory and goes unreported. With
-//! sqlalloc's `asan` feature the pools poison what is not handed out (src/poison.rs). This program
+//! sqlalloc's `asan` feature the pools poison what is not handed out (src/marking.rs). This program
 //! shows that ASan then reports:
 //!
 //! - a one-byte write just past the usable size of a memsys5 block (into its free buddy) and of

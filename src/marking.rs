@@ -2,6 +2,10 @@
 //! AddressSanitizer, so that those tools see blocks carved out of a pool the way they see blocks
 //! from `malloc`.
 //!
+//! One word for it everywhere: *marking* (this module, the backends' `MARK` const parameter —
+//! marking on — and the cargo feature `no-valgrind-marking`, which turns the valgrind half off).
+//! "Poison" is ASan's own name for its half, and appears only where ASan's functions are called.
+//!
 //! SQLite's C pools are one big buffer as far as valgrind and ASan know: a write past the end of a
 //! pool block, or a read of a block after it was freed, lands in bytes that are "allocated" and
 //! goes unreported. Here each pool tells the tools what its bytes are:
@@ -13,8 +17,8 @@
 //!   addressable with undefined contents;
 //! - a freed block becomes no-access again;
 //! - the allocator's own metadata inside the pool (free-list links inside free blocks, `memsys3`
-//!   chunk headers) stays no-access and is opened only around each access, with the pool's lock
-//!   held ([`with_open`]).
+//!   chunk headers) stays no-access and is made accessible only around each access, with the pool's lock
+//!   held ([`with_accessible`]).
 //!
 //! # How it is done
 //!
@@ -73,16 +77,16 @@ pub(crate) fn block_free(base: NonNull<u8>, p: NonNull<u8>, n: usize) {
 }
 
 /// Keep `[p, p + n)` addressable and defined for good (metadata that is read without a lock).
-pub(crate) fn keep_open(p: NonNull<u8>, n: usize) {
+pub(crate) fn keep_accessible(p: NonNull<u8>, n: usize) {
     if active() {
         mark_defined(p, n);
     }
 }
 
 /// Run `f` with the `n` bytes of allocator metadata at `p` accessible, then make them no-access
-/// again. The caller holds the pool's lock, so no other thread opens or closes the same bytes.
+/// again. The caller holds the pool's lock, so no other thread marks the same bytes at the same time.
 #[inline(always)]
-pub(crate) fn with_open<R>(p: NonNull<u8>, n: usize, f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_accessible<R>(p: NonNull<u8>, n: usize, f: impl FnOnce() -> R) -> R {
     if !active() {
         return f();
     }
@@ -277,7 +281,7 @@ mod tests {
         let base = NonNull::from(&mut buf[0]);
         pool_create(base, 64);
         block_alloc(base, base, 16);
-        let r = with_open(base, 8, || 7);
+        let r = with_accessible(base, 8, || 7);
         block_free(base, base, 16);
         pool_destroy(base, 64);
         buf[63] = 1;
