@@ -10,18 +10,30 @@ LIBSO   := $(RELEASE)/libsqlalloc.so
 CFLAGS_TEST := -std=c11 -O1 -g -Wall -Wextra -Werror -Iinclude
 LDLIBS_TEST := -lsqlite3 -lpthread -ldl -lm
 
-.PHONY: all lib header demo test rust-test c-test c-test-asan tcl-test lint install clean
+.PHONY: all lib header deps deps-demo demo test test-suites rust-test c-test c-test-asan tcl-test lint install clean
 
 all: lib
 
 lib:
 	$(CARGO) build --release
 
-# Regenerate include/sqlalloc.h from src/ffi.rs (tests/header.rs fails when it is stale).
+# Regenerate include/sqlalloc.h from src/ffi/ (tests/header.rs fails when it is stale).
 header:
 	SQLALLOC_UPDATE_HEADER=1 $(CARGO) build --release
 
-test: lint rust-test c-test c-test-asan valgrind preload-test tcl-test rust-features-test oom-sweep-quick soak-quick bench-smoke asan-pool-test
+# What the targets need from the system, installed when missing (Debian/Ubuntu; scripts/deps.sh
+# says what and why, uses sudo when not root, and fails naming the packages it could not install).
+deps:
+	scripts/deps.sh test
+
+deps-demo:
+	scripts/deps.sh demo
+
+# deps first, then every suite (a sub-make, so that the order holds under -j too).
+test: deps
+	@$(MAKE) --no-print-directory test-suites
+
+test-suites: lint rust-test readme-test c-test c-test-asan valgrind preload-test tcl-test rust-features-test oom-sweep-quick soak-quick bench-smoke asan-pool-test
 
 rust-test:
 	$(CARGO) test --all-targets
@@ -76,7 +88,14 @@ c-test-asan: lib
 	@$(MAKE) --no-print-directory $(CTESTS:%=$(CTEST_ASAN_DIR)/%)
 	$(ASAN_ENV) c-tests/run.sh $(CTEST_ASAN_DIR)
 
-demo: lib
+# The README's commands and code blocks, run as written (scripts/readme-test.sh; its Rust block is
+# a doctest, run by rust-test).
+.PHONY: readme-test
+readme-test: deps lib preload
+	scripts/readme-test.sh
+
+demo: deps-demo
+	@$(MAKE) --no-print-directory lib
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_TEST) -o $(BUILD)/demo examples/demo.c $(LIBA) $(LDLIBS_TEST)
 	$(BUILD)/demo
@@ -96,7 +115,7 @@ install: lib
 # Fetches SQLite 3.40.1's tree into $(BUILD), builds its testfixture twice (C allocators;
 # sqlalloc through tcl/sqlalloc_tcl.c), runs the malloc suites on both, writes
 # docs/tcl-results.md; fails when any sqlalloc cell fails.
-tcl-test: lib
+tcl-test: deps lib
 	tcl/run.sh --lib $(LIBA) --build $(BUILD) --out docs/tcl-results.md
 
 # ---- LD_PRELOAD library (owner: preload; see docs/preload.md) --------------------------------
@@ -109,13 +128,10 @@ PRELOAD_SO := $(RELEASE)/libsqlalloc_preload.so
 preload:
 	$(CARGO) build --release -p sqlalloc_preload
 
-# The tests run Debian's sqlite3 command-line program (installed here when missing), a C program
+# The tests run Debian's sqlite3 command-line program (`make deps` installs it), a C program
 # that dlopens SQLite, and a C program linked with $(LIBA), all in cargo's release directory.
-preload-test: lib preload
-	@command -v sqlite3 >/dev/null 2>&1 || { \
-	  echo "preload-test: installing Debian's sqlite3 command-line program"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y sqlite3 || { $$SUDO apt-get update && $$SUDO apt-get install -y sqlite3; }; }
+preload-test: deps lib preload
+	@command -v sqlite3 >/dev/null 2>&1 || { echo "preload-test: sqlite3 is not installed (make deps)"; exit 1; }
 	$(CARGO) clippy -p sqlalloc_preload --all-targets --no-deps -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p sqlalloc_preload
 	$(CARGO) test --release -p sqlalloc_preload
@@ -123,7 +139,7 @@ preload-test: lib preload
 # ---- Rust API with the optional features (owner: rustapi; see docs/rust.md) ---------------
 # jemalloc (built once by tikv-jemalloc-sys with autoconf: a few minutes the first time),
 # mimalloc, the libsqlite3-sys link path, the examples, and rusqlite's `bundled` SQLite in the
-# separate crate tests-bundled/. Not part of `test` (CPU time); run it when touching the Rust API.
+# separate crate tests-bundled/. Part of `test`; run it alone when touching the Rust API.
 RUST_FEATURES := jemalloc,mimalloc,libsqlite3-sys
 RUST_EXAMPLES := basic limit memsys5 jemalloc
 
@@ -152,17 +168,9 @@ NOMARK_TARGET  ?= target/nomark
 NOMARK_PRELOAD := $(NOMARK_TARGET)/release/libsqlalloc_preload.so
 .PHONY: bench bench-smoke bench-deps
 
-# Debian's jemalloc and mimalloc for the LD_PRELOAD baselines, and valgrind for callgrind.
-bench-deps:
-	@missing=; \
-	  [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || missing="$$missing libjemalloc2"; \
-	  [ -e /usr/lib/x86_64-linux-gnu/libmimalloc.so.2 ] || missing="$$missing libmimalloc2.0"; \
-	  command -v valgrind >/dev/null 2>&1 || missing="$$missing valgrind"; \
-	  if [ -n "$$missing" ]; then \
-	    echo "bench: installing$$missing"; \
-	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get install -y $$missing || { $$SUDO apt-get update && $$SUDO apt-get install -y $$missing; }; \
-	  fi
+# Debian's jemalloc and mimalloc for the LD_PRELOAD baselines, and valgrind for callgrind: part of
+# what `make deps` installs.
+bench-deps: deps
 
 bench: lib bench-deps
 	CARGO_TARGET_DIR=$(BENCH_TARGET) $(CARGO) build --release -p sqlalloc_preload --features jemalloc,mimalloc
@@ -266,8 +274,8 @@ miri:
 	       "(rustup toolchain install nightly --component miri rust-src)"; \
 	fi
 
-valgrind: lib
-	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind: not installed (apt-get install valgrind)"; exit 1; }
+valgrind: deps lib
+	@command -v valgrind >/dev/null 2>&1 || { echo "valgrind: not installed (make deps)"; exit 1; }
 	@$(MAKE) --no-print-directory $(VG_PROGRAMS:%=$(CTEST_DIR)/%)
 	$(VALGRIND) $(CTEST_DIR)/t_workload -n 1000 $(VG_BACKENDS)
 	$(VALGRIND) $(CTEST_DIR)/t_threads -n 300 memsys5:heap=128M,min=32

@@ -76,7 +76,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn measure(c: &Counters, pairs: usize, rounds: usize, seed: u64) -> (f64, f64, f64) {
     let sz = sizes(seed);
     let mut live = vec![(std::ptr::null_mut::<libc::c_void>(), 0usize); 1024];
-    // Warm up (and claim this thread's shard): every slot gets a block.
+    // Warm up (and claim this thread's counters slot): every slot gets a block.
     lap(Some(c), &sz, &mut live, pairs / 10 + 2048);
     let (mut base, mut with, mut diff) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {

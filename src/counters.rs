@@ -276,13 +276,11 @@ fn claim() -> Option<usize> {
 /// One thread's counters. The first group is written on the hot path; the second only by the
 /// owner on a flush or a resync; `hw`/`hw_epoch` are read by readers.
 ///
-/// Each slot takes 1 KiB although it uses under 400 bytes: with slots 128 bytes apart (no cache
-/// line shared, not even a 128-byte pair), two threads writing their own slots still slowed each
-/// other down by about 12% per pair on a 2-vCPU Intel Xeon (`micro --mix --threads 2`, CPU time
-/// per pair: 0.87 of the one-thread rate, 0.99 with the counters compiled out); 512 bytes apart
-/// gave 0.93–0.98, 1 KiB and 4 KiB 0.99–1.00. The hardware prefetchers fetch lines
-/// near the ones a thread touches, the neighbour's hot lines among them, which then bounce
-/// between the cores as if shared. 64 slots of 1 KiB: 64 KiB per installed allocator.
+/// Each slot takes 1 KiB although it uses under 400 bytes: the hardware prefetchers fetch lines
+/// next to the ones a thread touches, so slots that share no cache line but sit close together
+/// still pull a neighbour's hot lines into the other core, and they bounce between the cores as
+/// if shared (bench/notes.md, "Log", has the figures that chose 1 KiB). 64 slots of 1 KiB: 64
+/// KiB per installed allocator.
 #[repr(align(1024))]
 struct Slot {
     // One cache line (64 bytes): every field a free touches, and all a malloc touches but its

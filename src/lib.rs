@@ -13,7 +13,7 @@
 //! | `mimalloc` (feature `mimalloc`) | — | mimalloc: exact `xSize` and `xRoundup`, no header |
 //! | [`rust`](backend::Rust) | — | the program's `#[global_allocator]` |
 //!
-//! Over any backend: always-on [`counters`] (cheap, per-thread shards) and an optional
+//! Over any backend: always-on [`counters`] (cheap, per-thread slots) and an optional
 //! [`limit`](stack::Limit) layer. One [`spec`] string names a configuration:
 //! `memsys5:heap=64M,min=64+limit:max=48M`.
 //!
@@ -61,6 +61,12 @@ pub mod spec;
 pub mod sqlite;
 pub mod stack;
 mod stats_alloc;
+
+/// The README's Rust block, compiled and run as a doctest (its other blocks are run by
+/// `scripts/readme-test.sh`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 // Unit tests link the machine's SQLite through libsqlite3-sys (the libraries themselves resolve
 // SQLite from the host program).

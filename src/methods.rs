@@ -3,7 +3,7 @@
 //! SQLite's table has seven entries (`xMalloc`, `xFree`, `xRealloc`, `xSize`, `xRoundup`,
 //! `xInit`, `xShutdown`). [`MemMethods`] has one method for each, with `&self` receivers so that an
 //! implementation decides its own locking: sqlalloc imposes no global lock. The C table that
-//! SQLite sees (`src/ffi.rs`) and the layers (`src/stack.rs`) are thin code over this trait.
+//! SQLite sees (`src/installed.rs`) and the layers (`src/stack.rs`) are thin code over this trait.
 
 use std::ptr::NonNull;
 

@@ -23,7 +23,7 @@ use std::alloc::{GlobalAlloc, Layout};
 /// drop(v);
 /// ```
 ///
-/// The counters are [`Counters`]: per-thread shards updated with plain stores, so the wrapper adds
+/// The counters are [`Counters`]: per-thread slots updated with plain stores, so the wrapper adds
 /// no lock and no shared cache line to the allocation path. Bytes are counted as Rust asks for
 /// them (`Layout::size()`): `GlobalAlloc` has no way to ask the inner allocator for the usable
 /// size. `alloc`/`alloc_zeroed` count as `malloc_calls`, `dealloc` as `free_calls`, `realloc`

@@ -67,7 +67,7 @@ fn peak_is_exact_while_one_thread_allocates() {
     .join()
     .unwrap();
     assert_eq!(c.stats().current_bytes, before + (3 << 20));
-    // Two threads owned a shard meanwhile: the peak is within 2 × 64 KiB of the true one.
+    // Two threads owned a slot meanwhile: the peak is within 2 × 64 KiB of the true one.
     let truth = peak.max(before + (13 << 20));
     let seen = c.stats().peak_bytes;
     let bound = 2 * sqlalloc::counters::PEAK_FLUSH_BYTES;

@@ -587,7 +587,9 @@ impl<const MARK: bool> Locked<'_, MARK> {
     unsafe fn set_next(&mut self, i: usize, next: u32) {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
-        // SAFETY: as in `links`.
+        // SAFETY: `i < n`, so `off + 8 <= n << atom_log`, the length of `atoms` (an atom has at
+        // least 8 bytes); `off` is a multiple of 8 from a 64-aligned heap base; the block is
+        // free, so no user accesses it, and the shard's lock is held (`&mut self`).
         self.link_accessible(i, || unsafe { self.atoms.write_u32(off, next) })
     }
 
@@ -599,7 +601,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
     unsafe fn set_prev(&mut self, i: usize, prev: u32) {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
-        // SAFETY: as in `links`.
+        // SAFETY: as in `set_next`: `off + 4` is the block's second link word, inside its first
+        // 8 bytes, which belong to the allocator while the block is free.
         self.link_accessible(i, || unsafe { self.atoms.write_u32(off + 4, prev) })
     }
 
