@@ -14,6 +14,8 @@
 #             (script.sql, app.py) created there for the run and removed after: the stderr report
 #             and the JSON report must appear.
 #
+# Also `make deps` (scripts/deps.sh) where it cannot install: one line naming the packages, exit 1.
+#
 # The Rust block is a doctest of the crate (`#[doc = include_str!("../README.md")]` in src/lib.rs).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -112,6 +114,32 @@ created+=("$json")
 [ -s "$json" ] || fail "python3 under the preload wrote no report $json"
 grep -q '"debug:backtrace=8"' "$json" || { head -c 400 "$json"; fail "$json is not the debug report"; }
 echo "ok   readme: the preload lines (sqlite3 shell, python3)"
+passed=$((passed + 1))
+
+# ---- make deps when it cannot install: one line naming the packages, exit status 1 -------------
+# A scratch PATH where dpkg-query says nothing is installed and apt-get fails, then one without
+# apt-get at all (only the tools the script uses).
+mkdir "$TMP/fakebin" "$TMP/noapt"
+printf '#!/bin/sh\necho "deinstall ok config-files"\n' >"$TMP/fakebin/dpkg-query"
+printf '#!/bin/sh\nexit 100\n' >"$TMP/fakebin/apt-get"
+printf '#!/bin/sh\nexit 1\n' >"$TMP/fakebin/rustup"
+printf '#!/bin/sh\nexec "$@"\n' >"$TMP/fakebin/sudo"
+chmod +x "$TMP/fakebin/"*
+cp "$TMP/fakebin/dpkg-query" "$TMP/noapt/"
+for t in sh grep id printf; do ln -s "$(command -v $t)" "$TMP/noapt/$t"; done
+if PATH="$TMP/fakebin:$PATH" "$ROOT/scripts/deps.sh" demo >"$TMP/deps.out" 2>"$TMP/deps.err"; then
+    fail "deps.sh succeeded although apt-get failed"
+fi
+grep -qx "deps: cannot install gcc libc6-dev libsqlite3-dev pkg-config: apt-get update failed" \
+    "$TMP/deps.err" || { cat "$TMP/deps.err"; fail "deps.sh did not name what it could not install"; }
+if PATH="$TMP/noapt" "$ROOT/scripts/deps.sh" demo >"$TMP/deps.out" 2>"$TMP/deps.err"; then
+    fail "deps.sh succeeded without apt-get"
+fi
+grep -q "^deps: cannot install gcc libc6-dev libsqlite3-dev pkg-config: this is not a Debian" \
+    "$TMP/deps.err" || { cat "$TMP/deps.err"; fail "deps.sh without apt-get: wrong message"; }
+PATH="$TMP/fakebin:$PATH" "$ROOT/scripts/deps.sh" nonsense 2>"$TMP/deps.err" && fail "deps.sh took a bad target"
+grep -q "unknown target 'nonsense'" "$TMP/deps.err" || fail "deps.sh with a bad target: wrong message"
+echo "ok   readme: make deps names what it cannot install and fails"
 passed=$((passed + 1))
 
 echo "readme: $passed passed, 0 failed (and the Rust block, as a doctest of cargo test --doc)"
