@@ -10,6 +10,9 @@
 //! `SLOTS - 1` allocating at once) or that allocate while their thread-local storage is being
 //! torn down use it with atomic read-modify-write operations instead.
 //!
+//! (Words: a *slot* is one thread's block of counters here; the *shards* of `memsys5:shards=N`
+//! are something else, sub-heaps of a fixed heap, see [`crate::backend::Memsys5`].)
+//!
 //! Slots are never cleared when a thread exits: the next owner keeps adding to them, so sums
 //! stay exact. All counters are 64-bit; current bytes are signed per slot (a block freed on
 //! another thread than the one that allocated it makes one slot negative) and their sum is

@@ -54,7 +54,8 @@
 //!
 //! One lock serializes every call, so two threads allocating at once wait on each other (C
 //! memsys5 with memstatus off runs 2 threads at a fraction of 1 thread's throughput). With
-//! `shards=N` the atoms are cut into `N` *shards*, consecutive runs of `nblock / N` atoms (the last
+//! `shards=N` the atoms are cut into `N` *shards* (the spec's word; the counters' per-thread
+//! *slots* are another thing), consecutive runs of `nblock / N` atoms (the last
 //! shard takes the remainder), each an independent buddy heap as described above with its own
 //! lock, free lists and top-level blocks; atom indices, buddies and alignment inside a shard are
 //! relative to its first atom. A thread allocates from its own shard (threads are spread over the
