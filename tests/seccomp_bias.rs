@@ -184,7 +184,7 @@ fn biased_memsys3_goes_on_under_the_filter() {
 /// live at once, each filled with a pattern of this thread's and checked just before it is
 /// freed (two threads in the allocator at once would hand out a block twice or tear the free
 /// lists). Returns the number of allocations, all freed.
-fn fill_check_free(a: &(impl MemMethods + Sync), tag: u8, rounds: usize) -> usize {
+fn fill_check_free(a: &impl MemMethods, tag: u8, rounds: usize) -> usize {
     let mut live: Vec<(std::ptr::NonNull<u8>, usize, u8)> = Vec::with_capacity(8);
     let mut allocated = 0;
     let check_free = |(p, n, b): (std::ptr::NonNull<u8>, usize, u8)| {
@@ -219,7 +219,7 @@ fn fill_check_free(a: &(impl MemMethods + Sync), tag: u8, rounds: usize) -> usiz
 /// is biased to this thread, then a second thread allocates and frees concurrently with it:
 /// its first call revokes the bias with the fallback barrier while the owner may be inside.
 /// Both threads' blocks stay intact, and the heap ends empty (`empty` checks it).
-fn revoked_under_load<A: MemMethods + Sync>(new: fn() -> A, biased: fn(&A) -> bool, empty: fn(&A)) {
+fn revoked_under_load<A: MemMethods>(new: fn() -> A, biased: fn(&A) -> bool, empty: fn(&A)) {
     // The first heap registers the process for membarrier (and maps the fallback's page).
     let first = new();
     let p = first.malloc(64).expect("malloc");
