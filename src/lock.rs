@@ -97,7 +97,9 @@
 //! - Revokers of different locks may run the sequence at once: they take turns (an atomic flag,
 //!   polled like the lock). Interleaved, one could find the page already inaccessible and
 //!   flush nothing, or make it inaccessible between the other's `mprotect` and write, which
-//!   would then fault for good. The page is never unmapped.
+//!   would then fault for good. The page is never unmapped. A child of `fork` keeps the page
+//!   (not its `mlock`, which the second write makes up for); like a lock held across `fork`,
+//!   a flag held by another thread at that moment stays held in the child.
 //!
 //! The argument rests on how Linux flushes other CPUs' TLBs on x86, not on an architectural
 //! guarantee. An AMD processor with INVLPGB lets Linux (6.15 and later) invalidate another
