@@ -54,16 +54,73 @@
 //! dead owner's pointer may use the bias, the dead owner being outside). The bias is used only
 //! when `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED` succeeded (Linux 4.14 and later); elsewhere,
 //! and under Miri, the lock is the test-and-set lock alone. After `fork` the child registers
-//! again before revoking.
+//! again before revoking. When `membarrier` is refused at revocation, the same guarantee comes
+//! from a TLB shootdown (next section).
+//!
+//! # When `membarrier` is refused: a TLB shootdown
+//!
+//! A sandbox may forbid `membarrier` after the bias was taken (a seccomp filter installed once
+//! the program is initialized, as browsers and hardened services do). Under the preload that
+//! program is someone else's, so the revoker does not give up: it forces the barrier through
+//! the kernel's TLB shootdown, as the .NET runtime's `FlushProcessWriteBuffers` does on kernels
+//! without `membarrier`. A private anonymous page is mapped (and `mlock`ed, best effort) when
+//! the process registers for `membarrier`: eagerly, because a sandbox that forbids `membarrier`
+//! later may forbid `mmap` too, whereas it usually allows `mprotect`, which the C library needs
+//! to create threads. To revoke, the page is made read-write, written, made inaccessible, made
+//! read-write again and written again. Why this runs a full barrier on every CPU that runs a
+//! thread of the process before the revoker reads `owner_in`, on x86-64 Linux:
+//!
+//! - Making a present, accessed, writable page inaccessible obliges Linux to invalidate its
+//!   translation on every CPU that may cache it before `mprotect` returns (else a thread could
+//!   still write through a stale entry). The write just before makes the entry present,
+//!   accessed and dirty, so the kernel cannot skip the flush as unneeded (it skips it for an
+//!   entry never accessed). The flush goes to the CPUs in the process's `mm_cpumask`, which
+//!   holds every CPU running one of its threads, by inter-processor interrupts, and the sender
+//!   waits until each target has handled its interrupt.
+//! - An interrupt is taken between two instructions of the owner: those before it have
+//!   executed, those after it start afresh once the handler returns with `iret`, a serializing
+//!   instruction; the handler's acknowledgement is a store, which x86 makes visible only after
+//!   the owner's earlier stores. The revoker stored `REVOKED` before its system call, whose
+//!   locked instructions make that store visible before the kernel picks the CPUs to interrupt.
+//!   So when `mprotect` returns, either the owner's `owner_in = true` is visible to the revoker,
+//!   or the owner's check of `bias` comes after the interrupt and sees `REVOKED`: what the
+//!   argument above takes from `membarrier`.
+//! - A CPU the flush skips (not in the mask, or running a kernel thread with the address space
+//!   loaded lazily) runs no thread of the process at the moment. Before it runs one it goes
+//!   through a context switch, a full barrier, which the kernel's own TLB bookkeeping orders
+//!   after the flush began (it then flushes for itself): it sees `REVOKED`, and the stores of a
+//!   thread it switched out earlier are visible.
+//! - If the kernel takes the page's entry away between the first write and the `mprotect`
+//!   (migrating the page; reclaiming it if `mlock` failed), that `mprotect` flushes nothing;
+//!   but the kernel path that took the entry flushes the same way, and the second write faults
+//!   and waits until that path is done.
+//! - Revokers of different locks may run the sequence at once: they take turns (an atomic flag,
+//!   polled like the lock). Interleaved, one could find the page already inaccessible and
+//!   flush nothing, or make it inaccessible between the other's `mprotect` and write, which
+//!   would then fault for good. The page is never unmapped. A child of `fork` keeps the page
+//!   (not its `mlock`, which the second write makes up for); like a lock held across `fork`,
+//!   a flag held by another thread at that moment stays held in the child.
+//!
+//! The argument rests on how Linux flushes other CPUs' TLBs on x86, not on an architectural
+//! guarantee. An AMD processor with INVLPGB lets Linux (6.15 and later) invalidate another
+//! CPU's TLB without interrupting it, hence without a barrier there: where CPUID reports
+//! INVLPGB the fallback refuses. A hypervisor that flushes a guest's TLBs for it (the
+//! paravirtual flushes of Hyper-V and Xen) is trusted to interrupt the vCPUs it flushes, as
+//! KVM's does (it interrupts running vCPUs and defers the flush of a preempted one to its next
+//! entry, a barrier). Only when the fallback cannot serve either (INVLPGB, no page, `mprotect`
+//! refused too) does the revoker abort the process, with a message naming the cause and
+//! `bias=off`: going on could let two threads into the allocator at once.
 //!
 //! # Properties
 //!
 //! - Mutual exclusion: only the compare-exchange that sees `false` takes the lock; the release
 //!   store happens-before the acquire of the next holder, so the protected data is seen whole.
-//! - No allocation, no call into SQLite, no other lock: it can be taken on any allocation path.
-//!   The only system calls are `sched_yield` and `nanosleep`, on the contended path, one
-//!   `membarrier` registration per process when a lock is first taken, and one `membarrier` per
-//!   lock when a second thread first takes it.
+//! - No allocation, no call into SQLite, no other lock (but the fallback barrier's flag, taken
+//!   with nothing inside but system calls): it can be taken on any allocation path. The only
+//!   system calls are `sched_yield` and `nanosleep`, on the contended path, one `membarrier`
+//!   registration per process when a lock is first taken (with the `mmap` and `mlock` of the
+//!   fallback's page), and one `membarrier` per lock when a second thread first takes it (three
+//!   or four `mprotect` instead when `membarrier` is refused).
 //! - Not fair: a thread that releases and takes the lock again at once may win over a waiter.
 //!   Under contention the sharded memsys5 (`shards=N`) is the answer, not fairness.
 //! - Not reentrant, and no poisoning: a panic while it is held releases it through the guard's
@@ -72,13 +129,14 @@
 //! # Turning the bias off (`bias=off`)
 //!
 //! A process that forbids `membarrier` with a seccomp filter *before* the first lock is taken
-//! only loses the bias (the registration fails, every lock is a test-and-set lock). One that
-//! installs such a filter *after* (a sandbox that locks itself down once initialized) leaves a
-//! biased lock that a second thread can no longer revoke safely: the revoker then aborts the
-//! process with a message that names the remedy, because going on could let two threads into
-//! the allocator at once. The remedy is the backends' spec key `bias=off`
-//! ([`Lock::forbid_bias`]): the locks are never biased and make no `membarrier` call; each
-//! call then costs an uncontended compare-exchange (a few nanoseconds).
+//! only loses the bias (the registration fails, every lock is a test-and-set lock); one that
+//! forbids it *after* goes on with the TLB shootdown above. The backends' spec key `bias=off`
+//! ([`Lock::forbid_bias`]) remains for what the fallback cannot cover: a sandbox that forbids
+//! `mprotect` as well, a processor with INVLPGB under such a sandbox, a hypervisor one does not
+//! trust to interrupt the vCPUs it flushes; and for programs that want from the allocator no
+//! `membarrier` or `mprotect` call, no locked page and no interrupts sent to their CPUs. The
+//! locks are then never biased; each call costs an uncontended compare-exchange (a few
+//! nanoseconds).
 
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
@@ -248,8 +306,9 @@ impl<T> Lock<T> {
     }
 
     /// Never bias this lock: every thread, the first included, takes the test-and-set lock, and
-    /// the lock makes no `membarrier` call (for processes whose seccomp filter forbids it; the
-    /// spec key `bias=off`). `&mut self`: nobody can hold the lock meanwhile.
+    /// the lock makes no `membarrier` or `mprotect` call (the spec key `bias=off`; see "Turning
+    /// the bias off" in the module documentation). `&mut self`: nobody can hold the lock
+    /// meanwhile.
     pub fn forbid_bias(&mut self) {
         *self.bias.get_mut() = REVOKED;
     }
@@ -324,7 +383,9 @@ mod bias {
         imp::me()
     }
 
-    /// Run a full memory barrier on every CPU that runs a thread of this process.
+    /// Run a full memory barrier on every CPU that runs a thread of this process: with
+    /// `membarrier`, else with the fallback (a TLB shootdown); abort the process when neither
+    /// can serve.
     pub fn barrier_all() {
         imp::barrier_all()
     }
@@ -336,6 +397,10 @@ mod bias {
     pub fn thread_pointer() -> Option<usize> {
         imp::thread_pointer()
     }
+
+    /// Tests reach the fallback barrier directly, and can make revocations use it.
+    #[cfg(all(test, target_arch = "x86_64", target_os = "linux", not(miri)))]
+    pub use imp::{fallback, SKIP_MEMBARRIER};
 
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     mod imp {
@@ -377,10 +442,16 @@ mod bias {
             (tp > super::super::REVOKED).then_some(tp)
         }
 
-        /// Register for private expedited membarriers (once per process).
+        /// Register for private expedited membarriers (once per process), and map the
+        /// fallback barrier's page while the sandbox, if any, still allows `mmap`.
         #[cold]
         fn ask() -> bool {
             let on = register();
+            if on {
+                // A failure here is not fatal: `fallback::barrier` tries again if it is ever
+                // needed, and aborts when it still cannot map the page.
+                fallback::prepare();
+            }
             STATE.store(if on { 2 } else { 1 }, Relaxed);
             on
         }
@@ -398,26 +469,233 @@ mod bias {
             }
         }
 
+        /// Tests only: skip `membarrier`, so that revocations take the fallback barrier.
+        #[cfg(test)]
+        pub static SKIP_MEMBARRIER: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+
         pub fn barrier_all() {
             // SAFETY: as in `register`.
             let run = || unsafe {
                 libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0
             };
+            #[cfg(test)]
+            let run = || !SKIP_MEMBARRIER.load(Relaxed) && run();
             // A child of `fork` is not registered (the registration belongs to the parent's
             // address space): register, then try again.
             if run() || (register() && run()) {
                 return;
             }
-            // The registration succeeded once in this process, so only a seccomp filter installed
-            // since (or a kernel refusing for another reason) gets here; going on without the
-            // barrier could let two threads into the allocator at once.
-            let msg = b"sqlalloc: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed (a seccomp \
-                filter installed after the allocator's first use?): a second thread cannot \
-                take the memsys3/memsys5 lock safely; add bias=off to the backend's options \
-                (e.g. memsys5:heap=64M,bias=off); aborting\n";
-            // SAFETY: writes `msg.len()` bytes of a live buffer to standard error.
-            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            // The registration succeeded once in this process, so only a seccomp filter
+            // installed since (or a kernel refusing for another reason) gets here: the same
+            // guarantee from a TLB shootdown ("When membarrier is refused" in the module
+            // documentation).
+            let refusal = match fallback::barrier() {
+                Ok(()) => return,
+                Err(r) => r,
+            };
+            // Going on without a barrier could let two threads into the allocator at once.
+            let parts: [&[u8]; 3] = [
+                b"sqlalloc: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed (a seccomp \
+                  filter installed after the allocator's first use?) and so did the fallback \
+                  barrier: ",
+                refusal.cause().as_bytes(),
+                b"; a second thread cannot take the memsys3/memsys5 lock safely; add bias=off \
+                  to the backend's options (e.g. memsys5:heap=64M,bias=off); aborting\n",
+            ];
+            let iov = parts.map(|p| libc::iovec {
+                iov_base: p.as_ptr().cast_mut().cast(),
+                iov_len: p.len(),
+            });
+            // SAFETY: writes the three live buffers `iov` describes to standard error; the
+            // kernel only reads them (the `*mut` of `iovec` is the C declaration's, not a
+            // write).
+            unsafe { libc::writev(2, iov.as_ptr(), iov.len() as libc::c_int) };
             std::process::abort();
+        }
+
+        /// The fallback barrier: a TLB shootdown forced with `mprotect` on a private page.
+        pub mod fallback {
+            use std::ptr;
+            use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+            /// The private page (null until mapped). Never unmapped once published.
+            static PAGE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+            /// Held by the thread running the `mprotect` sequence on [`PAGE`].
+            static BUSY: AtomicBool = AtomicBool::new(false);
+
+            /// Why the fallback barrier could not be given.
+            #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+            pub enum Refusal {
+                /// The CPU can invalidate other CPUs' TLBs without interrupting them (AMD's
+                /// INVLPGB, which Linux 6.15 and later use for threads on several CPUs).
+                BroadcastFlush,
+                /// The page could not be mapped.
+                NoPage,
+                /// `mprotect` on the page failed (forbidden too?).
+                Mprotect,
+            }
+
+            impl Refusal {
+                /// The cause, for the abort message.
+                pub fn cause(self) -> &'static str {
+                    match self {
+                        Refusal::BroadcastFlush => {
+                            "this CPU can flush other CPUs' TLBs without interrupting them \
+                             (INVLPGB), so an mprotect TLB shootdown is no barrier"
+                        }
+                        Refusal::NoPage => "mmap of its private page failed",
+                        Refusal::Mprotect => "mprotect of its private page failed",
+                    }
+                }
+            }
+
+            fn page_len() -> usize {
+                // SAFETY: sysconf reads no memory of the caller (glibc answers from the
+                // auxiliary vector, without a system call).
+                let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+                usize::try_from(n).unwrap_or(4096)
+            }
+
+            /// Whether the CPU has INVLPGB: then Linux may invalidate this process's TLB
+            /// entries on other CPUs by broadcast, with no interrupt, hence no barrier there.
+            /// CPUID in a virtual machine reports what the guest kernel sees, so this is also
+            /// the answer for a guest.
+            fn broadcast_flush() -> bool {
+                use std::arch::x86_64::__cpuid;
+                // SAFETY: CPUID exists on every x86-64 processor and only writes registers
+                // (the intrinsic is safe in recent Rust; the block is for older compilers).
+                #[allow(unused_unsafe)]
+                let (max, ext) = unsafe {
+                    let max = __cpuid(0x8000_0000).eax;
+                    let ext = if max >= 0x8000_0008 {
+                        __cpuid(0x8000_0008).ebx
+                    } else {
+                        0
+                    };
+                    (max, ext)
+                };
+                max >= 0x8000_0008 && ext & (1 << 3) != 0
+            }
+
+            /// Map the page, once per process (at registration, while `mmap` is surely
+            /// allowed), and lock it in memory (best effort: it only keeps reclaim away, the
+            /// second touch of [`barrier`] covers a page the kernel takes away meanwhile).
+            /// Whether the page is mapped.
+            pub fn prepare() -> bool {
+                if !PAGE.load(Ordering::Acquire).is_null() {
+                    return true;
+                }
+                let len = page_len();
+                // SAFETY: a new private anonymous mapping: no memory of the process is
+                // touched, the kernel chooses the (page-aligned) address.
+                let p = unsafe {
+                    libc::mmap(
+                        ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if p == libc::MAP_FAILED {
+                    return false;
+                }
+                // SAFETY: `p..p+len` is the mapping just made; mlock changes no content.
+                unsafe { libc::mlock(p, len) };
+                let p = p.cast::<u8>();
+                if PAGE
+                    .compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // Another thread published its page first: ours was never shared.
+                    // SAFETY: `p..p+len` is our own mapping, which nobody else has seen.
+                    unsafe { libc::munmap(p.cast(), len) };
+                }
+                true
+            }
+
+            /// Holds [`BUSY`]; releases it when dropped.
+            struct Busy;
+
+            impl Busy {
+                fn take() -> Busy {
+                    let mut polls = 0;
+                    while BUSY
+                        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        super::super::super::wait(&mut polls);
+                    }
+                    Busy
+                }
+            }
+
+            impl Drop for Busy {
+                fn drop(&mut self) {
+                    BUSY.store(false, Ordering::Release);
+                }
+            }
+
+            /// Change the page's protection; `Err` when refused.
+            ///
+            /// # Safety
+            ///
+            /// `page` is [`PAGE`]'s mapping and the caller holds [`BUSY`] (nobody else
+            /// touches the page or changes its protection meanwhile).
+            unsafe fn protect(page: *mut u8, prot: libc::c_int) -> Result<(), Refusal> {
+                // SAFETY: the page is our private mapping (caller's contract); changing its
+                // protection affects no other memory.
+                match unsafe { libc::mprotect(page.cast(), page_len(), prot) } {
+                    0 => Ok(()),
+                    _ => Err(Refusal::Mprotect),
+                }
+            }
+
+            /// Write the page's first byte, so that its page-table entry is present,
+            /// accessed and dirty.
+            ///
+            /// # Safety
+            ///
+            /// As for [`protect`], and the page is readable and writable now.
+            unsafe fn touch(page: *mut u8) {
+                // SAFETY: the page is mapped read-write and only the holder of `BUSY` uses
+                // it (caller's contract). Volatile: the write must happen, between the two
+                // `mprotect` calls around it.
+                unsafe { page.write_volatile(page.read_volatile().wrapping_add(1)) };
+            }
+
+            /// Run a full memory barrier on every CPU that runs a thread of this process,
+            /// through the TLB shootdown of `mprotect` ("When membarrier is refused" in the
+            /// module documentation). Safe to call from any number of threads at once: they
+            /// take turns.
+            pub fn barrier() -> Result<(), Refusal> {
+                if broadcast_flush() {
+                    return Err(Refusal::BroadcastFlush);
+                }
+                if !prepare() {
+                    return Err(Refusal::NoPage);
+                }
+                let page = PAGE.load(Ordering::Acquire);
+                let _busy = Busy::take();
+                // SAFETY: for the five calls, `page` is PAGE's mapping, published and never
+                // unmapped, and we hold BUSY; each `touch` follows a successful `protect` to
+                // read-write.
+                unsafe {
+                    protect(page, libc::PROT_READ | libc::PROT_WRITE)?;
+                    touch(page);
+                    // Present, accessed, writable -> no access: Linux must invalidate the
+                    // entry on every CPU that may cache it, and waits for them.
+                    protect(page, libc::PROT_NONE)?;
+                    // If the kernel took the entry away between the touch and the call
+                    // above (migration, reclaim), the call flushed nothing; this touch then
+                    // faults and waits until that kernel path, which flushes, is done.
+                    protect(page, libc::PROT_READ | libc::PROT_WRITE)?;
+                    touch(page);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -471,6 +749,53 @@ mod tests {
 
     #[test]
     fn bias_is_revoked_exclusively() {
+        revoke_under_load();
+    }
+
+    /// The same with the fallback barrier instead of `membarrier` (as under a seccomp filter
+    /// that forbids it), where the fallback can serve.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn bias_is_revoked_exclusively_by_the_fallback_barrier() {
+        match bias::fallback::barrier() {
+            Err(bias::fallback::Refusal::BroadcastFlush) => {
+                eprintln!("skipped: INVLPGB, the fallback refuses (as it must)");
+                return;
+            }
+            r => assert_eq!(r, Ok(()), "the fallback barrier serves"),
+        }
+        // Other tests running meanwhile then revoke with the fallback too: as correct.
+        bias::SKIP_MEMBARRIER.store(true, Ordering::Relaxed);
+        revoke_under_load();
+        bias::SKIP_MEMBARRIER.store(false, Ordering::Relaxed);
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn fallback_barrier_serves_many_threads_at_once() {
+        use bias::fallback::{barrier, Refusal};
+        let first = barrier();
+        if first == Err(Refusal::BroadcastFlush) {
+            eprintln!("skipped: INVLPGB, the fallback refuses (as it must)");
+            return;
+        }
+        assert_eq!(first, Ok(()));
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..300 {
+                        assert_eq!(barrier(), Ok(()));
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    }
+
+    /// Many fresh locks, each revoked while its owner may be inside.
+    fn revoke_under_load() {
         // Many fresh locks: the first thread takes each one as its owner (on x86-64 Linux with
         // membarrier) and keeps entering it; a second thread arrives at a varying moment and
         // revokes the bias while the owner may be inside. Each critical section does a

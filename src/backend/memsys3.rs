@@ -553,8 +553,8 @@ impl Memsys3 {
         })
     }
 
-    /// With `on` false, the lock is never biased to a thread and makes no `membarrier` call
-    /// (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
+    /// With `on` false, the lock is never biased to a thread and makes no `membarrier` or
+    /// `mprotect` call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
     pub fn with_bias(mut self, on: bool) -> Memsys3 {
         if !on {
             self.state.forbid_bias();

@@ -280,7 +280,7 @@ impl Memsys5 {
     }
 
     /// With `on` false, the shards' locks are never biased to a thread and make no `membarrier`
-    /// call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
+    /// or `mprotect` call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
     pub fn with_bias(mut self, on: bool) -> Memsys5 {
         if !on {
             for p in self.shards.iter_mut() {
