@@ -7,9 +7,8 @@
 //! exchange that tells whether anyone sleeps). On x86 a locked instruction waits until every
 //! store before it has left the store buffer; the critical section of a buddy or first-fit
 //! allocator writes free-list links into cold heap lines, so that release stalls on their cache
-//! misses. Measured on the memsys5 trace replay (`bench/`, one thread): 38.5 ns per malloc+free
-//! pair with `std::sync::Mutex`, about 28 with the test-and-set lock below, about 26 with its
-//! bias (below), where C memsys5 with its own mutex takes about 27.
+//! misses. A lock released with a plain store does not wait for them (bench/notes.md, "Log", has
+//! the trace-replay figures of the three locks tried).
 //!
 //! # Algorithm
 //!
@@ -28,9 +27,9 @@
 //! Each poll reads the flag before trying the compare-exchange, so waiters do not pull its
 //! cache line away from the holder while it is set. The stages count every poll of one wait,
 //! also when the lock changed hands meanwhile: under heavy contention the loser of many races
-//! ends up sleeping, which leaves the winner stretches of calls on warm cache lines (measured
-//! with two threads on one unsharded heap: better aggregate throughput than restarting the
-//! stages, and than `std::sync::Mutex`; see bench/notes.md).
+//! ends up sleeping, which leaves the winner stretches of calls on warm cache lines (two threads
+//! on one unsharded heap get more done together that way than by restarting the stages, or with
+//! `std::sync::Mutex`: bench/notes.md).
 //!
 //! # Bias (x86-64 Linux)
 //!
