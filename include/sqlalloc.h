@@ -42,8 +42,12 @@ typedef struct sqlalloc_fault_stats {
 } sqlalloc_fault_stats;
 
 /*
- Counters of the installed allocator, as returned by `sqlalloc_get_stats`. All sizes are bytes
- as SQLite counts them (the sum of `xSize` over live blocks); all fields are 64-bit.
+ The counters of an allocator, read at one moment. All sizes are bytes as SQLite counts them
+ (the sum of `xSize` over live blocks); all fields are 64-bit.
+
+ One type for both faces: what `crate::stats`, `Stack::stats` and `StatsAlloc::stats` return in
+ Rust, and, with its C layout, the `sqlalloc_stats` that `sqlalloc_get_stats` fills (the header
+ names it so). In Rust it renders with `Stats::to_json` and `Stats::to_prometheus`.
  */
 typedef struct sqlalloc_stats {
   /*
@@ -51,7 +55,7 @@ typedef struct sqlalloc_stats {
    */
   int64_t current_bytes;
   /*
-   Highest `current_bytes` since install or `sqlalloc_reset_peak()` (exact while one thread
+   Highest `current_bytes` since install or the last peak reset (exact while one thread
    allocates; see the README for the bound with several threads).
    */
   int64_t peak_bytes;
@@ -60,23 +64,23 @@ typedef struct sqlalloc_stats {
    */
   int64_t current_count;
   /*
-   Calls of xMalloc.
+   Calls of `xMalloc` (successful or not).
    */
   int64_t malloc_calls;
   /*
-   Calls of xFree.
+   Calls of `xFree`.
    */
   int64_t free_calls;
   /*
-   Calls of xRealloc.
+   Calls of `xRealloc` (successful or not).
    */
   int64_t realloc_calls;
   /*
-   Calls of xMalloc or xRealloc that returned NULL.
+   Calls of `xMalloc` or `xRealloc` that returned NULL.
    */
   int64_t failed_calls;
   /*
-   Largest size requested from xMalloc or xRealloc.
+   Largest size passed to `xMalloc` or `xRealloc`.
    */
   int64_t largest_request;
 } sqlalloc_stats;

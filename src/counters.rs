@@ -386,15 +386,19 @@ pub fn bucket(n: usize) -> usize {
     ((usize::BITS - m.leading_zeros()) as usize).min(HIST_BUCKETS - 1)
 }
 
-/// The counters read at one moment (see [`Counters::stats`]): what [`crate::stats`],
-/// [`Stack::stats`](crate::Stack::stats) and [`StatsAlloc::stats`](crate::StatsAlloc::stats)
-/// return, field for field the C struct `sqlalloc_stats`. Renders with [`Stats::to_json`] and
-/// [`Stats::to_prometheus`].
+/// The counters of an allocator, read at one moment. All sizes are bytes as SQLite counts them
+/// (the sum of `xSize` over live blocks); all fields are 64-bit.
+///
+/// One type for both APIs: in C it is `sqlalloc_stats`, filled by `sqlalloc_get_stats()`; in Rust
+/// `sqlalloc::Stats`, returned by `sqlalloc::stats()`, `Stack::stats()` and `StatsAlloc::stats()`
+/// and rendered by `Stats::to_json()` and `Stats::to_prometheus()`.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Sum of `xSize` over live blocks.
+    /// Bytes in live blocks; equals `sqlite3_memory_used()` while SQLite's memstatus is on.
     pub current_bytes: i64,
-    /// Highest `current_bytes` seen since the allocator was installed or the peak was reset.
+    /// Highest `current_bytes` since install or the last peak reset (exact while one thread
+    /// allocates; see the README for the bound with several threads).
     pub peak_bytes: i64,
     /// Number of live blocks.
     pub current_count: i64,

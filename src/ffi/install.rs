@@ -1,5 +1,6 @@
-//! Install and stats: `sqlalloc_install`, `sqlalloc_get_stats` (and the `sqlalloc_stats`
-//! struct it fills), `sqlalloc_reset_peak`, `sqlalloc_installed_spec`.
+//! Install and stats: `sqlalloc_install`, `sqlalloc_get_stats`, `sqlalloc_reset_peak`,
+//! `sqlalloc_installed_spec`. The struct `sqlalloc_stats` is the core's
+//! [`Stats`](crate::counters::Stats), `#[repr(C)]`, renamed for C in cbindgen.toml.
 
 use super::result::{c_str, fail, ok, out_ptr, require_installed, set_result};
 use crate::counters::Stats;
@@ -7,46 +8,6 @@ use crate::installed;
 use crate::sqlite;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::Mutex;
-
-/// Counters of the installed allocator, as returned by `sqlalloc_get_stats`. All sizes are bytes
-/// as SQLite counts them (the sum of `xSize` over live blocks); all fields are 64-bit.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
-pub struct sqlalloc_stats {
-    /// Bytes in live blocks; equals `sqlite3_memory_used()` while SQLite's memstatus is on.
-    pub current_bytes: i64,
-    /// Highest `current_bytes` since install or `sqlalloc_reset_peak()` (exact while one thread
-    /// allocates; see the README for the bound with several threads).
-    pub peak_bytes: i64,
-    /// Number of live blocks.
-    pub current_count: i64,
-    /// Calls of xMalloc.
-    pub malloc_calls: i64,
-    /// Calls of xFree.
-    pub free_calls: i64,
-    /// Calls of xRealloc.
-    pub realloc_calls: i64,
-    /// Calls of xMalloc or xRealloc that returned NULL.
-    pub failed_calls: i64,
-    /// Largest size requested from xMalloc or xRealloc.
-    pub largest_request: i64,
-}
-
-impl From<Stats> for sqlalloc_stats {
-    fn from(s: Stats) -> Self {
-        sqlalloc_stats {
-            current_bytes: s.current_bytes,
-            peak_bytes: s.peak_bytes,
-            current_count: s.current_count,
-            malloc_calls: s.malloc_calls,
-            free_calls: s.free_calls,
-            realloc_calls: s.realloc_calls,
-            failed_calls: s.failed_calls,
-            largest_request: s.largest_request,
-        }
-    }
-}
 
 /// Install the allocator named by `spec` (for example `"memsys5:heap=64M,min=64+limit:max=48M"`)
 /// into SQLite. Must be called before SQLite initializes (or after `sqlite3_shutdown()`).
@@ -81,7 +42,7 @@ pub unsafe extern "C" fn sqlalloc_install(spec: *const c_char) -> c_int {
 /// # Safety
 /// `out` must be NULL or point to writable memory for one `sqlalloc_stats`.
 #[no_mangle]
-pub unsafe extern "C" fn sqlalloc_get_stats(out: *mut sqlalloc_stats) -> c_int {
+pub unsafe extern "C" fn sqlalloc_get_stats(out: *mut Stats) -> c_int {
     let out = match out_ptr(out, "sqlalloc_get_stats", "out") {
         Ok(p) => p,
         Err(rc) => return rc,
@@ -91,7 +52,7 @@ pub unsafe extern "C" fn sqlalloc_get_stats(out: *mut sqlalloc_stats) -> c_int {
         Err(rc) => return rc,
     };
     // SAFETY: `out` is non-null and writable by the caller's contract.
-    unsafe { out.as_ptr().write(s.stats().into()) };
+    unsafe { out.as_ptr().write(s.stats()) };
     ok()
 }
 
