@@ -9,7 +9,9 @@ use std::path::PathBuf;
 fn main() {
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    println!("cargo:rerun-if-changed=src/ffi");
+    // The C API is in src/ffi/, its struct sqlalloc_stats is src/counters.rs's Stats: any file
+    // of the crate can change the header.
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=SQLALLOC_UPDATE_HEADER");
     // Test executables export the functions named `*_backtrace_test*`, so that

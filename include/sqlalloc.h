@@ -45,9 +45,9 @@ typedef struct sqlalloc_fault_stats {
  The counters of an allocator, read at one moment. All sizes are bytes as SQLite counts them
  (the sum of `xSize` over live blocks); all fields are 64-bit.
 
- One type for both faces: what `crate::stats`, `Stack::stats` and `StatsAlloc::stats` return in
- Rust, and, with its C layout, the `sqlalloc_stats` that `sqlalloc_get_stats` fills (the header
- names it so). In Rust it renders with `Stats::to_json` and `Stats::to_prometheus`.
+ One type for both APIs: in C it is `sqlalloc_stats`, filled by `sqlalloc_get_stats()`; in Rust
+ `sqlalloc::Stats`, returned by `sqlalloc::stats()`, `Stack::stats()` and `StatsAlloc::stats()`
+ and rendered by `Stats::to_json()` and `Stats::to_prometheus()`.
  */
 typedef struct sqlalloc_stats {
   /*
