@@ -67,7 +67,7 @@ async fn run() -> Result<(), BoxError> {
         on_disk.size()
     );
     print_counters(&s);
-    print_histogram()?;
+    print_histogram(&s)?;
     prove(&s, used)?;
 
     memory.close().await;
@@ -191,10 +191,19 @@ fn print_counters(s: &sqlalloc::Stats) {
     );
 }
 
-/// The request sizes of every `xMalloc` and `xRealloc` so far, by power-of-two bucket.
-fn print_histogram() -> Result<(), BoxError> {
+/// The request sizes of every `xMalloc` and `xRealloc` so far, by power-of-two bucket; read at
+/// the same quiescent moment as `s`, so it holds exactly one entry per call `s` counts.
+fn print_histogram(s: &sqlalloc::Stats) -> Result<(), BoxError> {
     let stack = sqlalloc::installed().ok_or("sqlalloc::installed() is None after install")?;
     let hist = stack.counters().histogram();
+    let requests: u64 = hist.iter().sum();
+    if requests != (s.malloc_calls + s.realloc_calls) as u64 {
+        return Err(format!(
+            "the histogram holds {requests} requests, the counters {} malloc and {} realloc calls",
+            s.malloc_calls, s.realloc_calls
+        )
+        .into());
+    }
     let widest = hist.iter().copied().max().unwrap_or(0).max(1);
     println!("  request size (bytes)      calls");
     for (i, &calls) in hist.iter().enumerate().filter(|&(_, &c)| c > 0) {
