@@ -33,7 +33,7 @@ deps-demo:
 test: deps
 	@$(MAKE) --no-print-directory test-suites
 
-test-suites: lint rust-test readme-test c-test c-test-asan valgrind preload-test tcl-test rust-features-test oom-sweep-quick soak-quick bench-smoke asan-pool-test
+test-suites: lint rust-test readme-test c-test c-test-asan valgrind preload-test tcl-test rust-features-test sqlx-test oom-sweep-quick soak-quick bench-smoke asan-pool-test
 
 rust-test:
 	$(CARGO) test --all-targets
@@ -150,6 +150,24 @@ rust-features-test:
 	$(CARGO) clippy --features $(RUST_FEATURES) --all-targets -- -D warnings
 	for e in $(RUST_EXAMPLES); do $(CARGO) run -q --features $(RUST_FEATURES) --example $$e > /dev/null || exit 1; done
 	$(CARGO) test --manifest-path tests-bundled/Cargo.toml --target-dir $${CARGO_TARGET_DIR:-target}
+
+# ---- sqlx (owner: rustapi; see docs/rust.md, "sqlx") -------------------------------------------
+# The package sqlx-examples/: sqlx 0.8 with libsqlite3-sys 0.30 (its bundled SQLite), a build of
+# its own since the main crate's tests link libsqlite3-sys 0.40. Each example checks what it shows
+# and exits non-zero, naming the check, when it does not hold; basic runs twice (system, and a
+# memsys5 heap under sqlx's connection threads). In the same target directory as the rest, where
+# it shares jemalloc's build with rust-features-test. On 2 cores: about 5 min from an empty target
+# directory (2 of them jemalloc), about 5 s when nothing changed.
+SQLX_ARGS := --manifest-path sqlx-examples/Cargo.toml --target-dir $${CARGO_TARGET_DIR:-target}
+
+.PHONY: sqlx-test
+sqlx-test:
+	$(CARGO) fmt --manifest-path sqlx-examples/Cargo.toml --check
+	$(CARGO) clippy $(SQLX_ARGS) --all-targets --features jemalloc -- -D warnings
+	$(CARGO) run -q $(SQLX_ARGS) --example basic > /dev/null
+	$(CARGO) run -q $(SQLX_ARGS) --example basic -- memsys5:heap=32M,min=64 > /dev/null
+	$(CARGO) run -q $(SQLX_ARGS) --example limit > /dev/null
+	$(CARGO) run -q $(SQLX_ARGS) --features jemalloc --example jemalloc > /dev/null
 
 # ---- Benchmarks (owner: bench; see bench/run.py and docs/BENCHMARKS.md) ----------------------
 # One libsqlite3.so (Debian's 3.40.1 tree, SQLITE_ENABLE_MEMSYS5), speedtest1 and the drivers
