@@ -442,6 +442,16 @@ impl Counters {
         }
     }
 
+    /// New counters that live for the rest of the process: those of an installed allocator must
+    /// outlive it (threads flush into them when they exit, reports may still read them), so they
+    /// are leaked on purpose, 64 KiB per install. Out of line, so that the leak checkers'
+    /// suppressions (c-tests/valgrind.supp, c-tests/lsan.supp) can name this function whatever
+    /// its callers inline.
+    #[inline(never)]
+    pub fn new_leaked() -> &'static Counters {
+        Box::leak(Box::new(Counters::new()))
+    }
+
     #[inline(always)]
     fn slot(&self) -> (&Slot, bool) {
         match my_slot() {

@@ -232,9 +232,7 @@ impl Stack {
 
     /// As [`new`](Self::new), with the backend in the form the hot paths call.
     pub(crate) fn with_lower(lower: Lower, limit: Option<u64>, spec: String) -> Stack {
-        // The counters of an allocator that was installed must outlive it (threads flush into
-        // them at exit, reports may still read them), so they are leaked: 64 KiB per install.
-        let counters: &'static Counters = Box::leak(Box::new(Counters::new()));
+        let counters = Counters::new_leaked();
         Stack {
             lower,
             counters,
@@ -584,7 +582,7 @@ mod tests {
     /// falls back to the general one.
     #[test]
     fn every_kind_of_path_serves_every_backend() {
-        // A stack's counters are leaked on purpose (see `with_lower`); kept reachable from a
+        // A stack's counters are leaked on purpose (`Counters::new_leaked`); kept reachable from a
         // static here so that Miri's leak check does not report them.
         static KEPT: std::sync::Mutex<Vec<&'static Counters>> = std::sync::Mutex::new(Vec::new());
         for s in stacks() {
