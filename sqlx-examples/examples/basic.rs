@@ -11,10 +11,11 @@
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
-use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+
+mod common;
+use common::BoxError;
 
 /// Tasks that write at once, and rows each of them inserts: 400 inserts per pool.
 const TASKS: i64 = 8;
@@ -22,17 +23,9 @@ const ROWS_PER_TASK: i64 = 50;
 /// Connections per pool (sqlx runs each on a thread of its own).
 const MAX_CONNECTIONS: u32 = 4;
 
-type BoxError = Box<dyn Error + Send + Sync>;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("basic: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("basic", run().await)
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -60,7 +53,7 @@ async fn run() -> Result<(), BoxError> {
 
     // Quiescent: every task has returned and the connection threads are idle, with both pools'
     // connections (their page caches and statement caches) still open.
-    let (s, used) = counters_and_memory_used().await;
+    let (s, used) = common::counters_and_memory_used().await;
     println!(
         "open pools ({} + {} connections):",
         memory.size(),
@@ -72,7 +65,7 @@ async fn run() -> Result<(), BoxError> {
 
     memory.close().await;
     on_disk.close().await;
-    let (s, used) = counters_and_memory_used().await;
+    let (s, used) = common::counters_and_memory_used().await;
     println!(
         "after close: {} live blocks, {} bytes (what SQLite keeps outside its connections)",
         s.current_count, s.current_bytes
@@ -151,33 +144,6 @@ async fn workload(pool: &SqlitePool, name: &str) -> Result<(), BoxError> {
         pool.size()
     );
     Ok(())
-}
-
-/// SQLite's `sqlite3_memory_used()`: the bytes SQLite counts as in use by its allocator.
-fn memory_used() -> i64 {
-    // SAFETY: a plain call into the SQLite sqlx links (the same libsqlite3-sys); it takes no
-    // argument and only reads SQLite's status counters.
-    unsafe { libsqlite3_sys::sqlite3_memory_used() }
-}
-
-/// sqlalloc's counters and `sqlite3_memory_used()` read at one moment. sqlx returns a
-/// connection to its pool from a task of its own after the query's future has completed, so
-/// SQLite may still be busy for a moment: read SQLite's figure before and after the counters
-/// until nothing allocated in between and the two agree, for at most a second (a difference
-/// that lasts is what [`prove`] reports).
-async fn counters_and_memory_used() -> (sqlalloc::Stats, i64) {
-    let mut last = (sqlalloc::stats(), memory_used());
-    for _ in 0..50 {
-        let before = memory_used();
-        let s = sqlalloc::stats();
-        let after = memory_used();
-        last = (s, after);
-        if before == after && s.current_bytes == after {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    last
 }
 
 fn print_counters(s: &sqlalloc::Stats) {

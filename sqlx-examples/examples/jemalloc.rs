@@ -11,17 +11,16 @@
 use sqlalloc::backend::Jemalloc;
 use sqlalloc::{MemMethods, StatsAlloc};
 use sqlx::sqlite::SqlitePoolOptions;
-use std::error::Error;
 use std::process::ExitCode;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+
+mod common;
+use common::BoxError;
 
 /// The Rust heap (tokio's, sqlx's, this program's): jemalloc, counted.
 #[global_allocator]
 static RUST_HEAP: StatsAlloc<Jemalloc> = StatsAlloc::new(Jemalloc);
-
-type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Requests up to this many bytes are tallied one by one; larger ones together.
 const TALLIED: usize = 16 * 1024;
@@ -77,13 +76,7 @@ unsafe impl MemMethods for TallyRequests {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("jemalloc: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("jemalloc", run().await)
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -143,7 +136,7 @@ async fn run() -> Result<(), BoxError> {
         return Err(format!("400 rows inserted, {rows} counted").into());
     }
 
-    let (s, used) = counters_and_memory_used().await;
+    let (s, used) = common::counters_and_memory_used().await;
     // Taken before the checks below, which ask SQLite for blocks of their own.
     let tally: Vec<(usize, u64)> = REQUESTS
         .iter()
@@ -245,27 +238,4 @@ fn usable_through_sqlite(n: usize) -> Result<usize, BoxError> {
     // SAFETY: as above; `p` is not used again.
     unsafe { libsqlite3_sys::sqlite3_free(p) };
     Ok(usable as usize)
-}
-
-/// SQLite's `sqlite3_memory_used()`.
-fn memory_used() -> i64 {
-    // SAFETY: a plain call into the SQLite sqlx links; it only reads SQLite's status counters.
-    unsafe { libsqlite3_sys::sqlite3_memory_used() }
-}
-
-/// sqlalloc's counters and `sqlite3_memory_used()` at one moment (see the `basic` example: sqlx
-/// returns connections to the pool from tasks of its own, so wait until nothing moves).
-async fn counters_and_memory_used() -> (sqlalloc::Stats, i64) {
-    let mut last = (sqlalloc::stats(), memory_used());
-    for _ in 0..50 {
-        let before = memory_used();
-        let s = sqlalloc::stats();
-        let after = memory_used();
-        last = (s, after);
-        if before == after && s.current_bytes == after {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    last
 }

@@ -7,25 +7,19 @@
 //! ```
 
 use sqlx::sqlite::SqlitePoolOptions;
-use std::error::Error;
 use std::process::ExitCode;
+
+mod common;
+use common::BoxError;
 
 /// The cap on the bytes SQLite has in use, all connections together.
 const CAP: i64 = 16 << 20;
 /// The oversized query's blob: four times the cap.
 const OVERSIZED: i64 = 64 << 20;
 
-type BoxError = Box<dyn Error + Send + Sync>;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("limit: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("limit", run().await)
 }
 
 async fn run() -> Result<(), BoxError> {
