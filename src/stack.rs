@@ -11,7 +11,7 @@ use crate::backend::{self, Memsys5, System};
 use crate::counters::{Counters, Stats};
 use crate::error::Error;
 use crate::fault::{Fault, FaultSpec};
-use crate::methods::{InitError, LiveBlock, MemMethods};
+use crate::methods::{Held, InitError, LiveBlock, MemMethods};
 use crate::spec::{Backend, Spec, SpecError};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -250,6 +250,14 @@ impl Stack {
     /// The counters, read now.
     pub fn stats(&self) -> Stats {
         self.counters.stats()
+    }
+
+    /// What the backend holds beyond SQLite's live bytes ([`MemMethods::footprint`], given this
+    /// stack's counters), read without taking any lock of the allocation path.
+    pub fn footprint(&self) -> Vec<Held> {
+        let mut v = Vec::new();
+        self.backend().footprint(&self.stats(), &mut |h| v.push(h));
+        v
     }
 
     /// The spec this stack was built from.
@@ -512,6 +520,10 @@ unsafe impl MemMethods for Stack {
 
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
         self.backend().owns(ptr)
+    }
+
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
+        self.backend().footprint(stats, out)
     }
 }
 
