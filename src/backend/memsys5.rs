@@ -1272,16 +1272,18 @@ mod tests {
         assert_eq!(figures(&m, &none)[1..3], [atoms, 512 * 1024]);
         m.check();
         // Every atom handed out: nothing free, nothing can be served.
+        let m = Memsys5::new(8 * KIB, 64).unwrap();
         let mut all = Vec::new();
         while let Some(p) = m.malloc(64) {
             all.push(p);
         }
+        assert_eq!(all.len(), m.atoms());
         assert_eq!(figures(&m, &none)[1..3], [0, 0]);
         for p in all {
             // SAFETY: as above.
             unsafe { m.free(p) };
         }
-        assert_eq!(figures(&m, &none)[1], atoms);
+        assert_eq!(figures(&m, &none)[1], (m.atoms() * 64) as u64);
     }
 
     #[test]
