@@ -124,6 +124,27 @@ pub unsafe trait MemMethods: Send + Sync {
         let _ = ptr;
         None
     }
+
+    /// What the allocator holds beyond the live blocks, read without ever taking a lock the
+    /// allocation path takes. `stats` are the counters of the stack it serves (for figures
+    /// derived from them).
+    fn footprint(&self, stats: &crate::Stats, out: &mut dyn FnMut(Held)) {
+        let _ = (stats, out);
+    }
+}
+
+/// One figure of what an allocator holds or costs beyond the bytes of SQLite's live blocks (a
+/// report's "allocator" section): Prometheus metric `sqlite_memory_allocator_<key>`, JSON key
+/// `<key>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Metric suffix and JSON key, ending in `_bytes` (for instance `free_bytes`).
+    pub key: &'static str,
+    /// One-line HELP text in base units, naming the source and saying when the figure covers
+    /// the whole process rather than SQLite alone.
+    pub help: &'static str,
+    /// The figure.
+    pub bytes: u64,
 }
 
 /// One live block, as reported by [`MemMethods::live_blocks`].

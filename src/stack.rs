@@ -266,6 +266,13 @@ impl Stack {
         }
     }
 
+    /// What the backend holds beyond the live blocks ([`MemMethods::footprint`]), read now.
+    pub fn footprint(&self) -> Vec<crate::methods::Held> {
+        let mut v = Vec::new();
+        self.backend().footprint(&self.stats(), &mut |h| v.push(h));
+        v
+    }
+
     /// The limit layer, if any.
     pub fn limit(&self) -> Option<&Limit> {
         self.limit.as_ref()
@@ -512,6 +519,10 @@ unsafe impl MemMethods for Stack {
 
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
         self.backend().owns(ptr)
+    }
+
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(crate::methods::Held)) {
+        self.backend().footprint(stats, out)
     }
 }
 
