@@ -134,7 +134,8 @@ preload-test: deps lib preload
 	@command -v sqlite3 >/dev/null 2>&1 || { echo "preload-test: sqlite3 is not installed (make deps)"; exit 1; }
 	$(CARGO) clippy -p sqlalloc_preload --all-targets --no-deps -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p sqlalloc_preload
-	$(CARGO) test --release -p sqlalloc_preload
+	$(CARGO) build --manifest-path tests-bundled/Cargo.toml --example unreached --target-dir $${CARGO_TARGET_DIR:-target}
+	SQLALLOC_BUNDLED_EXAMPLE=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/examples/unreached $(CARGO) test --release -p sqlalloc_preload
 
 # ---- Rust API with the optional features (owner: rustapi; see docs/rust.md) ---------------
 # jemalloc (built once by tikv-jemalloc-sys with autoconf: a few minutes the first time),

@@ -625,7 +625,8 @@ mod tests {
         assert_eq!(ok("0"), "127.0.0.1:0");
         for (bad, says) in [
             ("", "empty address"),
-            (":0x", "empty host"),
+            (":0x", "port '0x' is not a number"),
+            (":80", "empty host"),
             ("1.2.3.4.5:80", "host '1.2.3.4.5' is not an IP address"),
             ("localhost:99999", "port 99999 is out of range"),
             ("host:80", "host 'host' is not an IP address"),

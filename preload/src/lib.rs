@@ -209,6 +209,8 @@ static SAID: AtomicBool = AtomicBool::new(false);
 /// such a program cannot make it open files or sockets of their choosing.
 enum Env {
     Unset,
+    /// Set, but empty or blank.
+    Empty,
     Value(String),
     NotUnicode,
 }
@@ -222,7 +224,7 @@ fn env(name: &CStr) -> Env {
     }
     // SAFETY: non-null: a NUL-terminated string of the environment (above).
     match unsafe { CStr::from_ptr(p) }.to_str() {
-        Ok(v) if v.trim().is_empty() => Env::Unset,
+        Ok(v) if v.trim().is_empty() => Env::Empty,
         Ok(v) => Env::Value(v.to_string()),
         Err(_) => Env::NotUnicode,
     }
@@ -241,7 +243,7 @@ static ACTIVE: OnceLock<Active> = OnceLock::new();
 fn setup(sq: &Sqlite) {
     let spec = match env(c"SQLALLOC") {
         Env::Value(s) => s,
-        Env::Unset => return,
+        Env::Unset | Env::Empty => return,
         Env::NotUnicode => {
             say("SQLALLOC is not valid UTF-8; SQLite keeps its default allocator");
             return;
@@ -263,7 +265,7 @@ fn setup(sq: &Sqlite) {
         return;
     }
     let target = match env(c"SQLALLOC_REPORT") {
-        Env::Unset => None,
+        Env::Unset | Env::Empty => None,
         Env::Value(t) => match Target::parse(&t) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -328,6 +330,7 @@ fn setup(sq: &Sqlite) {
 fn start_live(target: Option<&Target>) {
     match env(c"SQLALLOC_LISTEN") {
         Env::Unset => {}
+        Env::Empty => say("SQLALLOC_LISTEN is empty: give [HOST:]PORT, for instance 9187; no endpoint"),
         Env::NotUnicode => say("SQLALLOC_LISTEN is not valid UTF-8; no endpoint"),
         Env::Value(addr) => {
             if let Err(e) = sqlalloc::serve(&addr) {
@@ -337,6 +340,10 @@ fn start_live(target: Option<&Target>) {
     }
     let every = match env(c"SQLALLOC_REPORT_INTERVAL") {
         Env::Unset => return,
+        Env::Empty => {
+            say("SQLALLOC_REPORT_INTERVAL is empty: give a whole number of seconds; the report is written at exit only");
+            return;
+        }
         Env::NotUnicode => {
             say("SQLALLOC_REPORT_INTERVAL is not valid UTF-8; the report is written at exit only");
             return;
