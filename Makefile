@@ -49,7 +49,7 @@ clean:
 	rm -rf $(BUILD)
 
 # ---- C tests, demo, install (owner: ctests; see c-tests/README.md) --------------------------
-CTESTS       := t_workload t_nomem t_heaplimit t_limit t_threads t_misuse t_badspec t_debug
+CTESTS       := t_workload t_nomem t_heaplimit t_limit t_threads t_misuse t_badspec t_debug t_serve
 CTEST_DEPS   := c-tests/common.c c-tests/common.h include/sqlalloc.h $(LIBA)
 CTEST_DIR    := $(BUILD)/c-tests
 CTEST_ASAN_DIR := $(BUILD)/c-tests-asan
@@ -241,7 +241,7 @@ soak-quick: lib
 # nightly; installs cargo-fuzz from crates.io when missing. New inputs go to $(BUILD)/fuzz-corpus,
 # the committed seeds (fuzz/corpus) are only read. fuzz-corpus: replay the committed corpus once
 # through the same harness (a normal test: no nightly, no cargo-fuzz).
-FUZZ_TARGETS := system debug memsys3 memsys5 rust jemalloc mimalloc
+FUZZ_TARGETS := system debug memsys3 memsys5 rust jemalloc mimalloc http
 FUZZ_SECS    ?= 30
 # Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
 MIRI_LIB_TESTS := spec:: counters:: heap:: lock:: backend::memsys3 backend::memsys5 stack:: marking::

@@ -8,7 +8,8 @@
 #   LD_PRELOAD=$PRELOAD SQLALLOC=<spec> SQLALLOC_REPORT=stderr
 # for each spec in $SPECS. A binding is REACHED when every run prints the right result and a report
 # with malloc_calls > 0 and current_bytes equal to sqlite3_memory_used(); NOT REACHED when every
-# run prints the right result and no report. One line per binding, with the evidence; the exit
+# run prints the right result, no report, and exactly the library's one line saying that no
+# SQLite was configured although the process has one. One line per binding, with the evidence; the exit
 # status is 0 when every binding matches the expectation written next to it below, 1 otherwise.
 # A binding whose tools cannot be installed prints SKIPPED and does not count as a mismatch.
 #
@@ -73,7 +74,7 @@ skipped() { printf 'SKIPPED     %s: %s\n' "$1" "$2"; }
 # try NAME CMD...: run CMD under the preload library once per spec and set OUTCOME (REACHED,
 # NOT REACHED, or FAILED when the program's result is wrong or the runs disagree) and EVIDENCE.
 try() {
-    local name=$1 spec out err reached=0 silent=0 n=0 rc calls peak cur used sqlver
+    local name=$1 spec out err reached=0 unreached=0 n=0 rc calls peak cur used sqlver
     shift
     EVIDENCE=
     for spec in $SPECS; do
@@ -99,9 +100,10 @@ try() {
         if [ -n "$calls" ] && [ "$calls" -gt 0 ] && [ "$cur" = "$used" ]; then
             reached=$((reached + 1))
             EVIDENCE="$EVIDENCE $spec: malloc_calls=$calls peak_bytes=$peak current_bytes=$cur=sqlite3_memory_used();"
-        elif [ ! -s "$err" ]; then
-            silent=$((silent + 1))
-            EVIDENCE="$EVIDENCE $spec: silent, no report;"
+        elif [ "$(wc -l <"$err")" = 1 ] &&
+            grep -q '^sqlalloc: SQLALLOC is set but no SQLite in this process was configured' "$err"; then
+            unreached=$((unreached + 1))
+            EVIDENCE="$EVIDENCE $spec: no report, one line ($(grep -o '([^)]*)' "$err" | head -1));"
         else
             EVIDENCE="$EVIDENCE $spec: stderr '$(head -c 200 "$err" | tr '\n' ' ')';"
         fi
@@ -109,7 +111,7 @@ try() {
     EVIDENCE="SQLite ${sqlver:-?};$EVIDENCE"
     if [ "$reached" = "$n" ]; then
         OUTCOME=REACHED
-    elif [ "$silent" = "$n" ]; then
+    elif [ "$unreached" = "$n" ]; then
         OUTCOME="NOT REACHED"
     else
         OUTCOME=FAILED
