@@ -268,8 +268,6 @@ int sqlalloc_serve(const char *addr);
  */
 int sqlalloc_report_every(const char *target, int seconds);
 
-extern int sqlite3_status64(int op, int64_t *cur, int64_t *hiwtr, int reset);
-
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -57,6 +57,8 @@ mod lock;
 mod marking;
 pub mod methods;
 pub mod periodic;
+#[cfg(feature = "prometheus-client")]
+pub mod prometheus_client;
 pub mod render;
 pub mod report;
 pub mod serve;

@@ -76,7 +76,11 @@ fn corpus_rust() {
 #[test]
 fn corpus_http() {
     let inputs = corpus("http");
-    assert!(inputs.len() >= 5, "http: corpus has {} inputs", inputs.len());
+    assert!(
+        inputs.len() >= 5,
+        "http: corpus has {} inputs",
+        inputs.len()
+    );
     for (name, data) in inputs {
         eprintln!("{name}: {} bytes", data.len());
         http_check::check(&data);

@@ -330,7 +330,9 @@ fn setup(sq: &Sqlite) {
 fn start_live(target: Option<&Target>) {
     match env(c"SQLALLOC_LISTEN") {
         Env::Unset => {}
-        Env::Empty => say("SQLALLOC_LISTEN is empty: give [HOST:]PORT, for instance 9187; no endpoint"),
+        Env::Empty => {
+            say("SQLALLOC_LISTEN is empty: give [HOST:]PORT, for instance 9187; no endpoint")
+        }
         Env::NotUnicode => say("SQLALLOC_LISTEN is not valid UTF-8; no endpoint"),
         Env::Value(addr) => {
             if let Err(e) = sqlalloc::serve(&addr) {

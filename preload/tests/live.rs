@@ -196,7 +196,15 @@ fn endpoint_on_a_running_python_program() {
         }
         // Not up yet (the interpreter starts, SQLite initializes): connection refused.
         let out = Command::new("curl")
-            .args(["-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
             .arg(format!("http://127.0.0.1:{port}/metrics"))
             .output()
             .unwrap();
@@ -213,8 +221,12 @@ fn endpoint_on_a_running_python_program() {
         // Now and then, a bad client between two scrapes.
         match scrapes % 10 {
             3 => assert!(raw(port, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405 ")),
-            5 => assert!(raw(port, b"GET /etc/passwd HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 ")),
-            7 => assert!(raw(port, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").starts_with("HTTP/1.1 400 ")),
+            5 => {
+                assert!(raw(port, b"GET /etc/passwd HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "))
+            }
+            7 => assert!(
+                raw(port, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").starts_with("HTTP/1.1 400 ")
+            ),
             9 => {
                 // Half a request, then the client goes away.
                 let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -223,15 +235,25 @@ fn endpoint_on_a_running_python_program() {
             _ => {}
         }
     };
-    assert!(scrapes >= 20, "only {scrapes} scrapes while the program ran");
-    assert!(currents.len() >= 5, "current_bytes did not move: {currents:?}");
+    assert!(
+        scrapes >= 20,
+        "only {scrapes} scrapes while the program ran"
+    );
+    assert!(
+        currents.len() >= 5,
+        "current_bytes did not move: {currents:?}"
+    );
     assert!(mallocs.windows(2).all(|w| w[0] <= w[1]), "{mallocs:?}");
     assert!(mallocs.last() > mallocs.first(), "{mallocs:?}");
 
     // Quiescent: the program waits on stdin and allocates nothing.
     let (_, _, body) = curl(port, "/metrics", &[]);
     promtool(&body);
-    assert_eq!(metric(&body, "sqlite_memory_current_bytes"), Some(used), "{body}");
+    assert_eq!(
+        metric(&body, "sqlite_memory_current_bytes"),
+        Some(used),
+        "{body}"
+    );
     assert_eq!(metric(&body, "sqlite_memory_sqlite_used_bytes"), Some(used));
     assert_eq!(metric(&body, "sqlite_memory_sqlite_memstatus"), Some(1));
     for name in [
@@ -239,7 +261,10 @@ fn endpoint_on_a_running_python_program() {
         "sqlite_memory_process_resident_bytes",
         "sqlite_memory_sqlite_pagecache_overflow_bytes",
     ] {
-        assert!(metric(&body, name).is_some_and(|v| v >= 0), "{name} missing:\n{body}");
+        assert!(
+            metric(&body, name).is_some_and(|v| v >= 0),
+            "{name} missing:\n{body}"
+        );
     }
     let (status, ctype, json) = curl(port, "/stats.json", &[]);
     assert_eq!((status, ctype.as_str()), (200, "application/json"));
@@ -267,7 +292,9 @@ fn endpoint_on_a_running_python_program() {
     }
     let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
     assert!(raw(port, long.as_bytes()).starts_with("HTTP/1.1 431 "));
-    staller.set_read_timeout(Some(Duration::from_secs(9))).unwrap();
+    staller
+        .set_read_timeout(Some(Duration::from_secs(9)))
+        .unwrap();
     let mut b = [0u8; 16];
     let n = staller.read(&mut b).unwrap_or(usize::MAX);
     let waited = t0.elapsed();
@@ -282,11 +309,21 @@ fn endpoint_on_a_running_python_program() {
     let status = child.0.wait().unwrap();
     assert!(status.success());
     let mut err = String::new();
-    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(err, "", "nothing on stderr");
     assert_eq!(
         result.as_deref(),
-        plain.stdout.lines().next().and_then(|l| l.strip_prefix("result ")),
+        plain
+            .stdout
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("result ")),
         "the program's results are unchanged"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -365,7 +402,9 @@ fn periodic_file_is_always_whole() {
     let mut child = spawn(c);
     let lines = stdout_lines(&mut child.0);
     let used = loop {
-        let l = lines.recv_timeout(Duration::from_secs(30)).expect("QUIET line");
+        let l = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("QUIET line");
         if let Some(u) = l.strip_prefix("QUIET ") {
             break u.parse::<i64>().unwrap();
         }
@@ -373,7 +412,10 @@ fn periodic_file_is_always_whole() {
     child.0.stdin.take().unwrap().write_all(b"done\n").unwrap();
     assert!(child.0.wait().unwrap().success());
     let j = read_json(&json);
-    assert_eq!(int(&j, "/stats/current_bytes"), int(&j, "/sqlite_memory_used"));
+    assert_eq!(
+        int(&j, "/stats/current_bytes"),
+        int(&j, "/sqlite_memory_used")
+    );
     assert!(int(&j, "/stats/peak_bytes") >= used);
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -420,13 +462,18 @@ sys.stdin.readline()
     let mut c = preloaded(&python(), Some("system"));
     c.arg(&script)
         .env("SQLALLOC_LISTEN", port.to_string())
-        .env("SQLALLOC_REPORT", format!("prometheus:{}/r-%p.prom", dir.display()))
+        .env(
+            "SQLALLOC_REPORT",
+            format!("prometheus:{}/r-%p.prom", dir.display()),
+        )
         .env("SQLALLOC_REPORT_INTERVAL", "1");
     let mut child = spawn(c);
     let lines = stdout_lines(&mut child.0);
     let mut kids = vec![];
     while kids.len() < 2 {
-        let l = lines.recv_timeout(Duration::from_secs(30)).expect("child lines");
+        let l = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("child lines");
         let pid: u32 = l.strip_prefix("child ").expect(&l).parse().unwrap();
         kids.push(pid);
     }
@@ -456,14 +503,22 @@ sys.stdin.readline()
     for &k in &kids {
         let f = dir.join(format!("r-{k}.prom"));
         while !f.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(3), "no periodic file from child {k}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "no periodic file from child {k}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!sockets(k).contains(&listening), "child {k} holds the listening socket");
+        assert!(
+            !sockets(k).contains(&listening),
+            "child {k} holds the listening socket"
+        );
         promtool(&std::fs::read_to_string(&f).unwrap());
     }
     assert_eq!(curl(port, "/metrics", &[]).0, 200);
-    let l = lines.recv_timeout(Duration::from_secs(30)).expect("parent line");
+    let l = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("parent line");
     assert_eq!(l, format!("parent {parent}"));
     // The children wrote once more at exit: their own SQLite figures, different from each other.
     let calls: Vec<i64> = kids
@@ -480,7 +535,13 @@ sys.stdin.readline()
     child.0.stdin.take().unwrap().write_all(b"\n").unwrap();
     assert!(child.0.wait().unwrap().success());
     let mut err = String::new();
-    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(err, "", "nothing on stderr");
     assert!(dir.join(format!("r-{parent}.prom")).exists());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -513,15 +574,57 @@ fn bad_live_settings_cost_one_line() {
     let busy_port = busy.local_addr().unwrap().port().to_string();
     let report = format!("json:{}/r.json", dir.display());
     let cases: Vec<(&str, &str, Vec<String>)> = vec![
-        ("SQLALLOC_LISTEN", ":0x", vec!["SQLALLOC_LISTEN=\":0x\"".into(), "port '0x' is not a number".into()]),
-        ("SQLALLOC_LISTEN", "1.2.3.4.5:80", vec!["host '1.2.3.4.5' is not an IP address".into()]),
-        ("SQLALLOC_LISTEN", "localhost:99999", vec!["port 99999 is out of range".into()]),
-        ("SQLALLOC_LISTEN", "", vec!["SQLALLOC_LISTEN is empty".into()]),
-        ("SQLALLOC_LISTEN", &busy_port, vec![format!("cannot listen on 127.0.0.1:{busy_port}"), "in use".into()]),
-        ("SQLALLOC_REPORT_INTERVAL", "0", vec!["at least 1 second".into()]),
-        ("SQLALLOC_REPORT_INTERVAL", "-1", vec!["'-1' is not a whole number of seconds".into()]),
-        ("SQLALLOC_REPORT_INTERVAL", "1.5", vec!["'1.5' is not a whole number".into()]),
-        ("SQLALLOC_REPORT_INTERVAL", "abc", vec!["'abc' is not a whole number".into()]),
+        (
+            "SQLALLOC_LISTEN",
+            ":0x",
+            vec![
+                "SQLALLOC_LISTEN=\":0x\"".into(),
+                "port '0x' is not a number".into(),
+            ],
+        ),
+        (
+            "SQLALLOC_LISTEN",
+            "1.2.3.4.5:80",
+            vec!["host '1.2.3.4.5' is not an IP address".into()],
+        ),
+        (
+            "SQLALLOC_LISTEN",
+            "localhost:99999",
+            vec!["port 99999 is out of range".into()],
+        ),
+        (
+            "SQLALLOC_LISTEN",
+            "",
+            vec!["SQLALLOC_LISTEN is empty".into()],
+        ),
+        (
+            "SQLALLOC_LISTEN",
+            &busy_port,
+            vec![
+                format!("cannot listen on 127.0.0.1:{busy_port}"),
+                "in use".into(),
+            ],
+        ),
+        (
+            "SQLALLOC_REPORT_INTERVAL",
+            "0",
+            vec!["at least 1 second".into()],
+        ),
+        (
+            "SQLALLOC_REPORT_INTERVAL",
+            "-1",
+            vec!["'-1' is not a whole number of seconds".into()],
+        ),
+        (
+            "SQLALLOC_REPORT_INTERVAL",
+            "1.5",
+            vec!["'1.5' is not a whole number".into()],
+        ),
+        (
+            "SQLALLOC_REPORT_INTERVAL",
+            "abc",
+            vec!["'abc' is not a whole number".into()],
+        ),
     ];
     for (var, value, needles) in &cases {
         let mut c = preloaded(&cli, Some("system"));
@@ -538,7 +641,10 @@ fn bad_live_settings_cost_one_line() {
     let mut c = preloaded(&cli, Some("system"));
     c.arg(":memory:").env("SQLALLOC_REPORT_INTERVAL", "1");
     let r = run(c, Some(&sql));
-    assert_one_line(&r.stderr, &["SQLALLOC_REPORT_INTERVAL needs SQLALLOC_REPORT=json:PATH"]);
+    assert_one_line(
+        &r.stderr,
+        &["SQLALLOC_REPORT_INTERVAL needs SQLALLOC_REPORT=json:PATH"],
+    );
     drop(busy);
     std::fs::remove_dir_all(&dir).unwrap();
 }

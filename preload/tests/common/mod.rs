@@ -110,4 +110,3 @@ pub fn assert_one_line(stderr: &str, needles: &[&str]) {
         assert!(lines[0].contains(n), "{n:?} not in {stderr:?}");
     }
 }
-
