@@ -49,7 +49,7 @@ clean:
 	rm -rf $(BUILD)
 
 # ---- C tests, demo, install (owner: ctests; see c-tests/README.md) --------------------------
-CTESTS       := t_workload t_nomem t_heaplimit t_limit t_threads t_misuse t_badspec t_debug
+CTESTS       := t_workload t_nomem t_heaplimit t_limit t_threads t_misuse t_badspec t_debug t_serve
 CTEST_DEPS   := c-tests/common.c c-tests/common.h include/sqlalloc.h $(LIBA)
 CTEST_DIR    := $(BUILD)/c-tests
 CTEST_ASAN_DIR := $(BUILD)/c-tests-asan
@@ -134,13 +134,14 @@ preload-test: deps lib preload
 	@command -v sqlite3 >/dev/null 2>&1 || { echo "preload-test: sqlite3 is not installed (make deps)"; exit 1; }
 	$(CARGO) clippy -p sqlalloc_preload --all-targets --no-deps -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p sqlalloc_preload
-	$(CARGO) test --release -p sqlalloc_preload
+	$(CARGO) build --manifest-path tests-bundled/Cargo.toml --example unreached --target-dir $${CARGO_TARGET_DIR:-target}
+	SQLALLOC_BUNDLED_EXAMPLE=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/examples/unreached $(CARGO) test --release -p sqlalloc_preload
 
 # ---- Rust API with the optional features (owner: rustapi; see docs/rust.md) ---------------
 # jemalloc (built once by tikv-jemalloc-sys with autoconf: a few minutes the first time),
 # mimalloc, the libsqlite3-sys link path, the examples, and rusqlite's `bundled` SQLite in the
 # separate crate tests-bundled/. Part of `test`; run it alone when touching the Rust API.
-RUST_FEATURES := jemalloc,mimalloc,libsqlite3-sys
+RUST_FEATURES := jemalloc,mimalloc,libsqlite3-sys,prometheus-client
 RUST_EXAMPLES := basic limit memsys5 jemalloc
 
 .PHONY: rust-features-test
@@ -240,7 +241,7 @@ soak-quick: lib
 # nightly; installs cargo-fuzz from crates.io when missing. New inputs go to $(BUILD)/fuzz-corpus,
 # the committed seeds (fuzz/corpus) are only read. fuzz-corpus: replay the committed corpus once
 # through the same harness (a normal test: no nightly, no cargo-fuzz).
-FUZZ_TARGETS := system debug memsys3 memsys5 rust jemalloc mimalloc
+FUZZ_TARGETS := system debug memsys3 memsys5 rust jemalloc mimalloc http
 FUZZ_SECS    ?= 30
 # Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
 MIRI_LIB_TESTS := spec:: counters:: heap:: lock:: backend::memsys3 backend::memsys5 stack:: marking::

@@ -237,6 +237,37 @@ int64_t sqlalloc_leak_report(int fd);
  */
 const char *sqlalloc_errmsg(void);
 
+/*
+ Serve the installed allocator's reports over HTTP from a background thread: `GET /metrics`
+ (Prometheus text exposition format 0.0.4, the `sqlite_memory_*` metrics) and
+ `GET /stats.json` (the JSON report). `addr` is `"[HOST:]PORT"`: HOST an IPv4 address, an IPv6
+ address in brackets or `localhost`, 127.0.0.1 when left out (any other address only when
+ written out); PORT 0 picks a free port. What `SQLALLOC_LISTEN` does under the preload.
+
+ Returns SQLITE_OK; SQLITE_ERROR for an address that does not parse or cannot be bound (the
+ port is in use, say: `sqlalloc_errmsg()` names the address and the reason); SQLITE_MISUSE when
+ `addr` is NULL or this process serves already. In a child forked after the call, the
+ endpoint's sockets are closed and the child may call this again (with another port).
+
+ # Safety
+ `addr` must be NULL or a NUL-terminated string.
+ */
+int sqlalloc_serve(const char *addr);
+
+/*
+ Rewrite the report `target` (`"json:PATH"` or `"prometheus:PATH"`, `%p` in PATH for the
+ process id) every `seconds` seconds from a background thread, each time whole and atomically
+ (a new file with an unpredictable name in the same directory, renamed over PATH). What
+ `SQLALLOC_REPORT_INTERVAL` does under the preload. Children forked later keep their own writer.
+
+ Returns SQLITE_OK; SQLITE_ERROR for a bad target or `seconds < 1` (`sqlalloc_errmsg()` says
+ which); SQLITE_MISUSE when `target` is NULL or a periodic report runs already.
+
+ # Safety
+ `target` must be NULL or a NUL-terminated string.
+ */
+int sqlalloc_report_every(const char *target, int seconds);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

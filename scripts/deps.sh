@@ -26,7 +26,9 @@ valgrind:memcheck runs of the C tests, callgrind for the benchmark smoke run
 python3:the benchmark driver and the Python program run under the preload library
 libjemalloc2:jemalloc as an LD_PRELOAD baseline in the benchmark smoke run
 libmimalloc2.0:mimalloc as an LD_PRELOAD baseline in the benchmark smoke run
-xz-utils:unpacking SQLite's source tarball for the TCL suites and the benchmarks"
+xz-utils:unpacking SQLite's source tarball for the TCL suites and the benchmarks
+prometheus:promtool, which checks every Prometheus exposition the tests make (endpoint, files)
+curl:the HTTP client that scrapes the endpoint in the tests"
 
 case "$what" in
 demo) list=$demo_pkgs ;;

@@ -13,6 +13,8 @@
 #   preload   from the repository root (the block uses $PWD/target/...), with the files it names
 #             (script.sql, app.py) created there for the run and removed after: the stderr report
 #             and the JSON report must appear.
+#   live      from the repository root, with `my-service` defined as a shell function (a Python
+#             program doing SQLite work for ~3 s): the curl line must print a current_bytes sample.
 #
 # Also `make deps` (scripts/deps.sh) where it cannot install: one line naming the packages, exit 1.
 #
@@ -37,7 +39,7 @@ block() {
         inside { print }
     ' "$README"
 }
-for name in make app.c build-c preload; do
+for name in make app.c build-c preload live; do
     [ -n "$(block "$name")" ] || fail "README.md has no block marked readme-test: $name"
 done
 passed=0
@@ -140,6 +142,23 @@ grep -q "^deps: cannot install gcc libc6-dev libsqlite3-dev pkg-config: this is 
 PATH="$TMP/fakebin:$PATH" "$ROOT/scripts/deps.sh" nonsense 2>"$TMP/deps.err" && fail "deps.sh took a bad target"
 grep -q "unknown target 'nonsense'" "$TMP/deps.err" || fail "deps.sh with a bad target: wrong message"
 echo "ok   readme: make deps names what it cannot install and fails"
+passed=$((passed + 1))
+
+# ---- the live endpoint ---------------------------------------------------------------------
+# `my-service` is a Python program doing SQLite work for about 3 s; the block as written runs it in
+# the background and greps one sample from the endpoint.
+{
+    echo 'my-service() { python3 -c "import sqlite3, time
+db = sqlite3.connect(\":memory:\"); db.execute(\"create table t(x)\")
+for i in range(300): db.execute(\"insert into t values (randomblob(1000))\"); time.sleep(0.01)"; }'
+    block live
+    echo wait
+} >"$TMP/live.sh"
+(cd "$ROOT" && bash -e "$TMP/live.sh") >"$TMP/live.out" 2>"$TMP/live.err" ||
+    { cat "$TMP/live.err"; fail "the live block failed"; }
+grep -Eq '^sqlite_memory_current_bytes\{backend="system",spec="system"\} [1-9][0-9]*$' "$TMP/live.out" ||
+    { cat "$TMP/live.out" "$TMP/live.err"; fail "the live block printed no current_bytes sample"; }
+echo "ok   readme: the live endpoint (SQLALLOC_LISTEN, curl)"
 passed=$((passed + 1))
 
 echo "readme: $passed passed, 0 failed (and the Rust block, as a doctest of cargo test --doc)"

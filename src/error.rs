@@ -34,6 +34,34 @@ pub enum Error {
         /// The size asked for, in bytes.
         bytes: usize,
     },
+    /// A scrape-endpoint address ([`crate::serve`], `SQLALLOC_LISTEN`) that does not parse.
+    BadAddress {
+        /// The address as given.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The endpoint's address parsed but cannot be listened on (the port is in use, say).
+    CannotListen {
+        /// The address.
+        addr: String,
+        /// The system's reason.
+        reason: String,
+    },
+    /// [`crate::serve`] was called while this process serves already.
+    AlreadyServing {
+        /// The address served.
+        addr: String,
+    },
+    /// A bad periodic report ([`crate::report_every`]): its target or its interval.
+    BadReport {
+        /// The offending value.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// [`crate::report_every`] was called while a periodic report runs already.
+    AlreadyReporting,
 }
 
 impl Error {
@@ -44,6 +72,10 @@ impl Error {
             Error::AlreadyInitialized | Error::AlreadyInstalled { .. } => sqlite::SQLITE_MISUSE,
             Error::HeapUnavailable { .. } => sqlite::SQLITE_NOMEM,
             Error::NoSqlite | Error::ConfigFailed(_) => sqlite::SQLITE_ERROR,
+            Error::BadAddress { .. } | Error::CannotListen { .. } | Error::BadReport { .. } => {
+                sqlite::SQLITE_ERROR
+            }
+            Error::AlreadyServing { .. } | Error::AlreadyReporting => sqlite::SQLITE_MISUSE,
         }
     }
 }
@@ -66,6 +98,13 @@ impl fmt::Display for Error {
             Error::ConfigFailed(rc) => {
                 write!(f, "sqlite3_config(SQLITE_CONFIG_MALLOC) failed with code {rc}")
             }
+            Error::BadAddress { reason, .. } => write!(f, "bad listen address {reason}"),
+            Error::CannotListen { addr, reason } => write!(f, "cannot listen on {addr}: {reason}"),
+            Error::AlreadyServing { addr } => write!(f, "already serving on {addr}"),
+            Error::BadReport { what, reason } => {
+                write!(f, "bad periodic report '{what}': {reason}")
+            }
+            Error::AlreadyReporting => f.write_str("a periodic report is already being written"),
         }
     }
 }

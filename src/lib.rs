@@ -50,13 +50,18 @@ pub mod counters;
 mod error;
 pub mod fault;
 mod ffi;
+mod forking;
 pub mod heap;
 mod installed;
 mod lock;
 mod marking;
 pub mod methods;
+pub mod periodic;
+#[cfg(feature = "prometheus-client")]
+pub mod prometheus_client;
 pub mod render;
 pub mod report;
+pub mod serve;
 pub mod spec;
 pub mod sqlite;
 pub mod stack;
@@ -216,6 +221,47 @@ pub fn installed() -> Option<&'static Stack> {
 /// `sqlalloc_stats`. All zero when nothing is installed (see [`installed`]).
 pub fn stats() -> Stats {
     installed::current().map(|s| s.stats()).unwrap_or_default()
+}
+
+/// Serve the installed allocator's reports over HTTP from a background thread: `GET /metrics`
+/// (Prometheus text exposition format 0.0.4, the `sqlite_memory_*` families of
+/// [`report::families`]) and `GET /stats.json` (the JSON report). `addr` is `[HOST:]PORT`; the
+/// host defaults to 127.0.0.1, any other address only when written out; port 0 picks a free port.
+/// Returns the address bound. See [`serve`](mod@serve) for what the thread guarantees.
+///
+/// Errors: [`Error::BadAddress`], [`Error::CannotListen`], [`Error::AlreadyServing`].
+pub fn serve(addr: &str) -> Result<std::net::SocketAddr, Error> {
+    serve::serve(addr)
+}
+
+/// Rewrite the report `target` (`json:PATH` or `prometheus:PATH`, `%p` for the process id) every
+/// `seconds` seconds from a background thread, each time whole and atomically (a new file renamed
+/// over the path). What the preload does for `SQLALLOC_REPORT_INTERVAL`.
+///
+/// Errors: [`Error::BadReport`] (a bad target or an interval of 0), [`Error::AlreadyReporting`].
+pub fn report_every(target: &str, seconds: u64) -> Result<(), Error> {
+    periodic::report_every(target, seconds)
+}
+
+/// Write the periodic report once more and stop its writer (for an exit hook); `None` when no
+/// periodic report runs in this process. See [`report_every`].
+pub fn report_final() -> Option<std::io::Result<()>> {
+    periodic::final_write()
+}
+
+/// The Prometheus text exposition (0.0.4) of the installed allocator, every `sqlite_memory_*`
+/// family of the scrape endpoint, to append to a service's own `/metrics` response (empty when
+/// nothing is installed):
+///
+/// ```
+/// # use libsqlite3_sys as _;
+/// let mut body = String::from("# my service's own metrics\n");
+/// body.push_str(&sqlalloc::metrics());
+/// ```
+pub fn metrics() -> String {
+    report::Report::capture_installed()
+        .map(|r| r.render(report::Format::Prometheus))
+        .unwrap_or_default()
 }
 
 /// Start a new peak from the current value.

@@ -67,63 +67,66 @@ fn sample(out: &mut String, name: &str, labels: &str, extra: &str, v: i64) {
 }
 
 /// How to read one counter of a [`Stats`].
-type Get = fn(&Stats) -> i64;
+pub(crate) type Get = fn(&Stats) -> i64;
 
 /// One metric: name, type, help text, and its samples (extra label, counter).
-type Metric = (
+pub(crate) type Metric = (
     &'static str,
     &'static str,
     &'static str,
     &'static [(&'static str, Get)],
 );
 
+/// The metric families of a [`Stats`]: name, type, help text, and the samples (extra label,
+/// counter). Shared with the full report ([`crate::report::families`]).
+pub(crate) const STATS_METRICS: [Metric; 6] = [
+    (
+        "sqlite_memory_current_bytes",
+        "gauge",
+        "Bytes in live SQLite allocations (sum of xSize), as sqlite3_memory_used() counts them.",
+        &[("", |s| s.current_bytes)],
+    ),
+    (
+        "sqlite_memory_peak_bytes",
+        "gauge",
+        "Highest current_bytes since the allocator was installed or the peak was reset.",
+        &[("", |s| s.peak_bytes)],
+    ),
+    (
+        "sqlite_memory_current_blocks",
+        "gauge",
+        "Live SQLite allocations.",
+        &[("", |s| s.current_count)],
+    ),
+    (
+        "sqlite_memory_calls_total",
+        "counter",
+        "Calls of the allocator by SQLite, by operation.",
+        &[
+            ("op=\"malloc\"", |s| s.malloc_calls),
+            ("op=\"free\"", |s| s.free_calls),
+            ("op=\"realloc\"", |s| s.realloc_calls),
+        ],
+    ),
+    (
+        "sqlite_memory_failed_calls_total",
+        "counter",
+        "Calls of xMalloc or xRealloc that returned NULL.",
+        &[("", |s| s.failed_calls)],
+    ),
+    (
+        "sqlite_memory_largest_request_bytes",
+        "gauge",
+        "Largest size requested from xMalloc or xRealloc.",
+        &[("", |s| s.largest_request)],
+    ),
+];
+
 /// Write the samples of several label sets in Prometheus text format: each metric's `# HELP` and
 /// `# TYPE` once, then one sample (or one per `op`) per label set.
 pub fn write_prometheus(out: &mut String, sets: &[(&[(&str, &str)], Stats)]) {
     let sets: Vec<(String, &Stats)> = sets.iter().map(|(l, s)| (label_prefix(l), s)).collect();
-    let metrics: [Metric; 6] = [
-        (
-            "sqlite_memory_current_bytes",
-            "gauge",
-            "Bytes in live SQLite allocations (sum of xSize), as sqlite3_memory_used() counts them.",
-            &[("", |s| s.current_bytes)],
-        ),
-        (
-            "sqlite_memory_peak_bytes",
-            "gauge",
-            "Highest current_bytes since the allocator was installed or the peak was reset.",
-            &[("", |s| s.peak_bytes)],
-        ),
-        (
-            "sqlite_memory_current_blocks",
-            "gauge",
-            "Live SQLite allocations.",
-            &[("", |s| s.current_count)],
-        ),
-        (
-            "sqlite_memory_calls_total",
-            "counter",
-            "Calls of the allocator by SQLite, by operation.",
-            &[
-                ("op=\"malloc\"", |s| s.malloc_calls),
-                ("op=\"free\"", |s| s.free_calls),
-                ("op=\"realloc\"", |s| s.realloc_calls),
-            ],
-        ),
-        (
-            "sqlite_memory_failed_calls_total",
-            "counter",
-            "Calls of xMalloc or xRealloc that returned NULL.",
-            &[("", |s| s.failed_calls)],
-        ),
-        (
-            "sqlite_memory_largest_request_bytes",
-            "gauge",
-            "Largest size requested from xMalloc or xRealloc.",
-            &[("", |s| s.largest_request)],
-        ),
-    ];
-    for (name, kind, help, samples) in metrics {
+    for (name, kind, help, samples) in STATS_METRICS {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for (labels, s) in &sets {

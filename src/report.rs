@@ -19,12 +19,13 @@
 //! function called is `sqlite3_memory_used()`, never from an allocation path.
 
 use crate::counters::{Stats, HIST_BUCKETS};
-use crate::methods::MemMethods;
+use crate::methods::{Held, MemMethods};
+use crate::sqlite::{self, Functions};
 use crate::stack::Stack;
 use std::ffi::c_int;
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::sync::OnceLock;
+use std::path::Path;
 
 /// An `io::Write` over a raw file descriptor (not closed on drop).
 pub struct FdWriter(pub c_int);
@@ -119,53 +120,82 @@ fn empty_dl_info() -> libc::Dl_info {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SQLite's own count, for the cross-check in reports.
+// SQLite's own view.
 
-/// Type of SQLite's `sqlite3_int64 sqlite3_memory_used(void)`.
-pub type MemoryUsedFn = unsafe extern "C" fn() -> i64;
-
-#[cfg(feature = "link")]
-extern "C" {
-    /// `sqlite3_int64 sqlite3_memory_used(void)`, resolved from the program like
-    /// `sqlite3_config` (see [`crate::sqlite`]).
-    fn sqlite3_memory_used() -> i64;
+/// SQLite's own figures (`sqlite3_status64`), read through the SQLite the allocator went into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqliteStatus {
+    /// Whether SQLite counts its memory (`SQLITE_CONFIG_MEMSTATUS`, on by default). When it does
+    /// not, `memory_used`, `memory_used_peak`, `malloc_count` and `largest_request` read 0 in
+    /// SQLite and are not facts: reports leave them out and say so. Inferred: SQLite counts none
+    /// of the blocks that the allocator's counters show live.
+    pub memstatus: bool,
+    /// `SQLITE_STATUS_MEMORY_USED`, current: `sqlite3_memory_used()`.
+    pub memory_used: i64,
+    /// `SQLITE_STATUS_MEMORY_USED`, highwater: `sqlite3_memory_highwater(0)`.
+    pub memory_used_peak: i64,
+    /// `SQLITE_STATUS_MALLOC_COUNT`, current: live allocations SQLite counts.
+    pub malloc_count: i64,
+    /// `SQLITE_STATUS_PAGECACHE_USED`, current: pages taken from a `SQLITE_CONFIG_PAGECACHE`
+    /// buffer (0 without one).
+    pub pagecache_used: i64,
+    /// `SQLITE_STATUS_PAGECACHE_OVERFLOW`, current: bytes of page-cache lines that came from the
+    /// allocator (counted whether memstatus is on or not).
+    pub pagecache_overflow: i64,
+    /// `SQLITE_STATUS_MALLOC_SIZE`, highwater: the largest request SQLite made.
+    pub largest_request: i64,
 }
 
-/// A `sqlite3_memory_used` supplied at run time (by the preload library).
-static MEMORY_USED: OnceLock<MemoryUsedFn> = OnceLock::new();
-
-/// Use `f` as SQLite's `sqlite3_memory_used` in reports (the first call wins; for builds without
-/// the `link` feature, which find SQLite at run time). Returns whether `f` is the one in use.
-///
-/// # Safety
-/// `f` must be the `sqlite3_memory_used` of the SQLite the allocator is installed in, callable
-/// for as long as reports are made.
-pub unsafe fn set_memory_used_fn(f: MemoryUsedFn) -> bool {
-    let _ = MEMORY_USED.set(f);
-    MEMORY_USED.get().is_some_and(|&g| g as usize == f as usize)
-}
-
-/// The `sqlite3_memory_used` to call, if one is known.
-fn memory_used_fn() -> Option<MemoryUsedFn> {
-    if let Some(&f) = MEMORY_USED.get() {
-        return Some(f);
-    }
-    #[cfg(feature = "link")]
-    {
-        Some(sqlite3_memory_used as MemoryUsedFn)
-    }
-    #[cfg(not(feature = "link"))]
-    {
-        None
+impl SqliteStatus {
+    /// Read now, through `f`; `None` when `sqlite3_status64` is not known. `live_blocks` is the
+    /// allocator's count of live blocks read at the same moment (to tell whether memstatus is on).
+    pub fn read(f: &Functions, live_blocks: i64) -> Option<SqliteStatus> {
+        f.status64?;
+        let get = |op| status_with(f, op).unwrap_or((0, 0));
+        let (memory_used, memory_used_peak) = get(sqlite::SQLITE_STATUS_MEMORY_USED);
+        let (malloc_count, _) = get(sqlite::SQLITE_STATUS_MALLOC_COUNT);
+        let (pagecache_used, _) = get(sqlite::SQLITE_STATUS_PAGECACHE_USED);
+        let (pagecache_overflow, _) = get(sqlite::SQLITE_STATUS_PAGECACHE_OVERFLOW);
+        let (_, largest_request) = get(sqlite::SQLITE_STATUS_MALLOC_SIZE);
+        let memstatus =
+            live_blocks <= 0 || malloc_count > 0 || memory_used > 0 || memory_used_peak > 0;
+        Some(SqliteStatus {
+            memstatus,
+            memory_used,
+            memory_used_peak,
+            malloc_count,
+            pagecache_used,
+            pagecache_overflow,
+            largest_request,
+        })
     }
 }
 
-/// SQLite's `sqlite3_memory_used()` now, when the function is known (see [`set_memory_used_fn`]).
-pub fn sqlite_memory_used() -> Option<i64> {
-    let f = memory_used_fn()?;
-    // SAFETY: `f` is SQLite's sqlite3_memory_used (linked, or supplied under the contract of
-    // `set_memory_used_fn`); it takes no argument and only reads SQLite's status counters.
-    Some(unsafe { f() })
+/// `sqlite3_status64(op)` through `f`, without reset.
+fn status_with(f: &Functions, op: std::ffi::c_int) -> Option<(i64, i64)> {
+    let call = f.status64?;
+    let (mut cur, mut high) = (0i64, 0i64);
+    // SAFETY: `call` is SQLite's sqlite3_status64 (the contract of `Functions`); the
+    // out-parameters are writable during the call; reset 0 changes nothing.
+    let rc = unsafe { call(op, &mut cur, &mut high, 0) };
+    (rc == sqlite::SQLITE_OK).then_some((cur, high))
+}
+
+/// `sqlite3_memory_used()` through `f`.
+fn memory_used_with(f: &Functions) -> Option<i64> {
+    let call = f.memory_used?;
+    // SAFETY: `call` is SQLite's sqlite3_memory_used (the contract of `Functions`).
+    Some(unsafe { call() })
+}
+
+/// The process's resident set size in bytes (`/proc/self/statm`, second field, times the page
+/// size), or `None` where that file cannot be read.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().map(|p| pages * p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,30 +231,39 @@ pub struct Report {
     pub limit: Option<(u64, u64)>,
     /// `sqlite3_memory_used()` read at the same moment as `stats`, when SQLite could be asked.
     pub sqlite_memory_used: Option<i64>,
+    /// SQLite's `sqlite3_status64` figures, when SQLite could be asked.
+    pub sqlite_status: Option<SqliteStatus>,
+    /// What the allocator holds beyond the live blocks ([`MemMethods::footprint`]).
+    pub allocator: Vec<Held>,
+    /// The process's resident set size in bytes ([`resident_bytes`]).
+    pub resident_bytes: Option<u64>,
     /// Live blocks, for backends that track them (`debug`); `None` for the others.
     pub live_blocks: Option<Vec<Block>>,
 }
 
 impl Report {
-    /// Capture the state of `s` now. `memory_used` is SQLite's `sqlite3_memory_used` (or `None`);
-    /// it is read just before and just after the counters, again (a few times) if another thread
-    /// allocated in between, so that the two agree on one moment.
-    pub fn capture(s: &Stack, memory_used: Option<&dyn Fn() -> i64>) -> Report {
-        let (stats, used) = match memory_used {
-            None => (s.stats(), None),
-            Some(f) => {
-                let mut tries = 0;
-                loop {
-                    let before = f();
-                    let st = s.stats();
-                    let after = f();
-                    tries += 1;
-                    if before == after || tries == 5 {
-                        break (st, Some(after));
-                    }
+    /// Capture the state of `s` now, asking SQLite through `sqlite` (see
+    /// [`sqlite::functions`]). `sqlite3_memory_used()` is read just before and just after the
+    /// counters, again (a few times) if another thread allocated in between, so that the two agree
+    /// on one moment. Takes no lock of the allocator: the counters, the footprint and the limit
+    /// are read without one.
+    pub fn capture(s: &Stack, sqlite: &Functions) -> Report {
+        let (stats, used) = if sqlite.memory_used.is_none() {
+            (s.stats(), None)
+        } else {
+            let mut tries = 0;
+            loop {
+                let before = memory_used_with(sqlite);
+                let st = s.stats();
+                let after = memory_used_with(sqlite);
+                tries += 1;
+                if before == after || tries == 5 {
+                    break (st, after);
                 }
             }
         };
+        let sqlite_status = SqliteStatus::read(sqlite, stats.current_count);
+        let memstatus = sqlite_status.is_none_or(|st| st.memstatus);
         let live_blocks = (s.backend().name() == "debug").then(|| {
             let mut v = Vec::new();
             s.live_blocks(&mut |b| {
@@ -243,25 +282,20 @@ impl Report {
             stats,
             histogram: s.counters().histogram(),
             limit: s.limit().map(|l| (l.max(), l.used())),
-            sqlite_memory_used: used,
+            // With memstatus off, sqlite3_memory_used() reads 0: not a fact.
+            sqlite_memory_used: used.filter(|_| memstatus),
+            sqlite_status,
+            allocator: s.footprint(),
+            resident_bytes: resident_bytes(),
             live_blocks,
         }
     }
 
-    /// Capture the installed allocator (with `sqlite3_memory_used()` when it is known), or `None`
-    /// when nothing is installed.
+    /// Capture the installed allocator (asking the SQLite it went into), or `None` when nothing
+    /// is installed.
     pub fn capture_installed() -> Option<Report> {
         let s = crate::installed::current()?;
-        let used = memory_used_fn().map(|f| {
-            move || {
-                // SAFETY: as in `sqlite_memory_used`.
-                unsafe { f() }
-            }
-        });
-        Some(Report::capture(
-            s,
-            used.as_ref().map(|f| f as &dyn Fn() -> i64),
-        ))
+        Some(Report::capture(s, &sqlite::functions()))
     }
 
     /// Render in `format`.
@@ -273,7 +307,8 @@ impl Report {
         }
     }
 
-    /// Write to `target` (a file target is written whole under a temporary name, then renamed).
+    /// Write to `target`. A file target is written whole under a temporary name in the same
+    /// directory, then renamed over the path ([`write_file_atomically`]).
     pub fn write_to(&self, target: &Target) -> io::Result<()> {
         match target {
             Target::Stderr => {
@@ -282,16 +317,78 @@ impl Report {
             }
             Target::File(format, path) => {
                 let path = expand_path(path);
-                let tmp = format!("{path}.tmp{}", std::process::id());
-                std::fs::write(&tmp, self.render(*format))
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .inspect_err(|_| {
-                        let _ = std::fs::remove_file(&tmp);
-                    })
+                write_file_atomically(Path::new(&path), self.render(*format).as_bytes())
                     .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
             }
         }
     }
+}
+
+/// Write `bytes` to `path` so that a reader sees either the old file or the new one, whole: they
+/// go to a new file in the same directory, named `.NAME.XXXXXXXXXXXXXXXX.tmp` (16 random hex
+/// digits, from `getrandom`), created with `O_CREAT | O_EXCL | O_NOFOLLOW` and mode 0666 less the
+/// umask, which is then renamed over `path` (the convention of node_exporter's textfile
+/// collector, which ignores names not ending in `.prom`). A symlink planted under the temporary
+/// name makes the create fail rather than be followed, and `rename` replaces a symlink at `path`
+/// itself, never its target. On error the temporary file is removed.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name in the path"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut last = None;
+    for _ in 0..4 {
+        let tmp = dir.join(format!(
+            ".{}.{:016x}.tmp",
+            name.to_string_lossy(),
+            random_u64()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let res = file
+            .write_all(bytes)
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return res;
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// 64 random bits from the kernel (`getrandom`), or, if it refuses, from the clock, the process
+/// id and a counter (temporary names must not be predictable; they must never repeat either).
+fn random_u64() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into `v`, which has 8 writable bytes.
+    let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, libc::GRND_NONBLOCK) };
+    if n == 8 {
+        return v;
+    }
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+        ^ COUNT
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// A report format.
@@ -398,6 +495,39 @@ pub fn render_text(r: &Report, max_blocks: usize) -> String {
     if let Some((max, used)) = r.limit {
         let _ = writeln!(o, "  {:<16}{:>16}   of {} bytes", "limit_used", used, max);
     }
+    if let Some(st) = &r.sqlite_status {
+        if st.memstatus {
+            let _ = writeln!(
+                o,
+                "  sqlite3_status64: memory_used {} (peak {}), allocations {}, largest request {}",
+                st.memory_used, st.memory_used_peak, st.malloc_count, st.largest_request
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  sqlite3_status64: memstatus is off (SQLITE_CONFIG_MEMSTATUS 0): SQLite does \
+                 not count its memory; the counters above are the only figures"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  sqlite3_status64: page cache overflow {} bytes, page cache buffer {} pages used",
+            st.pagecache_overflow, st.pagecache_used
+        );
+    }
+    if !r.allocator.is_empty() {
+        let _ = writeln!(o, "  allocator ({}):", r.backend);
+        for h in &r.allocator {
+            let _ = writeln!(o, "  {:<28}{:>16}   {}", h.key, h.bytes, h.help);
+        }
+    }
+    if let Some(rss) = r.resident_bytes {
+        let _ = writeln!(
+            o,
+            "  {:<16}{:>16}   bytes resident, whole process",
+            "process_rss", rss
+        );
+    }
     let total: u64 = r.histogram.iter().sum();
     if total > 0 {
         let _ = writeln!(o, "  request size (bytes)      calls");
@@ -451,6 +581,11 @@ fn json_str(s: &str) -> String {
 ///   "stats": { every field of sqlalloc_stats },
 ///   "sqlite_memory_used": n | null,
 ///   "limit": { "max_bytes", "used_bytes" } | null,
+///   "sqlite_status": { "memstatus": bool, ["memory_used", "memory_used_peak", "malloc_count",
+///                      "largest_request" only when memstatus is on,] "pagecache_used",
+///                      "pagecache_overflow" } | null (SQLite could not be asked),
+///   "allocator": { KEY: bytes, ... } (MemMethods::footprint: what the allocator holds),
+///   "process_resident_bytes": n | null,
 ///   "request_size_histogram": [ { "le": 2^i | null, "count": n }, ... ]   (not cumulative)
 ///   "live_blocks": [ { "addr": "0x..", "size": n, "backtrace": [ "0x.. symbol (file)" ] } ]
 ///                  | null (backend does not track blocks) }
@@ -479,6 +614,35 @@ pub fn render_json(r: &Report) -> String {
         }
         None => o.push_str("  \"limit\": null,\n"),
     }
+    match &r.sqlite_status {
+        None => o.push_str("  \"sqlite_status\": null,\n"),
+        Some(st) => {
+            let _ = write!(o, "  \"sqlite_status\": {{\"memstatus\": {}", st.memstatus);
+            if st.memstatus {
+                let _ = write!(
+                    o,
+                    ", \"memory_used\": {}, \"memory_used_peak\": {}, \"malloc_count\": {}, \
+                     \"largest_request\": {}",
+                    st.memory_used, st.memory_used_peak, st.malloc_count, st.largest_request
+                );
+            }
+            let _ = writeln!(
+                o,
+                ", \"pagecache_used\": {}, \"pagecache_overflow\": {}}},",
+                st.pagecache_used, st.pagecache_overflow
+            );
+        }
+    }
+    o.push_str("  \"allocator\": {");
+    for (i, h) in r.allocator.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(o, "{sep}{}: {}", json_str(h.key), h.bytes);
+    }
+    o.push_str("},\n");
+    let rss = r
+        .resident_bytes
+        .map_or_else(|| "null".to_string(), |v| v.to_string());
+    let _ = writeln!(o, "  \"process_resident_bytes\": {rss},");
     o.push_str("  \"request_size_histogram\": [");
     for (i, c) in r.histogram.iter().enumerate() {
         let le = bucket_le(i).map_or_else(|| "null".to_string(), |v| v.to_string());
@@ -512,6 +676,216 @@ pub fn render_json(r: &Report) -> String {
     o
 }
 
+/// The type of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    /// A value that goes up and down.
+    Gauge,
+    /// A value that only goes up (its name ends in `_total`).
+    Counter,
+    /// A histogram: `_bucket{le}` and `_count` samples (no `_sum`: sizes are not summed).
+    Histogram,
+}
+
+impl MetricType {
+    /// The word of the `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Gauge => "gauge",
+            MetricType::Counter => "counter",
+            MetricType::Histogram => "histogram",
+        }
+    }
+}
+
+/// One sample of a [`Family`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// Appended to the family's name: `""`, or `"_bucket"` / `"_count"` for a histogram.
+    pub suffix: &'static str,
+    /// Label names and values (not escaped), `backend` and `spec` first.
+    pub labels: Vec<(&'static str, String)>,
+    /// The value (every sqlalloc figure is an integer).
+    pub value: i64,
+}
+
+/// One metric family of a report: what the Prometheus text format writes as `# HELP`, `# TYPE`
+/// and sample lines, and what a client library's collector registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    /// Metric name (`sqlite_memory_*`), counters ending in `_total`.
+    pub name: String,
+    /// One-line help text, base units.
+    pub help: String,
+    /// The type.
+    pub kind: MetricType,
+    /// The samples.
+    pub samples: Vec<Sample>,
+}
+
+/// The metric families of a report, in the order the exposition writes them. Every sample carries
+/// the labels `backend` and `spec`. The families (see docs/preload.md, "Every metric", for the
+/// table with sources):
+///
+/// - the counters: `sqlite_memory_current_bytes`, `_peak_bytes`, `_current_blocks`,
+///   `_calls_total{op}`, `_failed_calls_total`, `_largest_request_bytes`;
+/// - `sqlite_memory_request_size_bytes` (histogram);
+/// - `sqlite_memory_limit_bytes` (with `+limit`);
+/// - SQLite's own view, when SQLite could be asked: `sqlite_memory_sqlite_memstatus` (1 or 0),
+///   and with memstatus on `sqlite_memory_sqlite_used_bytes`, `_sqlite_used_peak_bytes`,
+///   `_sqlite_allocations`, `_sqlite_largest_request_bytes`; always
+///   `sqlite_memory_sqlite_pagecache_used_pages` and `_sqlite_pagecache_overflow_bytes`;
+/// - what the allocator holds: `sqlite_memory_allocator_<key>` for each [`Held`] figure;
+/// - `sqlite_memory_process_resident_bytes`.
+pub fn families(r: &Report) -> Vec<Family> {
+    let base = || -> Vec<(&'static str, String)> {
+        vec![("backend", r.backend.clone()), ("spec", r.spec.clone())]
+    };
+    let mut out = Vec::new();
+    for (name, kind, help, samples) in crate::render::STATS_METRICS {
+        let samples = samples
+            .iter()
+            .map(|(extra, get)| {
+                let mut labels = base();
+                if let Some((k, v)) = extra.split_once("=\"") {
+                    let k: &'static str = match k {
+                        "op" => "op",
+                        _ => unreachable!("STATS_METRICS has only `op` labels"),
+                    };
+                    labels.push((k, v.trim_end_matches('"').to_string()));
+                }
+                Sample {
+                    suffix: "",
+                    labels,
+                    value: get(&r.stats),
+                }
+            })
+            .collect();
+        out.push(Family {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind: if kind == "counter" {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            },
+            samples,
+        });
+    }
+    let mut buckets = Vec::with_capacity(HIST_BUCKETS + 1);
+    let mut cum = 0u64;
+    for (i, c) in r.histogram.iter().enumerate() {
+        cum += c;
+        let le = bucket_le(i).map_or_else(|| "+Inf".to_string(), |v| v.to_string());
+        let mut labels = base();
+        labels.push(("le", le));
+        buckets.push(Sample {
+            suffix: "_bucket",
+            labels,
+            value: to_i64(cum),
+        });
+    }
+    buckets.push(Sample {
+        suffix: "_count",
+        labels: base(),
+        value: to_i64(cum),
+    });
+    out.push(Family {
+        name: "sqlite_memory_request_size_bytes".into(),
+        help: "Sizes requested from xMalloc and xRealloc.".into(),
+        kind: MetricType::Histogram,
+        samples: buckets,
+    });
+    let mut gauge = |name: &str, help: &str, v: i64| {
+        out.push(Family {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind: MetricType::Gauge,
+            samples: vec![Sample {
+                suffix: "",
+                labels: base(),
+                value: v,
+            }],
+        })
+    };
+    if let Some((max, _)) = r.limit {
+        gauge(
+            "sqlite_memory_limit_bytes",
+            "Hard cap on current_bytes set by the limit layer.",
+            to_i64(max),
+        );
+    }
+    if let Some(st) = &r.sqlite_status {
+        gauge(
+            "sqlite_memory_sqlite_memstatus",
+            "1 when SQLite counts its own memory (SQLITE_CONFIG_MEMSTATUS on); 0 when it does \
+             not, and its memory_used, allocations and largest-request figures are then absent \
+             rather than zero.",
+            i64::from(st.memstatus),
+        );
+    }
+    if let Some(u) = r.sqlite_memory_used {
+        gauge(
+            "sqlite_memory_sqlite_used_bytes",
+            "sqlite3_memory_used() read together with the counters, in bytes.",
+            u,
+        );
+    }
+    if let Some(st) = r.sqlite_status {
+        if st.memstatus {
+            gauge(
+                "sqlite_memory_sqlite_used_peak_bytes",
+                "sqlite3_status64(SQLITE_STATUS_MEMORY_USED) highwater, in bytes.",
+                st.memory_used_peak,
+            );
+            gauge(
+                "sqlite_memory_sqlite_allocations",
+                "sqlite3_status64(SQLITE_STATUS_MALLOC_COUNT): live allocations as SQLite counts \
+                 them.",
+                st.malloc_count,
+            );
+            gauge(
+                "sqlite_memory_sqlite_largest_request_bytes",
+                "sqlite3_status64(SQLITE_STATUS_MALLOC_SIZE) highwater: the largest request \
+                 SQLite made, in bytes.",
+                st.largest_request,
+            );
+        }
+        gauge(
+            "sqlite_memory_sqlite_pagecache_used_pages",
+            "sqlite3_status64(SQLITE_STATUS_PAGECACHE_USED): pages taken from a \
+             SQLITE_CONFIG_PAGECACHE buffer (0 without one).",
+            st.pagecache_used,
+        );
+        gauge(
+            "sqlite_memory_sqlite_pagecache_overflow_bytes",
+            "sqlite3_status64(SQLITE_STATUS_PAGECACHE_OVERFLOW): bytes of page-cache lines \
+             taken from the allocator.",
+            st.pagecache_overflow,
+        );
+    }
+    for h in &r.allocator {
+        gauge(
+            &format!("sqlite_memory_allocator_{}", h.key),
+            h.help,
+            to_i64(h.bytes),
+        );
+    }
+    if let Some(rss) = r.resident_bytes {
+        gauge(
+            "sqlite_memory_process_resident_bytes",
+            "Resident set size of the whole process (/proc/self/statm), in bytes.",
+            to_i64(rss),
+        );
+    }
+    out
+}
+
+/// `v` as an `i64`, saturating.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// A Prometheus label value, escaped.
 fn prom_label(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -519,73 +893,30 @@ fn prom_label(s: &str) -> String {
     o
 }
 
-/// The Prometheus text exposition format (0.0.4). Every sample carries the labels
-/// `backend="..."` and `spec="..."`. Metrics:
-///
-/// | name | type | meaning |
-/// |---|---|---|
-/// | `sqlite_memory_current_bytes` | gauge | bytes in live blocks (sum of `xSize`) |
-/// | `sqlite_memory_peak_bytes` | gauge | highest `current_bytes` since install or reset |
-/// | `sqlite_memory_current_blocks` | gauge | live blocks |
-/// | `sqlite_memory_calls_total{op="malloc"\|"free"\|"realloc"}` | counter | calls of xMalloc, xFree, xRealloc |
-/// | `sqlite_memory_failed_calls_total` | counter | xMalloc/xRealloc calls that returned NULL |
-/// | `sqlite_memory_largest_request_bytes` | gauge | largest size asked of xMalloc/xRealloc |
-/// | `sqlite_memory_request_size_bytes` | histogram | request sizes, power-of-two buckets (`_bucket{le}`, `_count`; no `_sum`: sizes are not summed) |
-/// | `sqlite_memory_limit_bytes` | gauge | the `limit` layer's cap (only with `+limit`) |
-/// | `sqlite_memory_sqlite_used_bytes` | gauge | `sqlite3_memory_used()` read with the counters (only when SQLite could be asked) |
+/// Families in the Prometheus text exposition format (0.0.4).
+pub fn write_families(out: &mut String, families: &[Family]) {
+    for f in families {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.as_str());
+        for s in &f.samples {
+            out.push_str(&f.name);
+            out.push_str(s.suffix);
+            for (i, (k, v)) in s.labels.iter().enumerate() {
+                out.push(if i == 0 { '{' } else { ',' });
+                let _ = write!(out, "{k}=\"{}\"", prom_label(v));
+            }
+            if !s.labels.is_empty() {
+                out.push('}');
+            }
+            let _ = writeln!(out, " {}", s.value);
+        }
+    }
+}
+
+/// The Prometheus text exposition format (0.0.4) of a report: [`families`], written out.
 pub fn render_prometheus(r: &Report) -> String {
-    let st = &r.stats;
     let mut o = String::new();
-    crate::render::write_prometheus(
-        &mut o,
-        &[(&[("backend", &r.backend), ("spec", &r.spec)], *st)],
-    );
-    let labels = format!(
-        "backend=\"{}\",spec=\"{}\"",
-        prom_label(&r.backend),
-        prom_label(&r.spec)
-    );
-    let mut buckets = Vec::with_capacity(HIST_BUCKETS + 1);
-    let mut cum = 0u64;
-    for (i, c) in r.histogram.iter().enumerate() {
-        cum += c;
-        let le = bucket_le(i).map_or_else(|| "+Inf".to_string(), |v| v.to_string());
-        buckets.push((format!(",le=\"{le}\""), cum.to_string()));
-    }
-    let _ = writeln!(
-        o,
-        "# HELP sqlite_memory_request_size_bytes Sizes requested from xMalloc and xRealloc."
-    );
-    let _ = writeln!(o, "# TYPE sqlite_memory_request_size_bytes histogram");
-    for (le, v) in &buckets {
-        let _ = writeln!(
-            o,
-            "sqlite_memory_request_size_bytes_bucket{{{labels}{le}}} {v}"
-        );
-    }
-    let _ = writeln!(
-        o,
-        "sqlite_memory_request_size_bytes_count{{{labels}}} {cum}"
-    );
-    let mut metric = |name: &str, help: &str, v: String| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} gauge");
-        let _ = writeln!(o, "{name}{{{labels}}} {v}");
-    };
-    if let Some((max, _)) = r.limit {
-        metric(
-            "sqlite_memory_limit_bytes",
-            "Hard cap on current_bytes set by the limit layer.",
-            max.to_string(),
-        );
-    }
-    if let Some(u) = r.sqlite_memory_used {
-        metric(
-            "sqlite_memory_sqlite_used_bytes",
-            "sqlite3_memory_used() read together with the counters.",
-            u.to_string(),
-        );
-    }
+    write_families(&mut o, &families(r));
     o
 }
 
@@ -616,6 +947,21 @@ mod tests {
             histogram,
             limit: Some((1 << 20, 100)),
             sqlite_memory_used: Some(100),
+            sqlite_status: Some(SqliteStatus {
+                memstatus: true,
+                memory_used: 100,
+                memory_used_peak: 300,
+                malloc_count: 2,
+                pagecache_used: 0,
+                pagecache_overflow: 64,
+                largest_request: 1 << 31,
+            }),
+            allocator: vec![Held {
+                key: "overhead_bytes",
+                help: "Guards and headers of the live blocks.",
+                bytes: 48,
+            }],
+            resident_bytes: Some(1 << 24),
             live_blocks: Some(vec![Block {
                 addr: 0x1000,
                 size: 64,
@@ -658,6 +1004,12 @@ mod tests {
             format!("sqlite_memory_request_size_bytes_count{{{l}}} 8"),
             format!("sqlite_memory_limit_bytes{{{l}}} 1048576"),
             format!("sqlite_memory_sqlite_used_bytes{{{l}}} 100"),
+            format!("sqlite_memory_sqlite_memstatus{{{l}}} 1"),
+            format!("sqlite_memory_sqlite_used_peak_bytes{{{l}}} 300"),
+            format!("sqlite_memory_sqlite_allocations{{{l}}} 2"),
+            format!("sqlite_memory_sqlite_pagecache_overflow_bytes{{{l}}} 64"),
+            format!("sqlite_memory_allocator_overhead_bytes{{{l}}} 48"),
+            format!("sqlite_memory_process_resident_bytes{{{l}}} 16777216"),
             "# TYPE sqlite_memory_request_size_bytes histogram".to_string(),
         ] {
             assert!(p.lines().any(|x| x == line), "missing {line:?} in\n{p}");
@@ -669,6 +1021,53 @@ mod tests {
             assert!(v.parse::<i64>().is_ok(), "{line}");
         }
         assert_eq!(prom_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn memstatus_off_leaves_sqlites_zeros_out_and_says_so() {
+        let mut r = sample();
+        r.sqlite_memory_used = None;
+        r.sqlite_status = Some(SqliteStatus {
+            memstatus: false,
+            pagecache_overflow: 8,
+            ..SqliteStatus::default()
+        });
+        let p = render_prometheus(&r);
+        assert!(p.contains("\nsqlite_memory_sqlite_memstatus{"), "{p}");
+        assert!(p.contains("} 0\n"), "{p}");
+        for absent in [
+            "sqlite_memory_sqlite_used_bytes",
+            "sqlite_memory_sqlite_used_peak_bytes",
+            "sqlite_memory_sqlite_allocations",
+            "sqlite_memory_sqlite_largest_request_bytes",
+        ] {
+            assert!(!p.contains(absent), "{absent} in\n{p}");
+        }
+        assert!(p.contains("sqlite_memory_sqlite_pagecache_overflow_bytes{"));
+        let t = render_text(&r, 0);
+        assert!(t.contains("memstatus is off"), "{t}");
+        let j = render_json(&r);
+        assert!(
+            j.contains("\"sqlite_status\": {\"memstatus\": false, \"pagecache_used\""),
+            "{j}"
+        );
+        assert!(!j.contains("\"memory_used\""), "{j}");
+        // Read through SQLite: memstatus off is inferred from live blocks SQLite does not count.
+        unsafe extern "C" fn zeros(_: c_int, cur: *mut i64, hi: *mut i64, _: c_int) -> c_int {
+            // SAFETY: the out-parameters are valid (sqlite3_status64's contract).
+            unsafe { (*cur, *hi) = (0, 0) };
+            0
+        }
+        let f = Functions {
+            memory_used: None,
+            status64: Some(zeros),
+        };
+        assert!(!SqliteStatus::read(&f, 3).unwrap().memstatus);
+        assert!(
+            SqliteStatus::read(&f, 0).unwrap().memstatus,
+            "nothing live: zeros are facts"
+        );
+        assert_eq!(SqliteStatus::read(&Functions::default(), 3), None);
     }
 
     #[test]
@@ -714,8 +1113,16 @@ mod tests {
         let q = s.malloc(5000).unwrap();
         // SAFETY: `q` is a live block of `s`.
         let q = unsafe { s.realloc(q, 9000) }.unwrap();
-        let r = Report::capture(&s, Some(&|| 42));
+        unsafe extern "C" fn used() -> i64 {
+            42
+        }
+        let fns = Functions {
+            memory_used: Some(used),
+            status64: None,
+        };
+        let r = Report::capture(&s, &fns);
         assert_eq!(r.sqlite_memory_used, Some(42));
+        assert!(r.resident_bytes.is_some_and(|v| v > 0));
         assert_eq!(r.stats.malloc_calls, 2);
         assert_eq!(r.stats.realloc_calls, 1);
         assert_eq!(r.histogram[bucket_index(100)], 1);

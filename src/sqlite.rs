@@ -90,3 +90,104 @@ pub fn config_fn() -> Option<ConfigFn> {
         None
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The SQLite functions reports call: those of the SQLite the allocator went into.
+
+/// Type of SQLite's `sqlite3_int64 sqlite3_memory_used(void)`.
+pub type MemoryUsedFn = unsafe extern "C" fn() -> i64;
+/// Type of SQLite's `int sqlite3_status64(int op, sqlite3_int64 *cur, sqlite3_int64 *hiwtr,
+/// int reset)`.
+pub type Status64Fn = unsafe extern "C" fn(c_int, *mut i64, *mut i64, c_int) -> c_int;
+
+/// `SQLITE_STATUS_MEMORY_USED`.
+pub const SQLITE_STATUS_MEMORY_USED: c_int = 0;
+/// `SQLITE_STATUS_PAGECACHE_USED`.
+pub const SQLITE_STATUS_PAGECACHE_USED: c_int = 1;
+/// `SQLITE_STATUS_PAGECACHE_OVERFLOW`.
+pub const SQLITE_STATUS_PAGECACHE_OVERFLOW: c_int = 2;
+/// `SQLITE_STATUS_MALLOC_SIZE`.
+pub const SQLITE_STATUS_MALLOC_SIZE: c_int = 5;
+/// `SQLITE_STATUS_MALLOC_COUNT`.
+pub const SQLITE_STATUS_MALLOC_COUNT: c_int = 9;
+
+/// The SQLite functions that reports call, all of one SQLite library: the one whose
+/// `sqlite3_config` installed the allocator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Functions {
+    /// `sqlite3_memory_used`.
+    pub memory_used: Option<MemoryUsedFn>,
+    /// `sqlite3_status64`.
+    pub status64: Option<Status64Fn>,
+}
+
+/// Functions supplied at run time ([`set_functions`]).
+static FUNCTIONS: std::sync::OnceLock<Functions> = std::sync::OnceLock::new();
+
+#[cfg(all(feature = "link", not(feature = "libsqlite3-sys")))]
+extern "C" {
+    fn sqlite3_memory_used() -> i64;
+    fn sqlite3_status64(op: c_int, cur: *mut i64, hiwtr: *mut i64, reset: c_int) -> c_int;
+}
+
+/// Use `f` for the SQLite functions reports call (the first call wins), for builds that find
+/// SQLite at run time (the preload library, next to [`set_config_fn`]). Returns whether `f` is
+/// the set in use.
+///
+/// # Safety
+/// Each function must be the one of that name of the SQLite whose `sqlite3_config` the allocator
+/// is installed with, callable for the rest of the process.
+pub unsafe fn set_functions(f: Functions) -> bool {
+    let _ = FUNCTIONS.set(f);
+    FUNCTIONS.get().is_some_and(|g| {
+        g.memory_used.map(|p| p as usize) == f.memory_used.map(|p| p as usize)
+            && g.status64.map(|p| p as usize) == f.status64.map(|p| p as usize)
+    })
+}
+
+/// The SQLite functions of the SQLite [`config_fn`] configures: the ones set at run time, else
+/// those of libsqlite3-sys, else the linked ones, else none. (The same precedence as
+/// [`config_fn`], so that they belong to the same library.)
+pub fn functions() -> Functions {
+    if let Some(&f) = FUNCTIONS.get() {
+        return f;
+    }
+    #[cfg(feature = "libsqlite3-sys")]
+    {
+        Functions {
+            memory_used: Some(libsqlite3_sys::sqlite3_memory_used as MemoryUsedFn),
+            status64: Some(libsqlite3_sys::sqlite3_status64 as Status64Fn),
+        }
+    }
+    #[cfg(all(feature = "link", not(feature = "libsqlite3-sys")))]
+    {
+        Functions {
+            memory_used: Some(sqlite3_memory_used as MemoryUsedFn),
+            status64: Some(sqlite3_status64 as Status64Fn),
+        }
+    }
+    #[cfg(not(any(feature = "link", feature = "libsqlite3-sys")))]
+    {
+        Functions::default()
+    }
+}
+
+/// `sqlite3_memory_used()` of the configured SQLite, when it is known.
+pub fn memory_used() -> Option<i64> {
+    let f = functions().memory_used?;
+    // SAFETY: `f` is SQLite's sqlite3_memory_used (linked, or supplied under the contract of
+    // `set_functions`); it takes no argument and only reads SQLite's status counters.
+    Some(unsafe { f() })
+}
+
+/// `sqlite3_status64(op)` of the configured SQLite without resetting: `(current, highwater)`, or
+/// `None` when the function is not known or refuses `op`.
+pub fn status64(op: c_int) -> Option<(i64, i64)> {
+    let f = functions().status64?;
+    let (mut cur, mut high) = (0i64, 0i64);
+    // SAFETY: `f` is SQLite's sqlite3_status64 (as above); the two out-parameters are writable
+    // for the call, and `reset` 0 changes nothing. It takes SQLite's malloc or pcache mutex,
+    // which is fine: reports are never made from an allocation path.
+    let rc = unsafe { f(op, &mut cur, &mut high, 0) };
+    (rc == SQLITE_OK).then_some((cur, high))
+}

@@ -6,6 +6,8 @@
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
+#[path = "../fuzz/http_check.rs"]
+mod http_check;
 
 use sqlalloc::{MemMethods, Stack};
 use std::path::Path;
@@ -70,6 +72,21 @@ fn corpus_rust() {
     replay("rust");
 }
 
+/// The endpoint's request parser (fuzz target `http`): each committed input, and every prefix.
+#[test]
+fn corpus_http() {
+    let inputs = corpus("http");
+    assert!(
+        inputs.len() >= 5,
+        "http: corpus has {} inputs",
+        inputs.len()
+    );
+    for (name, data) in inputs {
+        eprintln!("{name}: {} bytes", data.len());
+        http_check::check(&data);
+    }
+}
+
 /// The feature-gated backends: replayed by `make rust-features-test` (part of `make test`), which
 /// builds the tests with `--features jemalloc,mimalloc,...`; a plain `cargo test` leaves them out.
 #[cfg(feature = "jemalloc")]
@@ -113,9 +130,10 @@ fn make_fuzz_and_the_fuzz_crate_list_every_target() {
         .1
         .split_whitespace()
         .collect();
-    assert_eq!(listed, harness::TARGETS, "Makefile FUZZ_TARGETS");
+    let all: Vec<&str> = harness::TARGETS.iter().copied().chain(["http"]).collect();
+    assert_eq!(listed, all, "Makefile FUZZ_TARGETS");
     let manifest = std::fs::read_to_string(root.join("fuzz/Cargo.toml")).unwrap();
-    for t in harness::TARGETS {
+    for t in all {
         assert!(
             manifest.contains(&format!("name = \"{t}\"\npath = \"fuzz_targets/{t}.rs\"")),
             "fuzz/Cargo.toml: no [[bin]] for {t}"

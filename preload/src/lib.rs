@@ -72,26 +72,28 @@ const _: () = assert!(
     "build sqlalloc_preload alone (cargo build -p sqlalloc_preload), not with --workspace: the core's `link` feature would leak in"
 );
 
-use sqlalloc::report::{FdWriter, Report, Target};
-use sqlalloc::sqlite::{ConfigFn, Sqlite3MemMethods, SQLITE_CONFIG_MALLOC, SQLITE_OK};
+use sqlalloc::report::{FdWriter, Format, Report, Target};
+use sqlalloc::sqlite::{
+    ConfigFn, Functions, MemoryUsedFn, Sqlite3MemMethods, Status64Fn, SQLITE_CONFIG_MALLOC,
+    SQLITE_OK,
+};
 use std::cell::Cell;
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Once, OnceLock};
 
 /// `SQLITE_CONFIG_GETMALLOC`.
 const SQLITE_CONFIG_GETMALLOC: c_int = 5;
-/// `SQLITE_STATUS_MEMORY_USED`.
-const SQLITE_STATUS_MEMORY_USED: c_int = 0;
-/// `SQLITE_STATUS_MALLOC_COUNT`.
-const SQLITE_STATUS_MALLOC_COUNT: c_int = 9;
+use sqlalloc::sqlite::{SQLITE_STATUS_MALLOC_COUNT, SQLITE_STATUS_MEMORY_USED};
+
+extern "C" {
+    /// glibc's `char *secure_getenv(const char *name)` (2.17 and later; not in the libc crate).
+    fn secure_getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
+}
 
 /// `int sqlite3_initialize(void)` and `int sqlite3_shutdown(void)`.
 type InitFn = unsafe extern "C" fn() -> c_int;
-/// `int sqlite3_status64(int op, sqlite3_int64 *cur, sqlite3_int64 *hiwtr, int reset)`.
-type Status64Fn = unsafe extern "C" fn(c_int, *mut i64, *mut i64, c_int) -> c_int;
-/// `sqlite3_int64 sqlite3_memory_used(void)`.
-type MemoryUsedFn = unsafe extern "C" fn() -> i64;
 
 // ---------------------------------------------------------------------------------------------
 // The interposer.
@@ -193,15 +195,45 @@ extern "C" fn initialize_from(caller: *const c_void) -> c_int {
 
 /// One line on stderr, written at once.
 fn say(msg: &str) {
+    SAID.store(true, Ordering::Relaxed);
     let line = format!("sqlalloc: {msg}\n");
     let _ = FdWriter(2).write_all(line.as_bytes());
+}
+
+/// Set once a line was written on stderr (the exit hook's "nothing configured" line is then
+/// not needed: the reason was given).
+static SAID: AtomicBool = AtomicBool::new(false);
+
+/// An environment variable, read with `secure_getenv`: in a set-user-ID or set-group-ID program
+/// (`AT_SECURE`) it reads as unset, as glibc's own `MALLOC_*` variables do, so that whoever runs
+/// such a program cannot make it open files or sockets of their choosing.
+enum Env {
+    Unset,
+    /// Set, but empty or blank.
+    Empty,
+    Value(String),
+    NotUnicode,
+}
+
+fn env(name: &CStr) -> Env {
+    // SAFETY: `name` is NUL-terminated; secure_getenv returns NULL or a pointer into the
+    // environment, valid until the environment is changed, and it is copied at once.
+    let p = unsafe { secure_getenv(name.as_ptr()) };
+    if p.is_null() {
+        return Env::Unset;
+    }
+    // SAFETY: non-null: a NUL-terminated string of the environment (above).
+    match unsafe { CStr::from_ptr(p) }.to_str() {
+        Ok(v) if v.trim().is_empty() => Env::Empty,
+        Ok(v) => Env::Value(v.to_string()),
+        Err(_) => Env::NotUnicode,
+    }
 }
 
 /// What the exit report needs.
 struct Active {
     target: Target,
     pid: u32,
-    memory_used: Option<MemoryUsedFn>,
 }
 
 /// Set when an allocator is installed and in use and a report was asked for.
@@ -209,10 +241,10 @@ static ACTIVE: OnceLock<Active> = OnceLock::new();
 
 /// The one-time setup for the first SQLite that initializes.
 fn setup(sq: &Sqlite) {
-    let spec = match std::env::var("SQLALLOC") {
-        Ok(s) if !s.trim().is_empty() => s,
-        Ok(_) | Err(std::env::VarError::NotPresent) => return,
-        Err(std::env::VarError::NotUnicode(_)) => {
+    let spec = match env(c"SQLALLOC") {
+        Env::Value(s) => s,
+        Env::Unset | Env::Empty => return,
+        Env::NotUnicode => {
             say("SQLALLOC is not valid UTF-8; SQLite keeps its default allocator");
             return;
         }
@@ -232,17 +264,16 @@ fn setup(sq: &Sqlite) {
         ));
         return;
     }
-    let target = match std::env::var("SQLALLOC_REPORT") {
-        Err(std::env::VarError::NotPresent) => None,
-        Ok(t) if t.trim().is_empty() => None,
-        Ok(t) => match Target::parse(&t) {
+    let target = match env(c"SQLALLOC_REPORT") {
+        Env::Unset | Env::Empty => None,
+        Env::Value(t) => match Target::parse(&t) {
             Ok(t) => Some(t),
             Err(e) => {
                 say(&format!("SQLALLOC_REPORT: {e}; no report will be written"));
                 None
             }
         },
-        Err(std::env::VarError::NotUnicode(_)) => {
+        Env::NotUnicode => {
             say("SQLALLOC_REPORT is not valid UTF-8; no report will be written");
             None
         }
@@ -271,22 +302,80 @@ fn setup(sq: &Sqlite) {
         ));
         return;
     }
-    if let Some(f) = lib.memory_used {
-        // SAFETY: `f` is this SQLite's sqlite3_memory_used, pinned with the library.
-        unsafe { sqlalloc::report::set_memory_used_fn(f) };
-    }
+    // SAFETY: both are this SQLite's functions of those names (or None), pinned with the library.
+    unsafe {
+        sqlalloc::sqlite::set_functions(Functions {
+            memory_used: lib.memory_used,
+            status64: lib.status64,
+        })
+    };
     let _ = PRIMARY.set(Primary {
         lo: lib.lo,
         hi: lib.hi,
         init: sq.init,
         path: sq.path.clone(),
     });
+    start_live(target.as_ref());
     if let Some(target) = target {
         let _ = ACTIVE.set(Active {
             target,
             pid: std::process::id(),
-            memory_used: lib.memory_used,
         });
+    }
+}
+
+/// Once SQLite runs with the allocator: the scrape endpoint (`SQLALLOC_LISTEN`) and the periodic
+/// report (`SQLALLOC_REPORT_INTERVAL`, rewriting the `SQLALLOC_REPORT` file). A bad value costs
+/// one line; the program runs on.
+fn start_live(target: Option<&Target>) {
+    match env(c"SQLALLOC_LISTEN") {
+        Env::Unset => {}
+        Env::Empty => {
+            say("SQLALLOC_LISTEN is empty: give [HOST:]PORT, for instance 9187; no endpoint")
+        }
+        Env::NotUnicode => say("SQLALLOC_LISTEN is not valid UTF-8; no endpoint"),
+        Env::Value(addr) => {
+            if let Err(e) = sqlalloc::serve(&addr) {
+                say(&format!("SQLALLOC_LISTEN=\"{addr}\": {e}; no endpoint"));
+            }
+        }
+    }
+    let every = match env(c"SQLALLOC_REPORT_INTERVAL") {
+        Env::Unset => return,
+        Env::Empty => {
+            say("SQLALLOC_REPORT_INTERVAL is empty: give a whole number of seconds; the report is written at exit only");
+            return;
+        }
+        Env::NotUnicode => {
+            say("SQLALLOC_REPORT_INTERVAL is not valid UTF-8; the report is written at exit only");
+            return;
+        }
+        Env::Value(v) => match sqlalloc::periodic::parse_interval(&v) {
+            Ok(n) => n,
+            Err(e) => {
+                say(&format!(
+                    "SQLALLOC_REPORT_INTERVAL: {e}; the report is written at exit only"
+                ));
+                return;
+            }
+        },
+    };
+    let file = match target {
+        Some(t @ Target::File(..)) => t,
+        _ => {
+            say("SQLALLOC_REPORT_INTERVAL needs SQLALLOC_REPORT=json:PATH or prometheus:PATH; ignored");
+            return;
+        }
+    };
+    let spelled = match file {
+        Target::File(Format::Json, p) => format!("json:{p}"),
+        Target::File(_, p) => format!("prometheus:{p}"),
+        Target::Stderr => unreachable!("checked above"),
+    };
+    if let Err(e) = sqlalloc::report_every(&spelled, every) {
+        say(&format!(
+            "SQLALLOC_REPORT_INTERVAL: {e}; the report is written at exit only"
+        ));
     }
 }
 
@@ -306,23 +395,108 @@ fn result_name(rc: c_int) -> String {
 
 /// Run by the dynamic loader when the process exits (after the program's `atexit` handlers).
 extern "C" fn at_exit() {
+    if PRIMARY.get().is_none() {
+        say_if_nothing_configured();
+        return;
+    }
+    // A periodic report (here, or in a child forked after it started) writes its last file.
+    if let Some(res) = sqlalloc::report_final() {
+        if let Err(e) = res {
+            say(&format!("cannot write the report: {e}"));
+        }
+        return;
+    }
     let Some(a) = ACTIVE.get() else { return };
     if a.pid != std::process::id() {
         return;
     }
-    let Some(s) = sqlalloc::installed() else {
+    let Some(report) = Report::capture_installed() else {
         return;
     };
-    let used = a.memory_used.map(|f| {
-        move || {
-            // SAFETY: `f` is the pinned SQLite's sqlite3_memory_used; SQLite is still mapped.
-            unsafe { f() }
-        }
-    });
-    let report = Report::capture(s, used.as_ref().map(|f| f as &dyn Fn() -> i64));
     if let Err(e) = report.write_to(&a.target) {
         say(&format!("cannot write the report: {e}"));
     }
+}
+
+/// At exit, when `SQLALLOC` is set, no SQLite was configured and nothing was said yet: one line
+/// saying so, and why that happens — when the process holds a SQLite the preload could not reach:
+/// a loaded object whose file name mentions sqlite (better-sqlite3's `better_sqlite3.node`, say),
+/// or a program file that contains SQLite's file-header string (a SQLite compiled into the
+/// program: Go's go-sqlite3, rusqlite `bundled`). Processes with no SQLite at all (the shells,
+/// `sed`s and wrappers a preloaded environment also reaches) stay silent.
+fn say_if_nothing_configured() {
+    if SAID.load(Ordering::Relaxed) || !matches!(env(c"SQLALLOC"), Env::Value(_)) {
+        return;
+    }
+    let Some(seen) = unreached_sqlite() else {
+        return;
+    };
+    say(&format!(
+        "SQLALLOC is set but no SQLite in this process was configured, although it has one \
+         ({seen}): that SQLite never called sqlite3_initialize through the dynamic linker, as a \
+         SQLite compiled into the program or a binding with hidden symbols does (better-sqlite3, \
+         rusqlite `bundled`, go-sqlite3). Link the system libsqlite3 instead, or install sqlalloc \
+         from the program (docs/preload.md, \"Which programs it reaches\")"
+    ));
+}
+
+/// Where this process holds a SQLite the preload did not reach, if it does: a loaded object named
+/// like one, or the program file containing SQLite's magic string.
+fn unreached_sqlite() -> Option<String> {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for the call; `data` is the Option below.
+        let (info, found) = unsafe { (&*info, &mut *data.cast::<Option<String>>()) };
+        let name = if info.dlpi_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: the loader's NUL-terminated object name.
+            unsafe { CStr::from_ptr(info.dlpi_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let base = name.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+        if base.contains("sqlite") && !base.contains("sqlalloc") {
+            *found = Some(format!("{name} is loaded"));
+            return 1;
+        }
+        0
+    }
+    let mut found: Option<String> = None;
+    // SAFETY: `visit` matches the callback type and only uses `found` during the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut found as *mut Option<String>).cast()) };
+    found.or_else(|| {
+        let exe = std::fs::read_link("/proc/self/exe").ok()?;
+        file_contains(&exe, b"SQLite format 3\0")
+            .then(|| format!("{} contains a SQLite", exe.display()))
+    })
+}
+
+/// Whether the first 512 MiB of the file at `path` contain `needle` (read 1 MiB at a time).
+fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut buf = vec![0u8; (1 << 20) + needle.len()];
+    let mut kept = 0;
+    for _ in 0..512 {
+        let n = match f.read(&mut buf[kept..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let have = kept + n;
+        if buf[..have].windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        // Keep the tail, in case the needle straddles two reads.
+        kept = (needle.len() - 1).min(have);
+        buf.copy_within(have - kept..have, 0);
+    }
+    false
 }
 
 #[used]

@@ -6,6 +6,7 @@
 //! | `install.rs` | `sqlalloc_install`, `sqlalloc_get_stats` (`sqlalloc_stats`), `sqlalloc_reset_peak`, `sqlalloc_installed_spec` |
 //! | `fault.rs` | `sqlalloc_fault_*` (`sqlalloc_fault_stats`) |
 //! | `report.rs` | `sqlalloc_report`, `sqlalloc_report_to_buffer`, `sqlalloc_leak_report` |
+//! | `serve.rs` | `sqlalloc_serve`, `sqlalloc_report_every` |
 //! | `result.rs` | `sqlalloc_errmsg`, and the result convention all of them follow |
 //!
 //! Each function is a thin layer over the core: it checks its pointers, converts its
@@ -20,3 +21,4 @@ mod fault;
 mod install;
 mod report;
 mod result;
+mod serve;
