@@ -64,6 +64,7 @@ run debug-overrun debug "$BIN/t_debug" overrun
 run debug-leak "debug:backtrace=8" "$BIN/t_debug" leak
 run misuse "system, memsys5:heap=8M" "$BIN/t_misuse"
 run badspec "-" "$BIN/t_badspec"
+run serve "memsys5:heap=16M" "$BIN/t_serve"
 if [ "$WITH_PC" = pkgconfig ]; then run pkgconfig "-" sh "$HERE/t_pkgconfig.sh"; fi
 
 echo "c-tests: $pass passed, $fail failed"
