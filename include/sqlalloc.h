@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
+typedef struct sqlite3 sqlite3;
+
 /*
  What the `fault` layer counted since it was last armed (see `sqlalloc_fault_get_stats`).
  */
@@ -267,6 +269,41 @@ int sqlalloc_serve(const char *addr);
  `target` must be NULL or a NUL-terminated string.
  */
 int sqlalloc_report_every(const char *target, int seconds);
+
+/*
+ Track the connection `db` in every report (`sqlite_connection_bytes{connection="LABEL"}`), under
+ `label`, or, when `label` is NULL, its main database's file name (`:memory:` for none); a label
+ in use gets a suffix (`#2`, …). Programs under the preload library need not call it: every
+ connection of the SQLite it configured is tracked from `sqlite3_open*` to `sqlite3_close*`.
+ Call it from the thread that uses `db`, and call `sqlalloc_untrack(db)` before closing it.
+
+ Returns SQLITE_OK; SQLITE_MISUSE for a NULL `db` or one tracked already; SQLITE_ERROR when the
+ SQLite functions it needs are unknown (`sqlalloc_errmsg()` says which).
+
+ # Safety
+ `db` must be NULL or an open connection of the SQLite sqlalloc configured; `label` NULL or a
+ NUL-terminated string.
+ */
+int sqlalloc_track(struct sqlite3 *db, const char *label);
+
+/*
+ Stop tracking `db`; call it before closing `db`.
+
+ Returns SQLITE_OK; SQLITE_MISUSE for NULL or a connection that is not tracked.
+ */
+int sqlalloc_untrack(struct sqlite3 *db);
+
+/*
+ Sample the tracked connection `db` now, from the thread that uses it: what reports show for a
+ connection opened without a mutex (`SQLITE_OPEN_NOMUTEX`, or under
+ `SQLITE_CONFIG_MULTITHREAD`), which a report's reader never reads itself.
+
+ Returns SQLITE_OK; SQLITE_MISUSE for NULL or a connection that is not tracked.
+
+ # Safety
+ `db` must be NULL or an open connection, used by the calling thread only during the call.
+ */
+int sqlalloc_sample(struct sqlite3 *db);
 
 #ifdef __cplusplus
 }  // extern "C"

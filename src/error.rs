@@ -62,6 +62,10 @@ pub enum Error {
     },
     /// [`crate::report_every`] was called while a periodic report runs already.
     AlreadyReporting,
+    /// A connection handle that is NULL or not tracked (`sqlalloc_untrack`, `sqlalloc_sample`).
+    UnknownConnection,
+    /// A connection tracked already (by the preload library, or an earlier `track`).
+    AlreadyTracked,
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
                 sqlite::SQLITE_ERROR
             }
             Error::AlreadyServing { .. } | Error::AlreadyReporting => sqlite::SQLITE_MISUSE,
+            Error::UnknownConnection | Error::AlreadyTracked => sqlite::SQLITE_MISUSE,
         }
     }
 }
@@ -105,6 +110,8 @@ impl fmt::Display for Error {
                 write!(f, "bad periodic report '{what}': {reason}")
             }
             Error::AlreadyReporting => f.write_str("a periodic report is already being written"),
+            Error::UnknownConnection => f.write_str("the connection is NULL or not tracked"),
+            Error::AlreadyTracked => f.write_str("the connection is tracked already"),
         }
     }
 }

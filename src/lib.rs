@@ -46,6 +46,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
+pub mod connections;
 pub mod counters;
 mod error;
 pub mod fault;
@@ -262,6 +263,23 @@ pub fn metrics() -> String {
     report::Report::capture_installed()
         .map(|r| r.render(report::Format::Prometheus))
         .unwrap_or_default()
+}
+
+/// Show `conn` in every report's per-connection breakdown (`sqlite_connection_bytes{connection=
+/// "LABEL",use="cache|schema|stmt"}`) until the returned guard drops. `label` None: the main
+/// database's file name (`:memory:` for none); a label in use gets a suffix (`#2`, …). rusqlite
+/// opens its connections without a mutex, so a report's reader never reads them itself: call the
+/// guard's [`sample`](connections::Tracked::sample) now and then (after a batch of work, say) —
+/// reports show each connection's last sample and its age. Feature `rusqlite`.
+///
+/// Errors: [`Error::AlreadyTracked`] (the preload library tracks every connection already),
+/// [`Error::NoSqlite`].
+#[cfg(feature = "rusqlite")]
+pub fn track<'c>(
+    conn: &'c rusqlite::Connection,
+    label: Option<&str>,
+) -> Result<connections::Tracked<'c>, Error> {
+    connections::Tracked::new(conn, label)
 }
 
 /// Start a new peak from the current value.

@@ -237,6 +237,8 @@ pub struct Report {
     pub allocator: Vec<Held>,
     /// The process's resident set size in bytes ([`resident_bytes`]).
     pub resident_bytes: Option<u64>,
+    /// The tracked connections ([`crate::connections`]), sampled where the rules allow.
+    pub connections: Vec<crate::connections::Connection>,
     /// Live blocks, for backends that track them (`debug`); `None` for the others.
     pub live_blocks: Option<Vec<Block>>,
 }
@@ -287,6 +289,11 @@ impl Report {
             sqlite_status,
             allocator: s.footprint(),
             resident_bytes: resident_bytes(),
+            connections: if crate::connections::count() > 0 {
+                crate::connections::snapshot()
+            } else {
+                Vec::new()
+            },
             live_blocks,
         }
     }
@@ -521,6 +528,39 @@ pub fn render_text(r: &Report, max_blocks: usize) -> String {
             let _ = writeln!(o, "  {:<28}{:>16}   {}", h.key, h.bytes, h.help);
         }
     }
+    if !r.connections.is_empty() {
+        let _ = writeln!(o, "  connections ({} tracked):", r.connections.len());
+        for c in &r.connections {
+            match c.last {
+                Some((s, by, age)) => {
+                    let by = match by {
+                        crate::connections::SampledBy::Reader => "read",
+                        crate::connections::SampledBy::Owner => "sampled by its owner",
+                    };
+                    let busy = if c.busy { ", busy now" } else { "" };
+                    let _ = writeln!(
+                        o,
+                        "    {:<28}{:>12} bytes: cache {}, schema {}, stmt {} ({by} {}s ago{busy})",
+                        c.label,
+                        s.bytes(),
+                        s.cache,
+                        s.schema,
+                        s.stmt,
+                        age.as_secs()
+                    );
+                }
+                None => {
+                    let _ = writeln!(o, "    {:<28} not sampled yet", c.label);
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "    {:<28}{:>12} bytes (SQLite's total minus the connections)",
+            "other",
+            sqlite_total(r) - connections_bytes(r)
+        );
+    }
     if let Some(rss) = r.resident_bytes {
         let _ = writeln!(
             o,
@@ -643,6 +683,40 @@ pub fn render_json(r: &Report) -> String {
         .resident_bytes
         .map_or_else(|| "null".to_string(), |v| v.to_string());
     let _ = writeln!(o, "  \"process_resident_bytes\": {rss},");
+    o.push_str("  \"connections\": [");
+    for (i, c) in r.connections.iter().enumerate() {
+        let sep = if i == 0 { "\n" } else { ",\n" };
+        let _ = write!(o, "{sep}    {{\"label\": {}", json_str(&c.label));
+        if let Some((s, by, age)) = c.last {
+            let by = match by {
+                crate::connections::SampledBy::Reader => "reader",
+                crate::connections::SampledBy::Owner => "owner",
+            };
+            let _ = write!(
+                o,
+                ", \"cache\": {}, \"schema\": {}, \"stmt\": {}, \"lookaside_slots\": {}, \
+                 \"sampled_by\": \"{by}\", \"age_seconds\": {:.3}",
+                s.cache,
+                s.schema,
+                s.stmt,
+                s.lookaside_slots,
+                age.as_secs_f64()
+            );
+        }
+        let _ = write!(o, ", \"busy\": {}, \"mutex\": {}}}", c.busy, c.has_mutex);
+    }
+    o.push_str(if r.connections.is_empty() {
+        "],\n"
+    } else {
+        "\n  ],\n"
+    });
+    if !r.connections.is_empty() {
+        let _ = writeln!(
+            o,
+            "  \"connections_other_bytes\": {},",
+            sqlite_total(r) - connections_bytes(r)
+        );
+    }
     o.push_str("  \"request_size_histogram\": [");
     for (i, c) in r.histogram.iter().enumerate() {
         let le = bucket_le(i).map_or_else(|| "null".to_string(), |v| v.to_string());
@@ -871,7 +945,20 @@ pub fn families(r: &Report) -> Vec<Family> {
             to_i64(h.bytes),
         );
     }
+    connection_families(r, &mut out);
     if let Some(rss) = r.resident_bytes {
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            out.push(Family {
+                name: name.to_string(),
+                help: help.to_string(),
+                kind: MetricType::Gauge,
+                samples: vec![Sample {
+                    suffix: "",
+                    labels: base(),
+                    value: v,
+                }],
+            })
+        };
         gauge(
             "sqlite_memory_process_resident_bytes",
             "Resident set size of the whole process (/proc/self/statm), in bytes.",
@@ -879,6 +966,93 @@ pub fn families(r: &Report) -> Vec<Family> {
         );
     }
     out
+}
+
+/// SQLite's total as the per-connection breakdown divides it: `sqlite3_memory_used()` when read,
+/// else the counters' `current_bytes` (equal while memstatus is on).
+pub fn sqlite_total(r: &Report) -> i64 {
+    r.sqlite_memory_used.unwrap_or(r.stats.current_bytes)
+}
+
+/// The bytes of the tracked connections' last samples, summed.
+pub fn connections_bytes(r: &Report) -> i64 {
+    r.connections
+        .iter()
+        .filter_map(|c| c.last.map(|(s, _, _)| s.bytes()))
+        .sum()
+}
+
+/// The per-connection families (nothing when no connection is tracked).
+fn connection_families(r: &Report, out: &mut Vec<Family>) {
+    if r.connections.is_empty() {
+        return;
+    }
+    let base = |conn: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("backend", r.backend.clone()),
+            ("spec", r.spec.clone()),
+            ("connection", conn.to_string()),
+        ]
+    };
+    let mut bytes = Vec::new();
+    let (mut slots, mut ages, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for c in &r.connections {
+        let Some((s, by, age)) = c.last else { continue };
+        for (use_, v) in [("cache", s.cache), ("schema", s.schema), ("stmt", s.stmt)] {
+            let mut labels = base(&c.label);
+            labels.push(("use", use_.to_string()));
+            bytes.push(Sample {
+                suffix: "",
+                labels,
+                value: v,
+            });
+        }
+        let one = |v: i64| Sample {
+            suffix: "",
+            labels: base(&c.label),
+            value: v,
+        };
+        slots.push(one(s.lookaside_slots));
+        ages.push(one(i64::try_from(age.as_secs()).unwrap_or(i64::MAX)));
+        owner.push(one(i64::from(by == crate::connections::SampledBy::Owner)));
+    }
+    let mut other = base("other");
+    other.push(("use", "other".to_string()));
+    bytes.push(Sample {
+        suffix: "",
+        labels: other,
+        value: sqlite_total(r) - connections_bytes(r),
+    });
+    let family = |name: &str, help: &str, samples| Family {
+        name: name.to_string(),
+        help: help.to_string(),
+        kind: MetricType::Gauge,
+        samples,
+    };
+    out.push(family(
+        "sqlite_connection_bytes",
+        "Bytes of SQLite's memory by tracked connection and use (sqlite3_db_status \
+         CACHE_USED_SHARED, SCHEMA_USED, STMT_USED, at the connection's last sample); \
+         connection=\"other\" is SQLite's total minus the tracked connections' sum.",
+        bytes,
+    ));
+    out.push(family(
+        "sqlite_connection_lookaside_slots",
+        "Lookaside slots in use by the connection (sqlite3_db_status LOOKASIDE_USED; a count).",
+        slots,
+    ));
+    out.push(family(
+        "sqlite_connection_sample_age_seconds",
+        "Age of the connection's last sample, in seconds (a busy connection, or one without a \
+         mutex, keeps an older sample).",
+        ages,
+    ));
+    out.push(family(
+        "sqlite_connection_sampled_by_owner",
+        "1 when the connection's last sample was taken by its own thread (sqlalloc_sample, or \
+         when it was tracked): a connection without a mutex is never read by another thread.",
+        owner,
+    ));
 }
 
 /// `v` as an `i64`, saturating.
@@ -962,6 +1136,7 @@ mod tests {
                 bytes: 48,
             }],
             resident_bytes: Some(1 << 24),
+            connections: Vec::new(),
             live_blocks: Some(vec![Block {
                 addr: 0x1000,
                 size: 64,
@@ -1061,6 +1236,7 @@ mod tests {
         let f = Functions {
             memory_used: None,
             status64: Some(zeros),
+            connections: None,
         };
         assert!(!SqliteStatus::read(&f, 3).unwrap().memstatus);
         assert!(
@@ -1119,6 +1295,7 @@ mod tests {
         let fns = Functions {
             memory_used: Some(used),
             status64: None,
+            connections: None,
         };
         let r = Report::capture(&s, &fns);
         assert_eq!(r.sqlite_memory_used, Some(42));

@@ -111,6 +111,34 @@ pub const SQLITE_STATUS_MALLOC_SIZE: c_int = 5;
 /// `SQLITE_STATUS_MALLOC_COUNT`.
 pub const SQLITE_STATUS_MALLOC_COUNT: c_int = 9;
 
+/// Type of `int sqlite3_db_status(sqlite3*, int op, int *cur, int *hiwtr, int reset)`.
+pub type DbStatusFn =
+    unsafe extern "C" fn(*mut c_void, c_int, *mut c_int, *mut c_int, c_int) -> c_int;
+/// Type of `sqlite3_mutex *sqlite3_db_mutex(sqlite3*)`.
+pub type DbMutexFn = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
+/// Type of `int sqlite3_mutex_try(sqlite3_mutex*)`.
+pub type MutexTryFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+/// Type of `void sqlite3_mutex_leave(sqlite3_mutex*)`.
+pub type MutexLeaveFn = unsafe extern "C" fn(*mut c_void);
+/// Type of `const char *sqlite3_db_filename(sqlite3*, const char *zDbName)`.
+pub type DbFilenameFn =
+    unsafe extern "C" fn(*mut c_void, *const std::ffi::c_char) -> *const std::ffi::c_char;
+
+/// The SQLite functions the per-connection breakdown calls ([`crate::connections`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionFunctions {
+    /// `sqlite3_db_status`.
+    pub db_status: DbStatusFn,
+    /// `sqlite3_db_mutex`.
+    pub db_mutex: DbMutexFn,
+    /// `sqlite3_mutex_try`.
+    pub mutex_try: MutexTryFn,
+    /// `sqlite3_mutex_leave`.
+    pub mutex_leave: MutexLeaveFn,
+    /// `sqlite3_db_filename`.
+    pub db_filename: DbFilenameFn,
+}
+
 /// The SQLite functions that reports call, all of one SQLite library: the one whose
 /// `sqlite3_config` installed the allocator.
 #[derive(Debug, Clone, Copy, Default)]
@@ -119,6 +147,8 @@ pub struct Functions {
     pub memory_used: Option<MemoryUsedFn>,
     /// `sqlite3_status64`.
     pub status64: Option<Status64Fn>,
+    /// The connection functions, when all of them were found.
+    pub connections: Option<ConnectionFunctions>,
 }
 
 /// Functions supplied at run time ([`set_functions`]).
@@ -128,6 +158,20 @@ static FUNCTIONS: std::sync::OnceLock<Functions> = std::sync::OnceLock::new();
 extern "C" {
     fn sqlite3_memory_used() -> i64;
     fn sqlite3_status64(op: c_int, cur: *mut i64, hiwtr: *mut i64, reset: c_int) -> c_int;
+    fn sqlite3_db_status(
+        db: *mut c_void,
+        op: c_int,
+        cur: *mut c_int,
+        hiwtr: *mut c_int,
+        reset: c_int,
+    ) -> c_int;
+    fn sqlite3_db_mutex(db: *mut c_void) -> *mut c_void;
+    fn sqlite3_mutex_try(m: *mut c_void) -> c_int;
+    fn sqlite3_mutex_leave(m: *mut c_void);
+    fn sqlite3_db_filename(
+        db: *mut c_void,
+        name: *const std::ffi::c_char,
+    ) -> *const std::ffi::c_char;
 }
 
 /// Use `f` for the SQLite functions reports call (the first call wins), for builds that find
@@ -142,6 +186,8 @@ pub unsafe fn set_functions(f: Functions) -> bool {
     FUNCTIONS.get().is_some_and(|g| {
         g.memory_used.map(|p| p as usize) == f.memory_used.map(|p| p as usize)
             && g.status64.map(|p| p as usize) == f.status64.map(|p| p as usize)
+            && g.connections.map(|c| c.db_status as usize)
+                == f.connections.map(|c| c.db_status as usize)
     })
 }
 
@@ -154,9 +200,48 @@ pub fn functions() -> Functions {
     }
     #[cfg(feature = "libsqlite3-sys")]
     {
+        use libsqlite3_sys as s;
+        // The crate's functions take `*mut sqlite3` and `*mut sqlite3_mutex`; ours take
+        // `*mut c_void`: the same pointer passed the same way, only the pointee type differs.
+        // SAFETY: each transmute is between function pointers of identical ABI (extern "C", same
+        // arity, every argument a pointer or `c_int` in the same order, same return type).
+        let conn = unsafe {
+            ConnectionFunctions {
+                db_status: std::mem::transmute::<
+                    unsafe extern "C" fn(
+                        *mut s::sqlite3,
+                        c_int,
+                        *mut c_int,
+                        *mut c_int,
+                        c_int,
+                    ) -> c_int,
+                    DbStatusFn,
+                >(s::sqlite3_db_status),
+                db_mutex: std::mem::transmute::<
+                    unsafe extern "C" fn(*mut s::sqlite3) -> *mut s::sqlite3_mutex,
+                    DbMutexFn,
+                >(s::sqlite3_db_mutex),
+                mutex_try: std::mem::transmute::<
+                    unsafe extern "C" fn(*mut s::sqlite3_mutex) -> c_int,
+                    MutexTryFn,
+                >(s::sqlite3_mutex_try),
+                mutex_leave: std::mem::transmute::<
+                    unsafe extern "C" fn(*mut s::sqlite3_mutex),
+                    MutexLeaveFn,
+                >(s::sqlite3_mutex_leave),
+                db_filename: std::mem::transmute::<
+                    unsafe extern "C" fn(
+                        *mut s::sqlite3,
+                        *const std::ffi::c_char,
+                    ) -> *const std::ffi::c_char,
+                    DbFilenameFn,
+                >(s::sqlite3_db_filename),
+            }
+        };
         Functions {
-            memory_used: Some(libsqlite3_sys::sqlite3_memory_used as MemoryUsedFn),
-            status64: Some(libsqlite3_sys::sqlite3_status64 as Status64Fn),
+            memory_used: Some(s::sqlite3_memory_used as MemoryUsedFn),
+            status64: Some(s::sqlite3_status64 as Status64Fn),
+            connections: Some(conn),
         }
     }
     #[cfg(all(feature = "link", not(feature = "libsqlite3-sys")))]
@@ -164,6 +249,13 @@ pub fn functions() -> Functions {
         Functions {
             memory_used: Some(sqlite3_memory_used as MemoryUsedFn),
             status64: Some(sqlite3_status64 as Status64Fn),
+            connections: Some(ConnectionFunctions {
+                db_status: sqlite3_db_status,
+                db_mutex: sqlite3_db_mutex,
+                mutex_try: sqlite3_mutex_try,
+                mutex_leave: sqlite3_mutex_leave,
+                db_filename: sqlite3_db_filename,
+            }),
         }
     }
     #[cfg(not(any(feature = "link", feature = "libsqlite3-sys")))]

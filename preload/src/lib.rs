@@ -74,11 +74,11 @@ const _: () = assert!(
 
 use sqlalloc::report::{FdWriter, Format, Report, Target};
 use sqlalloc::sqlite::{
-    ConfigFn, Functions, MemoryUsedFn, Sqlite3MemMethods, Status64Fn, SQLITE_CONFIG_MALLOC,
-    SQLITE_OK,
+    ConfigFn, ConnectionFunctions, Functions, MemoryUsedFn, Sqlite3MemMethods, Status64Fn,
+    SQLITE_CONFIG_MALLOC, SQLITE_OK,
 };
 use std::cell::Cell;
-use std::ffi::{c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Once, OnceLock};
@@ -191,6 +191,188 @@ extern "C" fn initialize_from(caller: *const c_void) -> c_int {
     }
     // SAFETY: `sq.init` is the caller's SQLite's sqlite3_initialize (found by `of_caller`).
     unsafe { (sq.init)() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sqlite3_open* and sqlite3_close*: the per-connection breakdown.
+
+/// A trampoline that passes its return address as the argument after the real ones (register
+/// `$reg` on x86-64, `$areg` on AArch64) and tail-jumps to `$inner`, which returns to the caller.
+macro_rules! trampoline {
+    ($(#[$doc:meta])* $name:ident ( $($arg:ident : $ty:ty),* ) => $inner:ident, $reg:literal, $areg:literal) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the return address is read from the top of the stack (where `call` put it) into
+        // the first unused argument register and the jump leaves the stack as the caller made it,
+        // so the inner function runs as if called directly and returns to the caller.
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> c_int {
+            core::arch::naked_asm!(concat!("mov ", $reg, ", qword ptr [rsp]"), "jmp {inner}", inner = sym $inner)
+        }
+        $(#[$doc])*
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the link register holds the return address; it is copied into the first unused
+        // argument register and the branch leaves sp and lr untouched.
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> c_int {
+            core::arch::naked_asm!(concat!("mov ", $areg, ", x30"), "b {inner}", inner = sym $inner)
+        }
+        $(#[$doc])*
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> c_int {
+            $inner($($arg,)* std::ptr::null())
+        }
+    };
+}
+
+trampoline!(
+    /// SQLite's `sqlite3_open`: forwarded to the caller's SQLite; a connection of the SQLite that
+    /// got the allocator is tracked (sqlalloc's per-connection breakdown).
+    sqlite3_open(_filename: *const c_char, _db: *mut *mut c_void) => open_from, "rdx", "x2"
+);
+trampoline!(
+    /// SQLite's `sqlite3_open16` (see `sqlite3_open`).
+    sqlite3_open16(_filename: *const c_void, _db: *mut *mut c_void) => open16_from, "rdx", "x2"
+);
+trampoline!(
+    /// SQLite's `sqlite3_open_v2` (see `sqlite3_open`).
+    sqlite3_open_v2(_filename: *const c_char, _db: *mut *mut c_void, _flags: c_int, _vfs: *const c_char) => open_v2_from, "r8", "x4"
+);
+trampoline!(
+    /// SQLite's `sqlite3_close`: the connection leaves the breakdown, then SQLite closes it (if
+    /// SQLite refuses, `SQLITE_BUSY`, it is tracked again).
+    sqlite3_close(_db: *mut c_void) => close_from, "rsi", "x1"
+);
+trampoline!(
+    /// SQLite's `sqlite3_close_v2` (see `sqlite3_close`).
+    sqlite3_close_v2(_db: *mut c_void) => close_v2_from, "rsi", "x1"
+);
+
+type OpenFn = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
+type Open16Fn = unsafe extern "C" fn(*const c_void, *mut *mut c_void) -> c_int;
+type OpenV2Fn =
+    unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, *const c_char) -> c_int;
+type CloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+
+/// The function `name` of the SQLite the code at `caller` uses, and whether that SQLite is the
+/// one that got the allocator. `None` (and one line) when no SQLite defines it.
+fn resolve(caller: *const c_void, name: &CStr) -> Option<(*mut c_void, bool)> {
+    let Some(sq) = Sqlite::of_caller(caller) else {
+        say(&format!(
+            "a call of {} found no SQLite library to forward it to",
+            name.to_string_lossy()
+        ));
+        return None;
+    };
+    let primary = PRIMARY
+        .get()
+        .is_some_and(|p| p.init as usize == sq.init as usize);
+    let (_, base) = object_of(sq.init as *const c_void)?;
+    let h = open_loaded(&sq.file);
+    let scope = if h.is_null() { libc::RTLD_DEFAULT } else { h };
+    let f = lookup(scope, name);
+    close(h);
+    let ours = f.is_null() || object_of(f.cast_const()).is_none_or(|(_, b)| b != base);
+    if ours {
+        say(&format!(
+            "{} not found in {}",
+            name.to_string_lossy(),
+            sq.path
+        ));
+        return None;
+    }
+    Some((f, primary))
+}
+
+/// After an open: track the new connection when it belongs to the SQLite that got the allocator.
+fn opened(rc: c_int, db: *mut *mut c_void, primary: bool) {
+    if rc != SQLITE_OK || !primary || db.is_null() {
+        return;
+    }
+    // SAFETY: `db` is the out-parameter SQLite just wrote.
+    let db = unsafe { *db };
+    if !db.is_null() {
+        // SAFETY: a connection SQLite just opened for this thread, of the configured SQLite; the
+        // close interposers untrack it before SQLite closes it.
+        let _ = unsafe { sqlalloc::connections::track(db, None) };
+    }
+}
+
+extern "C" fn open_from(
+    filename: *const c_char,
+    db: *mut *mut c_void,
+    caller: *const c_void,
+) -> c_int {
+    let Some((f, primary)) = resolve(caller, c"sqlite3_open") else {
+        return sqlalloc::sqlite::SQLITE_ERROR;
+    };
+    // SAFETY: `f` is that SQLite's sqlite3_open, called with the caller's own arguments.
+    let rc = unsafe { to_fn::<OpenFn>(f)(filename, db) };
+    opened(rc, db, primary);
+    rc
+}
+
+extern "C" fn open16_from(
+    filename: *const c_void,
+    db: *mut *mut c_void,
+    caller: *const c_void,
+) -> c_int {
+    let Some((f, primary)) = resolve(caller, c"sqlite3_open16") else {
+        return sqlalloc::sqlite::SQLITE_ERROR;
+    };
+    // SAFETY: `f` is that SQLite's sqlite3_open16, called with the caller's own arguments.
+    let rc = unsafe { to_fn::<Open16Fn>(f)(filename, db) };
+    opened(rc, db, primary);
+    rc
+}
+
+extern "C" fn open_v2_from(
+    filename: *const c_char,
+    db: *mut *mut c_void,
+    flags: c_int,
+    vfs: *const c_char,
+    caller: *const c_void,
+) -> c_int {
+    let Some((f, primary)) = resolve(caller, c"sqlite3_open_v2") else {
+        return sqlalloc::sqlite::SQLITE_ERROR;
+    };
+    // SAFETY: `f` is that SQLite's sqlite3_open_v2, called with the caller's own arguments.
+    let rc = unsafe { to_fn::<OpenV2Fn>(f)(filename, db, flags, vfs) };
+    opened(rc, db, primary);
+    rc
+}
+
+/// A close: untrack, close, and track again if SQLite kept the connection open.
+fn closing(db: *mut c_void, caller: *const c_void, name: &CStr) -> c_int {
+    let Some((f, _)) = resolve(caller, name) else {
+        return sqlalloc::sqlite::SQLITE_ERROR;
+    };
+    let label = if db.is_null() {
+        None
+    } else {
+        sqlalloc::connections::untrack(db).ok()
+    };
+    // SAFETY: `f` is that SQLite's sqlite3_close or sqlite3_close_v2, called with the caller's
+    // own argument.
+    let rc = unsafe { to_fn::<CloseFn>(f)(db) };
+    if rc != SQLITE_OK {
+        if let Some(label) = label {
+            // SAFETY: SQLite refused to close it (SQLITE_BUSY): still open, used by this thread.
+            let _ = unsafe { sqlalloc::connections::track(db, Some(&label)) };
+        }
+    }
+    rc
+}
+
+extern "C" fn close_from(db: *mut c_void, caller: *const c_void) -> c_int {
+    closing(db, caller, c"sqlite3_close")
+}
+
+extern "C" fn close_v2_from(db: *mut c_void, caller: *const c_void) -> c_int {
+    closing(db, caller, c"sqlite3_close_v2")
 }
 
 /// One line on stderr, written at once.
@@ -307,6 +489,7 @@ fn setup(sq: &Sqlite) {
         sqlalloc::sqlite::set_functions(Functions {
             memory_used: lib.memory_used,
             status64: lib.status64,
+            connections: lib.connections,
         })
     };
     let _ = PRIMARY.set(Primary {
@@ -521,6 +704,7 @@ struct Library {
     status64: Option<Status64Fn>,
     shutdown: Option<InitFn>,
     memory_used: Option<MemoryUsedFn>,
+    connections: Option<ConnectionFunctions>,
     lo: usize,
     hi: usize,
 }
@@ -644,6 +828,18 @@ impl Sqlite {
             shutdown: find(c"sqlite3_shutdown").map(|p| unsafe { to_fn::<InitFn>(p) }),
             // SAFETY: see above.
             memory_used: find(c"sqlite3_memory_used").map(|p| unsafe { to_fn::<MemoryUsedFn>(p) }),
+            connections: (|| {
+                // SAFETY: as above, for each of the five functions.
+                unsafe {
+                    Some(ConnectionFunctions {
+                        db_status: to_fn(find(c"sqlite3_db_status")?),
+                        db_mutex: to_fn(find(c"sqlite3_db_mutex")?),
+                        mutex_try: to_fn(find(c"sqlite3_mutex_try")?),
+                        mutex_leave: to_fn(find(c"sqlite3_mutex_leave")?),
+                        db_filename: to_fn(find(c"sqlite3_db_filename")?),
+                    })
+                }
+            })(),
             lo,
             hi,
         })

@@ -7,6 +7,7 @@
 //! | `fault.rs` | `sqlalloc_fault_*` (`sqlalloc_fault_stats`) |
 //! | `report.rs` | `sqlalloc_report`, `sqlalloc_report_to_buffer`, `sqlalloc_leak_report` |
 //! | `serve.rs` | `sqlalloc_serve`, `sqlalloc_report_every` |
+//! | `track.rs` | `sqlalloc_track`, `sqlalloc_untrack`, `sqlalloc_sample` |
 //! | `result.rs` | `sqlalloc_errmsg`, and the result convention all of them follow |
 //!
 //! Each function is a thin layer over the core: it checks its pointers, converts its
@@ -22,3 +23,4 @@ mod install;
 mod report;
 mod result;
 mod serve;
+mod track;
