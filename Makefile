@@ -141,7 +141,7 @@ preload-test: deps lib preload
 # jemalloc (built once by tikv-jemalloc-sys with autoconf: a few minutes the first time),
 # mimalloc, the libsqlite3-sys link path, the examples, and rusqlite's `bundled` SQLite in the
 # separate crate tests-bundled/. Part of `test`; run it alone when touching the Rust API.
-RUST_FEATURES := jemalloc,mimalloc,libsqlite3-sys,prometheus-client
+RUST_FEATURES := jemalloc,mimalloc,libsqlite3-sys,prometheus-client,rusqlite
 RUST_EXAMPLES := basic limit memsys5 jemalloc
 
 .PHONY: rust-features-test
