@@ -62,6 +62,18 @@ pub enum Error {
     },
     /// [`crate::report_every`] was called while a periodic report runs already.
     AlreadyReporting,
+    /// A scope was refused ([`crate::Scope::create`]): an empty or duplicate name, a bad cap.
+    BadScope {
+        /// What is wrong, naming the scope.
+        reason: String,
+    },
+    /// The installed allocator has no `scopes` layer (or nothing is installed).
+    NoScopes,
+    /// The `scopes` layer holds `max` scopes already.
+    ScopesFull {
+        /// Most scopes the layer holds (the default one included).
+        max: usize,
+    },
 }
 
 impl Error {
@@ -76,6 +88,9 @@ impl Error {
                 sqlite::SQLITE_ERROR
             }
             Error::AlreadyServing { .. } | Error::AlreadyReporting => sqlite::SQLITE_MISUSE,
+            Error::BadScope { .. } => sqlite::SQLITE_ERROR,
+            Error::NoScopes => sqlite::SQLITE_MISUSE,
+            Error::ScopesFull { .. } => sqlite::SQLITE_FULL,
         }
     }
 }
@@ -105,6 +120,14 @@ impl fmt::Display for Error {
                 write!(f, "bad periodic report '{what}': {reason}")
             }
             Error::AlreadyReporting => f.write_str("a periodic report is already being written"),
+            Error::BadScope { reason } => write!(f, "bad scope: {reason}"),
+            Error::NoScopes => f.write_str(
+                "no scopes layer installed (add '+scopes' to the spec, e.g. 'system+scopes')",
+            ),
+            Error::ScopesFull { max } => write!(
+                f,
+                "the scopes layer is full: it holds {max} scopes (the default one included)"
+            ),
         }
     }
 }

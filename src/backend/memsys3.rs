@@ -524,6 +524,8 @@ impl State {
 /// SQLite's memsys3 over one heap; see the [module documentation](self).
 pub struct Memsys3 {
     state: Lock<State>,
+    /// Address and length of the heap, read without the lock by [`heap_offset`](Self::heap_offset).
+    span: (usize, usize),
 }
 
 impl Memsys3 {
@@ -548,8 +550,10 @@ impl Memsys3 {
         };
         marking::pool_create(st.heap.ptr(0), st.heap.len());
         st.layout();
+        let span = (st.heap.ptr(0).as_ptr().addr(), st.heap.len());
         Some(Memsys3 {
             state: Lock::new(st),
+            span,
         })
     }
 
@@ -570,6 +574,15 @@ impl Memsys3 {
     /// Bytes of heap actually allocated and managed (the requested size after the cap).
     pub fn heap_len(&self) -> usize {
         self.lock().heap.len()
+    }
+
+    /// Byte offset of `p` from the start of the heap when it points into the heap, without
+    /// taking the lock (the address is compared, never read): the `scopes` layer files blocks in
+    /// a side table by it.
+    #[inline]
+    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
+        let off = p.as_ptr().addr().wrapping_sub(self.span.0);
+        (off < self.span.1).then_some(off)
     }
 
     /// Number of live (checked-out) blocks.
