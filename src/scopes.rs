@@ -207,6 +207,21 @@ fn max_u(a: &AtomicU64, v: u64, owned: bool) {
     }
 }
 
+/// [`SLOTS`] rows of zeroed tallies, from the allocator's zeroed memory (untouched pages of rows
+/// and scopes never used cost no resident memory).
+fn zeroed_rows() -> Box<[Row]> {
+    let layout = std::alloc::Layout::array::<Row>(SLOTS).expect("a fixed, small size");
+    // SAFETY: the layout has a non-zero size (SLOTS rows of 18 KiB).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Row>();
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `p` is a fresh allocation of `SLOTS` rows with `Row`'s layout, all bytes zero,
+    // which is a valid `Row` (atomics of integers only, 0); the box takes ownership and frees it
+    // with the same layout.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, SLOTS)) }
+}
+
 /// The scopes of one `scopes` layer: their names, caps and counters. Shared by the layer (which
 /// charges and credits) and the stack (which reads them, [`Stack::scopes`](crate::Stack::scopes)).
 pub struct Scopes {
@@ -241,11 +256,7 @@ impl Default for Scopes {
 impl Scopes {
     /// A new table holding the default scope only.
     pub fn new() -> Scopes {
-        let rows = Box::<[Row]>::new_zeroed_slice(SLOTS);
-        // SAFETY: a `Row` is atomics of integers only, for which all-zero bytes are a valid
-        // value (0). Zeroed memory from the allocator is not touched until used, so the rows of
-        // slots and scopes never used cost no resident memory.
-        let rows = unsafe { rows.assume_init() };
+        let rows = zeroed_rows();
         Scopes {
             gen: NEXT_GEN.fetch_add(1, Relaxed).max(1),
             count: AtomicUsize::new(1),
@@ -354,11 +365,7 @@ impl Scopes {
     /// `sqlite_scope_current_bytes{scope="NAME"}`, `sqlite_scope_peak_bytes`,
     /// `sqlite_scope_limit_bytes`, `sqlite_scope_failed_calls_total`).
     pub fn list(&self) -> Vec<ScopeInfo> {
-        let names = self
-            .names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
         names
             .into_iter()
             .enumerate()
@@ -426,19 +433,14 @@ impl Scopes {
 
     /// Give `n` bytes back to capped scope `s`.
     fn release(&self, s: usize, n: u64) {
-        self.heads[s & (MAX_SCOPES - 1)]
-            .used
-            .fetch_sub(n, Relaxed);
+        self.heads[s & (MAX_SCOPES - 1)].used.fetch_sub(n, Relaxed);
     }
 
     /// The calling thread's tally for scope `s`, and whether the thread owns its slot.
     #[inline(always)]
     fn tally(&self, s: usize) -> (&Tally, bool) {
         let t = thread_index();
-        (
-            &self.rows[t & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)],
-            t != 0,
-        )
+        (&self.rows[t & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)], t != 0)
     }
 
     /// After the bytes of tally `t` of scope `s` moved by `delta` to `bytes`: keep the highest
@@ -702,9 +704,11 @@ pub(crate) struct Table<B> {
 
 impl<B: FixedHeap> Table<B> {
     fn new(b: &B) -> Table<B> {
-        let tags = Box::<[AtomicU8]>::new_zeroed_slice(b.places());
-        // SAFETY: all-zero bytes are a valid AtomicU8 (0: the default scope).
-        let tags = unsafe { tags.assume_init() };
+        // Zeroed by the allocator (calloc): pages of the heap never used are never touched.
+        let bytes = vec![0u8; b.places()].into_boxed_slice();
+        // SAFETY: `AtomicU8` has the size, alignment and bit validity of `u8`, so the slice's
+        // allocation and length carry over; the box is rebuilt from the pointer it gave up.
+        let tags = unsafe { Box::from_raw(Box::into_raw(bytes) as *mut [AtomicU8]) };
         Table {
             grid_log: b.grid_log(),
             tags,
@@ -832,7 +836,9 @@ impl<B: FixedHeap> Tagging<B> for Tabled<B> {
     }
     #[inline(always)]
     unsafe fn get(&self, b: &B, q: NonNull<u8>) -> usize {
-        self.0.slot(b, q).map_or(0, |t| usize::from(t.load(Relaxed)))
+        self.0
+            .slot(b, q)
+            .map_or(0, |t| usize::from(t.load(Relaxed)))
     }
 }
 
@@ -925,7 +931,9 @@ impl<B: MemMethods, P: Tagging<B>> Scoped<B, P> {
             if new >= old {
                 // Only the reservation's bookkeeping: a block that fitted cannot grow past the
                 // cap by more than its rounding.
-                self.scopes.heads[s].used.fetch_add((new - old) as u64, Relaxed);
+                self.scopes.heads[s]
+                    .used
+                    .fetch_add((new - old) as u64, Relaxed);
             } else {
                 self.scopes.release(s, (old - new) as u64);
             }

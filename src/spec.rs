@@ -700,8 +700,16 @@ mod tests {
             ),
             ("system+", "", "empty layer"),
             ("system+bogus:x=1", "bogus:x=1", "unknown layer 'bogus'"),
-            ("system+scopes+scopes", "scopes", "layer 'scopes' given twice"),
-            ("system+scopes:max=3", "scopes:max=3", "layer 'scopes' takes no options"),
+            (
+                "system+scopes+scopes",
+                "scopes",
+                "layer 'scopes' given twice",
+            ),
+            (
+                "system+scopes:max=3",
+                "scopes:max=3",
+                "layer 'scopes' takes no options",
+            ),
             ("system+scopes:", "scopes:", "must be followed by key=value"),
             ("scopes", "scopes", "a spec starts with a backend"),
             ("system+memsys5", "memsys5", "only one backend"),

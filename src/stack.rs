@@ -17,8 +17,8 @@ use crate::methods::{InitError, LiveBlock, MemMethods};
 use crate::scopes::{Scoped, Scopes};
 use crate::spec::{Backend, Spec, SpecError};
 use std::ptr::NonNull;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// The `limit` layer: a hard cap on live bytes. An allocation or growth that would pass it fails
 /// (NULL) and changes nothing else; a failed realloc leaves the old block intact.

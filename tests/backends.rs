@@ -60,8 +60,14 @@ fn run(spec: &str, ops: &[Op]) {
     if let Some(l) = stack.scopes() {
         // Everything ran in the default scope: it counts what the stack counts.
         let d = l.stats(0).unwrap();
-        assert_eq!(d.current_bytes, s.current_bytes, "{spec}: default scope bytes");
-        assert_eq!(d.current_count, s.current_count, "{spec}: default scope blocks");
+        assert_eq!(
+            d.current_bytes, s.current_bytes,
+            "{spec}: default scope bytes"
+        );
+        assert_eq!(
+            d.current_count, s.current_count,
+            "{spec}: default scope blocks"
+        );
     }
     assert!(
         s.peak_bytes <= true_peak && s.peak_bytes >= true_peak.min(s.current_bytes),
@@ -186,7 +192,11 @@ fn every_backend_is_thread_safe_on_its_own() {
         if let Some(l) = stack.scopes() {
             let sum: i64 = l.list().iter().map(|i| i.stats.current_bytes).sum();
             assert_eq!(sum, s.current_bytes, "{spec}: the scopes add up");
-            assert_eq!(l.stats(0).unwrap().malloc_calls, 0, "{spec}: default untouched");
+            assert_eq!(
+                l.stats(0).unwrap().malloc_calls,
+                0,
+                "{spec}: default untouched"
+            );
         }
         assert_eq!(s.current_count, left.len() as i64, "{spec}");
         assert_eq!(s.malloc_calls, 40_000, "{spec}");

@@ -143,13 +143,27 @@ fn figure(spec: &str) {
         for s in [a, c] {
             let st = s.stats();
             assert_eq!(st.failed_calls, 0, "{spec}: {:?}", s.name());
-            assert!(st.current_bytes > 0, "{spec}: {:?} holds its connection", s.name());
+            assert!(
+                st.current_bytes > 0,
+                "{spec}: {:?} holds its connection",
+                s.name()
+            );
         }
         let sb = b.stats();
         assert!(sb.failed_calls > 0, "{spec}: B was refused");
-        assert!(sb.peak_bytes as u64 <= 16 * MIB, "{spec}: B's peak {}", sb.peak_bytes);
-        assert!(sb.peak_bytes as u64 > 12 * MIB, "{spec}: B got near its cap");
-        assert!(a.stats().peak_bytes > 2 * MIB as i64, "{spec}: A did real work");
+        assert!(
+            sb.peak_bytes as u64 <= 16 * MIB,
+            "{spec}: B's peak {}",
+            sb.peak_bytes
+        );
+        assert!(
+            sb.peak_bytes as u64 > 12 * MIB,
+            "{spec}: B got near its cap"
+        );
+        assert!(
+            a.stats().peak_bytes > 2 * MIB as i64,
+            "{spec}: A did real work"
+        );
         checked.wait();
     });
     // The connections are closed: their scopes are empty again.
@@ -192,7 +206,11 @@ fn three_threads_three_scopes() {
     assert_eq!(g, None);
     let x = Scope::create("x", None).unwrap();
     assert!(x.enter().entered());
-    assert_eq!(Scope::current(), Scope::DEFAULT, "the guard restored the default");
+    assert_eq!(
+        Scope::current(),
+        Scope::DEFAULT,
+        "the guard restored the default"
+    );
     let db = Connection::open_in_memory().unwrap();
     let _in = x.enter();
     db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(100000));")

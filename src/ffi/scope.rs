@@ -117,7 +117,10 @@ pub unsafe extern "C" fn sqlalloc_scope_get_stats(s: sqlalloc_scope, out: *mut S
     let Some(st) = usize::try_from(s).ok().and_then(|i| l.stats(i)) else {
         return fail(
             sqlite::SQLITE_ERROR,
-            format_args!("{F}: unknown scope {s} (the installed layer has {})", l.len()),
+            format_args!(
+                "{F}: unknown scope {s} (the installed layer has {})",
+                l.len()
+            ),
         );
     };
     // SAFETY: `out` is non-null and writable by the caller's contract.

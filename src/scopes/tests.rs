@@ -102,7 +102,11 @@ fn sizes_are_exact_and_match_the_backend() {
         assert_eq!(st.malloc_calls, 60);
         assert_eq!(st.free_calls, 60);
         assert_eq!(st.largest_request, 70_000);
-        assert_eq!(l.stats(0).unwrap().malloc_calls, 0, "{spec}: default untouched");
+        assert_eq!(
+            l.stats(0).unwrap().malloc_calls,
+            0,
+            "{spec}: default untouched"
+        );
         let _ = l.enter(0);
     }
 }
@@ -143,7 +147,10 @@ fn blocks_are_credited_to_their_scope_on_any_thread() {
         let scc = l.stats(c).unwrap();
         assert_eq!((sa.current_bytes, sa.current_count), (0, 0), "{spec}: a");
         assert_eq!((sa.malloc_calls, sa.free_calls), (2000, 2000), "{spec}");
-        assert_eq!((scc.current_bytes, scc.malloc_calls, scc.free_calls), (0, 1, 1));
+        assert_eq!(
+            (scc.current_bytes, scc.malloc_calls, scc.free_calls),
+            (0, 1, 1)
+        );
         assert!(sa.peak_bytes > 0);
         assert_eq!(s.stats().current_bytes, 0);
         assert_eq!(l.heads[c].used.load(Relaxed), 0, "{spec}: cap total");
@@ -210,7 +217,11 @@ fn a_scope_at_its_cap_gets_null_and_nothing_else_changes() {
         assert!(refused > 0, "{spec}: the cap never refused");
         let st = l.stats(b).unwrap();
         assert_eq!(st.failed_calls, refused, "{spec}");
-        assert_eq!(st.peak_bytes, l.heads[b].used.load(Relaxed) as i64, "{spec}");
+        assert_eq!(
+            st.peak_bytes,
+            l.heads[b].used.load(Relaxed) as i64,
+            "{spec}"
+        );
         assert_eq!(st.current_bytes, l.heads[b].used.load(Relaxed) as i64);
         // A growing realloc past the cap fails and leaves the block as it was.
         let p = live[0];
@@ -273,7 +284,10 @@ fn create_refuses_bad_names_caps_and_too_many() {
     assert!(matches!(l.create("", None), Err(Error::BadScope { .. })));
     let e = l.create("default", None).unwrap_err();
     assert!(e.to_string().contains("'default' exists already"), "{e}");
-    assert!(matches!(l.create("x", Some(0)), Err(Error::BadScope { .. })));
+    assert!(matches!(
+        l.create("x", Some(0)),
+        Err(Error::BadScope { .. })
+    ));
     for i in 1..MAX_SCOPES {
         assert_eq!(l.create(&format!("s{i}"), Some(i as u64)).unwrap(), i);
     }
