@@ -7,7 +7,7 @@
 //! bounds exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only
 //! the calls the limit let through, and a failure it injects is counted above as a failed call.
 //! The [`scopes`](crate::scopes) layer wraps the backend (its `xSize` and `xRoundup` are the
-//! ones every layer above sees), so it is held as a `dyn` backend ([`Lower::Dyn`]).
+//! ones every layer above sees), so it is held as a `dyn` backend.
 
 use crate::backend::{self, Memsys5, System};
 use crate::counters::{Counters, Stats};
