@@ -34,7 +34,7 @@ pub enum Error {
         /// The size asked for, in bytes.
         bytes: usize,
     },
-    /// A scrape-endpoint address ([`crate::serve`], `SQLALLOC_LISTEN`) that does not parse.
+    /// A scrape-endpoint address ([`crate::serve()`], `SQLALLOC_LISTEN`) that does not parse.
     BadAddress {
         /// The address as given.
         addr: String,
@@ -48,7 +48,7 @@ pub enum Error {
         /// The system's reason.
         reason: String,
     },
-    /// [`crate::serve`] was called while this process serves already.
+    /// [`crate::serve()`] was called while this process serves already.
     AlreadyServing {
         /// The address served.
         addr: String,

@@ -1,11 +1,11 @@
 //! What the live telemetry does in a child after `fork` (`pthread_atfork`, registered once by the
-//! first [`crate::serve`] or [`crate::report_every`]).
+//! first [`crate::serve()`] or [`crate::report_every`]).
 //!
 //! Pre-fork servers (gunicorn, uwsgi, Apache's prefork) set up in a parent and serve from forked
 //! children. Threads do not survive `fork`, so in a child:
 //!
 //! - the scrape endpoint's sockets are closed, since nobody in the child answers them
-//!   ([`crate::serve`]'s thread stays in the parent), and the child may call `serve` again on a
+//!   ([`crate::serve()`]'s thread stays in the parent), and the child may call `serve` again on a
 //!   port of its own;
 //! - the periodic report writer is started again, so that every child forked after it started
 //!   keeps its own file up to date (with `%p` in the path, one file per process).

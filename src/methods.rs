@@ -5,6 +5,7 @@
 //! implementation decides its own locking: sqlalloc imposes no global lock. The C table that
 //! SQLite sees (`src/installed.rs`) and the layers (`src/stack.rs`) are thin code over this trait.
 
+use crate::counters::Stats;
 use std::ptr::NonNull;
 
 /// Alignment of every block handed out by every sqlalloc allocator (SQLite requires 8).
@@ -138,22 +139,27 @@ pub unsafe trait MemMethods: Send + Sync {
     }
 
     /// What the allocator holds beyond the live blocks, read without ever taking a lock the
-    /// allocation path takes. `stats` are the counters of the stack it serves (for figures
-    /// derived from them).
-    fn footprint(&self, stats: &crate::Stats, out: &mut dyn FnMut(Held)) {
+    /// allocation path takes: a reader thread (a metrics endpoint scraped many times a second)
+    /// calls it while other threads allocate, and must neither wait for them nor slow them down
+    /// (taking a biased lock of `memsys3`/`memsys5` from another thread would revoke its bias for
+    /// good, see `src/lock.rs`). Backends publish what it needs with relaxed atomics written
+    /// under their lock, or derive it from `stats`, the counters of the stack they serve. Each
+    /// figure goes to `out` once; backends that know nothing beyond the live blocks write
+    /// nothing. The figures of one call may be read at slightly different moments.
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
         let _ = (stats, out);
     }
 }
 
 /// One figure of what an allocator holds or costs beyond the bytes of SQLite's live blocks (a
 /// report's "allocator" section): Prometheus metric `sqlite_memory_allocator_<key>`, JSON key
-/// `<key>`.
+/// `<key>`. Written by [`MemMethods::footprint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     /// Metric suffix and JSON key, ending in `_bytes` (for instance `free_bytes`).
     pub key: &'static str,
-    /// One-line HELP text in base units, naming the source and saying when the figure covers
-    /// the whole process rather than SQLite alone.
+    /// One-line HELP text in base units, naming the source (e.g. "glibc mallinfo2(): ...") and
+    /// saying when the figure covers the whole process rather than SQLite alone.
     pub help: &'static str,
     /// The figure.
     pub bytes: u64,

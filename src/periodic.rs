@@ -11,7 +11,7 @@
 //! The writer and [`final_write`] never write at the same time (a flag taken with a
 //! compare-exchange, not a mutex, so that a child forked while a parent thread held it can
 //! simply clear it). After [`final_write`] the writer stops. In a child forked after the writer
-//! started, the writer is started again ([`crate::forking`]); `%p` in the path gives each process
+//! started, the writer is started again (`src/forking.rs`); `%p` in the path gives each process
 //! its own file.
 
 use crate::error::Error;

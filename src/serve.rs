@@ -1,6 +1,6 @@
 //! The scrape endpoint: one background thread answering `GET /metrics` (the Prometheus text
 //! exposition of [`crate::report`]) and `GET /stats.json` (the JSON report) on a TCP address, for
-//! a service that never exits (`SQLALLOC_LISTEN`, `sqlalloc_serve`, [`crate::serve`]).
+//! a service that never exits (`SQLALLOC_LISTEN`, `sqlalloc_serve`, [`crate::serve()`]).
 //!
 //! # What it guarantees the program
 //!
@@ -29,14 +29,14 @@
 //! pool, keep-alive, chunked bodies, header maps and dozens of dependencies: everything this
 //! endpoint must not do inside somebody else's process (the preload runs in unmodified programs)
 //! for two fixed documents. What it needs — read one request head, match two paths, write one
-//! response, close — is the 150 lines of [`route`] and [`Server`], with `poll(2)` as the only
+//! response, close — is the 150 lines of [`route`] and `Server`, with `poll(2)` as the only
 //! event source. The request parser is a pure function over the bytes received so far, so it is
 //! fuzzed and unit-tested on its own.
 //!
 //! # After `fork`
 //!
 //! Threads do not survive `fork`: in a child, nobody would answer the inherited listening
-//! socket. The child handler (`pthread_atfork`, [`crate::forking`]) closes it and every
+//! socket. The child handler (`pthread_atfork`, `src/forking.rs`) closes it and every
 //! connection socket in the child, and lets the child call [`serve`] again (on a port of its
 //! own). The socket descriptors are kept in atomics for that handler; a connection accepted in
 //! the few instructions between `accept` and its recording may stay open in a child that forks

@@ -13,7 +13,7 @@ use crate::backend::{self, Memsys5, System};
 use crate::counters::{Counters, Stats};
 use crate::error::Error;
 use crate::fault::{Fault, FaultSpec};
-use crate::methods::{InitError, LiveBlock, MemMethods};
+use crate::methods::{Held, InitError, LiveBlock, MemMethods};
 use crate::scopes::{Scoped, Scopes};
 use crate::spec::{Backend, Spec, SpecError};
 use std::ptr::NonNull;
@@ -278,6 +278,14 @@ impl Stack {
         self.counters.stats()
     }
 
+    /// What the backend holds beyond SQLite's live bytes ([`MemMethods::footprint`], given this
+    /// stack's counters), read without taking any lock of the allocation path.
+    pub fn footprint(&self) -> Vec<Held> {
+        let mut v = Vec::new();
+        self.backend().footprint(&self.stats(), &mut |h| v.push(h));
+        v
+    }
+
     /// The spec this stack was built from.
     pub fn spec(&self) -> &str {
         &self.spec
@@ -290,13 +298,6 @@ impl Stack {
             Lower::Memsys5(b) => b,
             Lower::Dyn(b) => &**b,
         }
-    }
-
-    /// What the backend holds beyond the live blocks ([`MemMethods::footprint`]), read now.
-    pub fn footprint(&self) -> Vec<crate::methods::Held> {
-        let mut v = Vec::new();
-        self.backend().footprint(&self.stats(), &mut |h| v.push(h));
-        v
     }
 
     /// The limit layer, if any.
@@ -569,7 +570,7 @@ unsafe impl MemMethods for Stack {
         self.backend().owns(ptr)
     }
 
-    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(crate::methods::Held)) {
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
         self.backend().footprint(stats, out)
     }
 }

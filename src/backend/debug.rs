@@ -105,8 +105,19 @@
 //!   unnoticed, and the leak report shows 40 bytes. Without rounding, the pad exists for every
 //!   request that is not a multiple of 8 and `xSize` (= the request) still equals `xRoundup`,
 //!   as the trait requires. Blocks are 16-aligned either way.
+//!
+//! # Footprint
+//! [`footprint`](MemMethods::footprint) reports `overhead_bytes`, the bytes of the live blocks
+//! beyond their requested sizes (which are what SQLite counts): backtrace slots, header, front
+//! and rear guards and the pad to 8, `S + 32 + (round8(n) - n) + 8` per block (see "Block
+//! layout"); and `quarantine_bytes`, the libc sizes of the freed blocks held in the quarantine.
+//! Both are exact. The reader does not take the mutex: two atomics kept next to it are updated
+//! only with the mutex held, by a relaxed load and a relaxed store (no locked instruction; the
+//! mutex orders the updates), and read with a relaxed load. The live set's hash map and the
+//! quarantine's backtraces, on the libc heap, are not counted.
 
-use crate::methods::{round8, LiveBlock, MemMethods, SQLITE_MAX_REQUEST};
+use crate::counters::Stats;
+use crate::methods::{round8, Held, LiveBlock, MemMethods, SQLITE_MAX_REQUEST};
 use crate::report::{symbolize, FdWriter};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -388,6 +399,17 @@ pub struct Debug {
     /// Serial number of the next allocation.
     next_serial: AtomicU64,
     state: Mutex<State>,
+    /// Bytes of the live blocks beyond their requested sizes; written only with the mutex held
+    /// ([`add_under_mutex`]), read by `footprint` without it.
+    overhead: AtomicU64,
+    /// `State::quarantine_bytes`, published the same way.
+    quarantined: AtomicU64,
+}
+
+/// Add `d` (two's complement for a subtraction) to `a`, which is only ever written with the
+/// allocator's mutex held: a relaxed load and store, no locked instruction.
+fn add_under_mutex(a: &AtomicU64, d: u64) {
+    a.store(a.load(Relaxed).wrapping_add(d), Relaxed);
 }
 
 impl Debug {
@@ -407,7 +429,14 @@ impl Debug {
                 n_current: vec![0; NCSIZE],
                 mx_current: vec![0; NCSIZE],
             }),
+            overhead: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
         }
+    }
+
+    /// Bytes of a block of `n` requested bytes beyond those `n`: see "Footprint".
+    fn overhead_of(&self, n: usize) -> u64 {
+        (Layout::new(self.slots, n).len - n) as u64
     }
 
     /// Frames kept per block.
@@ -553,6 +582,7 @@ impl Debug {
                 serial,
             },
         );
+        add_under_mutex(&self.overhead, self.overhead_of(n));
         let i = class(n);
         st.n_alloc[i] += 1;
         st.n_current[i] += 1;
@@ -744,11 +774,13 @@ impl Debug {
             // Out of memory for the bookkeeping: skip the quarantine, free at once.
             let b = st.live.remove(&addr).expect("looked up above");
             uncount(st, b.requested);
+            add_under_mutex(&self.overhead, self.overhead_of(b.requested).wrapping_neg());
             b.raw.release();
             return Ok(Vec::new());
         }
         let b = st.live.remove(&addr).expect("looked up above");
         uncount(st, b.requested);
+        add_under_mutex(&self.overhead, self.overhead_of(b.requested).wrapping_neg());
         let lay = Layout::new(self.slots, b.requested);
         // SAFETY: removed from the live set under the mutex: this thread owns it now.
         let alloc_bt = unsafe { self.frames_of(&b.raw, lay.hdr) };
@@ -777,6 +809,8 @@ impl Debug {
                 evicted.push(f);
             }
         }
+        // With the mutex held: the only writer.
+        self.quarantined.store(st.quarantine_bytes as u64, Relaxed);
         Ok(evicted)
     }
 }
@@ -966,6 +1000,21 @@ unsafe impl MemMethods for Debug {
             });
         }
     }
+
+    /// Read without the mutex: see "Footprint" in the module documentation.
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
+        let _ = stats;
+        out(Held {
+            key: "overhead_bytes",
+            help: "sqlalloc debug backend: bytes of the live blocks beyond their requested sizes (backtrace slots, header, guards, pad to 8)",
+            bytes: self.overhead.load(Relaxed),
+        });
+        out(Held {
+            key: "quarantine_bytes",
+            help: "sqlalloc debug backend: bytes of freed blocks held in the quarantine (not yet returned to libc)",
+            bytes: self.quarantined.load(Relaxed),
+        });
+    }
 }
 
 impl Drop for Debug {
@@ -1024,6 +1073,51 @@ mod tests {
         }
         assert!(d.malloc(SQLITE_MAX_REQUEST + 1).is_none());
         d.check_all();
+    }
+
+    #[test]
+    fn footprint_counts_headers_guards_pads_and_the_quarantine() {
+        let figures = |d: &Debug| {
+            let mut v = Vec::new();
+            d.footprint(&Stats::default(), &mut |h| v.push((h.key, h.bytes)));
+            v
+        };
+        for depth in [0usize, 3, 8] {
+            let d = Debug::new(depth);
+            let slots = (depth + 1) & !1;
+            // Backtrace slots, 32-byte header, 8-byte rear guard.
+            let per_block = (slots * 8 + 32 + 8) as u64;
+            assert_eq!(
+                figures(&d),
+                [("overhead_bytes", 0), ("quarantine_bytes", 0)]
+            );
+            // Multiples of 8: no pad.
+            let blocks: Vec<_> = [8usize, 64, 4096]
+                .iter()
+                .map(|&n| d.malloc(n).unwrap())
+                .collect();
+            assert_eq!(figures(&d)[0].1, 3 * per_block, "depth {depth}");
+            // 13 bytes: 3 bytes of pad.
+            let odd = d.malloc(13).unwrap();
+            assert_eq!(figures(&d)[0].1, 4 * per_block + 3);
+            // A realloc moves the block: the old one goes to the quarantine.
+            // SAFETY: `odd` is live; replaced by `q`.
+            let q = unsafe { d.realloc(odd, 100) }.unwrap();
+            assert_eq!(figures(&d)[0].1, 4 * per_block + 4, "100 bytes: pad 4");
+            let lens = |n: usize| (slots * 8 + 32 + round8(n) + 8) as u64;
+            assert_eq!(figures(&d)[1], ("quarantine_bytes", lens(13)));
+            // SAFETY: live blocks of `d`, freed once.
+            unsafe {
+                d.free(q);
+                for p in blocks {
+                    d.free(p);
+                }
+            }
+            assert_eq!(figures(&d)[0].1, 0);
+            let q_bytes = lens(13) + lens(100) + lens(8) + lens(64) + lens(4096);
+            assert_eq!(figures(&d)[1].1, q_bytes);
+            assert_eq!(d.quarantined(), (5, q_bytes as usize));
+        }
     }
 
     #[test]

@@ -32,8 +32,22 @@
 //! heap on the same jemalloc: `#[global_allocator] static A: Jemalloc = Jemalloc;`. Since
 //! `tikv-jemalloc-sys` prefixes its symbols on Linux, this jemalloc never replaces libc's
 //! `malloc`: what goes to jemalloc is exactly what is sent there.
+//!
+//! # Footprint
+//! [`footprint`](MemMethods::footprint) writes `epoch` (which makes jemalloc refresh the
+//! statistics it caches) and reads, with `mallctl`, `allocated_bytes` (`stats.allocated`: bytes
+//! in blocks the application holds), `resident_bytes` (`stats.resident`: bytes in pages jemalloc
+//! has resident, metadata included) and `retained_bytes` (`stats.retained`: virtual memory
+//! jemalloc keeps mapped but gave back to the system, not resident). They are the whole of this
+//! jemalloc in the process, shared with every other user of it (a Rust `#[global_allocator]` of
+//! `tikv-jemallocator`, say), not SQLite alone. They need jemalloc built with statistics: the
+//! `jemalloc` feature turns on `tikv-jemalloc-sys/stats` (`--enable-stats`: jemalloc then keeps
+//! per-arena and per-thread-cache counters, a few increments per call, and cargo turns it on for
+//! every user of this jemalloc in the build); when a `mallctl` fails nonetheless, nothing is
+//! reported rather than zeros. `mallctl` takes jemalloc's own locks, never one of sqlalloc's.
 
-use crate::methods::{MemMethods, SQLITE_MAX_REQUEST};
+use crate::counters::Stats;
+use crate::methods::{Held, MemMethods, SQLITE_MAX_REQUEST};
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
@@ -113,6 +127,71 @@ unsafe impl MemMethods for Jemalloc {
         // nallocx answers 0 for a size it cannot serve; never report less than asked.
         n.max(size)
     }
+
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
+        let _ = stats;
+        if let Some(figures) = je_stats() {
+            for h in figures {
+                out(h);
+            }
+        }
+    }
+}
+
+/// Refresh jemalloc's statistics (`epoch`) and read the three figures of "Footprint", or
+/// `None` when any `mallctl` fails (jemalloc built without statistics).
+fn je_stats() -> Option<[Held; 3]> {
+    let mut epoch: u64 = 1;
+    let mut len = std::mem::size_of::<u64>();
+    let epoch_ptr: *mut u64 = &mut epoch;
+    // SAFETY: "epoch" is a u64 control, read and written: `oldp`/`oldlenp` point to a u64 and
+    // its size, `newp` to a u64 of `newlen` bytes, all valid for the call.
+    let rc = unsafe {
+        je::mallctl(
+            c"epoch".as_ptr(),
+            epoch_ptr.cast(),
+            &mut len,
+            epoch_ptr.cast(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let read = |name: &std::ffi::CStr| -> Option<u64> {
+        let mut v: usize = 0;
+        let mut len = std::mem::size_of::<usize>();
+        let v_ptr: *mut usize = &mut v;
+        // SAFETY: the "stats.*" controls read are `size_t`, read only: `oldp`/`oldlenp` point
+        // to a usize and its size; no new value.
+        let rc = unsafe {
+            je::mallctl(
+                name.as_ptr(),
+                v_ptr.cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        (rc == 0 && len == std::mem::size_of::<usize>()).then_some(v as u64)
+    };
+    Some([
+        Held {
+            key: "allocated_bytes",
+            help: "jemalloc stats.allocated: bytes in blocks allocated by the application, for the whole jemalloc of the process (shared with any other user of it, e.g. a Rust global allocator), not SQLite alone",
+            bytes: read(c"stats.allocated")?,
+        },
+        Held {
+            key: "resident_bytes",
+            help: "jemalloc stats.resident: bytes in physically resident pages mapped by jemalloc (metadata included), for the whole jemalloc of the process (shared with any other user of it), not SQLite alone",
+            bytes: read(c"stats.resident")?,
+        },
+        Held {
+            key: "retained_bytes",
+            help: "jemalloc stats.retained: bytes of virtual memory jemalloc keeps mapped but returned to the system (not resident), for the whole jemalloc of the process (shared with any other user of it), not SQLite alone",
+            bytes: read(c"stats.retained")?,
+        },
+    ])
 }
 
 /// `mallocx` flags for a Rust layout: none when jemalloc's natural alignment suffices.
@@ -188,5 +267,24 @@ mod tests {
         assert_eq!(j.roundup(1024), 1024);
         assert_eq!(j.roundup(1025), 1280);
         assert!(j.malloc(SQLITE_MAX_REQUEST + 1).is_none());
+    }
+
+    #[test]
+    fn footprint_reads_jemalloc_stats() {
+        let j = Jemalloc;
+        let p = j.malloc(4 << 20).expect("4 MiB");
+        let mut got = Vec::new();
+        j.footprint(&Stats::default(), &mut |h| got.push(h));
+        let keys: Vec<&str> = got.iter().map(|h| h.key).collect();
+        assert_eq!(
+            keys,
+            ["allocated_bytes", "resident_bytes", "retained_bytes"],
+            "jemalloc built with statistics (feature tikv-jemalloc-sys/stats)"
+        );
+        assert!(got[0].bytes >= 4 << 20, "{got:?}");
+        assert!(got[1].bytes > 0, "{got:?}");
+        assert!(got.iter().all(|h| h.help.contains("whole jemalloc")));
+        // SAFETY: `p` is live and not used afterwards.
+        unsafe { j.free(p) };
     }
 }

@@ -112,12 +112,38 @@
 //!   hand out memory still in use after a shutdown/initialize cycle); `shutdown` does nothing.
 //! - C's low-water mark of the key size and `sqlite3Memsys3Dump` are not ported (the checker in
 //!   the tests walks the heap instead).
+//!
+//! # Footprint
+//!
+//! [`footprint`](MemMethods::footprint) reports `heap_bytes` (the heap managed: `heap=` after
+//! the 8 GiB cap, headers and the two blocks set aside included) and `free_bytes`, the bytes of
+//! the free chunks (key included), headers included: `8·(P − used)` where `used` is the number
+//! of blocks in checked-out chunks. So `heap_bytes` = `free_bytes` + SQLite's live bytes (the
+//! usable `8·s − 4` of each block) + 4 per live block + the 16 bytes and the `heap mod 8` set
+//! aside. The reader does not take the lock (another thread taking it would revoke its bias for
+//! good, see `src/lock.rs`): the state counts `used` under the lock, and every call that
+//! changes it stores it into an atomic next to the lock before releasing (a plain store, no
+//! locked instruction); the reader loads it relaxed. No heap byte is read, so valgrind's and
+//! ASan's marking of the pool is not involved.
+//!
+//! There is no `largest_free_block_bytes`, because it cannot be had exactly without the lock at
+//! a price the allocation path can pay. The largest request memsys3 can serve now is not one
+//! number the state holds: beyond the exact-fit lists and the key chunk, a request runs up to
+//! `⌈log2(P / s)⌉` merge passes, which join adjacent free chunks in an order that depends on the
+//! lists, so the answer depends on the request's size and is known only by running the passes.
+//! Even the largest free chunk as it stands (a lower bound) would need a structure ordered by
+//! size (a heap or tree over every free chunk, updated on every split, merge and free: a
+//! `malloc` would then cost `O(log chunks)` instead of a list operation), and the key's size
+//! alone, cheap to publish, is only a lower bound. Rather than publish an approximation, it is
+//! left out.
 
+use crate::counters::Stats;
 use crate::heap::HeapBuf;
 use crate::lock::{Lock, LockGuard};
 use crate::marking;
-use crate::methods::{InitError, MemMethods};
+use crate::methods::{Held, InitError, MemMethods};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// Bytes per block.
 const BLOCK: usize = 8;
@@ -189,6 +215,8 @@ struct State {
     roots: [u32; N_ROOTS],
     /// Checked-out chunks.
     live: usize,
+    /// Blocks in checked-out chunks (at most `npool`), published in [`Memsys3::used`].
+    used: u32,
 }
 
 impl State {
@@ -268,6 +296,7 @@ impl State {
     fn layout(&mut self) {
         self.roots = [0; N_ROOTS];
         self.live = 0;
+        self.used = 0;
         if self.npool == 0 {
             self.key = 0;
             self.key_size = 0;
@@ -336,6 +365,7 @@ impl State {
         let after = self.size4x(i + n);
         self.set_size4x(i + n, after | 2);
         self.live += 1;
+        self.used += n;
         i
     }
 
@@ -359,6 +389,7 @@ impl State {
             let x = self.size4x(key) & 2;
             self.set_size4x(key, (self.key_size * 4) | x);
             self.live += 1;
+            self.used += n;
             newi
         }
     }
@@ -468,6 +499,7 @@ impl State {
         let after = self.size4x(i + size);
         self.set_size4x(i + size, after & !2);
         self.live -= 1;
+        self.used -= size;
         self.link(i);
 
         if self.key != 0 {
@@ -524,8 +556,14 @@ impl State {
 /// SQLite's memsys3 over one heap; see the [module documentation](self).
 pub struct Memsys3 {
     state: Lock<State>,
-    /// Address and length of the heap, read without the lock by [`heap_offset`](Self::heap_offset).
-    span: (usize, usize),
+    /// Address of the heap, read without the lock by [`heap_offset`](Self::heap_offset).
+    base: usize,
+    /// [`State::used`], stored with the lock held after every call that changes it, read by
+    /// [`footprint`](MemMethods::footprint) without the lock (see "Footprint").
+    used: AtomicU32,
+    /// `State::npool` and the heap's length, which never change: for the reader.
+    npool: u32,
+    heap_len: usize,
 }
 
 impl Memsys3 {
@@ -540,20 +578,25 @@ impl Memsys3 {
             heap
         };
         let buf = HeapBuf::new(len)?;
+        let npool = pool_blocks(len);
         let mut st = State {
             heap: buf,
-            npool: pool_blocks(len),
+            npool,
             key: 0,
             key_size: 0,
             roots: [0; N_ROOTS],
             live: 0,
+            used: 0,
         };
         marking::pool_create(st.heap.ptr(0), st.heap.len());
         st.layout();
-        let span = (st.heap.ptr(0).as_ptr().addr(), st.heap.len());
+        let base = st.heap.ptr(0).as_ptr().addr();
         Some(Memsys3 {
             state: Lock::new(st),
-            span,
+            base,
+            used: AtomicU32::new(0),
+            npool,
+            heap_len: len,
         })
     }
 
@@ -573,7 +616,14 @@ impl Memsys3 {
 
     /// Bytes of heap actually allocated and managed (the requested size after the cap).
     pub fn heap_len(&self) -> usize {
-        self.lock().heap.len()
+        self.heap_len
+    }
+
+    /// Publish `st.used` for the reader (see "Footprint"): a plain store, with the lock held
+    /// (`st` is its guard), after every call that may have changed it.
+    #[inline]
+    fn publish(&self, st: &State) {
+        self.used.store(st.used, Relaxed);
     }
 
     /// Byte offset of `p` from the start of the heap when it points into the heap, without
@@ -581,8 +631,8 @@ impl Memsys3 {
     /// a side table by it.
     #[inline]
     pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
-        let off = p.as_ptr().addr().wrapping_sub(self.span.0);
-        (off < self.span.1).then_some(off)
+        let off = p.as_ptr().addr().wrapping_sub(self.base);
+        (off < self.heap_len).then_some(off)
     }
 
     /// Number of live (checked-out) blocks.
@@ -617,6 +667,7 @@ unsafe impl MemMethods for Memsys3 {
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         let mut st = self.lock();
         let i = st.malloc(size)?;
+        self.publish(&st);
         st.mark_alloc(i);
         Some(st.ptr(i))
     }
@@ -626,7 +677,8 @@ unsafe impl MemMethods for Memsys3 {
         match st.chunk_of(ptr) {
             Some(i) => {
                 st.mark_free(i);
-                st.free(i)
+                st.free(i);
+                self.publish(&st);
             }
             None => debug_assert!(false, "memsys3: free of a pointer that is not a live block"),
         }
@@ -661,6 +713,7 @@ unsafe impl MemMethods for Memsys3 {
         };
         st.mark_free(i);
         st.free(i);
+        self.publish(&st);
         Some(st.ptr(j))
     }
 
@@ -698,11 +751,28 @@ unsafe impl MemMethods for Memsys3 {
         }
         if st.live == 0 {
             st.layout();
+            self.publish(&st);
         }
         Ok(())
     }
 
     fn shutdown(&self) {}
+
+    /// Read without the lock: see "Footprint" in the module documentation.
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
+        let _ = stats;
+        let free_blocks = self.npool.saturating_sub(self.used.load(Relaxed));
+        out(Held {
+            key: "heap_bytes",
+            help: "sqlalloc memsys3: the heap as configured (heap=, at most 8 GiB), all of it: chunk headers (8 bytes per chunk) and 16 bytes set aside included",
+            bytes: self.heap_len as u64,
+        });
+        out(Held {
+            key: "free_bytes",
+            help: "sqlalloc memsys3: bytes of the heap in free chunks (the key chunk and the free lists), their 8-byte headers included; adjacent free chunks are not always merged yet",
+            bytes: u64::from(free_blocks) * BLOCK as u64,
+        });
+    }
 }
 
 // ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
@@ -844,6 +914,12 @@ mod tests {
             if w.used != self.live {
                 return Err(format!("{} used chunks but live = {}", w.used, self.live));
             }
+            if w.used_blocks != u64::from(self.used) {
+                return Err(format!(
+                    "{} used blocks but used = {}",
+                    w.used_blocks, self.used
+                ));
+            }
             if (self.key == 0) != (self.key_size == 0) {
                 return Err(format!("key {} with size {}", self.key, self.key_size));
             }
@@ -891,6 +967,7 @@ mod tests {
 
     fn check(m: &Memsys3) -> Walk {
         let st = m.lock();
+        assert_eq!(m.used.load(Relaxed), st.used, "published used blocks");
         match st.check() {
             Ok(w) => w,
             Err(e) => panic!("memsys3 invariant broken: {e}"),
@@ -943,6 +1020,84 @@ mod tests {
     fn c_size(n: usize) -> usize {
         let nblock = if n <= 12 { 2 } else { (n + 11) / 8 };
         nblock * 8 - 4
+    }
+
+    /// The footprint's figures, keys checked.
+    fn figures(m: &Memsys3) -> [u64; 2] {
+        let mut v = Vec::new();
+        m.footprint(&Stats::default(), &mut |h| v.push(h));
+        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
+        assert_eq!(keys, ["heap_bytes", "free_bytes"]);
+        [v[0].bytes, v[1].bytes]
+    }
+
+    #[test]
+    fn footprint_heap_and_free_bytes() {
+        let heap = 64 << 10;
+        let m = Memsys3::new(heap).unwrap();
+        let pool = (heap / 8 - 2) as u64 * 8;
+        assert_eq!(figures(&m), [heap as u64, pool]);
+        // Free bytes + SQLite's live bytes (usable sizes) + 4 per block + 16 set aside = heap.
+        let mut live = Vec::new();
+        for n in [0usize, 12, 13, 100, 1000, 5000] {
+            live.push(m.malloc(n).unwrap());
+            // SAFETY: live blocks of `m`.
+            let usable: u64 = live.iter().map(|&p| unsafe { m.size(p) } as u64).sum();
+            let f = figures(&m);
+            assert_eq!(f[1] + usable + 4 * live.len() as u64 + 16, heap as u64);
+            assert_eq!(f[1], pool - 8 * check(&m).used_blocks);
+        }
+        // A realloc that moves, then frees in another order: the key absorbs its neighbours,
+        // other free chunks wait for a merge pass; free bytes count them all.
+        // SAFETY: live blocks of `m`; the realloc replaces live[2].
+        unsafe {
+            live[2] = m.realloc(live[2], 3000).unwrap();
+            m.free(live.remove(0));
+            m.free(live.remove(2));
+        }
+        assert_eq!(figures(&m)[1], pool - 8 * check(&m).used_blocks);
+        for p in live {
+            // SAFETY: live, freed once.
+            unsafe { m.free(p) };
+        }
+        assert_eq!(figures(&m), [heap as u64, pool]);
+        assert_eq!(m.init(), Ok(()));
+        assert_eq!(figures(&m)[1], pool);
+    }
+
+    /// Reading the footprint from another thread never takes the lock, so its bias stays.
+    #[test]
+    fn footprint_from_another_thread_keeps_the_bias() {
+        let m = Arc::new(Memsys3::new(64 << 10).unwrap());
+        let p = m.malloc(100).unwrap();
+        if !m.lock_is_biased() {
+            // No bias here (Miri, a kernel without membarrier): nothing to keep.
+            return;
+        }
+        let r = Arc::clone(&m);
+        let free = std::thread::spawn(move || {
+            let mut last = 0;
+            for _ in 0..1000 {
+                last = figures(&r)[1];
+            }
+            last
+        })
+        .join()
+        .unwrap();
+        // 100 bytes take (100 + 11) / 8 = 13 blocks.
+        assert_eq!(free, ((64 << 10) / 8 - 2 - 13) * 8);
+        assert!(m.lock_is_biased(), "the reader revoked the bias");
+        let q = Arc::clone(&m);
+        std::thread::spawn(move || {
+            let b = q.malloc(10).unwrap();
+            // SAFETY: live block of `q`, freed once.
+            unsafe { q.free(b) };
+        })
+        .join()
+        .unwrap();
+        assert!(!m.lock_is_biased(), "another thread allocating revokes it");
+        // SAFETY: live block of `m`, freed once.
+        unsafe { m.free(p) };
     }
 
     #[test]

@@ -108,6 +108,32 @@
 //!    exactly when list `k` is not empty.
 //! 3. No free block has a free buddy of the same class (it would have been joined).
 //! 4. The number of blocks in use equals the count kept in the state.
+//! 5. The count of atoms in live blocks published for the footprint (below) is exact.
+//!
+//! # Footprint
+//!
+//! [`footprint`](MemMethods::footprint) reports `heap_bytes` (the buffer of `heap=`, control
+//! bytes and remainder included), `free_bytes` (bytes of the atoms in no live block, so that
+//! SQLite's live bytes plus `free_bytes` are `nblock * atom`), `largest_free_block_bytes` (the
+//! largest request that can be served now: a free block of class `k` is never joined with a
+//! free buddy, so the highest non-empty class of any shard is it, at most 1 GiB) and
+//! `needed_bytes`: Robson's `N` above for `M` = the counters' `peak_bytes` (the sum of block
+//! sizes, in atoms, rounded up) and `n` = their `largest_request` rounded up to a block (at most
+//! 1 GiB), at least `n` atoms; times the number of shards (the bound holds per shard, and all
+//! live memory may sit in one); times `atom + 1` bytes (each atom needs its control byte), so
+//! that it can be given as `heap=` as it is. It inherits the counters' precision: with several
+//! threads allocating at once the peak is within 64 KiB per thread of the true one.
+//!
+//! The reader never takes a shard's lock: a thread other than the owner of a biased lock would
+//! revoke the bias for good, and every later call would pay a locked instruction. Two atomics
+//! next to each shard's lock hold what it needs, written only with the lock held by relaxed
+//! loads and stores (on x86 an ordinary `add`/`or` on memory, never a locked instruction): the
+//! atoms of the shard's live blocks, updated at the end of every allocation and free, and the
+//! mask of the non-empty free lists itself (the allocator keeps it there rather than in the
+//! locked state, so that it need not be copied). The reader loads them relaxed; each is a value
+//! it had at some moment (the two of a shard, and the shards, are read one after another). No
+//! heap byte is read, so valgrind's and ASan's marking of the pool is not involved. Cost on the
+//! allocation path: the update of the count, about 8 instructions per call (callgrind).
 //!
 //! # Differences from SQLite's `mem5.c`
 //!
@@ -149,11 +175,13 @@
 //! running C's `mem5.c` and this module on the same random call sequences and comparing every
 //! offset; one such trace is a unit test).
 
+use crate::counters::Stats;
 use crate::heap::{HeapBuf, HeapView};
 use crate::lock::{Lock, LockGuard};
 use crate::marking;
-use crate::methods::{InitError, MemMethods};
+use crate::methods::{Held, InitError, MemMethods};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 /// Largest size class: a block has at most `2^LOGMAX` atoms.
 const LOGMAX: usize = 30;
@@ -212,16 +240,30 @@ struct Shard {
     first: usize,
     n: usize,
     state: Lock<State>,
+    /// What [`footprint`](MemMethods::footprint) reads without the lock.
+    seen: Seen,
+}
+
+/// The part of a shard's state that [`footprint`](MemMethods::footprint) reads, which must not
+/// take the lock (a reader thread taking it would revoke its bias). Written only with the shard's
+/// lock held, by relaxed loads and stores (an ordinary read-modify-write of memory on x86, never
+/// a locked instruction); read by the reader with relaxed loads. Next to the lock in the shard.
+struct Seen {
+    /// Atoms in the shard's live blocks, updated at the end of each allocation and free.
+    used: AtomicUsize,
+    /// Bit `k` set exactly when free list `k` is not empty: a request of class `k` takes the
+    /// list of the lowest set bit at or above `k`, found with one instruction instead of a scan;
+    /// the highest set bit is the class of the largest free block. The allocator's own copy
+    /// (kept here rather than in [`State`], so that there is nothing to publish).
+    nonempty: AtomicU32,
 }
 
 /// Mutable allocator state (behind the lock; the heap bytes it describes are only touched with
 /// the lock held, except the control byte of a live block, which nobody writes).
 struct State {
-    /// `free[k]`: atom index of the first free block of class `k`, or [`NONE`].
+    /// `free[k]`: atom index of the first free block of class `k`, or [`NONE`]. (The mask of
+    /// the non-empty lists is [`Seen::nonempty`].)
     free: [u32; LOGMAX + 1],
-    /// Bit `k` set exactly when list `k` is not empty: a request of class `k` takes the list of
-    /// the lowest set bit at or above `k`, found with one instruction instead of a scan.
-    nonempty: u32,
     /// Number of blocks handed out and not yet freed.
     live: usize,
 }
@@ -254,9 +296,12 @@ impl Memsys5 {
                 },
                 state: Lock::new(State {
                     free: [NONE; LOGMAX + 1],
-                    nonempty: 0,
                     live: 0,
                 }),
+                seen: Seen {
+                    used: AtomicUsize::new(0),
+                    nonempty: AtomicU32::new(0),
+                },
             })
             .collect();
         let m = Memsys5 {
@@ -346,6 +391,7 @@ impl Memsys5 {
             atom_log: self.atom_log,
             base: shard.first,
             n: shard.n,
+            seen: &shard.seen,
             st: shard.state.lock(),
         }
     }
@@ -489,10 +535,32 @@ struct Locked<'a, const MARK: bool> {
     /// The shard's first atom in the heap and its number of atoms: indices below are relative.
     base: usize,
     n: usize,
+    /// The shard's published figures (see [`Seen`]).
+    seen: &'a Seen,
     st: LockGuard<'a, State>,
 }
 
 impl<const MARK: bool> Locked<'_, MARK> {
+    /// `used` atoms more in live blocks (wrapping: a free passes the two's complement), with
+    /// the lock held: a relaxed load and store (see [`Seen`]).
+    #[inline(always)]
+    fn add_used(&self, used: usize) {
+        let u = &self.seen.used;
+        u.store(u.load(Relaxed).wrapping_add(used), Relaxed);
+    }
+
+    /// The mask of the non-empty free lists ([`Seen::nonempty`]).
+    #[inline(always)]
+    fn nonempty(&self) -> u32 {
+        self.seen.nonempty.load(Relaxed)
+    }
+
+    /// Set the mask of the non-empty free lists, with the lock held.
+    #[inline(always)]
+    fn set_nonempty(&self, v: u32) {
+        self.seen.nonempty.store(v, Relaxed);
+    }
+
     /// Control byte of atom `i`.
     #[inline(always)]
     fn ctrl(&self, i: usize) -> u8 {
@@ -625,7 +693,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             if self.st.free[k] == i as u32 {
                 self.st.free[k] = next;
                 if next == NONE {
-                    self.st.nonempty &= !(1 << k);
+                    self.set_nonempty(self.nonempty() & !(1 << k));
                 }
                 return;
             }
@@ -653,7 +721,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
         // i < nblock <= MAX_BLOCKS < u32::MAX.
         self.st.free[k] = i as u32;
-        self.st.nonempty |= 1 << k;
+        self.set_nonempty(self.nonempty() | 1 << k);
     }
 
     /// Lay the whole heap out as free top-level blocks (forgets every block).
@@ -663,7 +731,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         // held, so nobody else reads or writes them.
         unsafe { self.ctrls.zero() };
         self.st.free = [NONE; LOGMAX + 1];
-        self.st.nonempty = 0;
+        self.set_nonempty(0);
         self.st.live = 0;
         let mut at = 0;
         for k in (0..=LOGMAX).rev() {
@@ -673,6 +741,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
                 at += 1 << k;
             }
         }
+        self.seen.used.store(0, Relaxed);
     }
 
     /// Hand out a block of class `k`: its atom index, or `None` when no free block is large
@@ -680,7 +749,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn alloc(&mut self, k: usize) -> Option<usize> {
         // The smallest non-empty class at or above `k` (k <= LOGMAX < 32).
-        let above = self.st.nonempty >> k;
+        let above = self.nonempty() >> k;
         if above == 0 {
             return None;
         }
@@ -695,6 +764,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
         self.set_ctrl(i, k as u8);
         self.st.live += 1;
+        self.add_used(1 << k);
         Some(i)
     }
 
@@ -702,6 +772,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn release(&mut self, mut i: usize) {
         let mut k = (self.ctrl(i) & CTRL_LOGSIZE) as usize;
+        let atoms = 1usize << k;
         self.set_ctrl(i, CTRL_FREE | k as u8);
         while k < LOGMAX {
             let size = 1usize << k;
@@ -726,6 +797,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
         self.link(i, k);
         self.st.live -= 1;
+        self.add_used(atoms.wrapping_neg());
     }
 }
 
@@ -862,6 +934,69 @@ unsafe impl MemMethods for Memsys5 {
     }
 
     fn shutdown(&self) {}
+
+    /// Read without any lock: see "Footprint" in the module documentation.
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
+        let (mut used, mut largest) = (0usize, 0u64);
+        for p in self.shards.iter() {
+            used = used.saturating_add(p.seen.used.load(Relaxed));
+            if let Some(k) = p.seen.nonempty.load(Relaxed).checked_ilog2() {
+                // atom <= 2^12, k <= 30: at most 2^42.
+                largest = largest.max((self.atom() as u64) << k);
+            }
+        }
+        let free = (self.nblock.saturating_sub(used) as u64) << self.atom_log;
+        out(Held {
+            key: "heap_bytes",
+            help: "sqlalloc memsys5: the heap as configured (heap=), control bytes included: each atom of the heap costs its bytes plus one control byte, so atom/(atom+1) of it holds blocks",
+            bytes: self.heap.len() as u64,
+        });
+        out(Held {
+            key: "free_bytes",
+            help: "sqlalloc memsys5: bytes of the heap's atoms in no live block (SQLite's live bytes plus these are the atoms' bytes)",
+            bytes: free,
+        });
+        out(Held {
+            key: "largest_free_block_bytes",
+            help: "sqlalloc memsys5: largest request that can be served now (the largest free buddy block of any shard, at most 1 GiB); free bytes beyond it are fragmentation",
+            bytes: largest.min(MAX_REQUEST as u64),
+        });
+        out(Held {
+            key: "needed_bytes",
+            help: "sqlalloc memsys5: heap= size with which Robson's bound guarantees no allocation fails, for the peak live bytes and largest request so far (M(1 + log2(n)/2) - n + 1 atoms, times the shards, plus one control byte per atom)",
+            bytes: self.needed_bytes(stats),
+        });
+    }
+}
+
+impl Memsys5 {
+    /// `needed_bytes` of [`footprint`](MemMethods::footprint): the `heap=` size for which
+    /// Robson's bound guarantees that no request fails, for the most bytes ever live and the
+    /// largest request in `stats` (see "Footprint" in the module documentation); 0 before any
+    /// request.
+    fn needed_bytes(&self, stats: &Stats) -> u64 {
+        let peak = u64::try_from(stats.peak_bytes).unwrap_or(0);
+        let largest = usize::try_from(stats.largest_request).unwrap_or(0);
+        if peak == 0 && largest == 0 {
+            return 0;
+        }
+        let atom = self.atom() as u64;
+        // A request above 1 GiB fails whatever the heap: the largest that can matter is 1 GiB.
+        let n = self.roundup(largest.min(MAX_REQUEST)) as u64 / atom;
+        let per_shard = robson_atoms(peak.div_ceil(atom), n);
+        let bytes = per_shard * self.shards.len() as u128 * (u128::from(atom) + 1);
+        u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
+}
+
+/// Robson's bound in atoms: the heap of `N = M·(1 + log2(n)/2) − n + 1` atoms (rounded up) in
+/// which a buddy allocator never fails while at most `m` atoms are live and no request exceeds
+/// `n` atoms (a power of two, at least 1); never less than `n`, the one block of `n` atoms.
+fn robson_atoms(m: u64, n: u64) -> u128 {
+    debug_assert!(n.is_power_of_two());
+    let (m, n, log_n) = (u128::from(m), u128::from(n), u128::from(n.trailing_zeros()));
+    // M·(1 + L/2) = M + M·L/2, the half rounded up: u128, so nothing overflows.
+    (m + (m * log_n).div_ceil(2) + 1).saturating_sub(n).max(n)
 }
 
 // ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
@@ -980,7 +1115,7 @@ impl Memsys5 {
             }
             assert_eq!(len, count, "length of list {k}");
             assert_eq!(
-                l.st.nonempty & (1 << k) != 0,
+                l.nonempty() & (1 << k) != 0,
                 count != 0,
                 "bit {k} of the non-empty mask"
             );
@@ -1001,6 +1136,12 @@ impl Memsys5 {
                 );
             }
         }
+        // 5. The figures published for `footprint` are the state's.
+        let used: usize = (0..n)
+            .filter(|&i| start[i] && l.ctrl(i) & CTRL_FREE == 0)
+            .map(|i| 1usize << (l.ctrl(i) & CTRL_LOGSIZE))
+            .sum();
+        assert_eq!(l.seen.used.load(Relaxed), used, "published used atoms");
     }
 
     /// Atom indices on free list `k`, in order.
@@ -1080,6 +1221,158 @@ mod tests {
             assert_eq!(m.free_list(k), want, "free list {k}");
         }
         m.check();
+    }
+
+    /// The footprint's figures, keys checked.
+    fn figures(m: &Memsys5, stats: &Stats) -> [u64; 4] {
+        let mut v = Vec::new();
+        m.footprint(stats, &mut |h| v.push(h));
+        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "heap_bytes",
+                "free_bytes",
+                "largest_free_block_bytes",
+                "needed_bytes"
+            ]
+        );
+        [v[0].bytes, v[1].bytes, v[2].bytes, v[3].bytes]
+    }
+
+    #[test]
+    fn footprint_free_bytes_and_largest_free_block() {
+        let none = Stats::default();
+        let m = Memsys5::new(1 << 20, 64).unwrap();
+        let atoms = (16131 * 64) as u64;
+        assert_eq!(figures(&m, &none), [1 << 20, atoms, 512 * 1024, 0]);
+        // The top block (512 KiB at atom 0): the largest free block is the next one, 256 KiB.
+        let top = m.malloc(512 * 1024).unwrap();
+        assert_eq!(m.off(top), 0);
+        assert_eq!(figures(&m, &none)[1..3], [atoms - 512 * 1024, 256 * 1024]);
+        // Small blocks split the smallest free blocks first; free + live sizes is the atoms.
+        let small: Vec<_> = [1usize, 64, 65, 1000, 3000]
+            .iter()
+            .map(|&n| m.malloc(n).unwrap())
+            .collect();
+        // SAFETY: live blocks of `m`.
+        let live: u64 = small.iter().map(|&p| unsafe { m.size(p) } as u64).sum();
+        assert_eq!(live, 64 + 64 + 128 + 1024 + 4096);
+        let f = figures(&m, &none);
+        assert_eq!(f[1] + live + 512 * 1024, atoms);
+        assert_eq!(f[2], 256 * 1024, "served from the small blocks at the end");
+        m.check();
+        // SAFETY: live blocks of `m`, freed once.
+        unsafe { m.free(top) };
+        assert_eq!(figures(&m, &none)[1..3], [atoms - live, 512 * 1024]);
+        for p in small {
+            // SAFETY: as above.
+            unsafe { m.free(p) };
+        }
+        assert_eq!(figures(&m, &none)[1..3], [atoms, 512 * 1024]);
+        m.check();
+        // Every atom handed out: nothing free, nothing can be served.
+        let m = Memsys5::new(8 * KIB, 64).unwrap();
+        let mut all = Vec::new();
+        while let Some(p) = m.malloc(64) {
+            all.push(p);
+        }
+        assert_eq!(all.len(), m.atoms());
+        assert_eq!(figures(&m, &none)[1..3], [0, 0]);
+        for p in all {
+            // SAFETY: as above.
+            unsafe { m.free(p) };
+        }
+        assert_eq!(figures(&m, &none)[1], (m.atoms() * 64) as u64);
+    }
+
+    #[test]
+    fn footprint_with_shards_sums_and_takes_the_largest() {
+        let none = Stats::default();
+        // 4 shards of 16 atoms of 64 bytes.
+        let m = Memsys5::with_shards(64 * 65, 64, 4).unwrap();
+        assert_eq!(figures(&m, &none)[1..3], [64 * 64, 16 * 64]);
+        let own = m.preferred_part();
+        let p = m.malloc(64).unwrap();
+        assert_eq!(m.shard_of(m.off(p) / 64), own);
+        // One shard is split, the three others still hold a 16-atom block.
+        assert_eq!(figures(&m, &none)[1..3], [63 * 64, 16 * 64]);
+        m.check();
+        // SAFETY: live block of `m`, freed once.
+        unsafe { m.free(p) };
+        assert_eq!(figures(&m, &none)[1..3], [64 * 64, 16 * 64]);
+    }
+
+    #[test]
+    fn needed_bytes_is_robsons_bound_by_hand() {
+        let st = |peak: i64, largest: i64| Stats {
+            peak_bytes: peak,
+            largest_request: largest,
+            ..Stats::default()
+        };
+        let m = Memsys5::new(1 << 20, 64).unwrap();
+        // Nothing ever asked: nothing needed.
+        assert_eq!(m.needed_bytes(&st(0, 0)), 0);
+        // Atom 64. M = 1 MiB = 16384 atoms; n: 40000 bytes rounds up to 64 KiB = 1024 atoms,
+        // log2 n = 10. N = 16384 * (1 + 10/2) - 1024 + 1 = 97281 atoms, each 64 bytes plus a
+        // control byte: 97281 * 65 = 6323265 bytes.
+        assert_eq!(m.needed_bytes(&st(1 << 20, 40_000)), 6_323_265);
+        assert_eq!(figures(&m, &st(1 << 20, 40_000))[3], 6_323_265);
+        // M = 3 atoms (192 bytes), n = 2 atoms (100 bytes -> 128), log2 n = 1:
+        // N = 3 * 1.5 - 2 + 1 = 3.5, rounded up to 4 atoms: 260 bytes.
+        assert_eq!(m.needed_bytes(&st(192, 100)), 260);
+        // A peak that is not a whole number of atoms counts as the next one: M = 4, n = 1
+        // (log2 n = 0): N = 4 - 1 + 1 = 4.
+        assert_eq!(m.needed_bytes(&st(193, 10)), 260);
+        // The bound cannot be below the one block of n atoms: M = 1, n = 2^24 atoms (a request
+        // above 1 GiB counts as 1 GiB, the most memsys5 serves).
+        assert_eq!(m.needed_bytes(&st(64, (1 << 30) + 5)), (1u64 << 24) * 65);
+        // Shards: the bound per shard, times the shards.
+        let two = Memsys5::with_shards(1 << 20, 64, 2).unwrap();
+        assert_eq!(two.needed_bytes(&st(1 << 20, 40_000)), 2 * 6_323_265);
+        // Atom 8 (min 0): M = 1000 atoms (8000 bytes), n = 4096 / 8 = 512 atoms, log2 n = 9:
+        // N = 1000 + 4500 - 512 + 1 = 4989 atoms of 8 bytes and a control byte: 44901 bytes.
+        let eight = Memsys5::new(1 << 16, 0).unwrap();
+        assert_eq!(eight.needed_bytes(&st(8000, 4096)), 4989 * 9);
+        // The figure is a heap= that gives the atoms asked for.
+        assert_eq!(geometry(4989 * 9, 0), (3, 4989));
+        assert_eq!(geometry(97281 * 65, 64), (6, 97281));
+    }
+
+    /// The reader must never take a shard's lock: reading the footprint from another thread
+    /// keeps the lock biased to the thread that allocates (and another thread allocating does
+    /// revoke it, so the test can tell).
+    #[test]
+    fn footprint_from_another_thread_keeps_the_bias() {
+        let m = Arc::new(Memsys5::new(64 * KIB, 64).unwrap());
+        let p = m.malloc(100).unwrap();
+        if !m.lock_is_biased() {
+            // No bias here (Miri, a kernel without membarrier): nothing to keep.
+            return;
+        }
+        let r = Arc::clone(&m);
+        let read = std::thread::spawn(move || {
+            let mut last = [0; 4];
+            for _ in 0..1000 {
+                last = figures(&r, &Stats::default());
+            }
+            last
+        })
+        .join()
+        .unwrap();
+        assert_eq!(read[1], (m.atoms() * 64 - 128) as u64);
+        assert!(m.lock_is_biased(), "the reader revoked the bias");
+        let q = Arc::clone(&m);
+        std::thread::spawn(move || {
+            let b = q.malloc(10).unwrap();
+            // SAFETY: live block of `q`, freed once.
+            unsafe { q.free(b) };
+        })
+        .join()
+        .unwrap();
+        assert!(!m.lock_is_biased(), "another thread allocating revokes it");
+        // SAFETY: live block of `m`, freed once.
+        unsafe { m.free(p) };
     }
 
     #[test]

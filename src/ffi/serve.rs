@@ -1,5 +1,5 @@
 //! Live telemetry from C: `sqlalloc_serve` (the scrape endpoint) and `sqlalloc_report_every`
-//! (a report file rewritten periodically). What they do is [`crate::serve`]'s and
+//! (a report file rewritten periodically). What they do is [`crate::serve()`]'s and
 //! [`crate::periodic`]'s.
 
 use super::result::{c_str, fail, ok, set_result};
