@@ -65,6 +65,9 @@ run debug-leak "debug:backtrace=8" "$BIN/t_debug" leak
 run misuse "system, memsys5:heap=8M" "$BIN/t_misuse"
 run badspec "-" "$BIN/t_badspec"
 run serve "memsys5:heap=16M" "$BIN/t_serve"
+for b in system+scopes memsys5:heap=128M,min=32+scopes memsys3:heap=64M+scopes debug+scopes; do
+    run scopes "$b" "$BIN/t_scopes" "$b"
+done
 if [ "$WITH_PC" = pkgconfig ]; then run pkgconfig "-" sh "$HERE/t_pkgconfig.sh"; fi
 
 echo "c-tests: $pass passed, $fail failed"

@@ -5,8 +5,8 @@
  *
  * Conventions: every function may be called from any thread. Pointer arguments are checked for
  * NULL and a NULL gets SQLITE_MISUSE. Out-parameters are written only on success. Result codes are
- * SQLite's (SQLITE_OK, SQLITE_ERROR, SQLITE_MISUSE, SQLITE_NOMEM); sqlalloc_errmsg() says why the
- * last call on the calling thread failed.
+ * SQLite's (SQLITE_OK, SQLITE_ERROR, SQLITE_MISUSE, SQLITE_NOMEM, SQLITE_FULL); sqlalloc_errmsg()
+ * says why the last call on the calling thread failed.
  */
 
 #ifndef SQLALLOC_H
@@ -86,6 +86,12 @@ typedef struct sqlalloc_stats {
    */
   int64_t largest_request;
 } sqlalloc_stats;
+
+/*
+ A scope of the installed `scopes` layer: 0 is the default scope, always there; others come
+ from `sqlalloc_scope_create`.
+ */
+typedef int32_t sqlalloc_scope;
 
 #ifdef __cplusplus
 extern "C" {
@@ -238,6 +244,41 @@ int64_t sqlalloc_leak_report(int fd);
  on the same thread.
  */
 const char *sqlalloc_errmsg(void);
+
+/*
+ Create a scope named `name` with a cap of `max_bytes` bytes (0: no cap) in the installed
+ allocator's `scopes` layer (`+scopes` in the spec), and write its id to `*out`.
+
+ Returns SQLITE_OK; SQLITE_ERROR for a NULL, empty, non-UTF-8 or duplicate name or a negative
+ cap (`sqlalloc_errmsg()` says which); SQLITE_MISUSE when `out` is NULL or the installed
+ allocator has no `scopes` layer (or nothing is installed); SQLITE_FULL when the layer holds
+ all the scopes it can (the message says how many). `*out` is written only on success.
+
+ # Safety
+ `name` must be NULL or a NUL-terminated string; `out` NULL or writable for one
+ `sqlalloc_scope`.
+ */
+int sqlalloc_scope_create(const char *name, int64_t max_bytes, sqlalloc_scope *out);
+
+/*
+ Make `s` the calling thread's scope: every block this thread allocates from now on is
+ charged to it. Returns the previous scope (pass it back to restore it), or -1 and no change
+ when the installed layer has no scope `s` (0 is always accepted, with or without a layer).
+ */
+sqlalloc_scope sqlalloc_scope_enter(sqlalloc_scope s);
+
+/*
+ Write the counters of scope `s`, read now, to `*out` (the fields of `sqlalloc_stats`, as
+ `sqlalloc_get_stats` fills them for the whole allocator; `sqlalloc_reset_peak` does not reset a
+ scope's peak).
+
+ Returns SQLITE_OK; SQLITE_MISUSE when `out` is NULL or there is no `scopes` layer;
+ SQLITE_ERROR for an unknown `s` (`*out` is not written).
+
+ # Safety
+ `out` must be NULL or point to writable memory for one `sqlalloc_stats`.
+ */
+int sqlalloc_scope_get_stats(sqlalloc_scope s, struct sqlalloc_stats *out);
 
 /*
  Serve the installed allocator's reports over HTTP from a background thread: `GET /metrics`

@@ -3,7 +3,7 @@
 //!
 //! A connection is tracked by the preload library for every `sqlite3_open*` of the SQLite it
 //! configured (and untracked at `sqlite3_close*`), or by the program: `sqlalloc_track(db, label)`
-//! / `sqlalloc_untrack(db)` in C, [`crate::track`] in Rust. Each tracked connection is sampled with
+//! / `sqlalloc_untrack(db)` in C, `sqlalloc::track` in Rust (feature `rusqlite`). Each tracked connection is sampled with
 //! `sqlite3_db_status`: `CACHE_USED_SHARED` (its page cache, a shared cache divided among the
 //! connections that share it, so that the figures add up), `SCHEMA_USED`, `STMT_USED`, and
 //! `LOOKASIDE_USED` (lookaside *slots* in use: a count, not bytes; the lookaside buffer itself is
@@ -280,7 +280,7 @@ pub fn count() -> usize {
 }
 
 /// A rusqlite connection in the per-connection breakdown, until the guard drops (feature
-/// `rusqlite`). See [`crate::track`].
+/// `rusqlite`). See `sqlalloc::track`.
 #[cfg(feature = "rusqlite")]
 #[derive(Debug)]
 pub struct Tracked<'c> {

@@ -66,6 +66,18 @@ pub enum Error {
     UnknownConnection,
     /// A connection tracked already (by the preload library, or an earlier `track`).
     AlreadyTracked,
+    /// A scope was refused ([`crate::Scope::create`]): an empty or duplicate name, a bad cap.
+    BadScope {
+        /// What is wrong, naming the scope.
+        reason: String,
+    },
+    /// The installed allocator has no `scopes` layer (or nothing is installed).
+    NoScopes,
+    /// The `scopes` layer holds `max` scopes already.
+    ScopesFull {
+        /// Most scopes the layer holds (the default one included).
+        max: usize,
+    },
 }
 
 impl Error {
@@ -81,6 +93,9 @@ impl Error {
             }
             Error::AlreadyServing { .. } | Error::AlreadyReporting => sqlite::SQLITE_MISUSE,
             Error::UnknownConnection | Error::AlreadyTracked => sqlite::SQLITE_MISUSE,
+            Error::BadScope { .. } => sqlite::SQLITE_ERROR,
+            Error::NoScopes => sqlite::SQLITE_MISUSE,
+            Error::ScopesFull { .. } => sqlite::SQLITE_FULL,
         }
     }
 }
@@ -112,6 +127,14 @@ impl fmt::Display for Error {
             Error::AlreadyReporting => f.write_str("a periodic report is already being written"),
             Error::UnknownConnection => f.write_str("the connection is NULL or not tracked"),
             Error::AlreadyTracked => f.write_str("the connection is tracked already"),
+            Error::BadScope { reason } => write!(f, "bad scope: {reason}"),
+            Error::NoScopes => f.write_str(
+                "no scopes layer installed (add '+scopes' to the spec, e.g. 'system+scopes')",
+            ),
+            Error::ScopesFull { max } => write!(
+                f,
+                "the scopes layer is full: it holds {max} scopes (the default one included)"
+            ),
         }
     }
 }

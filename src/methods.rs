@@ -101,6 +101,18 @@ pub unsafe trait MemMethods: Send + Sync {
         n
     }
 
+    /// A new block of `size` bytes that is to replace the live block `like` (a layer above does
+    /// a realloc as a new block, a copy and a free). An allocator that files blocks by owner (the
+    /// [`scopes`](crate::scopes) layer) files it with `like`'s; the default is
+    /// [`malloc`](Self::malloc).
+    ///
+    /// # Safety
+    /// `like` must be a live block of this allocator (it is not freed by this call).
+    unsafe fn malloc_for(&self, like: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+        let _ = like;
+        self.malloc(size)
+    }
+
     /// `xInit`: called by `sqlite3_initialize()` before the first allocation.
     fn init(&self) -> Result<(), InitError> {
         Ok(())

@@ -4,7 +4,7 @@
 //! spec    := backend [ '+' layer ]*
 //! backend := NAME [ ':' options ]          NAME: system | debug | memsys3 | memsys5
 //!                                                 | jemalloc | mimalloc | rust
-//! layer   := NAME [ ':' options ]          NAME: limit | fault
+//! layer   := NAME [ ':' options ]          NAME: limit | fault | scopes
 //! options := key '=' value [ ',' key '=' value ]*
 //! size    := digits [ K | M | G ]          binary units (K = 1024), case-insensitive
 //! ```
@@ -19,10 +19,11 @@
 //! | `mimalloc` | none (cargo feature `mimalloc`) |
 //! | `rust` | none: the program's `#[global_allocator]` |
 //! | `limit` | `max=SIZE` (required): hard cap on the bytes in use, as `xSize` counts them |
+//! | `scopes` | none: per-scope counters and caps for names the program creates ([`crate::scopes`]) |
 //! | `fault` | none (counts calls, fails none until armed from C or Rust), or one of `nth=N[,repeat=K]`, `every=N`, `rate=P[,seed=S]`; and `benign=count\|skip` (default `count`). N ≥ 1, K ≥ 0, S ≥ 0 whole numbers without units, P a fraction 0–1 or a percentage `0%`–`100%`. Semantics: [`crate::fault`] |
 //!
 //! Layers may come in any order after the backend; they always apply as counters, limit, fault,
-//! backend (see [`crate::stack`]).
+//! scopes, backend (see [`crate::stack`]).
 //!
 //! Surrounding whitespace is ignored; whitespace inside is an error. A key given twice, an
 //! unknown key or name, a size with a bad unit, a zero size, a size that overflows 64 bits and a
@@ -40,6 +41,8 @@ pub struct Spec {
     pub limit: Option<u64>,
     /// Fault injection (`+fault:...`).
     pub fault: Option<FaultSpec>,
+    /// Per-scope counters and caps (`+scopes`).
+    pub scopes: bool,
 }
 
 /// A backend with its options.
@@ -340,6 +343,7 @@ impl Spec {
         let backend = Self::backend(first)?;
         let mut limit = None;
         let mut fault = None;
+        let mut scopes = false;
         for part in parts {
             let (name, opts) = split_part(part);
             let mut o = Opts::parse(part, opts)?;
@@ -356,6 +360,15 @@ impl Spec {
                     }
                     fault = Some(o.fault()?);
                 }
+                "scopes" => {
+                    if scopes {
+                        return Err(err(part, "layer 'scopes' given twice"));
+                    }
+                    if opts.is_some() {
+                        return Err(err(part, "layer 'scopes' takes no options"));
+                    }
+                    scopes = true;
+                }
                 "" => return Err(err(part, "empty layer after '+'")),
                 _ if BACKEND_NAMES.contains(&name) => {
                     return Err(err(part, "only one backend, and it comes first"))
@@ -363,7 +376,7 @@ impl Spec {
                 _ => {
                     return Err(err(
                         part,
-                        format!("unknown layer '{name}' (known: limit, fault)"),
+                        format!("unknown layer '{name}' (known: limit, fault, scopes)"),
                     ))
                 }
             }
@@ -373,6 +386,7 @@ impl Spec {
             backend,
             limit,
             fault,
+            scopes,
         })
     }
 
@@ -433,7 +447,7 @@ impl Spec {
             }
             "rust" => Backend::Rust,
             "" => return Err(err(part, "missing backend name")),
-            "limit" | "fault" => {
+            "limit" | "fault" | "scopes" => {
                 return Err(err(
                     part,
                     "a spec starts with a backend, not a layer (try system+limit:...)",
@@ -473,6 +487,7 @@ mod tests {
                 backend: Backend::System,
                 limit: None,
                 fault: None,
+                scopes: false,
             }
         );
         assert_eq!(
@@ -486,8 +501,13 @@ mod tests {
                 },
                 limit: Some(48 << 20),
                 fault: None,
+                scopes: false,
             }
         );
+        let sc = Spec::parse("memsys5:heap=256M+scopes+limit:max=1G").unwrap();
+        assert!(sc.scopes);
+        assert_eq!(sc.limit, Some(1 << 30));
+        assert!(Spec::parse("system+scopes").unwrap().scopes);
         assert_eq!(
             Spec::parse("memsys5:heap=1M,shards=4").unwrap().backend,
             Backend::Memsys5 {
@@ -680,6 +700,18 @@ mod tests {
             ),
             ("system+", "", "empty layer"),
             ("system+bogus:x=1", "bogus:x=1", "unknown layer 'bogus'"),
+            (
+                "system+scopes+scopes",
+                "scopes",
+                "layer 'scopes' given twice",
+            ),
+            (
+                "system+scopes:max=3",
+                "scopes:max=3",
+                "layer 'scopes' takes no options",
+            ),
+            ("system+scopes:", "scopes:", "must be followed by key=value"),
+            ("scopes", "scopes", "a spec starts with a backend"),
             ("system+memsys5", "memsys5", "only one backend"),
             ("limit:max=1M", "limit:max=1M", "starts with a backend"),
             (

@@ -17,6 +17,8 @@ pub const SQLITE_OK: c_int = 0;
 pub const SQLITE_ERROR: c_int = 1;
 /// SQLite result or config code.
 pub const SQLITE_NOMEM: c_int = 7;
+/// SQLite result code: a table is full (the `scopes` layer holds no more scopes).
+pub const SQLITE_FULL: c_int = 13;
 /// SQLite result or config code.
 pub const SQLITE_MISUSE: c_int = 21;
 /// SQLite result or config code.

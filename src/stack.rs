@@ -1,20 +1,24 @@
-//! A [`Stack`]: one backend with the always-on counters and the optional `limit` and `fault`
-//! layers on top. This is what gets installed into SQLite; it is itself a [`MemMethods`], so the
+//! A [`Stack`]: one backend with the always-on counters and the optional `limit`, `fault` and
+//! `scopes` layers on top. This is what gets installed into SQLite; it is itself a [`MemMethods`], so the
 //! C table and the Rust API both call it through the same trait.
 //!
-//! Order of the layers on every call, top to bottom: counters, limit, fault, backend. The limit
-//! layer counts bytes the way the counters do (`xSize` of live blocks), so `limit:max=N` bounds
-//! exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only the
-//! calls the limit let through, and a failure it injects is counted above as a failed call.
+//! Order of the layers on every call, top to bottom: counters, limit, fault, scopes, backend. The
+//! limit layer counts bytes the way the counters do (`xSize` of live blocks), so `limit:max=N`
+//! bounds exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only
+//! the calls the limit let through, and a failure it injects is counted above as a failed call.
+//! The [`scopes`](crate::scopes) layer wraps the backend (its `xSize` and `xRoundup` are the
+//! ones every layer above sees), so it is held as a `dyn` backend.
 
 use crate::backend::{self, Memsys5, System};
 use crate::counters::{Counters, Stats};
 use crate::error::Error;
 use crate::fault::{Fault, FaultSpec};
 use crate::methods::{Held, InitError, LiveBlock, MemMethods};
+use crate::scopes::{Scoped, Scopes};
 use crate::spec::{Backend, Spec, SpecError};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// The `limit` layer: a hard cap on live bytes. An allocation or growth that would pass it fails
 /// (NULL) and changes nothing else; a failed realloc leaves the old block intact.
@@ -105,7 +109,8 @@ impl Stack {
         if !l.reserve(est) {
             return None;
         }
-        let Some(q) = self.lower_malloc(new_size) else {
+        // SAFETY: `ptr` is live (caller's contract).
+        let Some(q) = (unsafe { self.lower_malloc_for(ptr, new_size) }) else {
             l.release(est);
             return None;
         };
@@ -176,7 +181,17 @@ pub struct Stack {
     counters: &'static Counters,
     limit: Option<Limit>,
     fault: Option<Fault>,
+    scopes: Option<Arc<Scopes>>,
     spec: String,
+}
+
+/// `b` as the stack holds it: under the `scopes` layer (a header per block) when `scopes` is
+/// given, else as it is.
+fn headed<B: MemMethods + 'static>(b: B, scopes: &Option<Arc<Scopes>>) -> Lower {
+    match scopes {
+        None => Lower::Dyn(Box::new(b)),
+        Some(sc) => Lower::Dyn(Box::new(Scoped::with_header(b, sc.clone()))),
+    }
 }
 
 impl Stack {
@@ -186,29 +201,39 @@ impl Stack {
     /// fixed heap cannot be had.
     pub fn from_spec(spec: &str) -> Result<Stack, Error> {
         let parsed = Spec::parse(spec)?;
+        let scopes = parsed.scopes.then(|| Arc::new(Scopes::new()));
         let lower = match parsed.backend {
-            Backend::System => Lower::System(backend::System),
-            Backend::Debug { backtrace } => Lower::Dyn(Box::new(backend::Debug::new(backtrace))),
-            Backend::Memsys3 { heap, bias } => Lower::Dyn(Box::new(
-                backend::Memsys3::new(heap)
+            Backend::System if scopes.is_none() => Lower::System(backend::System),
+            Backend::System => headed(backend::System, &scopes),
+            Backend::Debug { backtrace } => headed(backend::Debug::new(backtrace), &scopes),
+            Backend::Memsys3 { heap, bias } => {
+                let m = backend::Memsys3::new(heap)
                     .ok_or(Error::HeapUnavailable { bytes: heap })?
-                    .with_bias(bias),
-            )),
+                    .with_bias(bias);
+                match &scopes {
+                    None => Lower::Dyn(Box::new(m)),
+                    Some(sc) => Lower::Dyn(Box::new(Scoped::with_table(m, sc.clone()))),
+                }
+            }
             Backend::Memsys5 {
                 heap,
                 min,
                 shards,
                 bias,
-            } => Lower::Memsys5(
-                backend::Memsys5::with_shards(heap, min, shards)
+            } => {
+                let m = backend::Memsys5::with_shards(heap, min, shards)
                     .ok_or(Error::HeapUnavailable { bytes: heap })?
-                    .with_bias(bias),
-            ),
+                    .with_bias(bias);
+                match &scopes {
+                    None => Lower::Memsys5(m),
+                    Some(sc) => Lower::Dyn(Box::new(Scoped::with_table(m, sc.clone()))),
+                }
+            }
             #[cfg(feature = "jemalloc")]
-            Backend::Jemalloc => Lower::Dyn(Box::new(backend::Jemalloc)),
+            Backend::Jemalloc => headed(backend::Jemalloc, &scopes),
             #[cfg(feature = "mimalloc")]
-            Backend::Mimalloc => Lower::Dyn(Box::new(backend::Mimalloc)),
-            Backend::Rust => Lower::Dyn(Box::new(backend::Rust)),
+            Backend::Mimalloc => headed(backend::Mimalloc, &scopes),
+            Backend::Rust => headed(backend::Rust, &scopes),
             // Spec::parse refuses the names of backends that are not built in.
             #[allow(unreachable_patterns)]
             _ => {
@@ -218,10 +243,10 @@ impl Stack {
                 }))
             }
         };
-        Ok(
-            Stack::with_lower(lower, parsed.limit, spec.trim().to_string())
-                .with_fault(parsed.fault),
-        )
+        let mut stack = Stack::with_lower(lower, parsed.limit, spec.trim().to_string())
+            .with_fault(parsed.fault);
+        stack.scopes = scopes;
+        Ok(stack)
     }
 
     /// Put counters (and a limit, if `limit` is given) over `backend`. `spec` is the text shown
@@ -238,6 +263,7 @@ impl Stack {
             counters,
             limit: limit.map(Limit::new),
             fault: None,
+            scopes: None,
             spec,
         }
     }
@@ -289,6 +315,12 @@ impl Stack {
     /// The fault layer, if any.
     pub fn fault(&self) -> Option<&Fault> {
         self.fault.as_ref()
+    }
+
+    /// The scopes layer, if any: every scope with its name, cap and counters
+    /// ([`Scopes::list`]).
+    pub fn scopes(&self) -> Option<&Scopes> {
+        self.scopes.as_deref()
     }
 
     /// The [`kind`] of the backend, for `installed::methods_table`.
@@ -444,6 +476,22 @@ impl Stack {
             }
         }
         self.backend().malloc(size)
+    }
+
+    /// The backend's [`malloc_for`](MemMethods::malloc_for) (a block to replace `like`), under
+    /// the fault layer when there is one.
+    ///
+    /// # Safety
+    /// `like` is a live block of the backend.
+    #[inline]
+    unsafe fn lower_malloc_for(&self, like: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+        if let Some(f) = &self.fault {
+            if f.step() {
+                return None;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.backend().malloc_for(like, size) }
     }
 
     /// The backend's realloc, under the fault layer when there is one (a failure leaves `ptr`

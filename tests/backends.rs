@@ -57,6 +57,18 @@ fn run(spec: &str, ops: &[Op]) {
     let may_fail = spec.starts_with("memsys") || stack.limit().is_some();
     let true_peak = harness::run_ops(&stack, spec, may_fail, ops);
     let s = stack.stats();
+    if let Some(l) = stack.scopes() {
+        // Everything ran in the default scope: it counts what the stack counts.
+        let d = l.stats(0).unwrap();
+        assert_eq!(
+            d.current_bytes, s.current_bytes,
+            "{spec}: default scope bytes"
+        );
+        assert_eq!(
+            d.current_count, s.current_count,
+            "{spec}: default scope blocks"
+        );
+    }
     assert!(
         s.peak_bytes <= true_peak && s.peak_bytes >= true_peak.min(s.current_bytes),
         "{spec}: peak {} but the true peak was {true_peak}",
@@ -92,6 +104,13 @@ backend_suite! {
     debug_limit => "debug+limit:max=100K",
     memsys3_limit => "memsys3:heap=1M+limit:max=300K",
     memsys5_limit => "memsys5:heap=1M+limit:max=300K",
+    system_scopes => "system+scopes",
+    debug_scopes => "debug+scopes",
+    rust_scopes => "rust+scopes",
+    memsys3_scopes => "memsys3:heap=2M+scopes",
+    memsys5_scopes => "memsys5:heap=2M,min=32+scopes",
+    memsys5_scopes_limit => "memsys5:heap=1M+scopes+limit:max=300K",
+    system_scopes_limit => "system+scopes+limit:max=200K",
 }
 
 /// A block passed from one thread to the other.
@@ -110,9 +129,16 @@ fn every_backend_is_thread_safe_on_its_own() {
         "memsys5:heap=4M",
         "memsys5:heap=4M,shards=2",
         "system+limit:max=1M",
+        "system+scopes",
+        "memsys5:heap=4M,shards=2+scopes",
     ] {
         let stack = sqlalloc::build(spec).unwrap();
         stack.init().unwrap();
+        // With a scopes layer, each thread allocates in a scope of its own.
+        let ids: Vec<usize> = match stack.scopes() {
+            Some(l) => vec![l.create("t0", None).unwrap(), l.create("t1", None).unwrap()],
+            None => vec![0, 0],
+        };
         let mailbox = [
             std::sync::Mutex::new(Vec::<Handed>::new()),
             std::sync::Mutex::new(Vec::<Handed>::new()),
@@ -120,7 +146,11 @@ fn every_backend_is_thread_safe_on_its_own() {
         std::thread::scope(|sc| {
             for t in 0..2usize {
                 let (stack, mailbox) = (&stack, &mailbox);
+                let id = ids[t];
                 sc.spawn(move || {
+                    if let Some(l) = stack.scopes() {
+                        l.enter(id).unwrap();
+                    }
                     let pat = t as u8 + 1;
                     let mut mine = Vec::new();
                     for i in 0..20_000usize {
@@ -159,6 +189,15 @@ fn every_backend_is_thread_safe_on_its_own() {
             .flat_map(|m| m.into_inner().unwrap())
             .collect();
         let s = stack.stats();
+        if let Some(l) = stack.scopes() {
+            let sum: i64 = l.list().iter().map(|i| i.stats.current_bytes).sum();
+            assert_eq!(sum, s.current_bytes, "{spec}: the scopes add up");
+            assert_eq!(
+                l.stats(0).unwrap().malloc_calls,
+                0,
+                "{spec}: default untouched"
+            );
+        }
         assert_eq!(s.current_count, left.len() as i64, "{spec}");
         assert_eq!(s.malloc_calls, 40_000, "{spec}");
         assert_eq!(

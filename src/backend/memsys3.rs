@@ -556,6 +556,8 @@ impl State {
 /// SQLite's memsys3 over one heap; see the [module documentation](self).
 pub struct Memsys3 {
     state: Lock<State>,
+    /// Address of the heap, read without the lock by [`heap_offset`](Self::heap_offset).
+    base: usize,
     /// [`State::used`], stored with the lock held after every call that changes it, read by
     /// [`footprint`](MemMethods::footprint) without the lock (see "Footprint").
     used: AtomicU32,
@@ -588,8 +590,10 @@ impl Memsys3 {
         };
         marking::pool_create(st.heap.ptr(0), st.heap.len());
         st.layout();
+        let base = st.heap.ptr(0).as_ptr().addr();
         Some(Memsys3 {
             state: Lock::new(st),
+            base,
             used: AtomicU32::new(0),
             npool,
             heap_len: len,
@@ -620,6 +624,15 @@ impl Memsys3 {
     #[inline]
     fn publish(&self, st: &State) {
         self.used.store(st.used, Relaxed);
+    }
+
+    /// Byte offset of `p` from the start of the heap when it points into the heap, without
+    /// taking the lock (the address is compared, never read): the `scopes` layer files blocks in
+    /// a side table by it.
+    #[inline]
+    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
+        let off = p.as_ptr().addr().wrapping_sub(self.base);
+        (off < self.heap_len).then_some(off)
     }
 
     /// Number of live (checked-out) blocks.

@@ -8,6 +8,7 @@
 //! | `report.rs` | `sqlalloc_report`, `sqlalloc_report_to_buffer`, `sqlalloc_leak_report` |
 //! | `serve.rs` | `sqlalloc_serve`, `sqlalloc_report_every` |
 //! | `track.rs` | `sqlalloc_track`, `sqlalloc_untrack`, `sqlalloc_sample` |
+//! | `scope.rs` | `sqlalloc_scope_create`, `sqlalloc_scope_enter`, `sqlalloc_scope_get_stats` (`sqlalloc_scope`) |
 //! | `result.rs` | `sqlalloc_errmsg`, and the result convention all of them follow |
 //!
 //! Each function is a thin layer over the core: it checks its pointers, converts its
@@ -22,5 +23,6 @@ mod fault;
 mod install;
 mod report;
 mod result;
+mod scope;
 mod serve;
 mod track;
