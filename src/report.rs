@@ -239,6 +239,8 @@ pub struct Report {
     pub resident_bytes: Option<u64>,
     /// The tracked connections ([`crate::connections`]), sampled where the rules allow.
     pub connections: Vec<crate::connections::Connection>,
+    /// The scopes of the `scopes` layer, when there is one ([`crate::Scope`]).
+    pub scopes: Option<Vec<crate::scopes::ScopeInfo>>,
     /// Live blocks, for backends that track them (`debug`); `None` for the others.
     pub live_blocks: Option<Vec<Block>>,
 }
@@ -294,6 +296,7 @@ impl Report {
             } else {
                 Vec::new()
             },
+            scopes: s.scopes().map(|sc| sc.list()),
             live_blocks,
         }
     }
@@ -528,6 +531,19 @@ pub fn render_text(r: &Report, max_blocks: usize) -> String {
             let _ = writeln!(o, "  {:<28}{:>16}   {}", h.key, h.bytes, h.help);
         }
     }
+    if let Some(scopes) = &r.scopes {
+        let _ = writeln!(o, "  scopes ({}):", scopes.len());
+        for sc in scopes {
+            let cap = sc
+                .max_bytes
+                .map_or_else(String::new, |m| format!(", cap {m}"));
+            let _ = writeln!(
+                o,
+                "    {:<28}{:>12} bytes, peak {}, failed calls {}{cap}",
+                sc.name, sc.stats.current_bytes, sc.stats.peak_bytes, sc.stats.failed_calls
+            );
+        }
+    }
     if !r.connections.is_empty() {
         let _ = writeln!(o, "  connections ({} tracked):", r.connections.len());
         for c in &r.connections {
@@ -683,6 +699,26 @@ pub fn render_json(r: &Report) -> String {
         .resident_bytes
         .map_or_else(|| "null".to_string(), |v| v.to_string());
     let _ = writeln!(o, "  \"process_resident_bytes\": {rss},");
+    match &r.scopes {
+        None => o.push_str("  \"scopes\": null,\n"),
+        Some(scopes) => {
+            o.push_str("  \"scopes\": [");
+            for (i, sc) in scopes.iter().enumerate() {
+                let sep = if i == 0 { "\n" } else { ",\n" };
+                let cap = sc
+                    .max_bytes
+                    .map_or_else(|| "null".to_string(), |m| m.to_string());
+                let _ = write!(
+                    o,
+                    "{sep}    {{\"id\": {}, \"name\": {}, \"max_bytes\": {cap}, \"stats\": {}}}",
+                    sc.id,
+                    json_str(&sc.name),
+                    sc.stats.to_json()
+                );
+            }
+            o.push_str("\n  ],\n");
+        }
+    }
     o.push_str("  \"connections\": [");
     for (i, c) in r.connections.iter().enumerate() {
         let sep = if i == 0 { "\n" } else { ",\n" };
@@ -946,6 +982,7 @@ pub fn families(r: &Report) -> Vec<Family> {
         );
     }
     connection_families(r, &mut out);
+    scope_families(r, &mut out);
     if let Some(rss) = r.resident_bytes {
         let mut gauge = |name: &str, help: &str, v: i64| {
             out.push(Family {
@@ -1055,6 +1092,65 @@ fn connection_families(r: &Report, out: &mut Vec<Family>) {
     ));
 }
 
+/// The scope families (nothing without a `scopes` layer).
+fn scope_families(r: &Report, out: &mut Vec<Family>) {
+    let Some(scopes) = &r.scopes else { return };
+    let labels = |name: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("backend", r.backend.clone()),
+            ("spec", r.spec.clone()),
+            ("scope", name.to_string()),
+        ]
+    };
+    let each = |get: &dyn Fn(&crate::scopes::ScopeInfo) -> Option<i64>| -> Vec<Sample> {
+        scopes
+            .iter()
+            .filter_map(|s| {
+                Some(Sample {
+                    suffix: "",
+                    labels: labels(&s.name),
+                    value: get(s)?,
+                })
+            })
+            .collect()
+    };
+    let mut family = |name: &str, kind, help: &str, samples: Vec<Sample>| {
+        if !samples.is_empty() {
+            out.push(Family {
+                name: name.to_string(),
+                help: help.to_string(),
+                kind,
+                samples,
+            });
+        }
+    };
+    family(
+        "sqlite_scope_current_bytes",
+        MetricType::Gauge,
+        "Bytes of SQLite's live blocks charged to the scope (sum of xSize; the scopes add up to \
+         sqlite_memory_current_bytes).",
+        each(&|s| Some(s.stats.current_bytes)),
+    );
+    family(
+        "sqlite_scope_peak_bytes",
+        MetricType::Gauge,
+        "Highest current_bytes of the scope since it was created.",
+        each(&|s| Some(s.stats.peak_bytes)),
+    );
+    family(
+        "sqlite_scope_limit_bytes",
+        MetricType::Gauge,
+        "The scope's cap (only scopes created with one).",
+        each(&|s| s.max_bytes.map(to_i64)),
+    );
+    family(
+        "sqlite_scope_failed_calls_total",
+        MetricType::Counter,
+        "xMalloc/xRealloc calls of the scope that returned NULL (its cap, or the heap).",
+        each(&|s| Some(s.stats.failed_calls)),
+    );
+}
+
 /// `v` as an `i64`, saturating.
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -1137,6 +1233,7 @@ mod tests {
             }],
             resident_bytes: Some(1 << 24),
             connections: Vec::new(),
+            scopes: None,
             live_blocks: Some(vec![Block {
                 addr: 0x1000,
                 size: 64,

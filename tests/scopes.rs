@@ -181,6 +181,33 @@ fn figure(spec: &str) {
     let names: Vec<&str> = report.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["default", "A", "B", "C"]);
     assert_eq!(report[2].max_bytes, Some(16 * MIB));
+    // The same in every report: the endpoint's families.
+    let text = sqlalloc::metrics();
+    let labels = format!(
+        "backend=\"{}\",spec=\"{spec}\"",
+        sqlalloc::installed().unwrap().backend().name()
+    );
+    for line in [
+        format!(
+            "sqlite_scope_limit_bytes{{{labels},scope=\"B\"}} {}",
+            16 * MIB
+        ),
+        format!("sqlite_scope_current_bytes{{{labels},scope=\"A\"}} 0"),
+        format!(
+            "sqlite_scope_peak_bytes{{{labels},scope=\"B\"}} {}",
+            b.stats().peak_bytes
+        ),
+        format!(
+            "sqlite_scope_failed_calls_total{{{labels},scope=\"B\"}} {}",
+            b.stats().failed_calls
+        ),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{spec}: no {line:?} in\n{text}"
+        );
+    }
+    assert!(b.stats().failed_calls > 0);
     drop(_init);
 }
 
