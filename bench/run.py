@@ -13,6 +13,9 @@ them). Every configuration runs the same binaries on the same library:
   LD_PRELOAD je/mi  C mem1 over Debian's libjemalloc2 / libmimalloc2.0 (the process's malloc)
   sqlalloc SPEC     LD_PRELOAD=SO SQLALLOC=SPEC (the preload library installs it)
 
+and, for the cost of the scrape endpoint, `sqlalloc system` without and with
+SQLALLOC_LISTEN=127.0.0.1:PORT while a thread of this script GETs /metrics every 100 ms.
+
 Methodology: each round runs every configuration once, in order (A B C ... A B C ...), for
 --reps rounds; a figure is the median over rounds; a ratio is the median over rounds of the
 ratio within the round (paired, so a machine that drifts during the run biases neither side).
@@ -20,22 +23,27 @@ Times are the CPU time (user + sys) of the process or thread: on a shared machin
 also counts time spent waiting for a core. The thread-scaling figures must use the wall clock.
 
 --smoke runs every configuration once on tiny inputs and checks that each produced a number, that
-each sqlalloc allocator really was installed, and that --verify hashes agree; it writes no page.
+each sqlalloc allocator really was installed, that --verify hashes agree and that the scrape
+endpoint answered; it writes no page.
 """
 import argparse
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HEAP = 64 * 1024 * 1024
 HEAP_MIN = 64
 # sqlalloc configurations whose heap marking for memcheck runs under valgrind (not counted).
 VALGRIND_MARKED = ("memsys5", "memsys5-shards", "memsys3")
+# The scrape endpoint's pair runs this many times --reps rounds.
+EP_ROUNDS = 3
 JEMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 MIMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
@@ -52,7 +60,8 @@ class Config:
         callgrind, where memsys3/memsys5 run from the preload library built without the pool
         marking (`--preload-nomark`), whose client requests callgrind would count."""
         e = dict(os.environ)
-        for v in ("SQLALLOC", "SQLALLOC_REPORT", "LD_PRELOAD", "SQLALLOC_TRACE"):
+        for v in ("SQLALLOC", "SQLALLOC_REPORT", "LD_PRELOAD", "SQLALLOC_TRACE", "SQLALLOC_LISTEN",
+                  "SQLALLOC_REPORT_INTERVAL"):
             e.pop(v, None)
         if self.kind == "sqlalloc":
             e["LD_PRELOAD"] = args.preload
@@ -108,7 +117,7 @@ def run(cmd, env, check=True):
 
 
 def result(out, key):
-    m = re.search(rf"RESULT .*\b{key}=([0-9.]+)", out)
+    m = re.search(rf"RESULT .*\b{key}=(-?[0-9.]+)", out)
     if not m:
         sys.exit(f"bench: no {key} in the output:\n{out[-1000:]}")
     return float(m.group(1))
@@ -174,6 +183,131 @@ def callgrind_ir(cmd, env):
     if not m:
         sys.exit(f"bench: no callgrind total in:\n{err[-1500:]}")
     return int(m.group(1)), out
+
+
+# ---- the scrape endpoint ------------------------------------------------------------------------
+SCRAPE_PERIOD = 0.1      # seconds between two GET /metrics: 10 scrapes a second
+SCRAPE_POLL = 0.005      # until the endpoint first answers, a connection attempt this often
+SCRAPE_TIMEOUT = 2.0     # per connect and per recv
+SCRAPE_MAX_BYTES = 1 << 20
+SCRAPE_LIMIT_S = 600     # a scraper gives up after this long, whatever happens
+SCRAPE_METRIC = b"sqlite_memory_current_bytes{"
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 free right now (bind port 0, read it, close). Another program may
+    take it before the preload binds it: the preload then says so on stderr (`no endpoint`), and
+    `run_scraped` stops the bench."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Scraper:
+    """A thread that GETs http://127.0.0.1:PORT/metrics every SCRAPE_PERIOD seconds (a fixed
+    schedule) until `stop`, as a Prometheus server would, only far more often. Until the endpoint
+    first answers (the program is starting), it tries to connect every SCRAPE_POLL seconds.
+    Every answer must be `HTTP/1.1 200` with a whole body (Content-Length) that holds the
+    exposition; anything else that answered is recorded in `bad`. A scrape that got no answer
+    (refused, reset, empty: the program exiting under it) is counted in `unanswered`. Bounded: at
+    most SCRAPE_LIMIT_S seconds and SCRAPE_LIMIT_S / SCRAPE_POLL attempts, each with timeouts."""
+
+    def __init__(self, port):
+        self.port = port
+        self.ok = 0            # scrapes answered 200 with the whole exposition
+        self.body_bytes = 0    # bytes of exposition received, over the `ok` scrapes
+        self.unanswered = 0    # attempts after the first answer that got no answer
+        self.bad = []          # answers that were not a 200 with the exposition
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scraper", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=2 * SCRAPE_TIMEOUT + 1)
+        if self._thread.is_alive():
+            sys.exit(f"bench: the scraper of 127.0.0.1:{self.port} did not stop")
+
+    def _get(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=SCRAPE_TIMEOUT) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            buf = bytearray()
+            while len(buf) < SCRAPE_MAX_BYTES:
+                d = s.recv(65536)
+                if not d:
+                    break
+                buf += d
+        return bytes(buf)
+
+    def _check(self, resp):
+        """None for a 200 with the whole exposition, else what is wrong."""
+        head, sep, body = resp.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        if not status.startswith("HTTP/1.1 200 "):
+            return f"status line {status!r}"
+        m = re.search(rb"\r\ncontent-length: *([0-9]+)", head, re.I)
+        if not sep or not m or int(m.group(1)) != len(body):
+            return f"{len(body)} body bytes, Content-Length {m.group(1) if m else None}"
+        if SCRAPE_METRIC not in body:
+            return f"no {SCRAPE_METRIC.decode()} in the body"
+        return None
+
+    def _loop(self):
+        t0 = time.monotonic()
+        next_t = t0
+        for _ in range(int(SCRAPE_LIMIT_S / SCRAPE_POLL)):
+            if self._stop.is_set() or time.monotonic() - t0 > SCRAPE_LIMIT_S:
+                return
+            try:
+                resp = self._get()
+            except OSError:
+                resp = b""
+            if not resp:
+                if self.ok == 0:       # not listening yet: try again soon
+                    self._stop.wait(SCRAPE_POLL)
+                    next_t = time.monotonic()
+                    continue
+                self.unanswered += 1
+            else:
+                why = self._check(resp)
+                if why is None:
+                    self.ok += 1
+                    self.body_bytes += len(resp.partition(b"\r\n\r\n")[2])
+                elif resp.startswith(b"HTTP/"):
+                    self.bad.append(why)
+                else:
+                    self.unanswered += 1
+            next_t += SCRAPE_PERIOD
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+
+def run_scraped(cmd, env, what):
+    """Run cmd with SQLALLOC_LISTEN on a free port of 127.0.0.1, scraped every SCRAPE_PERIOD
+    seconds for the whole run: (stdout, cpu, wall, Scraper). Stops the bench when the endpoint did
+    not start, never answered, or answered anything but the exposition."""
+    port = free_port()
+    env = dict(env)
+    env["SQLALLOC_LISTEN"] = f"127.0.0.1:{port}"
+    sc = Scraper(port).start()
+    try:
+        out, err, cpu, wall = run(cmd, env)
+    finally:
+        sc.stop()
+    if "SQLALLOC_LISTEN" in err:
+        sys.exit(f"bench: {what}: the endpoint did not start:\n{err[-1000:]}")
+    if sc.bad:
+        sys.exit(f"bench: {what}: {len(sc.bad)} scrapes of 127.0.0.1:{port}/metrics were not "
+                 f"answered with the exposition: {sc.bad[:3]}")
+    if sc.ok == 0:
+        sys.exit(f"bench: {what}: the endpoint 127.0.0.1:{port} never answered GET /metrics")
+    # Only the attempts around the program's exit (one, two on a slow machine) may go unanswered.
+    if sc.unanswered > 2:
+        sys.exit(f"bench: {what}: {sc.unanswered} scrapes of 127.0.0.1:{port} got no answer "
+                 f"while the program ran ({sc.ok} did)")
+    return out, cpu, wall, sc
 
 
 def main():
@@ -250,14 +384,17 @@ def main():
          ["--nosync", "--lookaside", "0", "0", shm]),
     ]
 
-    def speedtest(c, extra):
-        cmd = [f"{b}/speedtest1", "--size", size] + c.heap_args() + extra
-        out, err, cpu, wall = run(cmd, c.env(args))
+    def rm_shm():
         for suffix in ("", "-journal", "-wal"):
             try:
                 os.unlink(shm + suffix)
             except FileNotFoundError:
                 pass
+
+    def speedtest(c, extra):
+        cmd = [f"{b}/speedtest1", "--size", size] + c.heap_args() + extra
+        out, err, cpu, wall = run(cmd, c.env(args))
+        rm_shm()
         if "TOTAL" not in out:
             sys.exit(f"bench: speedtest1 under {c.label} printed no TOTAL:\n{out[-500:]}{err[-500:]}")
         return cpu
@@ -294,6 +431,42 @@ def main():
     if smoke and len(peaks) == 2 and peaks["c-memsys5"] != peaks["memsys5"]:
         sys.exit(f"bench-smoke: memsys5 heap high-water marks differ: C {peaks['c-memsys5']}, "
                  f"sqlalloc {peaks['memsys5']} (placement no longer follows C memsys5)")
+
+    # ---- the scrape endpoint ------------------------------------------------------------------
+    # `sqlalloc system` on the same binary and preload library, without and with SQLALLOC_LISTEN
+    # while a Scraper GETs /metrics every 100 ms; alternated like the rest, over EP_ROUNDS times
+    # the rounds (the target is 1%, and the elapsed time it is on is the noisier clock). The
+    # smoke run uses --size 5 here (~0.1 s) so that the endpoint surely answers before the exit.
+    print("bench: speedtest1 with the scrape endpoint", file=sys.stderr)
+    ep_cs = [Config("ep-off", "sqlalloc system, no endpoint", "sqlalloc", "system"),
+             Config("ep-on", "sqlalloc system, SQLALLOC_LISTEN scraped every 100 ms", "sqlalloc",
+                    "system", counterpart="ep-off")]
+    ep_workloads = [x for x in workloads if x[0] in ("memdb", "file")]
+    ep_reps = 1 if tiny else EP_ROUNDS * reps
+    ep_size = "5" if tiny else size
+
+    def ep_run(c, extra):
+        cmd = [f"{b}/speedtest1", "--size", ep_size] + extra
+        if c.key == "ep-on":
+            out, cpu, wall, sc = run_scraped(cmd, c.env(args),
+                                             f"speedtest1 {' '.join(extra)} with SQLALLOC_LISTEN")
+            n, nb, un = sc.ok, sc.body_bytes, sc.unanswered
+        else:
+            out, _, cpu, wall = run(cmd, c.env(args))
+            n = nb = un = 0
+        rm_shm()
+        if "TOTAL" not in out:
+            sys.exit(f"bench: speedtest1 under {c.label} printed no TOTAL:\n{out[-500:]}")
+        return cpu, wall, n, nb, un
+
+    ep = {}
+    for wk, _, extra in ep_workloads:
+        ep[wk] = alternate(ep_cs, ep_reps, lambda c, r: ep_run(c, extra))
+    ep_cpu = {wk: {k: [x[0] for x in v] for k, v in d.items()} for wk, d in ep.items()}
+    ep_wall = {wk: {k: [x[1] for x in v] for k, v in d.items()} for wk, d in ep.items()}
+    ep_scrapes = {wk: [x[2] for x in d["ep-on"]] for wk, d in ep.items()}
+    ep_bytes = {wk: sum(x[3] for x in d["ep-on"]) for wk, d in ep.items()}
+    ep_unanswered = {wk: sum(x[4] for x in d["ep-on"]) for wk, d in ep.items()}
 
     # ---- microbenchmarks ----------------------------------------------------------------------
     trace = f"{b}/speedtest1-la0.trace"
@@ -420,7 +593,9 @@ def main():
                     sys.exit(f"bench-smoke: no instruction count for {k}: mix {ir_mix.get(k)}, "
                              f"trace {ir_trace.get(k)}")
         print(f"bench-smoke: OK: {len(cs)} configurations ({len(skipped)} skipped), {n} speedtest1 "
-              f"runs, micro, threads and callgrind all produced numbers, --verify hash "
+              f"runs, micro, threads and callgrind all produced numbers, the scrape endpoint "
+              f"answered {sum(sum(v) for v in ep_scrapes.values())} GET /metrics (HTTP 200) "
+              f"during {len(ep_scrapes)} speedtest1 runs, --verify hash "
               f"{hashes.pop()} everywhere, memsys5 high-water marks equal ({peaks}); Ir/pair of "
               f"the trace {', '.join(f'{k} {v:.0f}' for k, v in ir_trace.items())}; "
               f"{elapsed:.1f} s")
@@ -531,6 +706,42 @@ def main():
         for (wk, k), (a, bb) in ir_st.items():
             w(f"| {wk} | {byk[k].label} | {a:,} | {bb:,} | {a / bb:.4f} |")
         w("")
+
+    w(f"## The scrape endpoint: speedtest1 `--size {ep_size}` scraped 10 times a second")
+    w("")
+    n_all = sum(sum(v) for v in ep_scrapes.values())
+    kb = sum(ep_bytes.values()) / n_all / 1024 if n_all else float("nan")
+    w("`sqlalloc system` on the same speedtest1 and preload library, without the endpoint and with "
+      "`SQLALLOC_LISTEN=127.0.0.1:PORT` (a free port per run), while a thread of bench/run.py "
+      "sends `GET /metrics` over a new connection every 100 ms for the whole run (until the "
+      "endpoint first answers, a connection attempt every 5 ms); each answer must be HTTP 200 with "
+      f"the whole exposition ({kb:.1f} KiB on average here), or the bench stops. {ep_reps} rounds, "
+      "alternated (forwards, then backwards); medians; ratios paired per round.")
+    w("")
+    w("| workload | no endpoint: elapsed s | CPU s | scraped: elapsed s | CPU s | ratio elapsed | "
+      "ratio CPU | scrapes answered (median per run) | unanswered |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for wk, _, _ in ep_workloads:
+        w(f"| {wk} | {f3(median(ep_wall[wk]['ep-off']))} | {f3(median(ep_cpu[wk]['ep-off']))} | "
+          f"{f3(median(ep_wall[wk]['ep-on']))} | {f3(median(ep_cpu[wk]['ep-on']))} | "
+          f"{f3(paired_ratio(ep_wall[wk], 'ep-on', 'ep-off'))} | "
+          f"{f3(paired_ratio(ep_cpu[wk], 'ep-on', 'ep-off'))} | {sum(ep_scrapes[wk])} "
+          f"({median(ep_scrapes[wk]):g}) | {ep_unanswered[wk]} |")
+    w("")
+    w("- elapsed: the process's wall-clock time from start to exit; CPU: user + sys of the whole "
+      "process (wait4's rusage), which includes the endpoint thread. The scraper runs in "
+      "bench/run.py, another process, and is counted in neither. Unanswered: attempts after the "
+      "first answer that got none (the program exiting under them; more than two in a run stop "
+      "the bench).")
+    w("- Which ratio the target is on, and why: the elapsed one. The target protects the "
+      "program's speed, and elapsed time is what the program (and whoever waits for it) feels: "
+      "speedtest1 is one thread, so anything the endpoint does to it (a lock it takes, caches it "
+      "evicts, a core it occupies when the program needs one) shows there. The CPU ratio also "
+      "counts the endpoint thread's own work, rendering the exposition 10 times a second, which "
+      "runs beside the program rather than in its way: that is the cost to the machine, reported "
+      "next to it but not held to the program's 1%. Elapsed time is the noisier clock on a "
+      "shared machine (it counts waiting for a core too), hence the extra rounds.")
+    w("")
 
     w("## Microbenchmark: calls through `sqlite3_mem_methods`")
     w("")
@@ -647,6 +858,11 @@ def main():
             tgt("memsys5: same peak heap usage as C memsys5 (speedtest1 --stats)",
                 f"{peaks['memsys5']:,} vs {peaks['c-memsys5']:,} bytes",
                 peaks["memsys5"] == peaks["c-memsys5"])
+    for wk, _, _ in ep_workloads:
+        rw = paired_ratio(ep_wall[wk], "ep-on", "ep-off")
+        rc = paired_ratio(ep_cpu[wk], "ep-on", "ep-off")
+        tgt(f"endpoint scraped 10×/s ≤ 1.01 × no endpoint, speedtest1 {wk}: elapsed (CPU)",
+            f"{f3(rw)} ({f3(rc)}); {sum(ep_scrapes[wk])} scrapes", rw <= 1.01)
     if 1 in ccost:
         tgt("counters ≤ 3 ns/pair on one thread (measured alone: examples/counters_cost, a loop "
             "of libc malloc/free pairs over 1024 live blocks with Counters::on_malloc + on_free, "
@@ -695,6 +911,7 @@ def main():
     w(f"LD_PRELOAD={JEMALLOC_SO} build/bench/speedtest1 --size 25 --nosync --lookaside 0 0 /dev/shm/t.db")
     w("LD_PRELOAD=build/bench/libtrace_rec.so SQLALLOC_TRACE=t.trace build/bench/speedtest1 --size 25 --memdb --lookaside 0 0")
     w("build/bench/micro --trace t.trace; build/bench/micro --mix 2000000 --threads 2")
+    w("LD_PRELOAD=$PRELOAD SQLALLOC=system SQLALLOC_LISTEN=127.0.0.1:9777 build/bench/speedtest1 --size 25 --memdb & sleep 0.2; curl -s http://127.0.0.1:9777/metrics | head")
     w("cargo build --release --example counters_cost && target/release/examples/counters_cost --threads 1   # the counters alone")
     w("build/bench/threads --threads 2 --rounds 60 --rows 2000")
     w("valgrind --tool=callgrind --callgrind-out-file=/dev/null build/bench/micro --mix 200000")
