@@ -49,7 +49,7 @@ clean:
 	rm -rf $(BUILD)
 
 # ---- C tests, demo, install (owner: ctests; see c-tests/README.md) --------------------------
-CTESTS       := t_workload t_nomem t_heaplimit t_limit t_threads t_misuse t_badspec t_debug t_serve t_scopes
+CTESTS       := t_workload t_nomem t_heaplimit t_limit t_threads t_misuse t_badspec t_debug t_serve t_scopes t_track
 CTEST_DEPS   := c-tests/common.c c-tests/common.h include/sqlalloc.h $(LIBA)
 CTEST_DIR    := $(BUILD)/c-tests
 CTEST_ASAN_DIR := $(BUILD)/c-tests-asan

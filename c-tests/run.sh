@@ -65,6 +65,7 @@ run debug-leak "debug:backtrace=8" "$BIN/t_debug" leak
 run misuse "system, memsys5:heap=8M" "$BIN/t_misuse"
 run badspec "-" "$BIN/t_badspec"
 run serve "memsys5:heap=16M" "$BIN/t_serve"
+run track "system" "$BIN/t_track"
 for b in system+scopes memsys5:heap=128M,min=32+scopes memsys3:heap=64M+scopes debug+scopes; do
     run scopes "$b" "$BIN/t_scopes" "$b"
 done
