@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dlopen_workload: %s\n", dlerror());
         return 2;
     }
-    if (dlsym(RTLD_DEFAULT, "sqlite3_open") != NULL) {
+    if (dlsym(RTLD_DEFAULT, "sqlite3_libversion") != NULL) {
         fprintf(stderr, "dlopen_workload: SQLite is in the global scope; the test is void\n");
         return 2;
     }

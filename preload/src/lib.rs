@@ -56,7 +56,10 @@
 //! # What it never does
 //!
 //! It replaces only SQLite's allocator (`SQLITE_CONFIG_MALLOC`), never `malloc`: the only symbols
-//! it defines are `sqlite3_initialize` and the `sqlalloc_*` functions of the C API (so a program
+//! it defines are `sqlite3_initialize`, `sqlite3_open`, `sqlite3_open16`, `sqlite3_open_v2`,
+//! `sqlite3_close`, `sqlite3_close_v2` (each forwarded to the caller's SQLite; the open and close
+//! functions keep the registry of the per-connection breakdown) and the `sqlalloc_*` functions of
+//! the C API (so a program
 //! running under it can also call `sqlalloc_report` through `dlsym`). Linking `libsqlalloc.a`
 //! into a program interposes nothing; that library has no `sqlite3_initialize`.
 

@@ -469,8 +469,9 @@ fn prometheus_report_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The preload library defines `sqlite3_initialize` and the C API, nothing else (no `malloc`),
-/// and references no SQLite symbol (it finds SQLite at run time). `libsqlalloc.a` defines no
+/// The preload library defines `sqlite3_initialize`, the five open and close functions (the
+/// per-connection breakdown) and the C API, nothing else (no `malloc`), and references no SQLite
+/// symbol (it finds SQLite at run time). `libsqlalloc.a` defines no
 /// `sqlite3_*` symbol at all: linking it interposes nothing.
 #[test]
 fn symbols_of_the_libraries() {
@@ -492,11 +493,23 @@ fn symbols_of_the_libraries() {
         .filter(|l| l.contains(" T ") || l.contains(" W ") || l.contains(" D "))
         .map(|l| l.rsplit(' ').next().unwrap().to_string())
         .collect();
-    assert!(defined.contains(&"sqlite3_initialize".to_string()));
-    assert!(defined.contains(&"sqlalloc_report".to_string()));
+    let interposed = [
+        "sqlite3_initialize",
+        "sqlite3_open",
+        "sqlite3_open16",
+        "sqlite3_open_v2",
+        "sqlite3_close",
+        "sqlite3_close_v2",
+    ];
+    for s in interposed
+        .iter()
+        .chain(&["sqlalloc_report", "sqlalloc_serve", "sqlalloc_track"])
+    {
+        assert!(defined.iter().any(|d| d == s), "{s} is not exported");
+    }
     for s in &defined {
         assert!(
-            s == "sqlite3_initialize" || s.starts_with("sqlalloc_"),
+            interposed.contains(&s.as_str()) || s.starts_with("sqlalloc_"),
             "unexpected export {s}"
         );
     }
