@@ -123,6 +123,11 @@ tcl-test: deps lib
 # root package, cargo would unify the core's features and the library would reference
 # sqlite3_config, which it must find at run time (programs that dlopen SQLite later).
 PRELOAD_SO := $(RELEASE)/libsqlalloc_preload.so
+# tests-bundled's example `unreached` (rusqlite `bundled`, no sqlalloc call): a program whose
+# SQLite the preload cannot reach. A target directory of its own: built with tests-bundled's
+# profile (panic = unwind) into the main one, its dependencies' artifacts would be overwritten by
+# the main workspace's (panic = abort) of the same names before tests-bundled's tests link them.
+UNREACHED_DIR := $(abspath $(BUILD))/unreached
 .PHONY: preload preload-test
 
 preload:
@@ -134,8 +139,8 @@ preload-test: deps lib preload
 	@command -v sqlite3 >/dev/null 2>&1 || { echo "preload-test: sqlite3 is not installed (make deps)"; exit 1; }
 	$(CARGO) clippy -p sqlalloc_preload --all-targets --no-deps -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p sqlalloc_preload
-	$(CARGO) build --manifest-path tests-bundled/Cargo.toml --example unreached --target-dir $${CARGO_TARGET_DIR:-target}
-	SQLALLOC_BUNDLED_EXAMPLE=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/examples/unreached $(CARGO) test --release -p sqlalloc_preload
+	$(CARGO) build --manifest-path tests-bundled/Cargo.toml --example unreached --target-dir $(UNREACHED_DIR)
+	SQLALLOC_BUNDLED_EXAMPLE=$(UNREACHED_DIR)/debug/examples/unreached $(CARGO) test --release -p sqlalloc_preload
 
 # ---- Rust API with the optional features (owner: rustapi; see docs/rust.md) ---------------
 # jemalloc (built once by tikv-jemalloc-sys with autoconf: a few minutes the first time),
