@@ -99,11 +99,10 @@
 //! in [`crate::installed`]).
 
 use crate::backend::{Memsys3, Memsys5};
-use crate::counters::{thread_index, Stats, PEAK_FLUSH_BYTES, SLOTS};
+use crate::counters::{scope_word, set_scope_word, thread_index, Stats, PEAK_FLUSH_BYTES, SLOTS};
 use crate::error::Error;
 use crate::installed;
 use crate::methods::{Held, InitError, LiveBlock, MemMethods};
-use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -120,11 +119,10 @@ pub const DEFAULT_NAME: &str = "default";
 /// Bytes of the header in front of a block on the general-purpose backends.
 pub const HEADER: usize = 8;
 
-thread_local! {
-    /// The calling thread's current scope: `generation << 32 | id`. 0 (the default scope of no
-    /// layer) until the thread enters a scope.
-    static CURRENT: Cell<u64> = const { Cell::new(0) };
-}
+// The calling thread's current scope is a word `generation << 32 | id`, 0 (the default scope of
+// no layer) until the thread enters a scope: `counters::scope_word`, an initial-exec thread-local
+// next to the counters' slot number (a `thread_local!` costs a `__tls_get_addr` call in a shared
+// object, on every malloc).
 
 /// Generation of the next layer built (0 is never used, so a fresh thread's word means "default").
 static NEXT_GEN: AtomicU32 = AtomicU32::new(1);
@@ -209,17 +207,17 @@ fn max_u(a: &AtomicU64, v: u64, owned: bool) {
 
 /// [`SLOTS`] rows of zeroed tallies, from the allocator's zeroed memory (untouched pages of rows
 /// and scopes never used cost no resident memory).
-fn zeroed_rows() -> Box<[Row]> {
-    let layout = std::alloc::Layout::array::<Row>(SLOTS).expect("a fixed, small size");
+fn zeroed_rows() -> Box<[Row; SLOTS]> {
+    let layout = std::alloc::Layout::new::<[Row; SLOTS]>();
     // SAFETY: the layout has a non-zero size (SLOTS rows of 18 KiB).
     let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Row>();
     if p.is_null() {
         std::alloc::handle_alloc_error(layout);
     }
-    // SAFETY: `p` is a fresh allocation of `SLOTS` rows with `Row`'s layout, all bytes zero,
-    // which is a valid `Row` (atomics of integers only, 0); the box takes ownership and frees it
-    // with the same layout.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, SLOTS)) }
+    // SAFETY: `p` is a fresh allocation with the layout of `[Row; SLOTS]`, all bytes zero, which
+    // is a valid `Row` (atomics of integers only, 0); the box takes ownership and frees it with
+    // the same layout.
+    unsafe { Box::from_raw(p.cast::<[Row; SLOTS]>()) }
 }
 
 /// The scopes of one `scopes` layer: their names, caps and counters. Shared by the layer (which
@@ -228,8 +226,11 @@ pub struct Scopes {
     gen: u32,
     /// Scopes created so far (ids `0..count`); only grows.
     count: AtomicUsize,
-    heads: Box<[Head]>,
-    rows: Box<[Row]>,
+    /// Indexed by scope id masked with `MAX_SCOPES - 1` (a no-op for an id below
+    /// `MAX_SCOPES`): a fixed-size array, so the masked index needs no bounds check.
+    heads: Box<[Head; MAX_SCOPES]>,
+    /// Indexed by the counters' slot masked with `SLOTS - 1` (likewise).
+    rows: Box<[Row; SLOTS]>,
     /// Names by id. Taken by `create` and readers only, never on an allocation path.
     names: Mutex<Vec<String>>,
 }
@@ -260,7 +261,7 @@ impl Scopes {
         Scopes {
             gen: NEXT_GEN.fetch_add(1, Relaxed).max(1),
             count: AtomicUsize::new(1),
-            heads: (0..MAX_SCOPES).map(|_| Head::new()).collect(),
+            heads: Box::new([const { Head::new() }; MAX_SCOPES]),
             rows,
             names: Mutex::new(vec![DEFAULT_NAME.to_string()]),
         }
@@ -386,7 +387,8 @@ impl Scopes {
         if id >= self.len() {
             return None;
         }
-        let prev = CURRENT.with(|c| c.replace((u64::from(self.gen) << 32) | id as u64));
+        let prev = scope_word();
+        set_scope_word((u64::from(self.gen) << 32) | id as u64);
         Some(self.id_in(prev))
     }
 
@@ -403,7 +405,7 @@ impl Scopes {
     /// The calling thread's current scope in this layer.
     #[inline(always)]
     pub fn current(&self) -> usize {
-        self.id_in(CURRENT.with(Cell::get))
+        self.id_in(scope_word())
     }
 
     /// The cap of scope `s` (0: none), on the allocation path.
@@ -590,7 +592,7 @@ impl Scope {
     /// false).
     #[must_use = "the previous scope is restored when the guard is dropped"]
     pub fn enter(self) -> ScopeGuard {
-        let prev = CURRENT.with(Cell::get);
+        let prev = scope_word();
         let entered = enter_id(i64::from(self.0)).is_some();
         ScopeGuard {
             prev,
@@ -638,7 +640,7 @@ impl ScopeGuard {
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
         let prev = self.prev;
-        CURRENT.with(|c| c.set(prev));
+        set_scope_word(prev);
     }
 }
 
@@ -649,7 +651,7 @@ pub(crate) fn enter_id(id: i64) -> Option<usize> {
     match (usize::try_from(id).ok(), layer) {
         (Some(id), Some(l)) => l.enter(id),
         (Some(0), None) => {
-            CURRENT.with(|c| c.set(0));
+            set_scope_word(0);
             Some(0)
         }
         _ => None,
