@@ -54,7 +54,7 @@
 //! [`crate::counters`] keeps the stack's: one cell per (thread slot, scope), the thread's slot
 //! being the counters' slot ([`crate::counters::thread_index`]), updated with plain loads and
 //! stores by the thread that owns the slot (threads without a slot use slot 0 with atomic
-//! read-modify-write instructions). A thread's cells are one contiguous row, 18 KiB apart from
+//! read-modify-write instructions). A thread's cells are one contiguous row, 32 KiB apart from
 //! the next thread's, so two threads in the same scope share no cache line. A reader sums the
 //! cells: current bytes and call counts are exact at any quiescent point.
 //!
@@ -127,12 +127,10 @@ pub const HEADER: usize = 8;
 /// Generation of the next layer built (0 is never used, so a fresh thread's word means "default").
 static NEXT_GEN: AtomicU32 = AtomicU32::new(1);
 
-/// Per scope: its cap and the shared words (128 bytes apart: a capped scope's total is written
-/// by every call in it).
+/// Per scope: its shared words (128 bytes apart: a capped scope's total is written by every call
+/// in it). Its cap is in [`Scopes::caps`].
 #[repr(C, align(128))]
 struct Head {
-    /// Cap in bytes, 0 for none. Written once, before the scope is published.
-    max: AtomicU64,
     /// Exact live bytes of a capped scope (unused without a cap).
     used: AtomicU64,
     /// Sum of the deltas the cells flushed (the cells' pending deltas are not in it).
@@ -144,7 +142,6 @@ struct Head {
 impl Head {
     const fn new() -> Head {
         Head {
-            max: AtomicU64::new(0),
             used: AtomicU64::new(0),
             total: AtomicI64::new(0),
             peak: AtomicI64::new(0),
@@ -152,22 +149,30 @@ impl Head {
     }
 }
 
-/// One thread slot's counters for one scope.
-#[repr(C)]
+/// One thread slot's counters for one scope: 128 bytes, the first cache line holding all that a
+/// malloc or a free touches (the index is a shift, and a tally shares no line with another).
+#[repr(C, align(64))]
 struct Tally {
+    // First line: the fast path.
     /// Bytes charged less bytes credited through this slot (signed: a block may be freed by
     /// another thread than the one that allocated it).
     bytes: AtomicI64,
+    /// The owner's fast path: while `lo <= bytes <= hi`, neither `hw` nor a flush is due
+    /// (`hi = mark + min(hw, PEAK_FLUSH_BYTES - 1)`, `lo = mark - PEAK_FLUSH_BYTES`; both 0 in a
+    /// zeroed tally, which only sends its first call to the slow path).
+    hi: AtomicI64,
+    lo: AtomicI64,
+    mallocs: AtomicU64,
+    frees: AtomicU64,
+    largest: AtomicU64,
+    reallocs: AtomicU64,
+    // Second line: the slow path, failures.
     /// `bytes` at the last flush.
     mark: AtomicI64,
     /// Highest `bytes - mark` since the last flush (0 right after it).
     hw: AtomicI64,
-    mallocs: AtomicU64,
     failed_mallocs: AtomicU64,
-    frees: AtomicU64,
-    reallocs: AtomicU64,
     failed_reallocs: AtomicU64,
-    largest: AtomicU64,
 }
 
 /// One thread slot's tallies, one per scope (a contiguous row, 128-aligned).
@@ -209,7 +214,7 @@ fn max_u(a: &AtomicU64, v: u64, owned: bool) {
 /// and scopes never used cost no resident memory).
 fn zeroed_rows() -> Box<[Row; SLOTS]> {
     let layout = std::alloc::Layout::new::<[Row; SLOTS]>();
-    // SAFETY: the layout has a non-zero size (SLOTS rows of 18 KiB).
+    // SAFETY: the layout has a non-zero size (SLOTS rows of 32 KiB).
     let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Row>();
     if p.is_null() {
         std::alloc::handle_alloc_error(layout);
@@ -226,6 +231,9 @@ pub struct Scopes {
     gen: u32,
     /// Scopes created so far (ids `0..count`); only grows.
     count: AtomicUsize,
+    /// Cap of each scope in bytes, 0 for none: written once, before the scope is published; read
+    /// by every call (one array, so that the caps of 16 scopes share a cache line nobody writes).
+    caps: [AtomicU64; MAX_SCOPES],
     /// Indexed by scope id masked with `MAX_SCOPES - 1` (a no-op for an id below
     /// `MAX_SCOPES`): a fixed-size array, so the masked index needs no bounds check.
     heads: Box<[Head; MAX_SCOPES]>,
@@ -261,6 +269,7 @@ impl Scopes {
         Scopes {
             gen: NEXT_GEN.fetch_add(1, Relaxed).max(1),
             count: AtomicUsize::new(1),
+            caps: [const { AtomicU64::new(0) }; MAX_SCOPES],
             heads: Box::new([const { Head::new() }; MAX_SCOPES]),
             rows,
             names: Mutex::new(vec![DEFAULT_NAME.to_string()]),
@@ -306,7 +315,7 @@ impl Scopes {
         if id >= MAX_SCOPES {
             return Err(Error::ScopesFull { max: MAX_SCOPES });
         }
-        self.heads[id].max.store(max_bytes.unwrap_or(0), Relaxed);
+        self.caps[id].store(max_bytes.unwrap_or(0), Relaxed);
         names.push(name.to_string());
         // Release: a thread that sees the new count (entering the scope) sees its cap.
         self.count.store(id + 1, Release);
@@ -328,7 +337,7 @@ impl Scopes {
     /// The cap of scope `id` (`None`: no cap, or no such scope).
     pub fn max_bytes(&self, id: usize) -> Option<u64> {
         (id < self.len())
-            .then(|| self.heads[id].max.load(Relaxed))
+            .then(|| self.caps[id].load(Relaxed))
             .filter(|&m| m != 0)
     }
 
@@ -339,7 +348,7 @@ impl Scopes {
             return None;
         }
         let h = &self.heads[id];
-        let capped = h.max.load(Relaxed) != 0;
+        let capped = self.caps[id].load(Relaxed) != 0;
         let total = h.total.load(Relaxed);
         let mut out = Stats::default();
         let (mut mallocs, mut failed_mallocs, mut hw) = (0i64, 0i64, i64::MIN);
@@ -411,13 +420,13 @@ impl Scopes {
     /// The cap of scope `s` (0: none), on the allocation path.
     #[inline(always)]
     fn cap(&self, s: usize) -> u64 {
-        self.heads[s & (MAX_SCOPES - 1)].max.load(Relaxed)
+        self.caps[s & (MAX_SCOPES - 1)].load(Relaxed)
     }
 
     /// Take `n` more bytes in capped scope `s` if its cap allows (and keep its peak).
     fn reserve(&self, s: usize, n: u64) -> bool {
         let h = &self.heads[s & (MAX_SCOPES - 1)];
-        let max = h.max.load(Relaxed);
+        let max = self.cap(s);
         match h
             .used
             .fetch_update(Relaxed, Relaxed, |u| u.checked_add(n).filter(|&v| v <= max))
@@ -442,7 +451,11 @@ impl Scopes {
     #[inline(always)]
     fn tally(&self, s: usize) -> (&Tally, bool) {
         let t = thread_index();
-        (&self.rows[t & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)], t != 0)
+        if t != 0 {
+            (&self.rows[t & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)], true)
+        } else {
+            (&self.rows[0].0[s & (MAX_SCOPES - 1)], false)
+        }
     }
 
     /// After the bytes of tally `t` of scope `s` moved by `delta` to `bytes`: keep the highest
@@ -451,8 +464,16 @@ impl Scopes {
     fn moved(&self, s: usize, t: &Tally, owned: bool, bytes: i64, delta: i64) {
         if !owned {
             self.shared_moved(s, delta);
-            return;
+        } else if bytes > t.hi.load(Relaxed) || bytes < t.lo.load(Relaxed) {
+            self.moved_slow(s, t, bytes);
         }
+    }
+
+    /// The owner of tally `t` of scope `s`, now at `bytes`, left the bounds of its fast path:
+    /// keep the highest pending value, flush at ±64 KiB, and set the bounds again.
+    #[cold]
+    #[inline(never)]
+    fn moved_slow(&self, s: usize, t: &Tally, bytes: i64) {
         let pending = bytes.wrapping_sub(t.mark.load(Relaxed));
         if pending > t.hw.load(Relaxed) {
             t.hw.store(pending, Relaxed);
@@ -460,6 +481,10 @@ impl Scopes {
         if !(-PEAK_FLUSH_BYTES..PEAK_FLUSH_BYTES).contains(&pending) {
             self.flush(s, t, bytes);
         }
+        let mark = t.mark.load(Relaxed);
+        let hw = t.hw.load(Relaxed).min(PEAK_FLUSH_BYTES - 1);
+        t.hi.store(mark.saturating_add(hw), Relaxed);
+        t.lo.store(mark.saturating_sub(PEAK_FLUSH_BYTES), Relaxed);
     }
 
     /// Slot 0 (shared by threads without a slot of their own): every change goes to the total
@@ -511,9 +536,10 @@ impl Scopes {
         let b = add_i(&t.bytes, -(size as i64), owned);
         if !owned {
             self.shared_moved(s, -(size as i64));
-        } else if b.wrapping_sub(t.mark.load(Relaxed)) < -PEAK_FLUSH_BYTES {
-            // A free never raises the peak: only the flush threshold is checked.
-            self.flush(s, t, b);
+        } else if b < t.lo.load(Relaxed) {
+            // A free never raises the peak: only the flush threshold is checked (the slow path
+            // does the rest too, which is always correct).
+            self.moved_slow(s, t, b);
         }
     }
 
@@ -976,7 +1002,7 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
         self.malloc_in(self.scopes.current(), size).map(|(p, _)| p)
     }
 
-    #[inline]
+    #[inline(always)]
     fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
         self.malloc_in(self.scopes.current(), size)
     }
@@ -993,7 +1019,7 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
         unsafe { self.size_and_free(ptr) };
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: `ptr` is a live block of this layer (caller's contract).
         let q = unsafe { P::inner(ptr) };
@@ -1038,7 +1064,7 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
         Some(unsafe { P::outer(r) })
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: `ptr` is a live block of this layer, its backend block `inner(ptr)`.
         unsafe { self.inner.size(P::inner(ptr)) }.saturating_sub(P::EXTRA)
