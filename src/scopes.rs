@@ -82,11 +82,17 @@
 //!
 //! # Per-call cost
 //!
-//! A malloc reads the thread's current scope (a `thread_local!` with constant initializer, one
-//! TLS access), the scope's cap (a read-only word), writes the block's tag (header word or side
-//! table byte) and updates its cell (a few plain stores, in the thread's own row). A free reads
-//! the tag and updates the freeing thread's cell. The layer is a `dyn` call under the stack
-//! (the backend itself is called statically from it). Measured figures: bench/notes.md, "Log".
+//! A malloc reads the thread's current scope (an initial-exec thread-local next to the counters'
+//! slot number, [`crate::counters`]: two instructions, no `__tls_get_addr` call in a shared
+//! object), the scope's cap (one word of an array nobody writes after creation), writes the
+//! block's tag (header word or side table byte) and updates its tally (plain stores in the
+//! thread's own row, one cache line; the peak's bookkeeping is one comparison with two bounds
+//! kept in the tally, everything else on a cold path). A free reads the tag and updates the
+//! freeing thread's tally the same way. Indexes are masked into fixed-size arrays, so no bounds
+//! check is left on these paths. Over `system` and `memsys5` the layer is a variant of the
+//! stack's backend, called statically and inlined into the methods table specialised for it
+//! ([`crate::stack`]); over any other backend it is a `dyn` call (the backend itself is called
+//! statically from it). Measured figures: bench/notes.md, "Log".
 //!
 //! # Threads, ids, re-installs
 //!
