@@ -107,13 +107,27 @@ mod slot {
         imp::set(v)
     }
 
+    /// The calling thread's scope word (see [`crate::scopes`]): 0 until it enters a scope.
+    #[inline(always)]
+    pub fn scope() -> u64 {
+        imp::scope()
+    }
+
+    /// Store the calling thread's scope word.
+    #[inline(always)]
+    pub fn set_scope(v: u64) {
+        imp::set_scope(v)
+    }
+
     /// x86-64 Linux: an 8-byte variable in the static TLS block, reached with the initial-exec
     /// model (`%fs` plus an offset the dynamic linker fixes at load time), the way jemalloc and
     /// mimalloc reach their thread caches. A Rust `thread_local!` in a shared object
     /// (`libsqlalloc.so`, `libsqlalloc_preload.so`) uses the general-dynamic model instead: a call
     /// of `__tls_get_addr` on every access, about 11 instructions, on every malloc and free.
-    /// The cost of the initial-exec model: the library needs 8 bytes of the static TLS surplus
-    /// glibc reserves for libraries loaded with `dlopen` (glibc has hundreds to spare).
+    /// The `scopes` layer's current scope (`sqlalloc_scope_current`, read on every malloc
+    /// under that layer) is a second such variable, for the same reason. The cost of the
+    /// initial-exec model: the library needs 16 bytes of the static TLS surplus glibc reserves
+    /// for libraries loaded with `dlopen` (glibc has hundreds to spare).
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     mod imp {
         use std::arch::{asm, global_asm};
@@ -129,6 +143,15 @@ mod slot {
             ".size sqlalloc_counters_slot, 8",
             ".p2align 3",
             "sqlalloc_counters_slot:",
+            ".zero 8",
+            ".popsection",
+            ".pushsection .tbss.sqlalloc_scope_current,\"awT\",@nobits",
+            ".globl sqlalloc_scope_current",
+            ".hidden sqlalloc_scope_current",
+            ".type sqlalloc_scope_current, @object",
+            ".size sqlalloc_scope_current, 8",
+            ".p2align 3",
+            "sqlalloc_scope_current:",
             ".zero 8",
             ".popsection",
         );
@@ -165,6 +188,36 @@ mod slot {
                 )
             };
         }
+
+        #[inline(always)]
+        pub fn scope() -> u64 {
+            let v: u64;
+            // SAFETY: as in `get`, for the calling thread's own `sqlalloc_scope_current`.
+            unsafe {
+                asm!(
+                    "mov {off}, qword ptr [rip + sqlalloc_scope_current@GOTTPOFF]",
+                    "mov {v}, qword ptr fs:[{off}]",
+                    off = out(reg) _,
+                    v = lateout(reg) v,
+                    options(nostack, readonly, preserves_flags),
+                )
+            };
+            v
+        }
+
+        #[inline(always)]
+        pub fn set_scope(v: u64) {
+            // SAFETY: as in `set`, for the calling thread's own `sqlalloc_scope_current`.
+            unsafe {
+                asm!(
+                    "mov {off}, qword ptr [rip + sqlalloc_scope_current@GOTTPOFF]",
+                    "mov qword ptr fs:[{off}], {v}",
+                    off = out(reg) _,
+                    v = in(reg) v,
+                    options(nostack, preserves_flags),
+                )
+            };
+        }
     }
 
     /// Elsewhere (and under Miri): a `thread_local!` without destructor.
@@ -174,6 +227,17 @@ mod slot {
 
         thread_local! {
             static SLOT: Cell<usize> = const { Cell::new(0) };
+            static SCOPE: Cell<u64> = const { Cell::new(0) };
+        }
+
+        #[inline(always)]
+        pub fn scope() -> u64 {
+            SCOPE.try_with(|s| s.get()).unwrap_or(0)
+        }
+
+        #[inline(always)]
+        pub fn set_scope(v: u64) {
+            let _ = SCOPE.try_with(|s| s.set(v));
         }
 
         #[inline(always)]
@@ -242,6 +306,20 @@ fn my_slot() -> Option<usize> {
 #[inline]
 pub fn thread_index() -> usize {
     slot::get().saturating_sub(1)
+}
+
+/// The calling thread's current-scope word of the [`scopes`](crate::scopes) layer (0 until it
+/// enters a scope), kept next to the thread's slot number: an initial-exec thread-local on
+/// x86-64 Linux, no `__tls_get_addr` call (see `slot::imp`).
+#[inline(always)]
+pub(crate) fn scope_word() -> u64 {
+    slot::scope()
+}
+
+/// Set the calling thread's current-scope word (see [`scope_word`]).
+#[inline(always)]
+pub(crate) fn set_scope_word(v: u64) {
+    slot::set_scope(v)
 }
 
 /// Where the next thread starts looking for a free slot: threads that start one after another

@@ -54,7 +54,7 @@
 //! [`crate::counters`] keeps the stack's: one cell per (thread slot, scope), the thread's slot
 //! being the counters' slot ([`crate::counters::thread_index`]), updated with plain loads and
 //! stores by the thread that owns the slot (threads without a slot use slot 0 with atomic
-//! read-modify-write instructions). A thread's cells are one contiguous row, 18 KiB apart from
+//! read-modify-write instructions). A thread's cells are one contiguous row, 32 KiB apart from
 //! the next thread's, so two threads in the same scope share no cache line. A reader sums the
 //! cells: current bytes and call counts are exact at any quiescent point.
 //!
@@ -82,11 +82,17 @@
 //!
 //! # Per-call cost
 //!
-//! A malloc reads the thread's current scope (a `thread_local!` with constant initializer, one
-//! TLS access), the scope's cap (a read-only word), writes the block's tag (header word or side
-//! table byte) and updates its cell (a few plain stores, in the thread's own row). A free reads
-//! the tag and updates the freeing thread's cell. The layer is a `dyn` call under the stack
-//! (the backend itself is called statically from it). Measured figures: bench/notes.md, "Log".
+//! A malloc reads the thread's current scope (an initial-exec thread-local next to the counters'
+//! slot number, [`crate::counters`]: two instructions, no `__tls_get_addr` call in a shared
+//! object), the scope's cap (one word of an array nobody writes after creation), writes the
+//! block's tag (header word or side table byte) and updates its tally (plain stores in the
+//! thread's own row, one cache line; the peak's bookkeeping is one comparison with two bounds
+//! kept in the tally, everything else on a cold path). A free reads the tag and updates the
+//! freeing thread's tally the same way. Indexes are masked into fixed-size arrays, so no bounds
+//! check is left on these paths. Over `system` and `memsys5` the layer is a variant of the
+//! stack's backend, called statically and inlined into the methods table specialised for it
+//! ([`crate::stack`]); over any other backend it is a `dyn` call (the backend itself is called
+//! statically from it). Measured figures: bench/notes.md, "Log".
 //!
 //! # Threads, ids, re-installs
 //!
@@ -99,11 +105,10 @@
 //! in [`crate::installed`]).
 
 use crate::backend::{Memsys3, Memsys5};
-use crate::counters::{thread_index, Stats, PEAK_FLUSH_BYTES, SLOTS};
+use crate::counters::{scope_word, set_scope_word, thread_index, Stats, PEAK_FLUSH_BYTES, SLOTS};
 use crate::error::Error;
 use crate::installed;
 use crate::methods::{Held, InitError, LiveBlock, MemMethods};
-use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -120,21 +125,18 @@ pub const DEFAULT_NAME: &str = "default";
 /// Bytes of the header in front of a block on the general-purpose backends.
 pub const HEADER: usize = 8;
 
-thread_local! {
-    /// The calling thread's current scope: `generation << 32 | id`. 0 (the default scope of no
-    /// layer) until the thread enters a scope.
-    static CURRENT: Cell<u64> = const { Cell::new(0) };
-}
+// The calling thread's current scope is a word `generation << 32 | id`, 0 (the default scope of
+// no layer) until the thread enters a scope: `counters::scope_word`, an initial-exec thread-local
+// next to the counters' slot number (a `thread_local!` costs a `__tls_get_addr` call in a shared
+// object, on every malloc).
 
 /// Generation of the next layer built (0 is never used, so a fresh thread's word means "default").
 static NEXT_GEN: AtomicU32 = AtomicU32::new(1);
 
-/// Per scope: its cap and the shared words (128 bytes apart: a capped scope's total is written
-/// by every call in it).
+/// Per scope: its shared words (128 bytes apart: a capped scope's total is written by every call
+/// in it). Its cap is in [`Scopes::caps`].
 #[repr(C, align(128))]
 struct Head {
-    /// Cap in bytes, 0 for none. Written once, before the scope is published.
-    max: AtomicU64,
     /// Exact live bytes of a capped scope (unused without a cap).
     used: AtomicU64,
     /// Sum of the deltas the cells flushed (the cells' pending deltas are not in it).
@@ -146,7 +148,6 @@ struct Head {
 impl Head {
     const fn new() -> Head {
         Head {
-            max: AtomicU64::new(0),
             used: AtomicU64::new(0),
             total: AtomicI64::new(0),
             peak: AtomicI64::new(0),
@@ -154,22 +155,30 @@ impl Head {
     }
 }
 
-/// One thread slot's counters for one scope.
-#[repr(C)]
+/// One thread slot's counters for one scope: 128 bytes, the first cache line holding all that a
+/// malloc or a free touches (the index is a shift, and a tally shares no line with another).
+#[repr(C, align(64))]
 struct Tally {
+    // First line: the fast path.
     /// Bytes charged less bytes credited through this slot (signed: a block may be freed by
     /// another thread than the one that allocated it).
     bytes: AtomicI64,
+    /// The owner's fast path: while `lo <= bytes <= hi`, neither `hw` nor a flush is due
+    /// (`hi = mark + min(hw, PEAK_FLUSH_BYTES - 1)`, `lo = mark - PEAK_FLUSH_BYTES`; both 0 in a
+    /// zeroed tally, which only sends its first call to the slow path).
+    hi: AtomicI64,
+    lo: AtomicI64,
+    mallocs: AtomicU64,
+    frees: AtomicU64,
+    largest: AtomicU64,
+    reallocs: AtomicU64,
+    // Second line: the slow path, failures.
     /// `bytes` at the last flush.
     mark: AtomicI64,
     /// Highest `bytes - mark` since the last flush (0 right after it).
     hw: AtomicI64,
-    mallocs: AtomicU64,
     failed_mallocs: AtomicU64,
-    frees: AtomicU64,
-    reallocs: AtomicU64,
     failed_reallocs: AtomicU64,
-    largest: AtomicU64,
 }
 
 /// One thread slot's tallies, one per scope (a contiguous row, 128-aligned).
@@ -209,17 +218,17 @@ fn max_u(a: &AtomicU64, v: u64, owned: bool) {
 
 /// [`SLOTS`] rows of zeroed tallies, from the allocator's zeroed memory (untouched pages of rows
 /// and scopes never used cost no resident memory).
-fn zeroed_rows() -> Box<[Row]> {
-    let layout = std::alloc::Layout::array::<Row>(SLOTS).expect("a fixed, small size");
-    // SAFETY: the layout has a non-zero size (SLOTS rows of 18 KiB).
+fn zeroed_rows() -> Box<[Row; SLOTS]> {
+    let layout = std::alloc::Layout::new::<[Row; SLOTS]>();
+    // SAFETY: the layout has a non-zero size (SLOTS rows of 32 KiB).
     let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Row>();
     if p.is_null() {
         std::alloc::handle_alloc_error(layout);
     }
-    // SAFETY: `p` is a fresh allocation of `SLOTS` rows with `Row`'s layout, all bytes zero,
-    // which is a valid `Row` (atomics of integers only, 0); the box takes ownership and frees it
-    // with the same layout.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, SLOTS)) }
+    // SAFETY: `p` is a fresh allocation with the layout of `[Row; SLOTS]`, all bytes zero, which
+    // is a valid `Row` (atomics of integers only, 0); the box takes ownership and frees it with
+    // the same layout.
+    unsafe { Box::from_raw(p.cast::<[Row; SLOTS]>()) }
 }
 
 /// The scopes of one `scopes` layer: their names, caps and counters. Shared by the layer (which
@@ -228,8 +237,14 @@ pub struct Scopes {
     gen: u32,
     /// Scopes created so far (ids `0..count`); only grows.
     count: AtomicUsize,
-    heads: Box<[Head]>,
-    rows: Box<[Row]>,
+    /// Cap of each scope in bytes, 0 for none: written once, before the scope is published; read
+    /// by every call (one array, so that the caps of 16 scopes share a cache line nobody writes).
+    caps: [AtomicU64; MAX_SCOPES],
+    /// Indexed by scope id masked with `MAX_SCOPES - 1` (a no-op for an id below
+    /// `MAX_SCOPES`): a fixed-size array, so the masked index needs no bounds check.
+    heads: Box<[Head; MAX_SCOPES]>,
+    /// Indexed by the counters' slot masked with `SLOTS - 1` (likewise).
+    rows: Box<[Row; SLOTS]>,
     /// Names by id. Taken by `create` and readers only, never on an allocation path.
     names: Mutex<Vec<String>>,
 }
@@ -260,7 +275,8 @@ impl Scopes {
         Scopes {
             gen: NEXT_GEN.fetch_add(1, Relaxed).max(1),
             count: AtomicUsize::new(1),
-            heads: (0..MAX_SCOPES).map(|_| Head::new()).collect(),
+            caps: [const { AtomicU64::new(0) }; MAX_SCOPES],
+            heads: Box::new([const { Head::new() }; MAX_SCOPES]),
             rows,
             names: Mutex::new(vec![DEFAULT_NAME.to_string()]),
         }
@@ -305,7 +321,7 @@ impl Scopes {
         if id >= MAX_SCOPES {
             return Err(Error::ScopesFull { max: MAX_SCOPES });
         }
-        self.heads[id].max.store(max_bytes.unwrap_or(0), Relaxed);
+        self.caps[id].store(max_bytes.unwrap_or(0), Relaxed);
         names.push(name.to_string());
         // Release: a thread that sees the new count (entering the scope) sees its cap.
         self.count.store(id + 1, Release);
@@ -327,7 +343,7 @@ impl Scopes {
     /// The cap of scope `id` (`None`: no cap, or no such scope).
     pub fn max_bytes(&self, id: usize) -> Option<u64> {
         (id < self.len())
-            .then(|| self.heads[id].max.load(Relaxed))
+            .then(|| self.caps[id].load(Relaxed))
             .filter(|&m| m != 0)
     }
 
@@ -338,7 +354,7 @@ impl Scopes {
             return None;
         }
         let h = &self.heads[id];
-        let capped = h.max.load(Relaxed) != 0;
+        let capped = self.caps[id].load(Relaxed) != 0;
         let total = h.total.load(Relaxed);
         let mut out = Stats::default();
         let (mut mallocs, mut failed_mallocs, mut hw) = (0i64, 0i64, i64::MIN);
@@ -386,7 +402,8 @@ impl Scopes {
         if id >= self.len() {
             return None;
         }
-        let prev = CURRENT.with(|c| c.replace((u64::from(self.gen) << 32) | id as u64));
+        let prev = scope_word();
+        set_scope_word((u64::from(self.gen) << 32) | id as u64);
         Some(self.id_in(prev))
     }
 
@@ -403,19 +420,19 @@ impl Scopes {
     /// The calling thread's current scope in this layer.
     #[inline(always)]
     pub fn current(&self) -> usize {
-        self.id_in(CURRENT.with(Cell::get))
+        self.id_in(scope_word())
     }
 
     /// The cap of scope `s` (0: none), on the allocation path.
     #[inline(always)]
     fn cap(&self, s: usize) -> u64 {
-        self.heads[s & (MAX_SCOPES - 1)].max.load(Relaxed)
+        self.caps[s & (MAX_SCOPES - 1)].load(Relaxed)
     }
 
     /// Take `n` more bytes in capped scope `s` if its cap allows (and keep its peak).
     fn reserve(&self, s: usize, n: u64) -> bool {
         let h = &self.heads[s & (MAX_SCOPES - 1)];
-        let max = h.max.load(Relaxed);
+        let max = self.cap(s);
         match h
             .used
             .fetch_update(Relaxed, Relaxed, |u| u.checked_add(n).filter(|&v| v <= max))
@@ -440,7 +457,11 @@ impl Scopes {
     #[inline(always)]
     fn tally(&self, s: usize) -> (&Tally, bool) {
         let t = thread_index();
-        (&self.rows[t & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)], t != 0)
+        if t != 0 {
+            (&self.rows[t & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)], true)
+        } else {
+            (&self.rows[0].0[s & (MAX_SCOPES - 1)], false)
+        }
     }
 
     /// After the bytes of tally `t` of scope `s` moved by `delta` to `bytes`: keep the highest
@@ -449,8 +470,16 @@ impl Scopes {
     fn moved(&self, s: usize, t: &Tally, owned: bool, bytes: i64, delta: i64) {
         if !owned {
             self.shared_moved(s, delta);
-            return;
+        } else if bytes > t.hi.load(Relaxed) || bytes < t.lo.load(Relaxed) {
+            self.moved_slow(s, t, bytes);
         }
+    }
+
+    /// The owner of tally `t` of scope `s`, now at `bytes`, left the bounds of its fast path:
+    /// keep the highest pending value, flush at ±64 KiB, and set the bounds again.
+    #[cold]
+    #[inline(never)]
+    fn moved_slow(&self, s: usize, t: &Tally, bytes: i64) {
         let pending = bytes.wrapping_sub(t.mark.load(Relaxed));
         if pending > t.hw.load(Relaxed) {
             t.hw.store(pending, Relaxed);
@@ -458,6 +487,10 @@ impl Scopes {
         if !(-PEAK_FLUSH_BYTES..PEAK_FLUSH_BYTES).contains(&pending) {
             self.flush(s, t, bytes);
         }
+        let mark = t.mark.load(Relaxed);
+        let hw = t.hw.load(Relaxed).min(PEAK_FLUSH_BYTES - 1);
+        t.hi.store(mark.saturating_add(hw), Relaxed);
+        t.lo.store(mark.saturating_sub(PEAK_FLUSH_BYTES), Relaxed);
     }
 
     /// Slot 0 (shared by threads without a slot of their own): every change goes to the total
@@ -509,9 +542,10 @@ impl Scopes {
         let b = add_i(&t.bytes, -(size as i64), owned);
         if !owned {
             self.shared_moved(s, -(size as i64));
-        } else if b.wrapping_sub(t.mark.load(Relaxed)) < -PEAK_FLUSH_BYTES {
-            // A free never raises the peak: only the flush threshold is checked.
-            self.flush(s, t, b);
+        } else if b < t.lo.load(Relaxed) {
+            // A free never raises the peak: only the flush threshold is checked (the slow path
+            // does the rest too, which is always correct).
+            self.moved_slow(s, t, b);
         }
     }
 
@@ -590,7 +624,7 @@ impl Scope {
     /// false).
     #[must_use = "the previous scope is restored when the guard is dropped"]
     pub fn enter(self) -> ScopeGuard {
-        let prev = CURRENT.with(Cell::get);
+        let prev = scope_word();
         let entered = enter_id(i64::from(self.0)).is_some();
         ScopeGuard {
             prev,
@@ -638,7 +672,7 @@ impl ScopeGuard {
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
         let prev = self.prev;
-        CURRENT.with(|c| c.set(prev));
+        set_scope_word(prev);
     }
 }
 
@@ -649,7 +683,7 @@ pub(crate) fn enter_id(id: i64) -> Option<usize> {
     match (usize::try_from(id).ok(), layer) {
         (Some(id), Some(l)) => l.enter(id),
         (Some(0), None) => {
-            CURRENT.with(|c| c.set(0));
+            set_scope_word(0);
             Some(0)
         }
         _ => None,
@@ -974,7 +1008,7 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
         self.malloc_in(self.scopes.current(), size).map(|(p, _)| p)
     }
 
-    #[inline]
+    #[inline(always)]
     fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
         self.malloc_in(self.scopes.current(), size)
     }
@@ -991,7 +1025,7 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
         unsafe { self.size_and_free(ptr) };
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: `ptr` is a live block of this layer (caller's contract).
         let q = unsafe { P::inner(ptr) };
@@ -1036,7 +1070,7 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
         Some(unsafe { P::outer(r) })
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: `ptr` is a live block of this layer, its backend block `inner(ptr)`.
         unsafe { self.inner.size(P::inner(ptr)) }.saturating_sub(P::EXTRA)

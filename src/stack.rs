@@ -7,14 +7,16 @@
 //! bounds exactly what `sqlite3_memory_used()` reports. The [`fault`](crate::fault) layer sees only
 //! the calls the limit let through, and a failure it injects is counted above as a failed call.
 //! The [`scopes`](crate::scopes) layer wraps the backend (its `xSize` and `xRoundup` are the
-//! ones every layer above sees), so it is held as a `dyn` backend.
+//! ones every layer above sees), so it is held as the backend: over `system` and `memsys5` as a
+//! variant of its own (called statically, as those two backends are), over any other as a `dyn`
+//! backend.
 
 use crate::backend::{self, Memsys5, System};
 use crate::counters::{Counters, Stats};
 use crate::error::Error;
 use crate::fault::{Fault, FaultSpec};
 use crate::methods::{Held, InitError, LiveBlock, MemMethods};
-use crate::scopes::{Scoped, Scopes};
+use crate::scopes::{Header, Scoped, Scopes, Tabled};
 use crate::spec::{Backend, Spec, SpecError};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -135,13 +137,15 @@ impl Stack {
 /// `$call` with `$b` bound to the backend of `$stack` (a [`Stack`]) when its [`Lower`] variant
 /// is the one kind `$k` names (any variant for [`kind::ANY`]), else `$other`: for a constant
 /// `$k` the other variants' arms compile to nothing, so the function holds one backend's path.
-/// `$b` is the backend by type for `System` and `Memsys5` (static calls, inlined) and a
-/// `&Box<dyn MemMethods>` for `Dyn` (method calls go through `dyn`).
+/// `$b` is the backend by type for `System`, `Memsys5` and the `scopes` layer over them (static
+/// calls, inlined) and a `&Box<dyn MemMethods>` for `Dyn` (method calls go through `dyn`).
 macro_rules! on_kind {
     ($stack:expr, $k:ident, $b:ident => $call:expr, _ => $other:expr) => {
         match &$stack.lower {
             Lower::System($b) if $k == kind::SYSTEM || $k == kind::ANY => $call,
             Lower::Memsys5($b) if $k == kind::MEMSYS5 || $k == kind::ANY => $call,
+            Lower::ScopedSystem($b) if $k == kind::SCOPED_SYSTEM || $k == kind::ANY => $call,
+            Lower::ScopedMemsys5($b) if $k == kind::SCOPED_MEMSYS5 || $k == kind::ANY => $call,
             Lower::Dyn($b) if $k == kind::DYN || $k == kind::ANY => $call,
             _ => $other,
         }
@@ -150,10 +154,15 @@ macro_rules! on_kind {
 
 /// The backend as the stack holds it: the backends whose speed is measured against SQLite's C
 /// allocators are called statically on the hot paths (`malloc`, `free`), so that their code is
-/// inlined into the stack's instead of reached through a `dyn` call; any other through `dyn`.
+/// inlined into the stack's instead of reached through a `dyn` call, and so is the `scopes` layer
+/// over them (with the backend inlined into it); any other through `dyn`.
 pub(crate) enum Lower {
     System(System),
     Memsys5(Memsys5),
+    /// `system+scopes`: the layer with a header per block.
+    ScopedSystem(Scoped<System, Header>),
+    /// `memsys5+scopes`: the layer with its side table.
+    ScopedMemsys5(Scoped<Memsys5, Tabled<Memsys5>>),
     Dyn(Box<dyn MemMethods>),
 }
 
@@ -173,6 +182,10 @@ pub(crate) mod kind {
     pub const MEMSYS5: u8 = 2;
     /// [`Lower::Dyn`](super::Lower::Dyn).
     pub const DYN: u8 = 3;
+    /// [`Lower::ScopedSystem`](super::Lower::ScopedSystem).
+    pub const SCOPED_SYSTEM: u8 = 4;
+    /// [`Lower::ScopedMemsys5`](super::Lower::ScopedMemsys5).
+    pub const SCOPED_MEMSYS5: u8 = 5;
 }
 
 /// A backend with counters and optional limit on top.
@@ -203,8 +216,10 @@ impl Stack {
         let parsed = Spec::parse(spec)?;
         let scopes = parsed.scopes.then(|| Arc::new(Scopes::new()));
         let lower = match parsed.backend {
-            Backend::System if scopes.is_none() => Lower::System(backend::System),
-            Backend::System => headed(backend::System, &scopes),
+            Backend::System => match &scopes {
+                None => Lower::System(backend::System),
+                Some(sc) => Lower::ScopedSystem(Scoped::with_header(backend::System, sc.clone())),
+            },
             Backend::Debug { backtrace } => headed(backend::Debug::new(backtrace), &scopes),
             Backend::Memsys3 { heap, bias } => {
                 let m = backend::Memsys3::new(heap)
@@ -226,7 +241,7 @@ impl Stack {
                     .with_bias(bias);
                 match &scopes {
                     None => Lower::Memsys5(m),
-                    Some(sc) => Lower::Dyn(Box::new(Scoped::with_table(m, sc.clone()))),
+                    Some(sc) => Lower::ScopedMemsys5(Scoped::with_table(m, sc.clone())),
                 }
             }
             #[cfg(feature = "jemalloc")]
@@ -296,6 +311,8 @@ impl Stack {
         match &self.lower {
             Lower::System(b) => b,
             Lower::Memsys5(b) => b,
+            Lower::ScopedSystem(b) => b,
+            Lower::ScopedMemsys5(b) => b,
             Lower::Dyn(b) => &**b,
         }
     }
@@ -328,6 +345,8 @@ impl Stack {
         match self.lower {
             Lower::System(_) => kind::SYSTEM,
             Lower::Memsys5(_) => kind::MEMSYS5,
+            Lower::ScopedSystem(_) => kind::SCOPED_SYSTEM,
+            Lower::ScopedMemsys5(_) => kind::SCOPED_MEMSYS5,
             Lower::Dyn(_) => kind::DYN,
         }
     }
@@ -583,6 +602,11 @@ mod tests {
     /// One stack of each [`Lower`] variant, and one with a limit (the layered path). Under Miri,
     /// which cannot call `malloc_usable_size`, without `system`.
     fn stacks() -> Vec<Stack> {
+        let scoped = |spec: &str| {
+            let s = Stack::from_spec(spec).unwrap();
+            assert!(s.scopes().is_some(), "{spec}");
+            s
+        };
         let mut v = vec![
             Stack::with_lower(
                 Lower::Memsys5(Memsys5::new(1 << 20, 64).unwrap()),
@@ -595,6 +619,8 @@ mod tests {
                 Some(1 << 20),
                 "memsys5:heap=1M,min=64+limit:max=1M".into(),
             ),
+            scoped("memsys5:heap=1M,min=64+scopes"),
+            scoped("rust+scopes"),
         ];
         if !cfg!(miri) {
             v.push(Stack::with_lower(
@@ -602,7 +628,11 @@ mod tests {
                 None,
                 "system".into(),
             ));
+            v.push(scoped("system+scopes"));
         }
+        let kinds: Vec<u8> = v.iter().map(Stack::kind).collect();
+        assert!(kinds.contains(&kind::SCOPED_MEMSYS5) && kinds.contains(&kind::DYN));
+        assert!(cfg!(miri) || kinds.contains(&kind::SCOPED_SYSTEM));
         v
     }
 
@@ -650,6 +680,8 @@ mod tests {
             exercise::<{ kind::SYSTEM }>(&s);
             exercise::<{ kind::MEMSYS5 }>(&s);
             exercise::<{ kind::DYN }>(&s);
+            exercise::<{ kind::SCOPED_SYSTEM }>(&s);
+            exercise::<{ kind::SCOPED_MEMSYS5 }>(&s);
             KEPT.lock().unwrap().push(s.counters());
         }
     }
