@@ -1,38 +1,130 @@
 //! [`HeapBuf`]: the one fixed heap buffer that `memsys3` and `memsys5` carve blocks from, and the
 //! only place where their pointer arithmetic happens.
 //!
-//! The buffer comes from the Rust global allocator (so the allocator cores run under Miri with
-//! strict provenance: every pointer handed out is derived from the buffer's base pointer by an
-//! offset; addresses are only ever turned into offsets, never back into pointers).
+//! # Where the bytes come from, and what they cost
+//!
+//! A heap must cost nothing until it is used: a `memsys5:heap=400M` that SQLite fills to 50 MB
+//! should make the process about 50 MB larger, not 400. So on Linux the buffer is an anonymous
+//! private mapping (`mmap(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`): it reads as zeros, and
+//! the kernel backs a page with memory only when it is first written (a read of an untouched page
+//! maps the shared zero page, which does not count in the resident size either). `MAP_NORESERVE`
+//! keeps a large heap from being charged against the overcommit limit before it is used. The
+//! allocators over it are written to match: their layout writes only the bytes it must (see
+//! "Heap layout" in `memsys5` and `memsys3`), relying on every other byte reading 0, and
+//! [`zero`](HeapBuf::zero) gives whole pages back to the kernel rather than writing zeros into
+//! them. The pool marking for valgrind and ASan (`src/marking.rs`) changes only the tools' shadow
+//! memory, never the heap's pages.
+//!
+//! When the mapping is refused (a sandbox that forbids `mmap`, an address-space limit) and on
+//! other systems, the buffer comes from the Rust global allocator, zeroed (`alloc_zeroed`, which
+//! for large sizes is `calloc`'s fresh pages too). Under Miri it always does, so that the
+//! allocator cores run there with strict provenance. So it does with the `asan` feature, so that
+//! AddressSanitizer's reports place an address inside the heap's allocation (its allocator
+//! serves a large zeroed request with fresh pages too).
+//!
+//! Either way every pointer handed out is derived from the buffer's base pointer by an offset;
+//! addresses are only ever turned into offsets, never back into pointers.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
-/// Alignment of the heap buffer's base.
+/// Alignment of the heap buffer's base (a mapping is page-aligned, which is more).
 pub const HEAP_ALIGN: usize = 64;
 
-/// A heap buffer of `len` bytes, owned, freed on drop.
+/// Where a [`HeapBuf`]'s bytes come from (and so how they are given back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// An anonymous private mapping of `len.max(1)` bytes (`munmap` on drop).
+    Mapped,
+    /// The Rust global allocator, `Layout(len.max(1), HEAP_ALIGN)` (`dealloc` on drop).
+    Global,
+}
+
+/// A heap buffer of `len` bytes, all zero when created, owned, freed on drop.
 pub struct HeapBuf {
     base: NonNull<u8>,
     len: usize,
+    source: Source,
 }
 
 // SAFETY: HeapBuf owns its buffer like a Box<[u8]>; it has no thread affinity. All access to the
 // bytes goes through `unsafe` methods whose callers provide the synchronization (each backend keeps
 // its HeapBuf behind its own mutex).
 unsafe impl Send for HeapBuf {}
-// SAFETY: as above: shared references only read `base`/`len`, which never change.
+// SAFETY: as above: shared references only read `base`/`len`/`source`, which never change.
 unsafe impl Sync for HeapBuf {}
 
 impl HeapBuf {
-    /// A new buffer of `len` bytes (contents unspecified), or `None` when memory cannot be had.
+    /// A new buffer of `len` bytes, every byte 0, or `None` when memory cannot be had. On Linux
+    /// no page of it is resident until written (see the module documentation).
     pub fn new(len: usize) -> Option<HeapBuf> {
+        if let Some(base) = map::map(len.max(1)) {
+            return Some(HeapBuf {
+                base,
+                len,
+                source: Source::Mapped,
+            });
+        }
         let layout = Layout::from_size_align(len.max(1), HEAP_ALIGN).ok()?;
         // SAFETY: `layout` has a non-zero size.
-        let base = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
-        Some(HeapBuf { base, len })
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(HeapBuf {
+            base,
+            len,
+            source: Source::Global,
+        })
     }
 
+    /// Whether the buffer is a lazily backed mapping (else it comes from the global allocator).
+    pub fn is_mapped(&self) -> bool {
+        self.source == Source::Mapped
+    }
+
+    /// Set bytes `off .. off + n` to 0. In a mapping, the whole pages of the range are given back
+    /// to the kernel (`madvise(MADV_DONTNEED)`: they read as zeros again and are resident no
+    /// more) and only the partial pages at its ends are written; otherwise every byte is written.
+    ///
+    /// # Panics
+    /// When the range is not inside the buffer.
+    ///
+    /// # Safety
+    /// No other thread may access the range meanwhile, and none of it may belong to a block
+    /// handed out to a user.
+    pub unsafe fn zero(&self, off: usize, n: usize) {
+        let end = off.checked_add(n).filter(|&e| e <= self.len);
+        let end = end
+            .unwrap_or_else(|| panic!("heap range {off}+{n} outside a heap of {} bytes", self.len));
+        let (mut lo, mut hi) = (end, end);
+        if self.source == Source::Mapped {
+            let page = map::page_size();
+            // The base of a mapping is page-aligned, so page boundaries are offsets too.
+            let (a, b) = (off.next_multiple_of(page), end / page * page);
+            // SAFETY: `off <= a < b <= end <= len`: whole pages inside the mapping, which this
+            // buffer owns; nobody else uses them (caller's contract), so their contents may go.
+            if a < b && unsafe { map::discard(self.ptr(a), b - a) } {
+                (lo, hi) = (a, b);
+            }
+        }
+        // SAFETY: `off <= lo <= hi <= end <= len`: both pieces are inside the buffer; exclusive
+        // access by the caller's contract.
+        unsafe {
+            self.ptr(off).as_ptr().write_bytes(0, lo - off);
+            self.ptr(hi).as_ptr().write_bytes(0, end - hi);
+        }
+    }
+
+    /// Bytes of the buffer backed by memory now (resident pages, times the page size), when the
+    /// buffer is a mapping and the system says (`mincore`); `None` otherwise. For tests and
+    /// diagnostics: it is a system call and a vector of one byte per page.
+    pub fn resident_bytes(&self) -> Option<usize> {
+        if self.source != Source::Mapped {
+            return None;
+        }
+        map::resident(self.base, self.len.max(1))
+    }
+}
+
+impl HeapBuf {
     /// Size of the buffer in bytes.
     #[inline]
     pub fn len(&self) -> usize {
@@ -183,17 +275,6 @@ impl HeapView<'_> {
         unsafe { self.base.add(off) }
     }
 
-    /// Set every byte of the view to 0.
-    ///
-    /// # Safety
-    /// No other thread may be reading or writing any byte of the view.
-    #[inline]
-    pub unsafe fn zero(&self) {
-        // SAFETY: the view lies inside the buffer (the contract of `HeapBuf::view_unchecked`);
-        // exclusive access by the caller's contract.
-        unsafe { self.base.as_ptr().write_bytes(0, self.len) }
-    }
-
     /// Read the `u32` at offset `off` of the view.
     ///
     /// # Safety
@@ -220,10 +301,126 @@ impl HeapView<'_> {
 
 impl Drop for HeapBuf {
     fn drop(&mut self) {
-        let layout =
-            Layout::from_size_align(self.len.max(1), HEAP_ALIGN).expect("layout was valid at new");
-        // SAFETY: `base` was allocated in `new` with exactly this layout and is freed once.
-        unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) }
+        match self.source {
+            // SAFETY: `base` is the mapping of `len.max(1)` bytes made in `new`, unmapped once;
+            // no pointer into it outlives the buffer (the backends' blocks are theirs to hand
+            // out only while they own the buffer).
+            Source::Mapped => unsafe { map::unmap(self.base, self.len.max(1)) },
+            Source::Global => {
+                let layout = Layout::from_size_align(self.len.max(1), HEAP_ALIGN)
+                    .expect("layout was valid at new");
+                // SAFETY: `base` was allocated in `new` with exactly this layout and is freed
+                // once.
+                unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) }
+            }
+        }
+    }
+}
+
+/// The anonymous mapping behind a [`HeapBuf`] on Linux; elsewhere, under Miri and with the `asan`
+/// feature, `map` says no and the buffer comes from the global allocator.
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(miri),
+    not(feature = "asan")
+))]
+mod map {
+    use std::ptr::NonNull;
+
+    /// A new anonymous private mapping of `len > 0` bytes, read-write, zero-filled on demand and
+    /// not charged against the overcommit limit; `None` when the system refuses it.
+    pub(super) fn map(len: usize) -> Option<NonNull<u8>> {
+        // SAFETY: a new anonymous mapping at an address the kernel chooses: no memory in use is
+        // affected. The result is checked against MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        NonNull::new(p.cast::<u8>())
+    }
+
+    /// Unmap `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// `base .. base + len` is a whole mapping made by [`map`], not used after the call.
+    pub(super) unsafe fn unmap(base: NonNull<u8>, len: usize) {
+        // SAFETY: the caller's contract: the range is ours and nobody uses it any more.
+        let r = unsafe { libc::munmap(base.as_ptr().cast(), len) };
+        debug_assert_eq!(r, 0, "munmap of a heap failed");
+    }
+
+    /// Give the pages `p .. p + len` back (`MADV_DONTNEED`: a private anonymous page reads as
+    /// zeros afterwards and is no longer resident); whether it was done.
+    ///
+    /// # Safety
+    /// `p` is page-aligned, `len` a multiple of the page size, the range inside a mapping made by
+    /// [`map`], and nobody needs its contents or accesses it meanwhile.
+    pub(super) unsafe fn discard(p: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the caller's contract; MADV_DONTNEED on a private anonymous mapping only
+        // replaces the pages' contents by zeros.
+        unsafe { libc::madvise(p.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
+    }
+
+    /// The system's page size.
+    pub(super) fn page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    }
+
+    /// Resident bytes of the mapping `base .. base + len` (`mincore`).
+    pub(super) fn resident(base: NonNull<u8>, len: usize) -> Option<usize> {
+        let page = page_size();
+        let mut v = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `base` is page-aligned and `base .. base + len` is mapped (a HeapBuf's
+        // mapping); `v` has one byte per page of the range, as mincore writes.
+        let r = unsafe { libc::mincore(base.as_ptr().cast(), len, v.as_mut_ptr().cast()) };
+        (r == 0).then(|| v.iter().filter(|&&b| b & 1 != 0).count() * page)
+    }
+}
+
+/// No mapping here: the buffer comes from the global allocator.
+#[cfg(not(all(
+    any(target_os = "linux", target_os = "android"),
+    not(miri),
+    not(feature = "asan")
+)))]
+mod map {
+    use std::ptr::NonNull;
+
+    pub(super) fn map(_len: usize) -> Option<NonNull<u8>> {
+        None
+    }
+
+    /// Never called: there is no mapping to unmap.
+    ///
+    /// # Safety
+    /// None needed (it does nothing).
+    pub(super) unsafe fn unmap(_base: NonNull<u8>, _len: usize) {}
+
+    /// Never called: there is no mapping.
+    ///
+    /// # Safety
+    /// None needed (it does nothing).
+    pub(super) unsafe fn discard(_p: NonNull<u8>, _len: usize) -> bool {
+        false
+    }
+
+    pub(super) fn page_size() -> usize {
+        4096
+    }
+
+    pub(super) fn resident(_base: NonNull<u8>, _len: usize) -> Option<usize> {
+        None
     }
 }
 
@@ -247,6 +444,86 @@ mod tests {
             h.copy_within(16, 32, 4);
             assert_eq!(h.read_u32(32), 0xdead_beef);
         }
+    }
+
+    /// Read byte `off` (test helper).
+    fn byte(h: &HeapBuf, off: usize) -> u8 {
+        // SAFETY: `ptr` checks the offset; nothing is handed out in these tests.
+        unsafe { h.ptr(off).as_ptr().read() }
+    }
+
+    /// A new buffer reads as zeros; `zero` clears a range across page boundaries (whole pages
+    /// given back, the partial ones written) and nothing outside it.
+    #[test]
+    fn new_is_zero_and_zero_clears_exactly_its_range() {
+        let len = if cfg!(miri) {
+            3 * 4096 + 100
+        } else {
+            5 * 4096 + 100
+        };
+        let h = HeapBuf::new(len).unwrap();
+        assert_eq!(
+            h.is_mapped(),
+            cfg!(all(target_os = "linux", not(miri), not(feature = "asan")))
+        );
+        assert!((0..len).step_by(61).all(|o| byte(&h, o) == 0));
+        assert_eq!(byte(&h, len - 1), 0);
+        // SAFETY: in bounds, exclusive (the test owns the buffer).
+        unsafe { h.ptr(0).as_ptr().write_bytes(0xa5, len) };
+        let (off, n) = (100, len - 300);
+        // SAFETY: as above.
+        unsafe { h.zero(off, n) };
+        for o in 0..len {
+            let want = if (off..off + n).contains(&o) { 0 } else { 0xa5 };
+            assert_eq!(byte(&h, o), want, "byte {o}");
+        }
+        // SAFETY: as above; an empty range and the whole buffer.
+        unsafe {
+            h.zero(len, 0);
+            h.zero(0, len);
+        }
+        assert!((0..len).all(|o| byte(&h, o) == 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside a heap")]
+    fn zero_out_of_range_panics() {
+        let h = HeapBuf::new(64).unwrap();
+        // SAFETY: the range is checked before anything is written (it panics).
+        unsafe { h.zero(60, 8) };
+    }
+
+    /// A large buffer costs no memory until written, and then only the pages written; `zero`
+    /// gives them back.
+    #[test]
+    #[cfg_attr(miri, ignore = "no mapping under Miri")]
+    fn pages_are_backed_only_when_written() {
+        let h = HeapBuf::new(64 << 20).unwrap();
+        let Some(r0) = h.resident_bytes() else {
+            eprintln!("not a mapping here: skipped");
+            return;
+        };
+        assert_eq!(r0, 0, "a fresh 64 MiB heap has resident pages");
+        if std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| s.contains("[always]"))
+        {
+            // A write may then back a whole 2 MiB page: the counts below do not hold.
+            eprintln!("transparent huge pages always on: page counts skipped");
+            return;
+        }
+        // SAFETY: in bounds, 4-aligned, exclusive.
+        unsafe {
+            h.write_u32(0, 1);
+            h.write_u32(32 << 20, 2);
+            h.ptr(1 << 20).as_ptr().write_bytes(7, 256 << 10);
+        }
+        let page = map::page_size();
+        let r1 = h.resident_bytes().unwrap();
+        assert_eq!(r1, 2 * page + (256 << 10), "resident after writes");
+        // SAFETY: exclusive, nothing handed out.
+        unsafe { h.zero(1 << 20, 256 << 10) };
+        assert_eq!(h.resident_bytes().unwrap(), 2 * page);
+        assert_eq!(byte(&h, (1 << 20) + 5), 0);
     }
 
     #[test]

@@ -66,6 +66,24 @@
 //! stops every forward walk and whose `prevSize` word the last chunk may use; block `P+1` and any
 //! bytes past `8·(P+2)` are unused (the same layout as C, which also sets two blocks aside).
 //!
+//! # What is touched when
+//!
+//! The buffer is fresh zero pages that the system backs with memory only when they are first
+//! written ([`HeapBuf`]: an anonymous mapping on Linux), so the heap costs what is used of it, not
+//! its size. The layout (at creation, and again by `init` when no block is live) writes three
+//! words, as C's `memsys3Init`: the key chunk's `size4x` in block 0 and the sentinel's
+//! `prevSize` and `size4x` in block `P`: two pages at most. A malloc carved from the key writes
+//! the header of the chunk it returns and the key's new `size4x`; an exact fit writes the chunk's
+//! header, its list neighbours' links and the next chunk's `size4x`; a free writes the chunk's
+//! header and links, the next chunk's header, and the headers it rewrites when it grows the key.
+//! The body of a chunk is backed when the program writes it. The allocator reads only words it
+//! wrote: headers of chunks and of the sentinel, links of free chunks. The one exception is the
+//! check of a pointer given to `free`, `size` or `realloc`, which reads the `size4x` word before
+//! it wherever it points: a word never written reads 0, which is refused like the `size4x` of a
+//! free chunk (bit 0 clear). The pool marking for valgrind and ASan
+//! marks the whole buffer at creation in the tools' shadow memory only. Nothing iterates over the
+//! heap but a merge pass, which walks the free lists, and the unit tests' checker.
+//!
 //! # Invariants (checked after every operation by the unit tests)
 //!
 //! - Walking from chunk 1 by sizes visits chunks of at least 2 blocks and lands exactly on the
@@ -1214,6 +1232,41 @@ mod tests {
             free(&m, p);
         }
         check(&m);
+    }
+
+    /// A large heap costs two pages when laid out (the key chunk's header and the sentinel's),
+    /// also after `init`; a few blocks written cost their own pages and little more.
+    #[test]
+    #[cfg_attr(miri, ignore = "no mapping under Miri")]
+    fn a_large_heap_is_touched_only_where_used() {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+        let m = Memsys3::new(256 << 20).unwrap();
+        let resident = || m.lock().heap.resident_bytes();
+        let Some(r0) = resident() else {
+            eprintln!("the heap is not a mapping here: skipped");
+            return;
+        };
+        assert!(r0 <= 2 * page, "laid out: {r0} bytes resident");
+        m.init().unwrap();
+        let r1 = resident().unwrap();
+        assert!(r1 <= 2 * page, "after init: {r1} bytes resident");
+        let blocks: Vec<_> = (0..4).map(|_| m.malloc(64 << 10).unwrap()).collect();
+        for &p in &blocks {
+            fill(p, 64 << 10, 0x33);
+        }
+        let r2 = resident().unwrap();
+        // Each block's header and the key's new header: a page more per block at most.
+        assert!(
+            r2 >= r1 + 4 * (64 << 10) && r2 <= r1 + 4 * (64 << 10) + 8 * page,
+            "four 64 KiB blocks written: {r1} -> {r2} bytes resident"
+        );
+        for p in blocks {
+            assert!(holds(p, 64 << 10, 0x33));
+            free(&m, p);
+        }
+        let w = check(&m);
+        assert_eq!((w.used, w.free), (0, 1));
     }
 
     #[test]

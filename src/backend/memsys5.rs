@@ -88,15 +88,43 @@
 //! one's. Blocks handed out are aligned to `atom` (at least 8) from the heap base, which is
 //! 64-aligned.
 //!
+//! # What is touched when
+//!
+//! The buffer is fresh zero pages that the system backs with memory only when they are first
+//! written ([`HeapBuf`]: an anonymous mapping on Linux), so the heap costs what is used of it,
+//! not its size. The layout writes what C's `memsys5Init` writes and nothing more: the control
+//! byte and the free-list link (the first 8 bytes) of each top-level block, at most 31 of each,
+//! every other control byte being already 0, which is the control byte of an atom that starts no
+//! block (see "Control bytes"). So a 400 MB heap costs at most 31 pages of atoms and one or two
+//! pages of control bytes when laid out. After that, a malloc writes the control bytes of the
+//! block it returns and of the halves split off it and their links (the first 8 bytes of each
+//! upper half), a free those of the freed block and of the buddies joined to it; the pages of a
+//! block's body are backed when the program writes them. A heap that SQLite fills to 50 MB
+//! makes the process about 50 MB larger (plus one control byte per atom used), as with C.
+//!
+//! `init` with no live block lays the heap out again: the control bytes are zeroed first by
+//! giving their whole pages back to the system ([`HeapBuf::zero`], `madvise(MADV_DONTNEED)`),
+//! not by writing them. Nothing iterates over the heap: the pool marking for valgrind and ASan
+//! marks the whole buffer at creation in the tools' shadow memory only (see "valgrind /
+//! AddressSanitizer marking" below). Only the unit tests' `check` reads every control byte.
+//!
 //! # Control bytes
 //!
 //! `ctrl[i]` describes the block starting at atom `i`: bits 0–4 (`CTRL_LOGSIZE`) hold its class,
-//! bit 5 (`CTRL_FREE`) is set when it is free. The control bytes of the other atoms of a block
-//! are leftovers (0 when the area was laid out or when the block absorbed a buddy starting there)
-//! and are never read. Handing out a block only writes the control bytes of the block itself and
-//! of the halves split off it; freeing only those of the freed block and its free buddies: the
-//! control byte of a live block never changes while it lives, so [`size`](MemMethods::size)
-//! reads it without taking the lock.
+//! bit 5 (`CTRL_FREE`) is set when it is free, bit 6 (`CTRL_START`) is set on the first atom of
+//! every block. The control byte of every other atom is 0: it was never written (a fresh heap
+//! reads as zeros) or it was cleared when the block starting there was joined to its buddy.
+//! So 0 means "no block starts here", and an untouched control byte is consistent with the
+//! state; `free` of a pointer to such an atom (inside a block) is ignored. The allocator itself
+//! reads only control bytes of block starts: those of live blocks (`free`, `size`), of the free
+//! blocks it takes off a list, and of buddies; the buddy of a block of class `k` inside a
+//! top-level block is the first atom of the other half of the `2^(k+1)`-atom region holding it,
+//! which is tiled by blocks, so a block starts there; the buddy of a top-level block is the
+//! start of the next top-level block (top-level blocks lie at multiples of twice their size,
+//! one after another) or past the last atom. Handing out a block only writes the control bytes
+//! of the block itself and of the halves split off it; freeing only those of the freed block and
+//! its free buddies: the control byte of a live block never changes while it lives, so
+//! [`size`](MemMethods::size) reads it without taking the lock.
 //!
 //! # Invariants (checked after every operation of the unit tests by `check`)
 //!
@@ -109,6 +137,8 @@
 //! 3. No free block has a free buddy of the same class (it would have been joined).
 //! 4. The number of blocks in use equals the count kept in the state.
 //! 5. The count of atoms in live blocks published for the footprint (below) is exact.
+//! 6. The control byte of every atom that starts no block is 0, and that of every block start
+//!    has `CTRL_START` set (and no bit but the three fields).
 //!
 //! # Footprint
 //!
@@ -154,8 +184,10 @@
 //!   live blocks may still be referenced. C always lays it out afresh. `init` fails with
 //!   `NoMem` when the heap cannot hold one atom (C initializes an empty pool and lets the first
 //!   allocation fail).
-//! - The whole control-byte area is zeroed at layout (C leaves it as it was), so that every
-//!   byte the allocator may read is initialized.
+//! - The control byte of a block start has `CTRL_START` set, so that 0 (what an untouched
+//!   byte reads) means "no block starts here" (C's `aCtrl` has no such bit; it reads the same
+//!   bytes). The buffer is fresh zero pages ([`HeapBuf`]); C's is whatever SQLite was given.
+//!   A re-layout by `init` zeroes the control bytes (C leaves them as they were).
 //! - No `SQLITE_DEBUG` statistics, fill patterns or `sqlite3_log` call on failure (an allocation
 //!   path must not call into SQLite); the counters of the stack above provide the statistics.
 //! - C also sets the free flag on the last atom's control byte of a freed block; nothing reads
@@ -167,7 +199,8 @@
 //! - `malloc(0)` returns the smallest block (what [`MemMethods`] asks of every backend); C's
 //!   `xMalloc(0)` returns NULL. SQLite itself never asks for 0 bytes.
 //! - A pointer passed to `free` that is plainly not a live block of this heap (outside it, not on
-//!   an atom boundary, or marked free) is ignored instead of tripping an `assert`.
+//!   an atom boundary, on an atom that starts no block, or marked free) is ignored instead of
+//!   tripping an `assert`.
 //!
 //! Everything else (atom size, block count, the initial layout, which block a request gets and
 //! the order of the free lists) follows C, so a sequence of calls places blocks at the same
@@ -189,6 +222,21 @@ const LOGMAX: usize = 30;
 const CTRL_LOGSIZE: u8 = 0x1f;
 /// Control-byte bit set while a block is free.
 const CTRL_FREE: u8 = 0x20;
+/// Control-byte bit set on the first atom of every block, free or live: the control byte of an
+/// atom that starts no block is 0, the value of a byte never written (see "Control bytes").
+const CTRL_START: u8 = 0x40;
+
+/// Control byte of a free block of class `k`.
+#[inline(always)]
+const fn free_ctrl(k: usize) -> u8 {
+    CTRL_START | CTRL_FREE | k as u8
+}
+
+/// Control byte of a live block of class `k`.
+#[inline(always)]
+const fn live_ctrl(k: usize) -> u8 {
+    CTRL_START | k as u8
+}
 /// "No block" in a free-list link or list head.
 const NONE: u32 = u32::MAX;
 /// Bytes of a free-list link (two `u32` indices), hence the smallest atom.
@@ -319,7 +367,8 @@ impl Memsys5 {
         };
         m.mark_pool();
         for p in 0..m.shards.len() {
-            m.lock_shard::<true>(p).layout();
+            // The buffer is new: every control byte is 0 (`HeapBuf::new`).
+            m.lock_shard::<true>(p).layout(true);
         }
         Some(m)
     }
@@ -685,7 +734,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// another is put in front of it, which writes its `prev` (see [`link`](Self::link)).
     #[inline(always)]
     fn unlink(&mut self, i: usize, k: usize) {
-        debug_assert_eq!(self.ctrl(i), CTRL_FREE | k as u8);
+        debug_assert_eq!(self.ctrl(i), free_ctrl(k));
         // SAFETY: `i` is a free block on list `k` (its control byte says so), so its link is
         // valid, and its neighbours are free blocks on the same list.
         unsafe {
@@ -708,7 +757,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Put free block `i` of class `k` at the head of its list.
     #[inline(always)]
     fn link(&mut self, i: usize, k: usize) {
-        debug_assert_eq!(self.ctrl(i), CTRL_FREE | k as u8);
+        debug_assert_eq!(self.ctrl(i), free_ctrl(k));
         let head = self.st.free[k];
         // SAFETY: `i` is a free block (control byte checked above in debug builds; callers only
         // link blocks they have just marked free); `head` is the first block of list `k`, free.
@@ -724,19 +773,25 @@ impl<const MARK: bool> Locked<'_, MARK> {
         self.set_nonempty(self.nonempty() | 1 << k);
     }
 
-    /// Lay the whole heap out as free top-level blocks (forgets every block).
-    fn layout(&mut self) {
+    /// Lay the shard out as free top-level blocks (forgets every block). `zeroed`: the caller
+    /// knows that the shard's control bytes are all 0 (a heap just created); otherwise they are
+    /// zeroed first, by giving their pages back to the system (see [`HeapBuf::zero`]). Writes
+    /// nothing else but the control byte and the free-list link of each top-level block.
+    fn layout(&mut self, zeroed: bool) {
         let n = self.n;
-        // SAFETY: `ctrls` is the shard's control bytes, never handed out; the shard's lock is
-        // held, so nobody else reads or writes them.
-        unsafe { self.ctrls.zero() };
+        if !zeroed {
+            // SAFETY: the shard's control bytes (`n` of them from `ctrl + base`, inside the heap:
+            // see `lock_shard`), never handed out; the shard's lock is held, so nobody else reads
+            // or writes them.
+            unsafe { self.m.heap.zero(self.m.ctrl + self.base, n) };
+        }
         self.st.free = [NONE; LOGMAX + 1];
         self.set_nonempty(0);
         self.st.live = 0;
         let mut at = 0;
         for k in (0..=LOGMAX).rev() {
             if at + (1 << k) <= n {
-                self.set_ctrl(at, CTRL_FREE | k as u8);
+                self.set_ctrl(at, free_ctrl(k));
                 self.link(at, k);
                 at += 1 << k;
             }
@@ -759,10 +814,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         while bin > k {
             bin -= 1;
             let upper = i + (1 << bin);
-            self.set_ctrl(upper, CTRL_FREE | bin as u8);
+            self.set_ctrl(upper, free_ctrl(bin));
             self.link(upper, bin);
         }
-        self.set_ctrl(i, k as u8);
+        self.set_ctrl(i, live_ctrl(k));
         self.st.live += 1;
         self.add_used(1 << k);
         Some(i)
@@ -773,7 +828,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     fn release(&mut self, mut i: usize) {
         let mut k = (self.ctrl(i) & CTRL_LOGSIZE) as usize;
         let atoms = 1usize << k;
-        self.set_ctrl(i, CTRL_FREE | k as u8);
+        self.set_ctrl(i, free_ctrl(k));
         while k < LOGMAX {
             let size = 1usize << k;
             let buddy = if (i >> k) & 1 == 1 {
@@ -785,13 +840,13 @@ impl<const MARK: bool> Locked<'_, MARK> {
                 }
                 b
             };
-            if self.ctrl(buddy) != CTRL_FREE | k as u8 {
+            if self.ctrl(buddy) != free_ctrl(k) {
                 break;
             }
             self.unlink(buddy, k);
             k += 1;
             let (low, high) = if buddy < i { (buddy, i) } else { (i, buddy) };
-            self.set_ctrl(low, CTRL_FREE | k as u8);
+            self.set_ctrl(low, free_ctrl(k));
             self.set_ctrl(high, 0);
             i = low;
         }
@@ -810,7 +865,8 @@ impl Memsys5 {
         let mut l = self.lock_shard::<MARK>(shard);
         let i = g - l.base;
         let c = l.ctrl(i);
-        if c & CTRL_FREE != 0 {
+        // Free, or no block starts there (an atom inside a block).
+        if c & (CTRL_START | CTRL_FREE) != CTRL_START {
             return 0;
         }
         let n = self.atom() << (c & CTRL_LOGSIZE);
@@ -927,7 +983,7 @@ unsafe impl MemMethods for Memsys5 {
             (0..self.shards.len()).map(|p| self.lock_shard(p)).collect();
         if shards.iter().all(|l| l.st.live == 0) {
             for l in shards.iter_mut() {
-                l.layout();
+                l.layout(false);
             }
         }
         Ok(())
@@ -1066,10 +1122,11 @@ impl Memsys5 {
         while i < n {
             let c = l.ctrl(i);
             assert_eq!(
-                c & !(CTRL_FREE | CTRL_LOGSIZE),
+                c & !(CTRL_START | CTRL_FREE | CTRL_LOGSIZE),
                 0,
                 "stray bits in ctrl[{i}]"
             );
+            assert_ne!(c & CTRL_START, 0, "block at {i} without its start bit");
             let k = usize::from(c & CTRL_LOGSIZE);
             assert!(k <= LOGMAX, "ctrl[{i}] has class {k}");
             let size = 1usize << k;
@@ -1099,7 +1156,7 @@ impl Memsys5 {
             while cur != NONE {
                 let c = cur as usize;
                 assert!(c < n && start[c], "list {k} holds {c}, not a block");
-                assert_eq!(l.ctrl(c), CTRL_FREE | k as u8, "list {k} holds block {c}");
+                assert_eq!(l.ctrl(c), free_ctrl(k), "list {k} holds block {c}");
                 assert!(!listed[c], "block {c} listed twice");
                 listed[c] = true;
                 // SAFETY: `c` is a free block (checked above).
@@ -1142,6 +1199,10 @@ impl Memsys5 {
             .map(|i| 1usize << (l.ctrl(i) & CTRL_LOGSIZE))
             .sum();
         assert_eq!(l.seen.used.load(Relaxed), used, "published used atoms");
+        // 6. Every control byte that starts no block is 0 (what a byte never written reads).
+        if let Some(i) = (0..n).find(|&i| !start[i] && l.ctrl(i) != 0) {
+            panic!("ctrl[{i}] = {:#x} starts no block", l.ctrl(i));
+        }
     }
 
     /// Atom indices on free list `k`, in order.
@@ -1721,6 +1782,93 @@ mod tests {
         assert_eq!(unsafe { m.size(p) }, 64);
     }
 
+    /// The page size, for the residency tests.
+    fn page() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
+    }
+
+    /// A large heap costs only the pages of its top-level blocks when laid out (C's layout: their
+    /// control bytes and links), also after `init`; blocks handed out and written cost their own
+    /// pages and little more; the state is right all along (checked last: `check` reads every
+    /// control byte).
+    #[test]
+    #[cfg_attr(miri, ignore = "no mapping under Miri")]
+    fn a_large_heap_is_touched_only_where_used() {
+        let m = Memsys5::new(256 << 20, 64).unwrap();
+        let Some(r0) = m.heap.resident_bytes() else {
+            eprintln!("the heap is not a mapping here: skipped");
+            return;
+        };
+        // One page for the link and one for the control byte of each top-level block, at most.
+        let tops = m.atoms().count_ones() as usize;
+        assert!(r0 <= 2 * tops * page(), "laid out: {r0} bytes resident");
+        m.init().unwrap();
+        let r1 = m.heap.resident_bytes().unwrap();
+        assert!(r1 <= 2 * tops * page(), "after init: {r1} bytes resident");
+        let blocks: Vec<_> = (0..4).map(|_| m.malloc(64 * KIB).unwrap()).collect();
+        for &p in &blocks {
+            fill(p, 64 * KIB, 0x33);
+        }
+        let r2 = m.heap.resident_bytes().unwrap();
+        // The blocks, plus the links of the halves split off (one page each, at most LOGMAX per
+        // malloc) and a page of control bytes.
+        assert!(
+            r2 >= r1 + 4 * 64 * KIB && r2 <= r1 + 4 * 64 * KIB + (4 * LOGMAX + 1) * page(),
+            "four 64 KiB blocks written: {r1} -> {r2} bytes resident"
+        );
+        for &p in &blocks {
+            assert!(holds(p, 64 * KIB, 0x33));
+            // SAFETY: live blocks, freed once.
+            unsafe { m.free(p) };
+        }
+        m.check();
+        // All joined again: one free block per top-level block, one bit per bit of `nblock`.
+        assert_eq!(m.shards[0].seen.nonempty.load(Relaxed) as usize, m.atoms());
+    }
+
+    /// `init` lays the heap out again after use by giving the control bytes' pages back, not
+    /// by writing them: afterwards the heap is as new, and works.
+    #[test]
+    #[cfg_attr(miri, ignore = "no mapping under Miri")]
+    fn relayout_gives_the_control_pages_back() {
+        let m = Memsys5::new(8 << 20, 16).unwrap();
+        if m.heap.resident_bytes().is_none() {
+            return;
+        }
+        let fill_up = || {
+            // 1 KiB blocks over the whole heap: a control byte written every 64 bytes.
+            let v: Vec<_> = std::iter::from_fn(|| m.malloc(KIB)).collect();
+            assert_eq!(v.len(), m.atoms() * m.atom() / KIB);
+            m.check();
+            v
+        };
+        for p in fill_up() {
+            // SAFETY: live blocks, freed once.
+            unsafe { m.free(p) };
+        }
+        let full = m.heap.resident_bytes().unwrap();
+        m.init().unwrap();
+        let after = m.heap.resident_bytes().unwrap();
+        // The whole pages of control bytes went back, but for those of the top-level blocks.
+        let (from, to) = (
+            m.ctrl.next_multiple_of(page()),
+            (m.ctrl + m.atoms()) / page(),
+        );
+        let gone = (to * page()).saturating_sub(from) / page();
+        let tops = m.atoms().count_ones() as usize;
+        assert!(
+            after <= full - (gone - tops) * page(),
+            "init: {full} -> {after} bytes resident ({gone} pages of control bytes)"
+        );
+        m.check();
+        for p in fill_up() {
+            // SAFETY: as above.
+            unsafe { m.free(p) };
+        }
+        m.check();
+    }
+
     #[test]
     #[should_panic(expected = "live count")]
     fn checker_catches_a_corrupt_control_byte() {
@@ -1729,7 +1877,7 @@ mod tests {
         m.check();
         let i = m.off(p) / m.atom();
         // Forget that the block is in use: the checker must notice.
-        m.lock().set_ctrl(i, CTRL_FREE);
+        m.lock().set_ctrl(i, free_ctrl(0));
         m.check();
     }
 
@@ -1744,7 +1892,7 @@ mod tests {
             // Free atoms 0 and 1 by hand, without joining the two buddies.
             let mut l = m.lock();
             for i in [0, 1] {
-                l.set_ctrl(i, CTRL_FREE);
+                l.set_ctrl(i, free_ctrl(0));
                 l.link(i, 0);
                 l.st.live -= 1;
             }
