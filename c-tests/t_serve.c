@@ -24,14 +24,21 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A listening socket on 127.0.0.1 with a port the kernel picked; its port in *port. */
-static int listen_any(int *port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    CHECK(fd >= 0, "socket failed");
+/* 127.0.0.1:port (0: a port the kernel picks). */
+static struct sockaddr_in loopback(int port) {
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    return a;
+}
+
+/* A listening socket on 127.0.0.1 with a port the kernel picked; its port in *port. */
+static int listen_any(int *port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0, "socket failed");
+    struct sockaddr_in a = loopback(0);
     CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind failed");
     CHECK(listen(fd, 4) == 0, "listen failed");
     socklen_t len = sizeof a;
@@ -44,11 +51,7 @@ static int listen_any(int *port) {
 static void http(int port, const char *req, char *buf, size_t cap) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     CHECK(fd >= 0, "socket failed");
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((uint16_t)port);
+    struct sockaddr_in a = loopback(port);
     struct timeval tv = {5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect to port %d failed", port);

@@ -906,101 +906,87 @@ pub fn families(r: &Report) -> Vec<Family> {
         kind: MetricType::Histogram,
         samples: buckets,
     });
-    let mut gauge = |name: &str, help: &str, v: i64| {
-        out.push(Family {
-            name: name.to_string(),
-            help: help.to_string(),
-            kind: MetricType::Gauge,
-            samples: vec![Sample {
-                suffix: "",
-                labels: base(),
-                value: v,
-            }],
-        })
+    let gauge = |name: &str, help: &str, v: i64| Family {
+        name: name.to_string(),
+        help: help.to_string(),
+        kind: MetricType::Gauge,
+        samples: vec![Sample {
+            suffix: "",
+            labels: base(),
+            value: v,
+        }],
     };
     if let Some((max, _)) = r.limit {
-        gauge(
+        out.push(gauge(
             "sqlite_memory_limit_bytes",
             "Hard cap on current_bytes set by the limit layer.",
             to_i64(max),
-        );
+        ));
     }
     if let Some(st) = &r.sqlite_status {
-        gauge(
+        out.push(gauge(
             "sqlite_memory_sqlite_memstatus",
             "1 when SQLite counts its own memory (SQLITE_CONFIG_MEMSTATUS on); 0 when it does \
              not, and its memory_used, allocations and largest-request figures are then absent \
              rather than zero.",
             i64::from(st.memstatus),
-        );
+        ));
     }
     if let Some(u) = r.sqlite_memory_used {
-        gauge(
+        out.push(gauge(
             "sqlite_memory_sqlite_used_bytes",
             "sqlite3_memory_used() read together with the counters, in bytes.",
             u,
-        );
+        ));
     }
     if let Some(st) = r.sqlite_status {
         if st.memstatus {
-            gauge(
+            out.push(gauge(
                 "sqlite_memory_sqlite_used_peak_bytes",
                 "sqlite3_status64(SQLITE_STATUS_MEMORY_USED) highwater, in bytes.",
                 st.memory_used_peak,
-            );
-            gauge(
+            ));
+            out.push(gauge(
                 "sqlite_memory_sqlite_allocations",
                 "sqlite3_status64(SQLITE_STATUS_MALLOC_COUNT): live allocations as SQLite counts \
                  them.",
                 st.malloc_count,
-            );
-            gauge(
+            ));
+            out.push(gauge(
                 "sqlite_memory_sqlite_largest_request_bytes",
                 "sqlite3_status64(SQLITE_STATUS_MALLOC_SIZE) highwater: the largest request \
                  SQLite made, in bytes.",
                 st.largest_request,
-            );
+            ));
         }
-        gauge(
+        out.push(gauge(
             "sqlite_memory_sqlite_pagecache_used_pages",
             "sqlite3_status64(SQLITE_STATUS_PAGECACHE_USED): pages taken from a \
              SQLITE_CONFIG_PAGECACHE buffer (0 without one).",
             st.pagecache_used,
-        );
-        gauge(
+        ));
+        out.push(gauge(
             "sqlite_memory_sqlite_pagecache_overflow_bytes",
             "sqlite3_status64(SQLITE_STATUS_PAGECACHE_OVERFLOW): bytes of page-cache lines \
              taken from the allocator.",
             st.pagecache_overflow,
-        );
+        ));
     }
     for h in &r.allocator {
-        gauge(
+        out.push(gauge(
             &format!("sqlite_memory_allocator_{}", h.key),
             h.help,
             to_i64(h.bytes),
-        );
+        ));
     }
     connection_families(r, &mut out);
     scope_families(r, &mut out);
     if let Some(rss) = r.resident_bytes {
-        let mut gauge = |name: &str, help: &str, v: i64| {
-            out.push(Family {
-                name: name.to_string(),
-                help: help.to_string(),
-                kind: MetricType::Gauge,
-                samples: vec![Sample {
-                    suffix: "",
-                    labels: base(),
-                    value: v,
-                }],
-            })
-        };
-        gauge(
+        out.push(gauge(
             "sqlite_memory_process_resident_bytes",
             "Resident set size of the whole process (/proc/self/statm), in bytes.",
             to_i64(rss),
-        );
+        ));
     }
     out
 }
