@@ -5,10 +5,13 @@
 //!
 //! A heap must cost nothing until it is used: a `memsys5:heap=400M` that SQLite fills to 50 MB
 //! should make the process about 50 MB larger, not 400. So on Linux the buffer is an anonymous
-//! private mapping (`mmap(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`): it reads as zeros, and
-//! the kernel backs a page with memory only when it is first written (a read of an untouched page
-//! maps the shared zero page, which does not count in the resident size either). `MAP_NORESERVE`
-//! keeps a large heap from being charged against the overcommit limit before it is used. The
+//! private mapping (`mmap(MAP_PRIVATE | MAP_ANONYMOUS)`): it reads as zeros, and the kernel backs a
+//! page with memory only when it is first written (a read of an untouched page maps the shared
+//! zero page, which does not count in the resident size either). Not `MAP_NORESERVE`: the mapping
+//! is charged against the kernel's overcommit accounting when it is made, as a `malloc`ed heap
+//! would be, so a heap the machine cannot give (`memsys5:heap=1000G` on a 24 GiB machine) is
+//! refused at install with `SQLITE_NOMEM`, as before, instead of being accepted and killing the
+//! process at a page fault later: a fixed heap promises its memory up front. The
 //! allocators over it are written to match: their layout writes only the bytes it must (see
 //! "Heap layout" in `memsys5` and `memsys3`), relying on every other byte reading 0, and
 //! [`zero`](HeapBuf::zero) gives whole pages back to the kernel rather than writing zeros into
@@ -337,7 +340,7 @@ mod map {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
