@@ -117,7 +117,7 @@ fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
 }
 
 fn functions() -> Result<ConnectionFunctions, Error> {
-    sqlite::functions().connections.ok_or(Error::NoSqlite)
+    sqlite::functions().connections().ok_or(Error::NoSqlite)
 }
 
 /// Read a connection's figures. Takes its mutex (recursively) for each call.
@@ -240,7 +240,7 @@ pub unsafe fn sample(db: *mut c_void) -> Result<(), Error> {
 
 /// Every tracked connection, sampled now where the rules allow (see the module doc).
 pub fn snapshot() -> Vec<Connection> {
-    let f = sqlite::functions().connections;
+    let f = sqlite::functions().connections();
     let mut reg = registry();
     let now = Instant::now();
     reg.iter_mut()

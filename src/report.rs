@@ -150,8 +150,10 @@ impl SqliteStatus {
     /// Read now, through `f`; `None` when `sqlite3_status64` is not known. `live_blocks` is the
     /// allocator's count of live blocks read at the same moment (to tell whether memstatus is on).
     pub fn read(f: &Functions, live_blocks: i64) -> Option<SqliteStatus> {
-        f.status64?;
-        let get = |op| status_with(f, op).unwrap_or((0, 0));
+        if !f.has_status64() {
+            return None;
+        }
+        let get = |op| f.status64(op).unwrap_or((0, 0));
         let (memory_used, memory_used_peak) = get(sqlite::SQLITE_STATUS_MEMORY_USED);
         let (malloc_count, _) = get(sqlite::SQLITE_STATUS_MALLOC_COUNT);
         let (pagecache_used, _) = get(sqlite::SQLITE_STATUS_PAGECACHE_USED);
@@ -169,23 +171,6 @@ impl SqliteStatus {
             largest_request,
         })
     }
-}
-
-/// `sqlite3_status64(op)` through `f`, without reset.
-fn status_with(f: &Functions, op: std::ffi::c_int) -> Option<(i64, i64)> {
-    let call = f.status64?;
-    let (mut cur, mut high) = (0i64, 0i64);
-    // SAFETY: `call` is SQLite's sqlite3_status64 (the contract of `Functions`); the
-    // out-parameters are writable during the call; reset 0 changes nothing.
-    let rc = unsafe { call(op, &mut cur, &mut high, 0) };
-    (rc == sqlite::SQLITE_OK).then_some((cur, high))
-}
-
-/// `sqlite3_memory_used()` through `f`.
-fn memory_used_with(f: &Functions) -> Option<i64> {
-    let call = f.memory_used?;
-    // SAFETY: `call` is SQLite's sqlite3_memory_used (the contract of `Functions`).
-    Some(unsafe { call() })
 }
 
 /// The process's resident set size in bytes (`/proc/self/statm`, second field, times the page
@@ -252,14 +237,14 @@ impl Report {
     /// on one moment. Takes no lock of the allocator: the counters, the footprint and the limit
     /// are read without one.
     pub fn capture(s: &Stack, sqlite: &Functions) -> Report {
-        let (stats, used) = if sqlite.memory_used.is_none() {
+        let (stats, used) = if !sqlite.has_memory_used() {
             (s.stats(), None)
         } else {
             let mut tries = 0;
             loop {
-                let before = memory_used_with(sqlite);
+                let before = sqlite.memory_used();
                 let st = s.stats();
-                let after = memory_used_with(sqlite);
+                let after = sqlite.memory_used();
                 tries += 1;
                 if before == after || tries == 5 {
                     break (st, after);
@@ -848,9 +833,7 @@ pub struct Family {
 /// - what the allocator holds: `sqlite_memory_allocator_<key>` for each [`Held`] figure;
 /// - `sqlite_memory_process_resident_bytes`.
 pub fn families(r: &Report) -> Vec<Family> {
-    let base = || -> Vec<(&'static str, String)> {
-        vec![("backend", r.backend.clone()), ("spec", r.spec.clone())]
-    };
+    let base = || labels_of(r, None);
     let mut out = Vec::new();
     for (name, kind, help, samples) in crate::render::STATS_METRICS {
         let samples = samples
@@ -991,6 +974,13 @@ pub fn families(r: &Report) -> Vec<Family> {
     out
 }
 
+/// The labels every sample of a report carries (`backend`, `spec`), and `extra` after them.
+fn labels_of(r: &Report, extra: Option<(&'static str, &str)>) -> Vec<(&'static str, String)> {
+    let mut v = vec![("backend", r.backend.clone()), ("spec", r.spec.clone())];
+    v.extend(extra.map(|(k, val)| (k, val.to_string())));
+    v
+}
+
 /// SQLite's total as the per-connection breakdown divides it: `sqlite3_memory_used()` when read,
 /// else the counters' `current_bytes` (equal while memstatus is on).
 pub fn sqlite_total(r: &Report) -> i64 {
@@ -1010,13 +1000,7 @@ fn connection_families(r: &Report, out: &mut Vec<Family>) {
     if r.connections.is_empty() {
         return;
     }
-    let base = |conn: &str| -> Vec<(&'static str, String)> {
-        vec![
-            ("backend", r.backend.clone()),
-            ("spec", r.spec.clone()),
-            ("connection", conn.to_string()),
-        ]
-    };
+    let base = |conn: &str| labels_of(r, Some(("connection", conn)));
     let mut bytes = Vec::new();
     let (mut slots, mut ages, mut owner) = (Vec::new(), Vec::new(), Vec::new());
     for c in &r.connections {
@@ -1081,13 +1065,7 @@ fn connection_families(r: &Report, out: &mut Vec<Family>) {
 /// The scope families (nothing without a `scopes` layer).
 fn scope_families(r: &Report, out: &mut Vec<Family>) {
     let Some(scopes) = &r.scopes else { return };
-    let labels = |name: &str| -> Vec<(&'static str, String)> {
-        vec![
-            ("backend", r.backend.clone()),
-            ("spec", r.spec.clone()),
-            ("scope", name.to_string()),
-        ]
-    };
+    let labels = |name: &str| labels_of(r, Some(("scope", name)));
     let each = |get: &dyn Fn(&crate::scopes::ScopeInfo) -> Option<i64>| -> Vec<Sample> {
         scopes
             .iter()
@@ -1316,11 +1294,8 @@ mod tests {
             unsafe { (*cur, *hi) = (0, 0) };
             0
         }
-        let f = Functions {
-            memory_used: None,
-            status64: Some(zeros),
-            connections: None,
-        };
+        // SAFETY: `zeros` has the signature and the behaviour sqlite3_status64 promises.
+        let f = unsafe { Functions::new(None, Some(zeros), None) };
         assert!(!SqliteStatus::read(&f, 3).unwrap().memstatus);
         assert!(
             SqliteStatus::read(&f, 0).unwrap().memstatus,
@@ -1375,11 +1350,8 @@ mod tests {
         unsafe extern "C" fn used() -> i64 {
             42
         }
-        let fns = Functions {
-            memory_used: Some(used),
-            status64: None,
-            connections: None,
-        };
+        // SAFETY: `used` has the signature and the behaviour sqlite3_memory_used promises.
+        let fns = unsafe { Functions::new(Some(used), None, None) };
         let r = Report::capture(&s, &fns);
         assert_eq!(r.sqlite_memory_used, Some(42));
         assert!(r.resident_bytes.is_some_and(|v| v > 0));

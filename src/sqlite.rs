@@ -142,15 +142,13 @@ pub struct ConnectionFunctions {
 }
 
 /// The SQLite functions that reports call, all of one SQLite library: the one whose
-/// `sqlite3_config` installed the allocator.
+/// `sqlite3_config` installed the allocator. Made only by [`Functions::new`] (unsafe: its methods
+/// call the pointers) or [`Functions::default`] (none known).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Functions {
-    /// `sqlite3_memory_used`.
-    pub memory_used: Option<MemoryUsedFn>,
-    /// `sqlite3_status64`.
-    pub status64: Option<Status64Fn>,
-    /// The connection functions, when all of them were found.
-    pub connections: Option<ConnectionFunctions>,
+    memory_used: Option<MemoryUsedFn>,
+    status64: Option<Status64Fn>,
+    connections: Option<ConnectionFunctions>,
 }
 
 /// Functions supplied at run time ([`set_functions`]).
@@ -266,22 +264,57 @@ pub fn functions() -> Functions {
     }
 }
 
-/// `sqlite3_memory_used()` of the configured SQLite, when it is known.
-pub fn memory_used() -> Option<i64> {
-    let f = functions().memory_used?;
-    // SAFETY: `f` is SQLite's sqlite3_memory_used (linked, or supplied under the contract of
-    // `set_functions`); it takes no argument and only reads SQLite's status counters.
-    Some(unsafe { f() })
-}
+impl Functions {
+    /// The functions of one SQLite library (`None`: not known).
+    ///
+    /// # Safety
+    /// Each function given must be the SQLite function of that name (`sqlite3_memory_used`,
+    /// `sqlite3_status64`, and those of [`ConnectionFunctions`]), all of one SQLite library,
+    /// callable from any thread for as long as the value (or a copy) is used.
+    pub unsafe fn new(
+        memory_used: Option<MemoryUsedFn>,
+        status64: Option<Status64Fn>,
+        connections: Option<ConnectionFunctions>,
+    ) -> Functions {
+        Functions {
+            memory_used,
+            status64,
+            connections,
+        }
+    }
 
-/// `sqlite3_status64(op)` of the configured SQLite without resetting: `(current, highwater)`, or
-/// `None` when the function is not known or refuses `op`.
-pub fn status64(op: c_int) -> Option<(i64, i64)> {
-    let f = functions().status64?;
-    let (mut cur, mut high) = (0i64, 0i64);
-    // SAFETY: `f` is SQLite's sqlite3_status64 (as above); the two out-parameters are writable
-    // for the call, and `reset` 0 changes nothing. It takes SQLite's malloc or pcache mutex,
-    // which is fine: reports are never made from an allocation path.
-    let rc = unsafe { f(op, &mut cur, &mut high, 0) };
-    (rc == SQLITE_OK).then_some((cur, high))
+    /// Whether `sqlite3_status64` is known.
+    pub fn has_status64(&self) -> bool {
+        self.status64.is_some()
+    }
+
+    /// Whether `sqlite3_memory_used` is known.
+    pub fn has_memory_used(&self) -> bool {
+        self.memory_used.is_some()
+    }
+
+    /// The connection functions, when all of them are known.
+    pub fn connections(&self) -> Option<ConnectionFunctions> {
+        self.connections
+    }
+
+    /// `sqlite3_memory_used()`, when the function is known.
+    pub fn memory_used(&self) -> Option<i64> {
+        let f = self.memory_used?;
+        // SAFETY: `f` is SQLite's sqlite3_memory_used (the contract of `new`, or linked); it
+        // takes no argument and only reads SQLite's status counters.
+        Some(unsafe { f() })
+    }
+
+    /// `sqlite3_status64(op)` without resetting: `(current, highwater)`, or `None` when the
+    /// function is not known or refuses `op`.
+    pub fn status64(&self, op: c_int) -> Option<(i64, i64)> {
+        let f = self.status64?;
+        let (mut cur, mut high) = (0i64, 0i64);
+        // SAFETY: `f` is SQLite's sqlite3_status64 (as above); the two out-parameters are
+        // writable for the call, and `reset` 0 changes nothing. It takes SQLite's malloc or
+        // pcache mutex, which is fine: reports are never made from an allocation path.
+        let rc = unsafe { f(op, &mut cur, &mut high, 0) };
+        (rc == SQLITE_OK).then_some((cur, high))
+    }
 }

@@ -273,20 +273,17 @@ fn resolve(caller: *const c_void, name: &CStr) -> Option<(*mut c_void, bool)> {
     let primary = PRIMARY
         .get()
         .is_some_and(|p| p.init as usize == sq.init as usize);
-    let (_, base) = object_of(sq.init as *const c_void)?;
-    let h = open_loaded(&sq.file);
-    let scope = if h.is_null() { libc::RTLD_DEFAULT } else { h };
-    let f = lookup(scope, name);
+    let (h, scope, base) = sq.scope()?;
+    let f = find_in(scope, base, name);
     close(h);
-    let ours = f.is_null() || object_of(f.cast_const()).is_none_or(|(_, b)| b != base);
-    if ours {
+    let Some(f) = f else {
         say(&format!(
             "{} not found in {}",
             name.to_string_lossy(),
             sq.path
         ));
         return None;
-    }
+    };
     Some((f, primary))
 }
 
@@ -304,18 +301,30 @@ fn opened(rc: c_int, db: *mut *mut c_void, primary: bool) {
     }
 }
 
+/// An open: forward to the caller's SQLite (`call` gets its function `name`), then track.
+fn opening(
+    caller: *const c_void,
+    name: &CStr,
+    db: *mut *mut c_void,
+    call: impl FnOnce(*mut c_void) -> c_int,
+) -> c_int {
+    let Some((f, primary)) = resolve(caller, name) else {
+        return sqlalloc::sqlite::SQLITE_ERROR;
+    };
+    let rc = call(f);
+    opened(rc, db, primary);
+    rc
+}
+
 extern "C" fn open_from(
     filename: *const c_char,
     db: *mut *mut c_void,
     caller: *const c_void,
 ) -> c_int {
-    let Some((f, primary)) = resolve(caller, c"sqlite3_open") else {
-        return sqlalloc::sqlite::SQLITE_ERROR;
-    };
     // SAFETY: `f` is that SQLite's sqlite3_open, called with the caller's own arguments.
-    let rc = unsafe { to_fn::<OpenFn>(f)(filename, db) };
-    opened(rc, db, primary);
-    rc
+    opening(caller, c"sqlite3_open", db, |f| unsafe {
+        to_fn::<OpenFn>(f)(filename, db)
+    })
 }
 
 extern "C" fn open16_from(
@@ -323,13 +332,10 @@ extern "C" fn open16_from(
     db: *mut *mut c_void,
     caller: *const c_void,
 ) -> c_int {
-    let Some((f, primary)) = resolve(caller, c"sqlite3_open16") else {
-        return sqlalloc::sqlite::SQLITE_ERROR;
-    };
     // SAFETY: `f` is that SQLite's sqlite3_open16, called with the caller's own arguments.
-    let rc = unsafe { to_fn::<Open16Fn>(f)(filename, db) };
-    opened(rc, db, primary);
-    rc
+    opening(caller, c"sqlite3_open16", db, |f| unsafe {
+        to_fn::<Open16Fn>(f)(filename, db)
+    })
 }
 
 extern "C" fn open_v2_from(
@@ -339,13 +345,10 @@ extern "C" fn open_v2_from(
     vfs: *const c_char,
     caller: *const c_void,
 ) -> c_int {
-    let Some((f, primary)) = resolve(caller, c"sqlite3_open_v2") else {
-        return sqlalloc::sqlite::SQLITE_ERROR;
-    };
     // SAFETY: `f` is that SQLite's sqlite3_open_v2, called with the caller's own arguments.
-    let rc = unsafe { to_fn::<OpenV2Fn>(f)(filename, db, flags, vfs) };
-    opened(rc, db, primary);
-    rc
+    opening(caller, c"sqlite3_open_v2", db, |f| unsafe {
+        to_fn::<OpenV2Fn>(f)(filename, db, flags, vfs)
+    })
 }
 
 /// A close: untrack, close, and track again if SQLite kept the connection open.
@@ -487,14 +490,9 @@ fn setup(sq: &Sqlite) {
         ));
         return;
     }
-    // SAFETY: both are this SQLite's functions of those names (or None), pinned with the library.
-    unsafe {
-        sqlalloc::sqlite::set_functions(Functions {
-            memory_used: lib.memory_used,
-            status64: lib.status64,
-            connections: lib.connections,
-        })
-    };
+    // SAFETY: the functions are this SQLite's (found in its object by `Sqlite::open`), pinned
+    // with the library.
+    unsafe { sqlalloc::sqlite::set_functions(lib.functions) };
     let _ = PRIMARY.set(Primary {
         lo: lib.lo,
         hi: lib.hi,
@@ -704,10 +702,9 @@ struct Library {
     #[allow(dead_code)] // kept open on purpose: pins the library
     handle: *mut c_void,
     config: ConfigFn,
-    status64: Option<Status64Fn>,
     shutdown: Option<InitFn>,
-    memory_used: Option<MemoryUsedFn>,
-    connections: Option<ConnectionFunctions>,
+    /// `sqlite3_memory_used`, `sqlite3_status64` and the connection functions.
+    functions: Functions,
     lo: usize,
     hi: usize,
 }
@@ -728,6 +725,13 @@ unsafe fn to_fn<F: Copy>(p: *mut c_void) -> F {
     // SAFETY: `F` is a function pointer type of the same size as `p` (checked), and `p` points to
     // a function of that type (caller's contract).
     unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+}
+
+/// `name` looked up in `scope`, if it is defined in the object loaded at `base` (never this
+/// library's own interposers, nor another library's function of that name).
+fn find_in(scope: *mut c_void, base: usize, name: &CStr) -> Option<*mut c_void> {
+    let p = lookup(scope, name);
+    (!p.is_null() && object_of(p.cast_const()).is_some_and(|(_, b)| b == base)).then_some(p)
 }
 
 /// `dladdr(addr)`: the file name and base address of the object containing `addr`.
@@ -803,17 +807,21 @@ impl Sqlite {
 
     /// Open (and pin) this SQLite and find the functions the setup and the report need, all
     /// defined in the same object as `init`.
-    fn open(&self) -> Option<Library> {
-        let init_at = self.init as usize;
+    /// A new handle on this SQLite's object (null when it cannot be reopened by name: close it
+    /// with [`close`]), the scope to look its symbols up in, and the object's base address.
+    fn scope(&self) -> Option<(*mut c_void, *mut c_void, usize)> {
         let (_, base) = object_of(self.init as *const c_void)?;
         let h = open_loaded(&self.file);
         // A SQLite built into the main program: it cannot be reopened by name; its symbols are
-        // found through the global scope (and checked to be in the same object below).
+        // found through the global scope (and checked to be in the same object by `find_in`).
         let scope = if h.is_null() { libc::RTLD_DEFAULT } else { h };
-        let same_object = |p: *mut c_void| {
-            !p.is_null() && object_of(p.cast_const()).is_some_and(|(_, b)| b == base)
-        };
-        let find = |name: &CStr| Some(lookup(scope, name)).filter(|&p| same_object(p));
+        Some((h, scope, base))
+    }
+
+    fn open(&self) -> Option<Library> {
+        let init_at = self.init as usize;
+        let (h, scope, base) = self.scope()?;
+        let find = |name: &CStr| find_in(scope, base, name);
         let Some(config) = find(c"sqlite3_config") else {
             close(h);
             return None;
@@ -826,23 +834,24 @@ impl Sqlite {
             // SAFETY: see above.
             config: unsafe { to_fn::<ConfigFn>(config) },
             // SAFETY: see above.
-            status64: find(c"sqlite3_status64").map(|p| unsafe { to_fn::<Status64Fn>(p) }),
-            // SAFETY: see above.
             shutdown: find(c"sqlite3_shutdown").map(|p| unsafe { to_fn::<InitFn>(p) }),
-            // SAFETY: see above.
-            memory_used: find(c"sqlite3_memory_used").map(|p| unsafe { to_fn::<MemoryUsedFn>(p) }),
-            connections: (|| {
-                // SAFETY: as above, for each of the five functions.
-                unsafe {
-                    Some(ConnectionFunctions {
-                        db_status: to_fn(find(c"sqlite3_db_status")?),
-                        db_mutex: to_fn(find(c"sqlite3_db_mutex")?),
-                        mutex_try: to_fn(find(c"sqlite3_mutex_try")?),
-                        mutex_leave: to_fn(find(c"sqlite3_mutex_leave")?),
-                        db_filename: to_fn(find(c"sqlite3_db_filename")?),
-                    })
-                }
-            })(),
+            // SAFETY: see above, for each function; all are of this one SQLite, which stays
+            // loaded (pinned by `handle`).
+            functions: unsafe {
+                Functions::new(
+                    find(c"sqlite3_memory_used").map(|p| to_fn::<MemoryUsedFn>(p)),
+                    find(c"sqlite3_status64").map(|p| to_fn::<Status64Fn>(p)),
+                    (|| {
+                        Some(ConnectionFunctions {
+                            db_status: to_fn(find(c"sqlite3_db_status")?),
+                            db_mutex: to_fn(find(c"sqlite3_db_mutex")?),
+                            mutex_try: to_fn(find(c"sqlite3_mutex_try")?),
+                            mutex_leave: to_fn(find(c"sqlite3_mutex_leave")?),
+                            db_filename: to_fn(find(c"sqlite3_db_filename")?),
+                        })
+                    })(),
+                )
+            },
             lo,
             hi,
         })
@@ -853,17 +862,14 @@ impl Library {
     /// Whether SQLite's own allocator has ever served a block (so it was initialized, or is being
     /// initialized, by a call that did not come through here). Needs memstatus, SQLite's default.
     fn has_allocated(&self) -> bool {
-        let Some(status) = self.status64 else {
-            return false;
-        };
+        // sqlite3_status64 only reads SQLite's status array (its mutex is a no-op before
+        // initialization).
         [SQLITE_STATUS_MALLOC_COUNT, SQLITE_STATUS_MEMORY_USED]
             .iter()
             .any(|&op| {
-                let (mut cur, mut high) = (0i64, 0i64);
-                // SAFETY: sqlite3_status64 with a valid op and two writable out-parameters; it
-                // only reads SQLite's status array (its mutex is a no-op before initialization).
-                let rc = unsafe { status(op, &mut cur, &mut high, 0) };
-                rc == SQLITE_OK && (cur > 0 || high > 0)
+                self.functions
+                    .status64(op)
+                    .is_some_and(|(cur, high)| cur > 0 || high > 0)
             })
     }
 
