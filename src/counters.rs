@@ -156,68 +156,49 @@ mod slot {
             ".popsection",
         );
 
-        #[inline(always)]
-        pub fn get() -> usize {
-            let v: usize;
-            // SAFETY: the GOT entry holds the variable's offset from the thread pointer (set by
-            // the dynamic linker, or resolved by the static linker in an executable); `%fs:off`
-            // is then the calling thread's own copy, 8 bytes, 8-aligned, zero-initialized and
-            // only ever accessed by this thread through these functions. Reads no other memory.
-            unsafe {
-                asm!(
-                    "mov {off}, qword ptr [rip + sqlalloc_counters_slot@GOTTPOFF]",
-                    "mov {v}, qword ptr fs:[{off}]",
-                    off = out(reg) _,
-                    v = lateout(reg) v,
-                    options(nostack, readonly, preserves_flags),
-                )
+        /// A reader and a writer of one of the variables above: the calling thread's own copy,
+        /// found through its GOT entry (its offset from the thread pointer).
+        macro_rules! tls_u64 {
+            ($get:ident, $set:ident, $t:ty, $sym:literal) => {
+                #[inline(always)]
+                pub fn $get() -> $t {
+                    let v: $t;
+                    // SAFETY: the GOT entry holds the variable's offset from the thread pointer
+                    // (set by the dynamic linker, or resolved by the static linker in an
+                    // executable); `%fs:off` is then the calling thread's own copy, 8 bytes,
+                    // 8-aligned, zero-initialized and only ever accessed by this thread through
+                    // these functions. Reads no other memory.
+                    unsafe {
+                        asm!(
+                            concat!("mov {off}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
+                            "mov {v}, qword ptr fs:[{off}]",
+                            off = out(reg) _,
+                            v = lateout(reg) v,
+                            options(nostack, readonly, preserves_flags),
+                        )
+                    };
+                    v
+                }
+
+                #[inline(always)]
+                pub fn $set(v: $t) {
+                    // SAFETY: as in the reader: the calling thread's own 8-byte variable,
+                    // written by it only.
+                    unsafe {
+                        asm!(
+                            concat!("mov {off}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
+                            "mov qword ptr fs:[{off}], {v}",
+                            off = out(reg) _,
+                            v = in(reg) v,
+                            options(nostack, preserves_flags),
+                        )
+                    };
+                }
             };
-            v
         }
 
-        #[inline(always)]
-        pub fn set(v: usize) {
-            // SAFETY: as in `get`: the calling thread's own 8-byte variable, written by it only.
-            unsafe {
-                asm!(
-                    "mov {off}, qword ptr [rip + sqlalloc_counters_slot@GOTTPOFF]",
-                    "mov qword ptr fs:[{off}], {v}",
-                    off = out(reg) _,
-                    v = in(reg) v,
-                    options(nostack, preserves_flags),
-                )
-            };
-        }
-
-        #[inline(always)]
-        pub fn scope() -> u64 {
-            let v: u64;
-            // SAFETY: as in `get`, for the calling thread's own `sqlalloc_scope_current`.
-            unsafe {
-                asm!(
-                    "mov {off}, qword ptr [rip + sqlalloc_scope_current@GOTTPOFF]",
-                    "mov {v}, qword ptr fs:[{off}]",
-                    off = out(reg) _,
-                    v = lateout(reg) v,
-                    options(nostack, readonly, preserves_flags),
-                )
-            };
-            v
-        }
-
-        #[inline(always)]
-        pub fn set_scope(v: u64) {
-            // SAFETY: as in `set`, for the calling thread's own `sqlalloc_scope_current`.
-            unsafe {
-                asm!(
-                    "mov {off}, qword ptr [rip + sqlalloc_scope_current@GOTTPOFF]",
-                    "mov qword ptr fs:[{off}], {v}",
-                    off = out(reg) _,
-                    v = in(reg) v,
-                    options(nostack, preserves_flags),
-                )
-            };
-        }
+        tls_u64!(get, set, usize, "sqlalloc_counters_slot");
+        tls_u64!(scope, set_scope, u64, "sqlalloc_scope_current");
     }
 
     /// Elsewhere (and under Miri): a `thread_local!` without destructor.
