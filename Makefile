@@ -205,6 +205,13 @@ bench: lib bench-deps
 	  --preload-nomark $(NOMARK_PRELOAD) --counters-cost $(RELEASE)/examples/counters_cost \
 	  --out docs/BENCHMARKS.md --chart docs/benchmarks.svg
 
+# bench-live: the live-telemetry costs of issues 13 and 14, alternated in one run (about 3 min):
+# the endpoint scraped 10x/s, the scopes layer, 100 tracked connections (bench/live_costs.py).
+.PHONY: bench-live
+bench-live: lib preload bench-deps
+	bench/build.sh $(BENCH_DIR) $(LIBA)
+	python3 bench/live_costs.py --build $(BENCH_DIR) --preload $(PRELOAD_SO) --rounds 21
+
 bench-smoke: lib preload bench-deps
 	CARGO_TARGET_DIR=$(NOMARK_TARGET) $(CARGO) build --release -p sqlalloc_preload --features no-valgrind-marking
 	bench/build.sh $(BENCH_DIR) $(LIBA)

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The live-telemetry cost figures of issues 13 and 14, alternated in one run (`make bench-live`).
+
+    bench/live_costs.py --build DIR --preload SO [--rounds N]
+
+DIR is what bench/build.sh built (speedtest1, micro); SO the preload library. Prints:
+- endpoint: speedtest1 --size 25 (memdb; file on /dev/shm with --nosync) under SQLALLOC=system,
+  scraped 10 times a second over 127.0.0.1 against no endpoint: paired medians of the elapsed and
+  CPU (user+sys, wait4) ratios, and the scrapes answered;
+- scopes: micro --mix 5000000 ns/pair and speedtest1 --memdb --lookaside 0 0 CPU, with and
+  without +scopes, for system and memsys5:heap=256M;
+- tracking: speedtest1 --memdb with 100 connections opened (and tracked) by a second preloaded
+  library against none, at --size 1 and 25: a difference that does not grow with the work is
+  the cost of the opens, not of tracking.
+Configurations alternate (forwards, then backwards) so that a noisy machine hits both alike; the
+load average is printed with each line. Every loop is bounded; only 127.0.0.1 is contacted.
+"""
+import argparse, os, socket, statistics, subprocess, tempfile, threading, time
+
+def run(cmd, env):
+    t0 = time.time()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    out, err = p.stdout.read().decode(), p.stderr.read().decode()
+    if status != 0 or err:
+        raise SystemExit(f"live_costs: {' '.join(cmd)} failed ({status}): {err[-500:]}")
+    return time.time() - t0, ru.ru_utime + ru.ru_stime, out
+
+def env_for(preload, spec, extra=None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SQLALLOC") and k != "LD_PRELOAD"}
+    e["LD_PRELOAD"] = preload + (" " + extra if extra else "")
+    e["SQLALLOC"] = spec
+    return e
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+def scraped(cmd, preload):
+    port = free_port()
+    env = env_for(preload, "system")
+    env["SQLALLOC_LISTEN"] = f"127.0.0.1:{port}"
+    stop, answered = threading.Event(), [0]
+    def scrape():
+        deadline = time.time() + 120
+        while not stop.is_set() and time.time() < deadline:
+            try:
+                c = socket.create_connection(("127.0.0.1", port), timeout=2)
+                c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                data = b""
+                for _ in range(1000):
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                c.close()
+                answered[0] += data.startswith(b"HTTP/1.1 200")
+                stop.wait(0.1)
+            except OSError:
+                stop.wait(0.005)
+    t = threading.Thread(target=scrape)
+    t.start()
+    el, cpu, _ = run(cmd, env)
+    stop.set()
+    t.join()
+    return el, cpu, answered[0]
+
+def alternate(rounds, a, b):
+    """Run a() and b() `rounds` times each, alternating their order; two lists of results."""
+    ra, rb = [], []
+    for i in range(rounds):
+        for first in ((True, False) if i % 2 == 0 else (False, True)):
+            (ra if first else rb).append(a() if first else b())
+    return ra, rb
+
+def load():
+    return f"load {os.getloadavg()[0]:.2f}"
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--preload", required=True)
+    ap.add_argument("--rounds", type=int, default=21)
+    args = ap.parse_args()
+    b, pre, n = args.build, os.path.abspath(args.preload), args.rounds
+    shm = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    for wk, extra in (("memdb", ["--memdb"]), ("file", ["--nosync", f"{shm}/t.db"])):
+        cmd = [f"{b}/speedtest1", "--size", "25"] + extra
+        def fresh(f):
+            if os.path.exists(f"{shm}/t.db"):
+                os.remove(f"{shm}/t.db")
+            return f()
+        plain, ep = alternate(n, lambda: fresh(lambda: run(cmd, env_for(pre, "system"))[:2]),
+                              lambda: fresh(lambda: scraped(cmd, pre)))
+        scrapes = sum(x[2] for x in ep)
+        if scrapes == 0:
+            raise SystemExit("live_costs: the endpoint never answered")
+        re_ = statistics.median(y[0] / x[0] for x, y in zip(plain, ep))
+        rc = statistics.median(y[1] / x[1] for x, y in zip(plain, ep))
+        print(f"endpoint speedtest1 {wk}: elapsed {re_:.3f}, CPU {rc:.3f}, {scrapes} scrapes "
+              f"answered, {n} rounds, {load()}")
+    for spec in ("system", "memsys5:heap=256M"):
+        mix = [f"{b}/micro", "--mix", "5000000"]
+        ns = lambda s: float(run(mix, env_for(pre, s))[2].split("ns_per_pair=")[1].split()[0])
+        a, c = alternate(n, lambda: ns(spec), lambda: ns(spec + "+scopes"))
+        d = statistics.median(y - x for x, y in zip(a, c))
+        print(f"scopes micro --mix {spec}: {statistics.median(a):.1f} -> {statistics.median(c):.1f} "
+              f"ns/pair, paired median {d:+.1f} ns, {n} rounds, {load()}")
+        st = [f"{b}/speedtest1", "--size", "25", "--memdb", "--lookaside", "0", "0"]
+        a, c = alternate(n, lambda: run(st, env_for(pre, spec))[1],
+                         lambda: run(st, env_for(pre, spec + "+scopes"))[1])
+        r = statistics.median(y / x for x, y in zip(a, c))
+        print(f"scopes speedtest1 memdb-la0 {spec}: CPU {r:.3f}, {n} rounds, {load()}")
+    so = os.path.join(shm, "libopen100.so")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "open100.c")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", so, src, "-lsqlite3"], check=True)
+    for size in ("1", "25"):
+        st = [f"{b}/speedtest1", "--size", size, "--memdb"]
+        a, c = alternate(n, lambda: run(st, env_for(pre, "system"))[1],
+                         lambda: run(st, env_for(pre, "system", so))[1])
+        d = statistics.median(y - x for x, y in zip(a, c)) * 1000
+        print(f"tracking: speedtest1 --size {size} --memdb with 100 tracked connections: "
+              f"{d:+.1f} ms CPU (ratio {statistics.median(y / x for x, y in zip(a, c)):.3f}), "
+              f"{n} rounds, {load()}")
+    subprocess.run(["rm", "-rf", shm], check=False)
+
+if __name__ == "__main__":
+    main()
