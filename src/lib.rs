@@ -50,6 +50,7 @@ pub mod connections;
 pub mod counters;
 mod error;
 pub mod fault;
+mod fdtable;
 mod ffi;
 mod forking;
 pub mod heap;
@@ -235,6 +236,13 @@ pub fn stats() -> Stats {
 /// Errors: [`Error::BadAddress`], [`Error::CannotListen`], [`Error::AlreadyServing`].
 pub fn serve(addr: &str) -> Result<std::net::SocketAddr, Error> {
     serve::serve(addr)
+}
+
+/// For tests of the fallback only: background threads started after this call share the
+/// program's descriptor table, as where `unshare(CLONE_FILES)` is refused (see `src/fdtable.rs`).
+#[doc(hidden)]
+pub fn __share_descriptor_table_for_tests() {
+    fdtable::FORCE_SHARED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Rewrite the report `target` (`json:PATH` or `prometheus:PATH`, `%p` for the process id) every

@@ -13,6 +13,10 @@
 //! simply clear it). After [`final_write`] the writer stops. In a child forked after the writer
 //! started, the writer is started again (`src/forking.rs`); `%p` in the path gives each process
 //! its own file.
+//!
+//! Writing to a file, the writer thread has a descriptor table of its own (`src/fdtable.rs`), so
+//! that it does not slow SQLite's file I/O down; writing to standard error it shares the
+//! program's, to follow the program's redirections.
 
 use crate::error::Error;
 use crate::report::{FdWriter, Report, Target};
@@ -90,6 +94,9 @@ fn spawn() -> io::Result<()> {
 }
 
 fn run(target: &Target, every: Duration) {
+    // A descriptor table of its own (src/fdtable.rs), unless the report goes to the program's
+    // standard error, which the writer must keep reaching by number as the program redirects it.
+    let private = matches!(target, Target::File(..)) && crate::fdtable::own_empty_table();
     let mut next = Instant::now() + every;
     loop {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -107,7 +114,7 @@ fn run(target: &Target, every: Duration) {
             if let Err(e) = res {
                 if !SAID.swap(true, Ordering::Relaxed) {
                     let line = format!("sqlalloc: cannot write the periodic report: {e}\n");
-                    let _ = FdWriter(2).write_all(line.as_bytes());
+                    crate::fdtable::write_to_program_stderr(private, &line);
                 }
             }
         }

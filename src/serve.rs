@@ -33,14 +33,19 @@
 //! event source. The request parser is a pure function over the bytes received so far, so it is
 //! fuzzed and unit-tested on its own.
 //!
-//! # After `fork`
+//! # Its own descriptor table, and `fork`
 //!
-//! Threads do not survive `fork`: in a child, nobody would answer the inherited listening
-//! socket. The child handler (`pthread_atfork`, `src/forking.rs`) closes it and every
-//! connection socket in the child, and lets the child call [`serve`] again (on a port of its
-//! own). The socket descriptors are kept in atomics for that handler; a connection accepted in
-//! the few instructions between `accept` and its recording may stay open in a child that forks
-//! right then, until the child exits.
+//! The thread first takes a descriptor table of its own (`src/fdtable.rs`: a second thread
+//! sharing the program's table makes every `pread`, `pwrite` and `fcntl` of SQLite's slower), and
+//! only then creates its listening socket, so that no socket of the endpoint is ever among the
+//! program's descriptors: a forked child does not inherit any, and the child may call [`serve`]
+//! again (on a port of its own).
+//!
+//! Where `unshare` is refused, the thread shares the program's table, and a child would inherit
+//! the listening socket that nobody in it answers: the child handler (`pthread_atfork`,
+//! `src/forking.rs`) then closes it and every connection socket, whose descriptors are kept in
+//! atomics for that handler. A connection accepted in the few instructions between `accept` and
+//! its recording may stay open in a child that forks right then, until the child exits.
 
 use crate::error::Error;
 use crate::report::{Format, Report};
@@ -298,28 +303,47 @@ pub fn serve(addr: &str) -> Result<SocketAddr, Error> {
             addr: served.map_or_else(String::new, |a| a.to_string()),
         });
     }
-    let listener = TcpListener::bind(parsed).map_err(|e| Error::CannotListen {
+    let cannot = |reason: String| Error::CannotListen {
         addr: parsed.to_string(),
-        reason: e.to_string(),
-    })?;
-    let cannot = |e: io::Error| Error::CannotListen {
-        addr: parsed.to_string(),
-        reason: e.to_string(),
+        reason,
     };
-    listener.set_nonblocking(true).map_err(cannot)?;
-    let local = listener.local_addr().map_err(cannot)?;
     crate::forking::register();
-    LISTEN_FD.store(listener.as_raw_fd(), Ordering::Release);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("sqlalloc-serve".into())
-        .spawn(move || Server::new(listener).run())
-        .map_err(|e| {
-            LISTEN_FD.store(-1, Ordering::Release);
-            cannot(e)
-        })?;
+        .spawn(move || {
+            // First a descriptor table of its own (src/fdtable.rs), so that the socket is
+            // created in it and never appears among the program's descriptors.
+            let private = crate::fdtable::own_empty_table();
+            match listen(parsed) {
+                Ok((listener, local)) => {
+                    if !private {
+                        LISTEN_FD.store(listener.as_raw_fd(), Ordering::Release);
+                    }
+                    let _ = tx.send(Ok(local));
+                    Server::new(listener, !private).run();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| cannot(e.to_string()))?;
+    let local = rx
+        .recv()
+        .map_err(|_| cannot("the server thread ended before listening".into()))?
+        .map_err(|e| cannot(e.to_string()))?;
     SERVING.store(true, Ordering::Release);
     *served = Some(local);
     Ok(local)
+}
+
+/// Bind `addr`, non-blocking; the listener and the address bound.
+fn listen(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
 }
 
 /// In a forked child (from the `pthread_atfork` handler, the only thread): close the sockets the
@@ -348,8 +372,8 @@ pub(crate) fn after_fork_in_child() {
 /// One connection being served.
 struct Client {
     stream: TcpStream,
-    /// Index in [`CLIENT_FDS`].
-    slot: usize,
+    /// Index in [`CLIENT_FDS`] (`None`: the server has a table of its own, nothing to record).
+    slot: Option<usize>,
     /// The head received so far (reading) …
     input: Vec<u8>,
     /// … or the response and how much of it was sent (writing).
@@ -361,13 +385,17 @@ struct Client {
 struct Server {
     listener: TcpListener,
     clients: Vec<Client>,
+    /// Whether the server shares the program's descriptor table (`unshare` was refused), so that
+    /// its connection sockets must be recorded for the fork handler.
+    shared_table: bool,
 }
 
 impl Server {
-    fn new(listener: TcpListener) -> Server {
+    fn new(listener: TcpListener, shared_table: bool) -> Server {
         Server {
             listener,
             clients: Vec::with_capacity(MAX_CLIENTS),
+            shared_table,
         }
     }
 
@@ -450,16 +478,21 @@ impl Server {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    let Some(slot) = CLIENT_FDS.iter().position(|s| {
-                        s.compare_exchange(
-                            -1,
-                            stream.as_raw_fd(),
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                    }) else {
-                        continue;
+                    let slot = if self.shared_table {
+                        let Some(slot) = CLIENT_FDS.iter().position(|s| {
+                            s.compare_exchange(
+                                -1,
+                                stream.as_raw_fd(),
+                                Ordering::AcqRel,
+                                Ordering::Relaxed,
+                            )
+                            .is_ok()
+                        }) else {
+                            continue;
+                        };
+                        Some(slot)
+                    } else {
+                        None
                     };
                     let now = Instant::now();
                     self.clients.push(Client {
@@ -481,8 +514,10 @@ impl Server {
 
 /// Forget a connection's socket before its `TcpStream` closes it (so that a fork in between never
 /// makes the child close a descriptor number the parent reused).
-fn close_slot(slot: usize) {
-    CLIENT_FDS[slot].store(-1, Ordering::Release);
+fn close_slot(slot: Option<usize>) {
+    if let Some(slot) = slot {
+        CLIENT_FDS[slot].store(-1, Ordering::Release);
+    }
 }
 
 /// Advance one ready connection; false when it is done (answered, or failed).

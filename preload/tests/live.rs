@@ -491,8 +491,10 @@ sys.stdin.readline()
         .find(|f| f[1].ends_with(&format!(":{port:04X}")) && f[3] == "0A")
         .map(|f| f[9].to_string())
         .expect("the parent listens");
-    let sockets = |pid: u32| -> Vec<String> {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
+    // What a process's threads have open: the main thread's table (/proc/PID/fd) and those of its
+    // other threads (the endpoint's server thread has a table of its own, src/fdtable.rs).
+    let links = |dir: String| -> Vec<String> {
+        std::fs::read_dir(dir)
             .map(|d| {
                 d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
                     .map(|p| p.display().to_string())
@@ -500,8 +502,26 @@ sys.stdin.readline()
             })
             .unwrap_or_default()
     };
+    let sockets = |pid: u32| -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+        tasks
+            .map(|d| {
+                d.filter_map(|t| t.ok())
+                    .flat_map(|t| links(format!("{}/fd", t.path().display())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let listening = format!("socket:[{inode}]");
     assert!(sockets(parent).contains(&listening), "the parent holds it");
+    // Where this process may unshare its descriptor table, so may the preloaded one: then the
+    // socket is not among the program's own descriptors.
+    if unshare_allowed() {
+        assert!(
+            !links(format!("/proc/{parent}/fd")).contains(&listening),
+            "the listening socket is among the program's descriptors"
+        );
+    }
     // While the children sleep (3.5 s): their files appear, and they hold no listening socket.
     let t0 = Instant::now();
     for &k in &kids {
@@ -549,6 +569,18 @@ sys.stdin.readline()
     assert_eq!(err, "", "nothing on stderr");
     assert!(dir.join(format!("r-{parent}.prom")).exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether a thread of this process may take a descriptor table of its own (a seccomp profile
+/// may forbid `unshare`).
+fn unshare_allowed() -> bool {
+    std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_FILES) gives this short-lived thread a copy of the table; it
+        // touches no memory, and the copy is dropped when the thread ends.
+        unsafe { libc::unshare(libc::CLONE_FILES) == 0 }
+    })
+    .join()
+    .unwrap()
 }
 
 /// Bad `SQLALLOC_LISTEN` and `SQLALLOC_REPORT_INTERVAL` values and a port in use: one line each,
@@ -650,6 +682,69 @@ fn bad_live_settings_cost_one_line() {
         &["SQLALLOC_REPORT_INTERVAL needs SQLALLOC_REPORT=json:PATH"],
     );
     drop(busy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The periodic writer, which has a descriptor table of its own, still says on the program's
+/// standard error, once, that it cannot write; with standard error a regular file (not opened for
+/// appending) its line and the program's later lines share one offset, none overwriting another.
+#[test]
+fn periodic_write_failure_is_said_once_on_the_programs_stderr() {
+    let dir = scratch("periodic-fail");
+    let script = write_script(
+        &dir,
+        "slow.py",
+        r#"
+import sqlite3, sys, time
+db = sqlite3.connect(":memory:")
+db.execute("create table t(v)")
+sys.stderr.write("program: before\n"); sys.stderr.flush()
+for i in range(26):
+    db.execute("insert into t values (?)", (i,))
+    time.sleep(0.1)
+sys.stderr.write("program: after\n"); sys.stderr.flush()
+print("rows", db.execute("select count(*) from t").fetchone()[0])
+"#,
+    );
+    let err_path = dir.join("stderr.txt");
+    let err_file = std::fs::File::create(&err_path).unwrap();
+    let mut c = preloaded(&python(), Some("system"));
+    c.arg(&script)
+        .env(
+            "SQLALLOC_REPORT",
+            format!("json:{}/missing/r.json", dir.display()),
+        )
+        .env("SQLALLOC_REPORT_INTERVAL", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(err_file);
+    let out = c.output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rows 26\n");
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    let periodic = "sqlalloc: cannot write the periodic report: ";
+    assert_eq!(lines.first(), Some(&"program: before"), "{err}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with(periodic)).count(),
+        1,
+        "{err}"
+    );
+    let at = lines.iter().position(|l| l.starts_with(periodic)).unwrap();
+    assert!(
+        lines[at].ends_with("No such file or directory (os error 2)"),
+        "{err}"
+    );
+    let after = lines.iter().position(|l| *l == "program: after");
+    assert!(after.is_some_and(|a| a > at), "{err}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("sqlalloc: cannot write the report: "),
+        "the exit hook's line: {err}"
+    );
+    assert_eq!(lines.len(), 4, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
