@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The live-telemetry cost figures of issues 13 and 14, alternated in one run (`make bench-live`).
 
-    bench/live_costs.py --build DIR --preload SO [--rounds N]
+    bench/live_costs.py --build DIR --preload SO [--rounds N] [--only endpoint,scopes,tracking]
 
 DIR is what bench/build.sh built (speedtest1, micro); SO the preload library. Prints:
 - endpoint: speedtest1 --size 25 (memdb; file on /dev/shm with --nosync) under SQLALLOC=system,
@@ -9,9 +9,9 @@ DIR is what bench/build.sh built (speedtest1, micro); SO the preload library. Pr
   CPU (user+sys, wait4) ratios, and the scrapes answered;
 - scopes: micro --mix 5000000 ns/pair and speedtest1 --memdb --lookaside 0 0 CPU, with and
   without +scopes, for system and memsys5:heap=256M;
-- tracking: speedtest1 --memdb with 100 connections opened (and tracked) by a second preloaded
-  library against none, at --size 1 and 25: a difference that does not grow with the work is
-  the cost of the opens, not of tracking.
+- tracking: speedtest1 --memdb with 100 connections opened by a second preloaded library
+  (bench/open100.c), tracked against untracked right after each open, at --size 1 and 25: what
+  tracking costs a program, without the cost of the opens themselves.
 Configurations alternate (forwards, then backwards) so that a noisy machine hits both alike; the
 load average is printed with each line. Every loop is bounded; only 127.0.0.1 is contacted.
 """
@@ -84,10 +84,15 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--preload", required=True)
     ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--only", default="endpoint,scopes,tracking",
+                    help="comma-separated parts to run (default: all three)")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
+    if not parts <= {"endpoint", "scopes", "tracking"}:
+        raise SystemExit(f"live_costs: --only takes endpoint, scopes, tracking; got {args.only!r}")
     b, pre, n = args.build, os.path.abspath(args.preload), args.rounds
     shm = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    for wk, extra in (("memdb", ["--memdb"]), ("file", ["--nosync", f"{shm}/t.db"])):
+    for wk, extra in (("memdb", ["--memdb"]), ("file", ["--nosync", f"{shm}/t.db"])) * ("endpoint" in parts):
         cmd = [f"{b}/speedtest1", "--size", "25"] + extra
         def fresh(f):
             if os.path.exists(f"{shm}/t.db"):
@@ -102,7 +107,7 @@ def main():
         rc = statistics.median(y[1] / x[1] for x, y in zip(plain, ep))
         print(f"endpoint speedtest1 {wk}: elapsed {re_:.3f}, CPU {rc:.3f}, {scrapes} scrapes "
               f"answered, {n} rounds, {load()}")
-    for spec in ("system", "memsys5:heap=256M"):
+    for spec in ("system", "memsys5:heap=256M") * ("scopes" in parts):
         mix = [f"{b}/micro", "--mix", "5000000"]
         ns = lambda s: float(run(mix, env_for(pre, s))[2].split("ns_per_pair=")[1].split()[0])
         a, c = alternate(n, lambda: ns(spec), lambda: ns(spec + "+scopes"))
@@ -117,13 +122,15 @@ def main():
     so = os.path.join(shm, "libopen100.so")
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "open100.c")
     subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", so, src, "-lsqlite3"], check=True)
-    for size in ("1", "25"):
+    for size in ("1", "25") * ("tracking" in parts):
         st = [f"{b}/speedtest1", "--size", size, "--memdb"]
-        a, c = alternate(n, lambda: run(st, env_for(pre, "system"))[1],
+        untracked = env_for(pre, "system", so)
+        untracked["OPEN100_UNTRACK"] = "1"
+        a, c = alternate(n, lambda: run(st, untracked)[1],
                          lambda: run(st, env_for(pre, "system", so))[1])
         d = statistics.median(y - x for x, y in zip(a, c)) * 1000
-        print(f"tracking: speedtest1 --size {size} --memdb with 100 tracked connections: "
-              f"{d:+.1f} ms CPU (ratio {statistics.median(y / x for x, y in zip(a, c)):.3f}), "
+        print(f"tracking: speedtest1 --size {size} --memdb, 100 connections open, tracked against "
+              f"untracked: {d:+.1f} ms CPU (ratio {statistics.median(y / x for x, y in zip(a, c)):.3f}), "
               f"{n} rounds, {load()}")
     subprocess.run(["rm", "-rf", shm], check=False)
 

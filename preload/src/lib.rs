@@ -260,9 +260,10 @@ type OpenV2Fn =
     unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, *const c_char) -> c_int;
 type CloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
 
-/// The function `name` of the SQLite the code at `caller` uses, and whether that SQLite is the
-/// one that got the allocator. `None` (and one line) when no SQLite defines it.
-fn resolve(caller: *const c_void, name: &CStr) -> Option<(*mut c_void, bool)> {
+/// The function `name` of the SQLite the code at `caller` uses, and that SQLite's
+/// `sqlite3_initialize` (to tell, with [`is_primary`], whether it is the one that got the
+/// allocator). `None` (and one line) when no SQLite defines it.
+fn resolve(caller: *const c_void, name: &CStr) -> Option<(*mut c_void, usize)> {
     let Some(sq) = Sqlite::of_caller(caller) else {
         say(&format!(
             "a call of {} found no SQLite library to forward it to",
@@ -270,9 +271,7 @@ fn resolve(caller: *const c_void, name: &CStr) -> Option<(*mut c_void, bool)> {
         ));
         return None;
     };
-    let primary = PRIMARY
-        .get()
-        .is_some_and(|p| p.init as usize == sq.init as usize);
+    let init = sq.init as usize;
     let (h, scope, base) = sq.scope()?;
     let f = find_in(scope, base, name);
     close(h);
@@ -284,7 +283,14 @@ fn resolve(caller: *const c_void, name: &CStr) -> Option<(*mut c_void, bool)> {
         ));
         return None;
     };
-    Some((f, primary))
+    Some((f, init))
+}
+
+/// Whether the SQLite whose `sqlite3_initialize` is at `init` is the one that got the allocator.
+/// Asked after the open, not before: a program's first open initializes SQLite, and it is that
+/// initialization which installs the allocator.
+fn is_primary(init: usize) -> bool {
+    PRIMARY.get().is_some_and(|p| p.init as usize == init)
 }
 
 /// After an open: track the new connection when it belongs to the SQLite that got the allocator.
@@ -308,11 +314,11 @@ fn opening(
     db: *mut *mut c_void,
     call: impl FnOnce(*mut c_void) -> c_int,
 ) -> c_int {
-    let Some((f, primary)) = resolve(caller, name) else {
+    let Some((f, init)) = resolve(caller, name) else {
         return sqlalloc::sqlite::SQLITE_ERROR;
     };
     let rc = call(f);
-    opened(rc, db, primary);
+    opened(rc, db, is_primary(init));
     rc
 }
 

@@ -409,6 +409,34 @@ fn debug_reports_an_injected_leak() {
 
 /// The Prometheus file: valid text exposition lines, cumulative buckets ending in `+Inf` equal
 /// to `_count`, `%p` replaced by the process id.
+/// A program's first open, when it is what initializes SQLite and installs the allocator, is
+/// tracked like the others (the preload asks whether the SQLite is the configured one after the
+/// open, not before it): opens in the constructor of a library initialized before the preload's.
+#[test]
+fn first_open_of_a_program_is_tracked() {
+    let dir = scratch("firstopen");
+    let lib = c_program("first_open", &["-shared", "-fPIC", "-lsqlite3"]);
+    let mut c = preloaded(Path::new("true"), Some("system"));
+    c.env(
+        "LD_PRELOAD",
+        format!("{} {}", preload_so().display(), lib.display()),
+    );
+    let report = dir.join("r.prom");
+    c.env(
+        "SQLALLOC_REPORT",
+        format!("prometheus:{}", report.display()),
+    );
+    let r = run(c, None);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    let text = std::fs::read_to_string(&report).unwrap();
+    // Both are in-memory databases: the second gets the first's label with a suffix.
+    for label in [":memory:", ":memory:#2"] {
+        let series = format!("connection=\"{label}\",use=\"schema\"}} ");
+        assert!(text.contains(&series), "{label} is not tracked:\n{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn prometheus_report_file() {
     let dir = scratch("prom");
