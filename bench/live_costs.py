@@ -126,12 +126,20 @@ def main():
         st = [f"{b}/speedtest1", "--size", size, "--memdb"]
         untracked = env_for(pre, "system", so)
         untracked["OPEN100_UNTRACK"] = "1"
-        a, c = alternate(n, lambda: run(st, untracked)[1],
-                         lambda: run(st, env_for(pre, "system", so))[1])
-        d = statistics.median(y - x for x, y in zip(a, c)) * 1000
+        # Three arms in turn: untracked, tracked, untracked again. The two untracked arms against
+        # each other give the noise floor the tracked one is compared with.
+        u1, tr, u2 = [], [], []
+        for i in range(n):
+            arms = ((u1, untracked), (tr, env_for(pre, "system", so)), (u2, untracked))
+            for out, env in (arms if i % 2 == 0 else arms[::-1]):
+                out.append(run(st, env)[1])
+        d = statistics.median(y - x for x, y in zip(u1, tr)) * 1000
+        aa = statistics.median(y - x for x, y in zip(u1, u2)) * 1000
+        spread = sorted(abs(y - x) * 1000 for x, y in zip(u1, u2))
         print(f"tracking: speedtest1 --size {size} --memdb, 100 connections open, tracked against "
-              f"untracked: {d:+.1f} ms CPU (ratio {statistics.median(y / x for x, y in zip(a, c)):.3f}), "
-              f"{n} rounds, {load()}")
+              f"untracked: {d:+.1f} ms CPU (ratio {statistics.median(y / x for x, y in zip(u1, tr)):.3f}); "
+              f"untracked against untracked {aa:+.1f} ms, half of those pairs differ by more than "
+              f"{statistics.median(spread):.1f} ms; {n} rounds, {load()}")
     subprocess.run(["rm", "-rf", shm], check=False)
 
 if __name__ == "__main__":
