@@ -289,6 +289,14 @@ pub fn thread_index() -> usize {
     slot::get().saturating_sub(1)
 }
 
+/// The calling thread's stored slot word, read once by a call that passes it to both the
+/// `scopes` layer and the counters ([`Counters::on_malloc_at`]): 0 before the thread's first
+/// call, 1 for the shared slot, else its slot plus one.
+#[inline(always)]
+pub(crate) fn slot_word() -> usize {
+    slot::get()
+}
+
 /// The calling thread's current-scope word of the [`scopes`](crate::scopes) layer (0 until it
 /// enters a scope), kept next to the thread's slot number: an initial-exec thread-local on
 /// x86-64 Linux, no `__tls_get_addr` call (see `slot::imp`).
@@ -639,11 +647,11 @@ impl Counters {
         bump_epoch();
     }
 
-    /// The calling thread's own slot, when it has one (the fast path of every call): a load of
-    /// its thread-local slot and one comparison.
+    /// The calling thread's own slot, when it has one (the fast path of every call), from its
+    /// slot word `stored` (a load of its thread-local slot, [`slot_word`], by the caller) and one
+    /// comparison.
     #[inline(always)]
-    fn own_slot(&self) -> Option<&Slot> {
-        let stored = slot::get();
+    fn own_slot_at(&self, stored: usize) -> Option<&Slot> {
         // A stored slot is at most SLOTS (see `claim`), so the mask changes nothing; it only
         // lets the compiler drop the bounds check.
         (stored >= 2).then(|| &self.slots[(stored - 1) & (SLOTS - 1)])
@@ -653,7 +661,14 @@ impl Counters {
     /// (`None`: the call failed).
     #[inline(always)]
     pub fn on_malloc(&self, request: usize, size: Option<usize>) {
-        match self.own_slot() {
+        self.on_malloc_at(slot::get(), request, size)
+    }
+
+    /// [`on_malloc`](Self::on_malloc) with the slot word the caller read before the call
+    /// ([`slot_word`]; a thread's first call, word 0, claims its slot here as always).
+    #[inline(always)]
+    pub(crate) fn on_malloc_at(&self, stored: usize, request: usize, size: Option<usize>) {
+        match self.own_slot_at(stored) {
             Some(s) => self.malloc_in(s, true, request, size),
             None => self.on_malloc_first_or_shared(request, size),
         }
@@ -684,7 +699,13 @@ impl Counters {
     /// Record a call of `xFree` of a block of `size` bytes.
     #[inline(always)]
     pub fn on_free(&self, size: usize) {
-        match self.own_slot() {
+        self.on_free_at(slot::get(), size)
+    }
+
+    /// [`on_free`](Self::on_free) with the slot word the caller read ([`slot_word`]).
+    #[inline(always)]
+    pub(crate) fn on_free_at(&self, stored: usize, size: usize) {
+        match self.own_slot_at(stored) {
             Some(s) => self.free_in(s, true, size),
             None => self.on_free_first_or_shared(size),
         }

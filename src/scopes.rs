@@ -105,7 +105,7 @@
 //! in [`crate::installed`]).
 
 use crate::backend::{Memsys3, Memsys5};
-use crate::counters::{scope_word, set_scope_word, thread_index, Stats, PEAK_FLUSH_BYTES, SLOTS};
+use crate::counters::{scope_word, set_scope_word, slot_word, Stats, PEAK_FLUSH_BYTES, SLOTS};
 use crate::error::Error;
 use crate::installed;
 use crate::methods::{Held, InitError, LiveBlock, MemMethods};
@@ -453,12 +453,16 @@ impl Scopes {
         self.heads[s & (MAX_SCOPES - 1)].used.fetch_sub(n, Relaxed);
     }
 
-    /// The calling thread's tally for scope `s`, and whether the thread owns its slot.
+    /// The calling thread's tally for scope `s`, and whether the thread owns its slot, from the
+    /// thread's slot word (`stored`, [`slot_word`]: read once per call, shared with the
+    /// counters).
     #[inline(always)]
-    fn tally(&self, s: usize) -> (&Tally, bool) {
-        let t = thread_index();
-        if t != 0 {
-            (&self.rows[t & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)], true)
+    fn tally(&self, stored: usize, s: usize) -> (&Tally, bool) {
+        if stored >= 2 {
+            (
+                &self.rows[(stored - 1) & (SLOTS - 1)].0[s & (MAX_SCOPES - 1)],
+                true,
+            )
         } else {
             (&self.rows[0].0[s & (MAX_SCOPES - 1)], false)
         }
@@ -519,25 +523,31 @@ impl Scopes {
     }
 
     /// A malloc of `request` bytes in scope `s` that returned a block of `size` bytes (`None`:
-    /// it failed).
+    /// it failed), on the thread with slot word `stored`.
     #[inline(always)]
-    fn on_malloc(&self, s: usize, request: usize, size: Option<usize>) {
-        let (t, owned) = self.tally(s);
+    fn on_malloc(&self, stored: usize, s: usize, request: usize, size: Option<usize>) {
+        let (t, owned) = self.tally(stored, s);
         max_u(&t.largest, request as u64, owned);
         match size {
             Some(n) => {
                 add_u(&t.mallocs, 1, owned);
                 let b = add_i(&t.bytes, n as i64, owned);
-                self.moved(s, t, owned, b, n as i64);
+                if !owned {
+                    self.shared_moved(s, n as i64);
+                } else if b > t.hi.load(Relaxed) {
+                    // A malloc never lowers the bytes: only the upper bound is checked (the
+                    // slow path does the rest too, which is always correct).
+                    self.moved_slow(s, t, b);
+                }
             }
             None => add_u(&t.failed_mallocs, 1, owned),
         }
     }
 
-    /// A free of a block of `size` bytes of scope `s`.
+    /// A free of a block of `size` bytes of scope `s`, on the thread with slot word `stored`.
     #[inline(always)]
-    fn on_free(&self, s: usize, size: usize) {
-        let (t, owned) = self.tally(s);
+    fn on_free(&self, stored: usize, s: usize, size: usize) {
+        let (t, owned) = self.tally(stored, s);
         add_u(&t.frees, 1, owned);
         let b = add_i(&t.bytes, -(size as i64), owned);
         if !owned {
@@ -551,7 +561,7 @@ impl Scopes {
 
     /// A realloc of a block of scope `s` from `old` bytes to `new` (`None`: it failed).
     fn on_realloc(&self, s: usize, request: usize, old: usize, new: Option<usize>) {
-        let (t, owned) = self.tally(s);
+        let (t, owned) = self.tally(slot_word(), s);
         add_u(&t.reallocs, 1, owned);
         max_u(&t.largest, request as u64, owned);
         match new {
@@ -898,23 +908,55 @@ impl<B: MemMethods, P: Tagging<B>> Scoped<B, P> {
         Some((unsafe { P::outer(q) }, size - P::EXTRA))
     }
 
-    /// Malloc in scope `s`, counted.
+    /// Malloc in scope `s`, counted, on the thread with slot word `stored`.
     #[inline(always)]
-    fn malloc_in(&self, s: usize, n: usize) -> Option<(NonNull<u8>, usize)> {
+    fn malloc_in(&self, stored: usize, s: usize, n: usize) -> Option<(NonNull<u8>, usize)> {
         if self.scopes.cap(s) != 0 {
-            return self.malloc_capped(s, n);
+            return self.malloc_capped(stored, s, n);
         }
         let r = self.raw_malloc(s, n);
-        self.scopes.on_malloc(s, n, r.map(|(_, size)| size));
+        self.scopes.on_malloc(stored, s, n, r.map(|(_, size)| size));
         r
     }
 
     /// Malloc in capped scope `s`: reserve, allocate, correct to the real size.
     #[inline(never)]
-    fn malloc_capped(&self, s: usize, n: usize) -> Option<(NonNull<u8>, usize)> {
+    fn malloc_capped(&self, stored: usize, s: usize, n: usize) -> Option<(NonNull<u8>, usize)> {
         let r = self.malloc_reserved(s, n);
-        self.scopes.on_malloc(s, n, r.map(|(_, size)| size));
+        self.scopes.on_malloc(stored, s, n, r.map(|(_, size)| size));
         r
+    }
+
+    /// [`MemMethods::malloc_and_size`] with the calling thread's slot word read by the caller
+    /// ([`slot_word`]), which passes the same word to the counters: one thread-local read for
+    /// both layers.
+    #[inline(always)]
+    pub(crate) fn malloc_and_size_at(
+        &self,
+        stored: usize,
+        n: usize,
+    ) -> Option<(NonNull<u8>, usize)> {
+        self.malloc_in(stored, self.scopes.current(), n)
+    }
+
+    /// [`MemMethods::size_and_free`] with the slot word read by the caller (see
+    /// [`malloc_and_size_at`](Self::malloc_and_size_at)).
+    ///
+    /// # Safety
+    /// As [`MemMethods::size_and_free`].
+    #[inline(always)]
+    pub(crate) unsafe fn size_and_free_at(&self, stored: usize, ptr: NonNull<u8>) -> usize {
+        // SAFETY: `ptr` is a live block of this layer (caller's contract).
+        let q = unsafe { P::inner(ptr) };
+        // SAFETY: `q` is its live backend block, tagged when it was handed out.
+        let s = unsafe { self.place.get(&self.inner, q) };
+        // SAFETY: `q` is live; not used after this call (caller's contract).
+        let size = unsafe { self.inner.size_and_free(q) }.saturating_sub(P::EXTRA);
+        if self.scopes.cap(s) != 0 {
+            self.scopes.release(s, size as u64);
+        }
+        self.scopes.on_free(stored, s, size);
+        size
     }
 
     /// A block of `n` bytes in capped scope `s` with its size reserved against the cap, uncounted
@@ -1005,18 +1047,18 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
 
     #[inline]
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
-        self.malloc_in(self.scopes.current(), size).map(|(p, _)| p)
+        self.malloc_and_size_at(slot_word(), size).map(|(p, _)| p)
     }
 
     #[inline(always)]
     fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
-        self.malloc_in(self.scopes.current(), size)
+        self.malloc_and_size_at(slot_word(), size)
     }
 
     unsafe fn malloc_for(&self, like: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
         // SAFETY: `like` is a live block of this layer (caller's contract).
         let s = unsafe { self.place.get(&self.inner, P::inner(like)) };
-        self.malloc_in(s, size).map(|(p, _)| p)
+        self.malloc_in(slot_word(), s, size).map(|(p, _)| p)
     }
 
     #[inline]
@@ -1027,17 +1069,8 @@ unsafe impl<B: MemMethods, P: Tagging<B>> MemMethods for Scoped<B, P> {
 
     #[inline(always)]
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
-        // SAFETY: `ptr` is a live block of this layer (caller's contract).
-        let q = unsafe { P::inner(ptr) };
-        // SAFETY: `q` is its live backend block, tagged when it was handed out.
-        let s = unsafe { self.place.get(&self.inner, q) };
-        // SAFETY: `q` is live; not used after this call (caller's contract).
-        let size = unsafe { self.inner.size_and_free(q) }.saturating_sub(P::EXTRA);
-        if self.scopes.cap(s) != 0 {
-            self.scopes.release(s, size as u64);
-        }
-        self.scopes.on_free(s, size);
-        size
+        // SAFETY: forwarded contract.
+        unsafe { self.size_and_free_at(slot_word(), ptr) }
     }
 
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {

@@ -12,11 +12,11 @@
 //! backend.
 
 use crate::backend::{self, Memsys5, System};
-use crate::counters::{Counters, Stats};
+use crate::counters::{slot_word, Counters, Stats};
 use crate::error::Error;
 use crate::fault::{Fault, FaultSpec};
 use crate::methods::{Held, InitError, LiveBlock, MemMethods};
-use crate::scopes::{Header, Scoped, Scopes, Tabled};
+use crate::scopes::{Header, Scoped, Scopes, Tabled, Tagging};
 use crate::spec::{Backend, Spec, SpecError};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -164,6 +164,55 @@ pub(crate) enum Lower {
     /// `memsys5+scopes`: the layer with its side table.
     ScopedMemsys5(Scoped<Memsys5, Tabled<Memsys5>>),
     Dyn(Box<dyn MemMethods>),
+}
+
+/// The malloc and free of a [`Lower`] variant's backend on the stack's specialised path. The
+/// `scopes` layer takes the calling thread's slot word ([`slot_word`]), which the stack reads
+/// once per call and also gives to the counters: one thread-local read for both layers. The
+/// plain backends ignore it, and for them the stack reads nothing before the call.
+trait Hot {
+    /// Whether [`malloc_and_size_at`](Self::malloc_and_size_at) uses the slot word.
+    const TAKES_SLOT: bool;
+
+    /// [`MemMethods::malloc_and_size`], on the thread whose slot word is `stored`.
+    fn malloc_and_size_at(&self, stored: usize, n: usize) -> Option<(NonNull<u8>, usize)>;
+
+    /// [`MemMethods::size_and_free`], on the thread whose slot word is `stored`.
+    ///
+    /// # Safety
+    /// As [`MemMethods::size_and_free`].
+    unsafe fn size_and_free_at(&self, stored: usize, ptr: NonNull<u8>) -> usize;
+}
+
+macro_rules! hot_ignoring_the_slot {
+    ($($t:ty),*) => {$(
+        impl Hot for $t {
+            const TAKES_SLOT: bool = false;
+            #[inline(always)]
+            fn malloc_and_size_at(&self, _: usize, n: usize) -> Option<(NonNull<u8>, usize)> {
+                self.malloc_and_size(n)
+            }
+            #[inline(always)]
+            unsafe fn size_and_free_at(&self, _: usize, ptr: NonNull<u8>) -> usize {
+                // SAFETY: forwarded contract.
+                unsafe { self.size_and_free(ptr) }
+            }
+        }
+    )*};
+}
+hot_ignoring_the_slot!(System, Memsys5, Box<dyn MemMethods>);
+
+impl<B: MemMethods, P: Tagging<B>> Hot for Scoped<B, P> {
+    const TAKES_SLOT: bool = true;
+    #[inline(always)]
+    fn malloc_and_size_at(&self, stored: usize, n: usize) -> Option<(NonNull<u8>, usize)> {
+        Scoped::malloc_and_size_at(self, stored, n)
+    }
+    #[inline(always)]
+    unsafe fn size_and_free_at(&self, stored: usize, ptr: NonNull<u8>) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { Scoped::size_and_free_at(self, stored, ptr) }
+    }
 }
 
 /// Which backend the functions of a methods table are specialised for (see
@@ -362,13 +411,44 @@ impl Stack {
     pub(crate) fn malloc_as<const K: u8>(&self, size: usize) -> Option<NonNull<u8>> {
         if self.plain() {
             // The common case: counters straight over the backend, one call down.
-            on_kind!(self, K, b => {
-                let r = b.malloc_and_size(size);
-                self.counters.on_malloc(size, r.map(|(_, n)| n));
-                return r.map(|(p, _)| p);
-            }, _ => {});
+            on_kind!(self, K, b => return self.malloc_counted(b, size), _ => {});
         }
         self.malloc_other(size)
+    }
+
+    /// A counted malloc from backend `b` (see [`Hot`]).
+    #[inline(always)]
+    fn malloc_counted<B: Hot>(&self, b: &B, size: usize) -> Option<NonNull<u8>> {
+        if B::TAKES_SLOT {
+            let stored = slot_word();
+            let r = b.malloc_and_size_at(stored, size);
+            self.counters.on_malloc_at(stored, size, r.map(|(_, n)| n));
+            r.map(|(p, _)| p)
+        } else {
+            let r = b.malloc_and_size_at(0, size);
+            self.counters.on_malloc(size, r.map(|(_, n)| n));
+            r.map(|(p, _)| p)
+        }
+    }
+
+    /// A counted free to backend `b` (see [`Hot`]); the limit is released by the caller.
+    ///
+    /// # Safety
+    /// As [`MemMethods::free`], for a block of `b`.
+    #[inline(always)]
+    unsafe fn free_counted<B: Hot>(&self, b: &B, ptr: NonNull<u8>) -> usize {
+        if B::TAKES_SLOT {
+            let stored = slot_word();
+            // SAFETY: forwarded contract.
+            let size = unsafe { b.size_and_free_at(stored, ptr) };
+            self.counters.on_free_at(stored, size);
+            size
+        } else {
+            // SAFETY: forwarded contract.
+            let size = unsafe { b.size_and_free_at(0, ptr) };
+            self.counters.on_free(size);
+            size
+        }
     }
 
     /// [`malloc_as`](Self::malloc_as) off its specialised path: the layers, or another kind.
@@ -390,10 +470,9 @@ impl Stack {
     pub(crate) unsafe fn free_as<const K: u8>(&self, ptr: NonNull<u8>) {
         let size = on_kind!(self, K,
             // SAFETY: forwarded contract (`ptr` is a live block of this backend).
-            b => unsafe { b.size_and_free(ptr) },
+            b => unsafe { self.free_counted(b, ptr) },
             // SAFETY: forwarded contract.
             _ => return unsafe { self.free_other(ptr) });
-        self.counters.on_free(size);
         if let Some(l) = &self.limit {
             l.release(size as u64);
         }
