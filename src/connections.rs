@@ -38,6 +38,7 @@
 
 use crate::error::Error;
 use crate::sqlite::{self, ConnectionFunctions};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -105,14 +106,89 @@ unsafe impl Send for Db {}
 struct Entry {
     db: Db,
     label: String,
+    /// The label asked for (given, or the default) and the suffix number it got (1: none).
+    base: String,
+    n: usize,
     has_mutex: bool,
     last: Option<(Sample, SampledBy, Instant)>,
 }
 
-/// The registry of tracked connections.
-static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+/// The tracked connections, and what makes their labels unique cheaply: a program with
+/// hundreds of `:memory:` connections gets `:memory:`, `:memory:#2`, … without a search through
+/// every label per open (which made tracking N connections cost O(N³) string comparisons).
+struct Registry {
+    entries: Vec<Entry>,
+    /// Every label in use.
+    labels: BTreeSet<String>,
+    /// Per base label: the suffix numbers handed out and given back.
+    suffixes: BTreeMap<String, Suffixes>,
+}
 
-fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+/// The suffix numbers of one base label: the smallest one given back is reused first (so a pool
+/// that reopens its connections keeps the same few labels, and Prometheus the same series).
+struct Suffixes {
+    /// The next number never handed out (1: the bare base).
+    next: usize,
+    /// Numbers given back by untracked connections.
+    free: BTreeSet<usize>,
+}
+
+impl Default for Suffixes {
+    fn default() -> Self {
+        Suffixes {
+            next: 1,
+            free: BTreeSet::new(),
+        }
+    }
+}
+
+impl Registry {
+    /// A unique label for `base`, and its suffix number.
+    fn label_for(&mut self, base: &str) -> (String, usize) {
+        let sfx = self.suffixes.entry(base.to_string()).or_default();
+        loop {
+            let n = sfx.free.pop_first().unwrap_or_else(|| {
+                sfx.next += 1;
+                sfx.next - 1
+            });
+            let label = if n == 1 {
+                base.to_string()
+            } else {
+                format!("{base}#{n}")
+            };
+            // Taken only when a label was given that looks like a suffixed one (`x#2`), or is
+            // "other": that number stays out of use while the base has connections.
+            if label != "other" && !self.labels.contains(&label) {
+                self.labels.insert(label.clone());
+                return (label, n);
+            }
+        }
+    }
+
+    /// Forget entry `i`, giving its label and number back.
+    fn remove(&mut self, i: usize) -> Entry {
+        // `remove`, not `swap_remove`: the reports list connections in the order they came.
+        let e = self.entries.remove(i);
+        self.labels.remove(&e.label);
+        if let Some(sfx) = self.suffixes.get_mut(&e.base) {
+            sfx.free.insert(e.n);
+            // A base with no connection left starts afresh (and its map entry goes).
+            if sfx.free.len() == sfx.next.saturating_sub(1) {
+                self.suffixes.remove(&e.base);
+            }
+        }
+        e
+    }
+}
+
+/// The registry of tracked connections.
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    entries: Vec::new(),
+    labels: BTreeSet::new(),
+    suffixes: BTreeMap::new(),
+});
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -187,18 +263,15 @@ pub unsafe fn track(db: *mut c_void, label: Option<&str>) -> Result<String, Erro
         )
     };
     let mut reg = registry();
-    if reg.iter().any(|e| e.db == db) {
+    if reg.entries.iter().any(|e| e.db == db) {
         return Err(Error::AlreadyTracked);
     }
-    let mut label = base.clone();
-    let mut n = 1;
-    while label == "other" || reg.iter().any(|e| e.label == label) {
-        n += 1;
-        label = format!("{base}#{n}");
-    }
-    reg.push(Entry {
+    let (label, n) = reg.label_for(&base);
+    reg.entries.push(Entry {
         db,
         label: label.clone(),
+        base,
+        n,
         has_mutex,
         last: Some((first, SampledBy::Owner, Instant::now())),
     });
@@ -209,7 +282,7 @@ pub unsafe fn track(db: *mut c_void, label: Option<&str>) -> Result<String, Erro
 /// [`Error::UnknownConnection`] when it is not tracked.
 pub fn untrack(db: *mut c_void) -> Result<String, Error> {
     let mut reg = registry();
-    match reg.iter().position(|e| e.db == Db(db)) {
+    match reg.entries.iter().position(|e| e.db == Db(db)) {
         Some(i) => Ok(reg.remove(i).label),
         None => Err(Error::UnknownConnection),
     }
@@ -221,7 +294,7 @@ pub fn untrack(db: *mut c_void) -> Result<String, Error> {
 /// # Safety
 /// `db` must be open and the caller must own it (no other thread uses it during the call).
 pub unsafe fn sample(db: *mut c_void) -> Result<(), Error> {
-    if db.is_null() || !registry().iter().any(|e| e.db == Db(db)) {
+    if db.is_null() || !registry().entries.iter().any(|e| e.db == Db(db)) {
         return Err(Error::UnknownConnection);
     }
     let f = functions()?;
@@ -229,7 +302,7 @@ pub unsafe fn sample(db: *mut c_void) -> Result<(), Error> {
     // SAFETY: open and owned by the caller (the contract).
     let s = unsafe { read(&f, Db(db)) };
     let mut reg = registry();
-    match reg.iter_mut().find(|e| e.db == Db(db)) {
+    match reg.entries.iter_mut().find(|e| e.db == Db(db)) {
         Some(e) => {
             e.last = Some((s, SampledBy::Owner, Instant::now()));
             Ok(())
@@ -243,7 +316,8 @@ pub fn snapshot() -> Vec<Connection> {
     let f = sqlite::functions().connections();
     let mut reg = registry();
     let now = Instant::now();
-    reg.iter_mut()
+    reg.entries
+        .iter_mut()
         .map(|e| {
             let mut busy = false;
             if let (Some(f), true) = (f.as_ref(), e.has_mutex) {
@@ -276,7 +350,7 @@ pub fn snapshot() -> Vec<Connection> {
 
 /// How many connections are tracked.
 pub fn count() -> usize {
-    registry().len()
+    registry().entries.len()
 }
 
 /// A rusqlite connection in the per-connection breakdown, until the guard drops (feature
@@ -324,5 +398,89 @@ impl<'c> Tracked<'c> {
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
         let _ = untrack(self.db);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Registry {
+        Registry {
+            entries: Vec::new(),
+            labels: BTreeSet::new(),
+            suffixes: BTreeMap::new(),
+        }
+    }
+
+    fn add(r: &mut Registry, id: usize, base: &str) -> String {
+        let (label, n) = r.label_for(base);
+        r.entries.push(Entry {
+            db: Db(std::ptr::without_provenance_mut(id)),
+            label: label.clone(),
+            base: base.to_string(),
+            n,
+            has_mutex: false,
+            last: None,
+        });
+        label
+    }
+
+    fn drop_id(r: &mut Registry, id: usize) -> String {
+        let i = r.entries.iter().position(|e| e.db.0.addr() == id).unwrap();
+        r.remove(i).label
+    }
+
+    /// Labels are unique; a number given back is the first reused; "other" and a given label
+    /// that looks suffixed are never handed out twice; entries keep their order.
+    #[test]
+    fn labels_are_unique_and_reused_smallest_first() {
+        let mut r = empty();
+        let got: Vec<String> = (1..=4).map(|i| add(&mut r, i, ":memory:")).collect();
+        assert_eq!(got, [":memory:", ":memory:#2", ":memory:#3", ":memory:#4"]);
+        assert_eq!(drop_id(&mut r, 3), ":memory:#3");
+        assert_eq!(drop_id(&mut r, 2), ":memory:#2");
+        assert_eq!(add(&mut r, 5, ":memory:"), ":memory:#2");
+        assert_eq!(add(&mut r, 6, ":memory:"), ":memory:#3");
+        assert_eq!(add(&mut r, 7, ":memory:"), ":memory:#5");
+        let order: Vec<&str> = r.entries.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                ":memory:",
+                ":memory:#4",
+                ":memory:#2",
+                ":memory:#3",
+                ":memory:#5"
+            ]
+        );
+        // A label given as "x#2" takes that name: the base "x" then skips it.
+        assert_eq!(add(&mut r, 8, "x#2"), "x#2");
+        assert_eq!(add(&mut r, 9, "x"), "x");
+        assert_eq!(add(&mut r, 10, "x"), "x#3");
+        assert_eq!(add(&mut r, 11, "other"), "other#2");
+        // A base whose connections are all gone starts afresh.
+        for id in [1, 4, 5, 6, 7] {
+            drop_id(&mut r, id);
+        }
+        assert!(!r.suffixes.contains_key(":memory:"));
+        assert_eq!(add(&mut r, 12, ":memory:"), ":memory:");
+        let mut all: Vec<&String> = r.entries.iter().map(|e| &e.label).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), r.entries.len());
+        assert_eq!(r.labels.len(), r.entries.len());
+    }
+
+    /// Tracking many connections with one base stays cheap: each label is found without a
+    /// search through every label (10 000 would take minutes at O(N³)).
+    #[test]
+    fn many_connections_of_one_base() {
+        let mut r = empty();
+        for i in 1..=10_000 {
+            add(&mut r, i, ":memory:");
+        }
+        assert_eq!(r.entries.last().unwrap().label, ":memory:#10000");
+        assert_eq!(r.labels.len(), 10_000);
     }
 }
