@@ -13,6 +13,7 @@ pub mod memsys5;
 pub mod mimalloc;
 pub mod rust;
 pub mod system;
+pub mod tlsf;
 
 pub use debug::Debug;
 #[cfg(feature = "jemalloc")]
@@ -23,3 +24,4 @@ pub use memsys5::Memsys5;
 pub use mimalloc::Mimalloc;
 pub use rust::Rust;
 pub use system::System;
+pub use tlsf::Tlsf;

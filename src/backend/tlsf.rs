@@ -1,0 +1,1696 @@
+//! `tlsf`: a Two-Level Segregated Fit allocator over one fixed heap (no counterpart in SQLite).
+//!
+//! # When to use it
+//!
+//! Like [`memsys5`](super::memsys5), when SQLite must live inside a fixed amount of memory taken
+//! once, up front, with nothing asked of the system afterwards; unlike it, a request costs its
+//! size rounded up by at most 1/64 (plus an 8-byte header) rather than up to a power of two, so
+//! the same heap holds up to about twice as many bytes of SQLite's data. The price: no proven
+//! bound on fragmentation (see "Fragmentation"). Choose `memsys5` when a request must provably
+//! never fail below a computable heap size, `tlsf` when memory is tight and a measured margin is
+//! enough.
+//!
+//! # Algorithm
+//!
+//! The algorithm of M. Masmano, I. Ripoll, A. Crespo and J. Real ("TLSF: a New Dynamic Memory
+//! Allocator for Real-Time Systems", ECRTS 2004), with one change to the request rounding.
+//!
+//! - The heap is a sequence of *blocks* that tile it, each free or in use. Every block starts
+//!   with an 8-byte header; its *usable size* `u` is its size minus the header.
+//! - Free blocks are filed by usable size into *size classes*, two levels deep. Below 512 bytes
+//!   a class is one exact multiple of 8 (first-level index 0, second-level index `u / 8`). From
+//!   512 up, the first level is the power of two `2^f <= u < 2^(f+1)` (index `f - 8`) and the
+//!   second level cuts that range into `SL = 64` equal classes of `2^(f-6)` bytes (index
+//!   `(u >> (f - 6)) & 63`). Each class has a doubly linked free list; one bit per class in a
+//!   64-bit word per first-level index says which lists are non-empty, and one bit per
+//!   first-level index says which of those words are not zero.
+//! - A request of `n` bytes is rounded up to the lower boundary of a class (the *class rounding*
+//!   below: to a multiple of 8, at least 8, and from 1024 bytes up to a multiple of `2^(f-6)`).
+//!   Every free block on that class's list, and on every list above it, is large enough; two
+//!   find-first-set instructions on the bitmaps find the first non-empty list at or above the
+//!   class (good fit), without any search of a list. The head of that list is taken; when what
+//!   is left after the request is at least a minimal block (16 bytes), it is split off as a new
+//!   free block and filed by its own size.
+//! - Freeing a block joins it at once with its physical neighbours when they are free (the
+//!   previous one is found through the offset kept in the header, the next one by adding the
+//!   size), and files the result. So no two free blocks are ever adjacent.
+//! - Every operation is O(1): a bounded number of bitmap and list operations, no loop over blocks
+//!   or lists.
+//!
+//! **The change: requests rounded to their class boundary.** Plain TLSF rounds a request only
+//! to the next class when searching, so that any block found is large enough, and then hands out
+//! just the request: a freed block of exactly the request's size sits in the request's *own*
+//! class, which the search skips; it is found again only by a smaller request. SQLite's page
+//! cache is exactly that pattern (4360-byte lines for 4096-byte pages, allocated and freed over
+//! and over): the holes left by freed lines would stay unused while new lines are cut from the
+//! rest of the heap. Here a request gets the whole class boundary, so a block freed by a request
+//! of some size has at least that class's lower boundary as usable size and is on a list the
+//! next request of the same size searches: it is found again (the unit test
+//! `page_cache_lines_reuse_their_holes` shows the same place coming back).
+//!
+//! **Cost of the rounding.** Below 1024 bytes a request is rounded to a multiple of 8 only
+//! (classes are 8 bytes wide up to there). From `2^f` (`f >= 10`) up, classes are `2^(f-6)`
+//! bytes wide, so the rounding adds at most `2^(f-6) - 1` bytes to a request of more than `2^f`
+//! bytes: strictly less than 1/64 of the request (1.5625%), at most 63 bytes on requests of
+//! 4–8 KiB. A 4360-byte request gets 4416 usable bytes (1.3%). Add the 8-byte header, and up to
+//! 8 more bytes when a split would leave less than a minimal block (see `roundup` below).
+//!
+//! # `size` and `roundup`
+//!
+//! `size` is the block's usable size, read from its header: exact. `roundup(n)` is the class
+//! rounding of `n` (for `n` above 2 GiB, `n` itself: such requests fail, as in `memsys5`).
+//! `malloc(n)` gives a block whose `size` is `roundup(n)`, except when the free block it is
+//! cut from would leave a remainder of 8 bytes (less than a minimal block of 16): then the block
+//! keeps those 8 bytes and `size` is `roundup(n) + 8`. So `roundup(n) <= size <= roundup(n) + 8`.
+//!
+//! # `realloc`
+//!
+//! - A new size up to the current usable size keeps the block; when what is past the new size's
+//!   class rounding is a minimal block or more, it is split off as a free block (joined with a
+//!   free next neighbour).
+//! - A larger size grows the block in place when the next physical block is free and the two
+//!   together are large enough (splitting off the rest when it can stand alone).
+//! - Otherwise a new block is allocated, the old usable bytes copied (outside the lock), the
+//!   old block freed. A realloc that cannot be served leaves the block untouched.
+//! - With the valgrind/ASan marking on, the block is never resized in place (only kept as it is
+//!   or moved), so that the tools' view of a live block is always one whole pool chunk.
+//!
+//! # Block layout
+//!
+//! Offsets are bytes from the start of the block's part (see "Shards"), multiples of 8, kept in
+//! `u32`. A block of `s` bytes at offset `o`:
+//!
+//! ```text
+//!  o         o+4        o+8                                              o+s
+//!  | prev|P  | size|F   | user bytes (usable size s - 8) ...............|   in use
+//!  | prev|P  | size|F   | next free | prev free | (unused) ............|   free
+//!    word 0    word 1     o+8         o+12
+//! ```
+//!
+//! - word 0: the offset of the previous physical block (0 for the first block), bit 0 (`P`,
+//!   `PREV_FREE`) set when that block is free. Written whenever the previous block changes,
+//!   so it is always exact (not only while the previous block is free).
+//! - word 1: the block's size in bytes (header included, a multiple of 8, at least 16), bit 0
+//!   (`F`, `FREE`) set when the block is free. Word 1 of a block in use changes only through an
+//!   operation on that block itself (free, realloc), which its owner calls.
+//! - in a free block, bytes 8–15: the offsets of the next and previous blocks on its free list,
+//!   `u32::MAX` for none.
+//!
+//! The pointer handed out is `o + 8` from the part's start: 8-aligned (the heap base is
+//! 64-aligned, parts start at multiples of 8). The last block ends at the end of its part; there
+//! is no sentinel block (a block is the last one when `o + s` is the part's length).
+//!
+//! # Limits
+//!
+//! A part is at most `4 GiB - 8` bytes (offsets and sizes in `u32`): with `heap` above
+//! `shards × 4 GiB` the rest of the buffer is left unused. A request above 2 GiB fails. Part
+//! lengths are rounded down to a multiple of 8; a part shorter than 16 bytes holds no block.
+//!
+//! # Shards (`tlsf:shards=N`)
+//!
+//! As in `memsys5`: the heap is cut into `N` consecutive parts of `heap / N` bytes (rounded down
+//! to 8; the last takes the remainder), each an independent TLSF heap with its own lock, lists and
+//! bitmaps. A thread allocates from the part of its counters slot (`thread_index() % N`) and,
+//! when that part cannot serve the request, from the next ones in turn. A block is freed into
+//! the part its address lies in. Requests larger than a part fail. `N` is clamped so that every
+//! part has at least 64 bytes.
+//!
+//! # What is touched when
+//!
+//! The buffer is fresh zero pages backed only when written ([`HeapBuf`]). Laying a part out
+//! writes the 16 bytes of header and links of its one free block; nothing else. A malloc writes
+//! the header of the block it returns, of the remainder it splits off (and its links) and
+//! word 0 of the next block; a free the headers and links of the blocks it joins and word 0 of
+//! the next block. `init` with no block live lays every part out again (16 bytes each; old
+//! headers in the heap are unreachable and need not be cleared).
+//!
+//! # Invariants (checked after every operation of the unit tests by `check`)
+//!
+//! 1. Walking each part from offset 0 by block size visits blocks of at least 16 bytes,
+//!    multiples of 8, ending exactly at the part's length (or no block in a part under 16 bytes).
+//! 2. Word 0 of each block holds the previous block's offset and its free flag (0 and clear for
+//!    the first block).
+//! 3. No two adjacent blocks are free.
+//! 4. A block is free exactly when it is on the list of the class of its usable size, once;
+//!    list links are symmetric and the head's `prev` is none; bit `(fl, sl)` of the bitmaps is
+//!    set exactly when list `(fl, sl)` is not empty, bit `fl` of the first-level map exactly when
+//!    some list of `fl` is.
+//! 5. The counts of live blocks, of bytes in live blocks and in free blocks kept in the state are
+//!    exact, and the figures published for `footprint` are the state's.
+//!
+//! # Fragmentation
+//!
+//! Internal: the 8-byte header, the class rounding (under 1/64 of the request, 8-byte
+//! granularity below 1 KiB), and at most 8 bytes of a remainder too small to split.
+//!
+//! External: TLSF joins free neighbours at once and takes the first block of the smallest
+//! non-empty class that fits (good fit, close to best fit). Masmano et al. measure low
+//! fragmentation on real and synthetic workloads, but give no worst-case bound, and none is known
+//! for this policy: an adversarial sequence of mallocs and frees can leave the free memory in
+//! holes that are each too small for the next request, so in the worst case the heap a workload
+//! needs is not bounded by its peak live bytes. J. M. Robson (JACM 1974) showed that every
+//! allocator that does not move blocks can be forced, in the worst case, to use a heap of the
+//! order of `M · log2(n)` for peak live memory `M` and largest request `n`; `memsys5`'s buddy
+//! system comes with a matching *upper* bound (`M · (1 + log2(n) / 2)`, reported as
+//! `needed_bytes` in its footprint), which is a guarantee, at the price of up to 50% lost to
+//! power-of-two rounding on every block. `tlsf` reports no `needed_bytes`: there is nothing to
+//! compute it from. Watch `largest_free_block_bytes` against the largest request instead.
+//!
+//! # Footprint
+//!
+//! [`footprint`](MemMethods::footprint) reports `heap_bytes` (the buffer of `heap=`),
+//! `free_bytes` (bytes of free blocks, their headers included: the parts' lengths minus the
+//! sizes of the live blocks, headers included) and `largest_free_block_bytes` (the largest
+//! request that can be served now: the lower boundary of the highest non-empty class of any part,
+//! which every block on that list reaches, and which a request above it would exceed since it is
+//! rounded to a higher class). As in `memsys5`, both are published under each part's lock with
+//! relaxed stores of two atomics next to it and read without any lock.
+//!
+//! # Locking and marking
+//!
+//! Each part's state is behind its own [`Lock`] (biased to the first thread that takes it unless
+//! the spec says `bias=off`), taken by every call that reads or writes the part's headers,
+//! `size` included; the copy of a moving realloc happens outside it. Nothing on an allocation
+//! path allocates. For valgrind and ASan ([`marking`]) the heap is a pool: a block in use is
+//! addressable for its usable size; headers and links stay no-access and are made accessible
+//! around each access, with the lock held. A write past a block's usable size hits the next
+//! block's header and is reported.
+//!
+//! A pointer given to `free`, `size` or `realloc` that is plainly not a live block (outside the
+//! heap's parts, misaligned, or whose header is not that of a block in use that fits in its part)
+//! is ignored (`size` 0, realloc `None`). A corrupt link or offset read from the heap (a program
+//! writing into a block it freed) stops the process with a panic rather than letting the
+//! allocator write outside its part.
+
+use crate::counters::Stats;
+use crate::heap::{HeapBuf, HeapView};
+use crate::lock::{Lock, LockGuard};
+use crate::marking;
+use crate::methods::{round8, Held, InitError, MemMethods};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// log2 of the number of second-level classes per first-level range.
+const SL_LOG: u32 = 6;
+/// Second-level classes per first-level range.
+const SL: usize = 1 << SL_LOG;
+/// Below this usable size, classes are exact multiples of 8 (first-level index 0).
+const SMALL: usize = SL << 3;
+/// First-level ranges: index 0 below [`SMALL`], then one per power of two `2^9 .. 2^31`.
+const FL_COUNT: usize = 24;
+/// Header bytes in front of every block.
+const HEADER: usize = 8;
+/// Smallest block: a header and the two free-list links.
+const MIN_BLOCK: usize = 16;
+/// Flag in word 0: the previous physical block is free.
+const PREV_FREE: u32 = 1;
+/// Flag in word 1: this block is free.
+const FREE: u32 = 1;
+/// "No block" in a free-list link.
+const NONE: u32 = u32::MAX;
+/// Largest part: offsets and sizes fit in a `u32` with the low bits for flags.
+const MAX_PART: usize = (u32::MAX as usize) & !7;
+/// Largest request served.
+const MAX_REQUEST: usize = 1 << 31;
+/// Smallest part when the heap is cut into shards.
+const MIN_SHARD: usize = 64;
+
+/// Class (first-level, second-level index) of a usable size `u` (`u < 2^32`), rounding down:
+/// where a free block of usable size `u` is filed.
+#[inline(always)]
+fn class_of(u: usize) -> (usize, usize) {
+    if u < SMALL {
+        (0, u >> 3)
+    } else {
+        let f = u.ilog2();
+        ((f - 8) as usize, (u >> (f - SL_LOG)) & (SL - 1))
+    }
+}
+
+/// Lower boundary (usable bytes) of class `(fl, sl)`.
+#[inline(always)]
+const fn class_start(fl: usize, sl: usize) -> usize {
+    if fl == 0 {
+        sl << 3
+    } else {
+        (SL + sl) << (fl + 2)
+    }
+}
+
+/// The class rounding of a request of `n` bytes: the smallest class boundary at least `n` (and
+/// at least 8), or `None` above [`MAX_REQUEST`].
+#[inline(always)]
+fn round_class(n: usize) -> Option<usize> {
+    if n > MAX_REQUEST {
+        return None;
+    }
+    let u = round8(n).max(8);
+    if u < SMALL {
+        return Some(u);
+    }
+    let w = 1usize << (u.ilog2() - SL_LOG);
+    Some((u + w - 1) & !(w - 1))
+}
+
+/// A Two-Level Segregated Fit allocator over one fixed heap.
+pub struct Tlsf {
+    /// The heap: the parts one after another, then an unused remainder (under 8 bytes, or
+    /// beyond `shards × MAX_PART`).
+    heap: HeapBuf,
+    /// Bytes of every part but the last (the divisor of `part_of`).
+    part_len: usize,
+    /// The independent TLSF heaps the buffer is cut into (one unless `shards=N`).
+    parts: Box<[Part]>,
+}
+
+/// One TLSF heap: bytes `start .. start + len` of the buffer, with its own lock. Parts are 1 KiB
+/// apart for the reason given for `memsys5`'s shards (prefetchers pulling a neighbour's lock).
+#[repr(align(1024))]
+struct Part {
+    /// First byte of the part in the heap (a multiple of 8).
+    start: usize,
+    /// Length of the part in bytes (a multiple of 8, at most [`MAX_PART`]).
+    len: usize,
+    state: Lock<State>,
+    /// What [`footprint`](MemMethods::footprint) reads without the lock.
+    seen: Seen,
+}
+
+/// Figures of a part published for `footprint`: written with the part's lock held by relaxed
+/// stores, read by relaxed loads without the lock (see "Footprint").
+struct Seen {
+    /// Bytes of the part's live blocks, headers included.
+    used: AtomicUsize,
+    /// The largest request the part can serve now, in bytes (0: none).
+    largest: AtomicUsize,
+}
+
+/// Mutable state of a part (behind its lock; the part's headers and links are only touched with
+/// it held).
+struct State {
+    /// Bit `fl` set when `sl_map[fl]` is not 0.
+    fl_map: u32,
+    /// Bit `sl` of `sl_map[fl]` set when list `(fl, sl)` is not empty.
+    sl_map: [u64; FL_COUNT],
+    /// Head of the free list of each class: a block offset, or [`NONE`].
+    heads: [[u32; SL]; FL_COUNT],
+    /// Blocks in use.
+    live: usize,
+    /// Bytes of blocks in use, headers included.
+    used: usize,
+    /// Bytes of free blocks, headers included (`used + free` is the part's length once laid out
+    /// with a block).
+    free: usize,
+}
+
+impl State {
+    fn empty() -> State {
+        State {
+            fl_map: 0,
+            sl_map: [0; FL_COUNT],
+            heads: [[NONE; SL]; FL_COUNT],
+            live: 0,
+            used: 0,
+            free: 0,
+        }
+    }
+}
+
+impl Tlsf {
+    /// A TLSF allocator over a new heap of `heap` bytes, laid out at once (it works without
+    /// [`init`](MemMethods::init)). `None` only when the buffer cannot be allocated.
+    pub fn new(heap: usize) -> Option<Tlsf> {
+        Tlsf::with_shards(heap, 1)
+    }
+
+    /// As [`new`](Self::new), with the heap cut into `shards` independent parts (see "Shards");
+    /// `shards` is clamped to `1..=` the number of 64-byte pieces of the heap.
+    pub fn with_shards(heap: usize, shards: usize) -> Option<Tlsf> {
+        let buf = HeapBuf::new(heap)?;
+        let n = shards.clamp(1, (heap / MIN_SHARD).max(1));
+        let part_len = (heap / n) & !7;
+        let parts = (0..n)
+            .map(|p| {
+                let start = p * part_len;
+                let len = if p + 1 == n {
+                    (heap - start) & !7
+                } else {
+                    part_len
+                };
+                Part {
+                    start,
+                    len: len.min(MAX_PART),
+                    state: Lock::new(State::empty()),
+                    seen: Seen {
+                        used: AtomicUsize::new(0),
+                        largest: AtomicUsize::new(0),
+                    },
+                }
+            })
+            .collect();
+        let t = Tlsf {
+            heap: buf,
+            part_len,
+            parts,
+        };
+        marking::pool_create(t.heap.ptr(0), t.heap.len());
+        for p in 0..t.parts.len() {
+            t.lock_part(p).layout();
+        }
+        Some(t)
+    }
+
+    /// With `on` false, the parts' locks are never biased to a thread (spec key `bias=off`; see
+    /// "Turning the bias off" in `src/lock.rs`).
+    pub fn with_bias(mut self, on: bool) -> Tlsf {
+        if !on {
+            for p in self.parts.iter_mut() {
+                p.state.forbid_bias();
+            }
+        }
+        self
+    }
+
+    /// Whether any part's lock is biased to a thread now (tests and diagnostics).
+    pub fn lock_is_biased(&self) -> bool {
+        self.parts.iter().any(|p| p.state.is_biased())
+    }
+
+    /// Number of parts (the `shards` option, after clamping).
+    pub fn shards(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Length of the heap buffer in bytes.
+    pub fn heap_len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// The largest request an empty heap can serve (0 when no part can hold a block).
+    pub fn largest_block(&self) -> usize {
+        let len = self.parts.iter().map(|p| p.len).max().unwrap_or(0);
+        if len < MIN_BLOCK {
+            return 0;
+        }
+        let (fl, sl) = class_of(len - HEADER);
+        class_start(fl, sl).min(MAX_REQUEST)
+    }
+
+    /// Byte offset of `p` from the start of the heap, when it points into the heap (compared,
+    /// never read).
+    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
+        self.heap.offset_of(p)
+    }
+
+    /// Lock part `p`.
+    fn lock_part(&self, p: usize) -> Locked<'_> {
+        let part = &self.parts[p];
+        // SAFETY: the parts lie one after another inside the buffer: `start + len <= heap`
+        // (see `with_shards`: `len` is at most what is left of the buffer from `start`).
+        let view = unsafe { self.heap.view_unchecked(part.start, part.len) };
+        Locked {
+            m: self,
+            view,
+            start: part.start,
+            len: part.len,
+            seen: &part.seen,
+            st: part.state.lock(),
+        }
+    }
+
+    /// The part holding heap offset `off`.
+    #[inline]
+    fn part_of(&self, off: usize) -> usize {
+        let n = self.parts.len();
+        if n == 1 || self.part_len == 0 {
+            return 0;
+        }
+        (off / self.part_len).min(n - 1)
+    }
+
+    /// The part the calling thread tries first.
+    #[inline]
+    fn preferred_part(&self) -> usize {
+        match self.parts.len() {
+            1 => 0,
+            n => crate::counters::thread_index() % n,
+        }
+    }
+
+    /// The part and in-part block offset of user pointer `ptr`, when it lies where a block's
+    /// user bytes could start.
+    #[inline]
+    fn locate(&self, ptr: NonNull<u8>) -> Option<(usize, usize)> {
+        let off = self.heap.offset_of(ptr)?;
+        let p = self.part_of(off);
+        let part = &self.parts[p];
+        let rel = off.checked_sub(part.start)?.checked_sub(HEADER)?;
+        (rel % 8 == 0 && rel + MIN_BLOCK <= part.len).then_some((p, rel))
+    }
+
+    /// Serve a request of class-rounded usable size `r`: the pointer and its usable size.
+    fn alloc(&self, r: usize) -> Option<(NonNull<u8>, usize)> {
+        let n = self.parts.len();
+        let first = self.preferred_part();
+        let (p, o, s) = (0..n).find_map(|d| {
+            let p = (first + d) % n;
+            let (o, s) = self.lock_part(p).alloc(r)?;
+            Some((p, o, s))
+        })?;
+        let ptr = self.heap.ptr(self.parts[p].start + o + HEADER);
+        marking::block_alloc(self.heap.ptr(0), ptr, s - HEADER);
+        Some((ptr, s - HEADER))
+    }
+}
+
+/// A part with its lock held: every method may read and write the part's headers and links.
+struct Locked<'a> {
+    m: &'a Tlsf,
+    /// The part's bytes (offset `o` of the part is byte `o` of the view).
+    view: HeapView<'a>,
+    start: usize,
+    len: usize,
+    seen: &'a Seen,
+    st: LockGuard<'a, State>,
+}
+
+impl Locked<'_> {
+    /// The `u32` at part offset `off` (a multiple of 4), made accessible to the tools meanwhile.
+    #[inline(always)]
+    fn rd(&self, off: usize) -> u32 {
+        // A fixed message: formatting would keep `off` in memory on the hot path.
+        assert!(
+            off + 4 <= self.len,
+            "tlsf: offset outside the part (corrupt heap?)"
+        );
+        debug_assert!(off % 4 == 0);
+        let at = self.m.heap.ptr(self.start + (off & !7));
+        // SAFETY: `off + 4 <= len` (checked) and `off` is a multiple of 4 in a view starting at a
+        // multiple of 8 from a 64-aligned base; the word is allocator metadata (a header or a
+        // free block's link, never user bytes: callers only pass those offsets), and the part's
+        // lock is held (`self.st`), so nobody writes it meanwhile.
+        marking::with_accessible(at, 8, || unsafe { self.view.read_u32(off) })
+    }
+
+    /// Write the `u32` at part offset `off`.
+    #[inline(always)]
+    fn wr(&mut self, off: usize, v: u32) {
+        assert!(
+            off + 4 <= self.len,
+            "tlsf: offset outside the part (corrupt heap?)"
+        );
+        debug_assert!(off % 4 == 0);
+        let at = self.m.heap.ptr(self.start + (off & !7));
+        // SAFETY: as in `rd`; the lock is held, so nobody reads or writes the word meanwhile.
+        marking::with_accessible(at, 8, || unsafe { self.view.write_u32(off, v) })
+    }
+
+    /// An offset read from the heap, checked to be a block place of the part.
+    #[inline(always)]
+    fn checked(&self, o: u32) -> usize {
+        let o = o as usize;
+        assert!(
+            o % 8 == 0 && o + MIN_BLOCK <= self.len,
+            "tlsf: corrupt block offset (was a freed block written to?)"
+        );
+        o
+    }
+
+    /// Size (header included) and free flag of the block at `o`.
+    #[inline(always)]
+    fn size_of(&self, o: usize) -> (usize, bool) {
+        let w = self.rd(o + 4);
+        ((w & !7) as usize, w & FREE != 0)
+    }
+
+    /// Set word 1 of the block at `o`.
+    #[inline(always)]
+    fn set_size(&mut self, o: usize, size: usize, free: bool) {
+        debug_assert!(size % 8 == 0 && size >= MIN_BLOCK && o + size <= self.len);
+        self.wr(o + 4, size as u32 | if free { FREE } else { 0 });
+    }
+
+    /// Previous block's offset and free flag, from word 0 of the block at `o`.
+    #[inline(always)]
+    fn prev_of(&self, o: usize) -> (usize, bool) {
+        let w = self.rd(o);
+        ((w & !7) as usize, w & PREV_FREE != 0)
+    }
+
+    /// Set word 0 of the block at `o`.
+    #[inline(always)]
+    fn set_prev(&mut self, o: usize, prev: usize, free: bool) {
+        self.wr(o, prev as u32 | if free { PREV_FREE } else { 0 });
+    }
+
+    /// Set word 0 of the block after the one at `o .. end`, when there is one.
+    #[inline(always)]
+    fn set_prev_of_next(&mut self, o: usize, end: usize, free: bool) {
+        if end < self.len {
+            self.set_prev(end, o, free);
+        }
+    }
+
+    /// Put free block `o` of size `size` on the list of its class.
+    fn insert(&mut self, o: usize, size: usize) {
+        let (fl, sl) = class_of(size - HEADER);
+        let head = self.st.heads[fl][sl];
+        self.wr(o + 8, head);
+        self.wr(o + 12, NONE);
+        if head != NONE {
+            let h = self.checked(head);
+            self.wr(h + 12, o as u32);
+        }
+        self.st.heads[fl][sl] = o as u32;
+        self.st.sl_map[fl] |= 1 << sl;
+        self.st.fl_map |= 1 << fl;
+    }
+
+    /// Take free block `o` of size `size` off the list of its class.
+    fn remove(&mut self, o: usize, size: usize) {
+        let (fl, sl) = class_of(size - HEADER);
+        let next = self.rd(o + 8);
+        let prev = self.rd(o + 12);
+        if prev == NONE {
+            assert_eq!(
+                self.st.heads[fl][sl], o as u32,
+                "tlsf: corrupt free list (was a freed block written to?)"
+            );
+            self.st.heads[fl][sl] = next;
+            if next == NONE {
+                self.st.sl_map[fl] &= !(1 << sl);
+                if self.st.sl_map[fl] == 0 {
+                    self.st.fl_map &= !(1 << fl);
+                }
+            }
+        } else {
+            let p = self.checked(prev);
+            self.wr(p + 8, next);
+        }
+        if next != NONE {
+            let n = self.checked(next);
+            self.wr(n + 12, prev);
+        }
+    }
+
+    /// The first non-empty class at or above `(fl, sl)`.
+    #[inline(always)]
+    fn find(&self, fl: usize, sl: usize) -> Option<(usize, usize)> {
+        let here = self.st.sl_map[fl] & (u64::MAX << sl);
+        if here != 0 {
+            return Some((fl, here.trailing_zeros() as usize));
+        }
+        // fl + 1 <= FL_COUNT < 32.
+        let above = self.st.fl_map & (u32::MAX << (fl + 1));
+        if above == 0 {
+            return None;
+        }
+        let f = above.trailing_zeros() as usize;
+        Some((f, self.st.sl_map[f].trailing_zeros() as usize))
+    }
+
+    /// Publish the figures read by `footprint`.
+    #[inline(always)]
+    fn publish(&self) {
+        self.seen.used.store(self.st.used, Relaxed);
+        let largest = match self.st.fl_map.checked_ilog2() {
+            None => 0,
+            Some(fl) => {
+                let fl = fl as usize;
+                class_start(fl, self.st.sl_map[fl].ilog2() as usize).min(MAX_REQUEST)
+            }
+        };
+        self.seen.largest.store(largest, Relaxed);
+    }
+
+    /// Lay the part out as one free block (forgets every block). Writes 16 bytes.
+    fn layout(&mut self) {
+        *self.st = State::empty();
+        if self.len >= MIN_BLOCK {
+            let len = self.len;
+            self.set_prev(0, 0, false);
+            self.set_size(0, len, true);
+            self.insert(0, len);
+            self.st.free = len;
+        }
+        self.publish();
+    }
+
+    /// Hand out a block of usable size at least `r` (a class boundary): its offset and size.
+    fn alloc(&mut self, r: usize) -> Option<(usize, usize)> {
+        let want = r + HEADER;
+        let (fl, sl) = class_of(r);
+        let (fl, sl) = self.find(fl, sl)?;
+        let o = self.checked(self.st.heads[fl][sl]);
+        let (s, free) = self.size_of(o);
+        assert!(
+            free && s >= want && o + s <= self.len,
+            "tlsf: corrupt free list (was a freed block written to?)"
+        );
+        self.remove(o, s);
+        let size = if s - want >= MIN_BLOCK {
+            let rest = o + want;
+            self.set_prev(rest, o, false);
+            self.set_size(rest, s - want, true);
+            self.insert(rest, s - want);
+            self.set_prev_of_next(rest, o + s, true);
+            want
+        } else {
+            self.set_prev_of_next(o, o + s, false);
+            s
+        };
+        self.set_size(o, size, false);
+        self.st.live += 1;
+        self.st.used += size;
+        self.st.free -= size;
+        self.publish();
+        Some((o, size))
+    }
+
+    /// The size of the live block at `o`, or `None` when `o` does not hold a block in use that
+    /// fits in the part.
+    fn live_size(&self, o: usize) -> Option<usize> {
+        let (s, free) = self.size_of(o);
+        (!free && s >= MIN_BLOCK && o + s <= self.len).then_some(s)
+    }
+
+    /// Free the live block at `o` of size `s`, joining it with its free neighbours.
+    fn release(&mut self, o: usize, s: usize) {
+        self.st.live -= 1;
+        self.st.used -= s;
+        self.st.free += s;
+        let (mut at, mut size) = (o, s);
+        let (prev, prev_free) = self.prev_of(o);
+        if prev_free {
+            let (ps, pf) = self.size_of(prev);
+            assert!(
+                pf && prev + ps == o,
+                "tlsf: corrupt block header (was a freed block written to?)"
+            );
+            self.remove(prev, ps);
+            at = prev;
+            size += ps;
+        }
+        let next = o + s;
+        if next < self.len {
+            let (ns, nf) = self.size_of(next);
+            if nf {
+                self.remove(next, ns);
+                size += ns;
+            }
+        }
+        self.set_size(at, size, true);
+        self.set_prev_of_next(at, at + size, true);
+        self.insert(at, size);
+        self.publish();
+    }
+
+    /// Make bytes `o .. o + n` (after a live block, `n >= MIN_BLOCK`) a free block, joined with
+    /// a free next neighbour.
+    fn free_tail(&mut self, live: usize, o: usize, n: usize) {
+        let mut size = n;
+        if o + n < self.len {
+            let (ns, nf) = self.size_of(o + n);
+            if nf {
+                self.remove(o + n, ns);
+                size += ns;
+            }
+        }
+        self.set_prev(o, live, false);
+        self.set_size(o, size, true);
+        self.set_prev_of_next(o, o + size, true);
+        self.insert(o, size);
+    }
+
+    /// Resize the live block at `o` of size `s` in place to usable size `n` (class rounding
+    /// `r`); whether it was done.
+    fn resize(&mut self, o: usize, s: usize, n: usize, r: usize) -> bool {
+        let want = r + HEADER;
+        if n <= s - HEADER {
+            if s >= want + MIN_BLOCK {
+                self.set_size(o, want, false);
+                self.free_tail(o, o + want, s - want);
+                self.st.used -= s - want;
+                self.st.free += s - want;
+                self.publish();
+            }
+            return true;
+        }
+        let next = o + s;
+        if next >= self.len {
+            return false;
+        }
+        let (ns, nf) = self.size_of(next);
+        if !nf || s + ns < want {
+            return false;
+        }
+        self.remove(next, ns);
+        let total = s + ns;
+        let size = if total - want >= MIN_BLOCK {
+            let rest = o + want;
+            self.set_prev(rest, o, false);
+            self.set_size(rest, total - want, true);
+            self.insert(rest, total - want);
+            self.set_prev_of_next(rest, o + total, true);
+            want
+        } else {
+            self.set_prev_of_next(o, o + total, false);
+            total
+        };
+        self.set_size(o, size, false);
+        self.st.used += size - s;
+        self.st.free -= size - s;
+        self.publish();
+        true
+    }
+}
+
+// SAFETY: every block handed out is taken off a free list under its part's lock and marked in
+// use, and blocks tile their part, so live blocks never overlap; its usable size (header word 1,
+// which only operations on the block itself change) is at least the class rounding of the
+// request, hence of the request; the pointer is 8 bytes past an 8-aligned block offset inside a
+// part starting at a multiple of 8 from a 64-aligned base; a failed realloc returns before
+// writing anything; all shared state is behind the parts' locks.
+unsafe impl MemMethods for Tlsf {
+    fn name(&self) -> &'static str {
+        "tlsf"
+    }
+
+    fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
+        Some(self.alloc(round_class(size)?)?.0)
+    }
+
+    fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
+        self.alloc(round_class(size)?)
+    }
+
+    unsafe fn free(&self, ptr: NonNull<u8>) {
+        // SAFETY: forwarded contract.
+        unsafe { self.size_and_free(ptr) };
+    }
+
+    unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
+        let Some((p, o)) = self.locate(ptr) else {
+            return 0;
+        };
+        let mut l = self.lock_part(p);
+        let Some(s) = l.live_size(o) else {
+            return 0;
+        };
+        // Marked before `release` writes links into the block.
+        marking::block_free(self.heap.ptr(0), ptr, s - HEADER);
+        l.release(o, s);
+        s - HEADER
+    }
+
+    unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
+        let r = round_class(new_size)?;
+        let (p, o) = self.locate(ptr)?;
+        let old = {
+            let mut l = self.lock_part(p);
+            let s = l.live_size(o)?;
+            if marking::active() {
+                // Never resized in place under the tools (see "realloc").
+                if new_size <= s - HEADER {
+                    return Some(ptr);
+                }
+            } else if l.resize(o, s, new_size, r) {
+                return Some(ptr);
+            }
+            s - HEADER
+        };
+        let (q, _) = self.alloc(r)?;
+        let from = self.heap.offset_of(ptr)?;
+        let to = self.heap.offset_of(q)?;
+        // SAFETY: both are live blocks of this heap, distinct, the old one `old` usable bytes
+        // long and the new one longer (`new_size > old`); the caller owns the old one and this
+        // call the new one, so nobody else touches them.
+        unsafe { self.heap.copy_within(from, to, old) };
+        // SAFETY: `ptr` is live and, per the realloc contract, not used after the call.
+        unsafe { self.free(ptr) };
+        Some(q)
+    }
+
+    unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
+        let Some((p, o)) = self.locate(ptr) else {
+            return 0;
+        };
+        self.lock_part(p).live_size(o).map_or(0, |s| s - HEADER)
+    }
+
+    /// Exact: whether `ptr` points into this heap (the address is compared, never read).
+    fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
+        Some(self.heap.offset_of(ptr).is_some())
+    }
+
+    fn roundup(&self, size: usize) -> usize {
+        round_class(size).unwrap_or(size)
+    }
+
+    fn init(&self) -> Result<(), InitError> {
+        if self.largest_block() == 0 {
+            return Err(InitError::NoMem);
+        }
+        // Every part, in order (the only place that holds more than one part's lock).
+        let mut parts: Vec<Locked<'_>> = (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
+        if parts.iter().all(|l| l.st.live == 0) {
+            for l in parts.iter_mut() {
+                l.layout();
+            }
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self) {}
+
+    /// Read without any lock: see "Footprint" in the module documentation.
+    fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
+        let _ = stats;
+        let (mut free, mut largest) = (0u64, 0u64);
+        for p in self.parts.iter() {
+            let len = if p.len >= MIN_BLOCK { p.len } else { 0 };
+            free += len.saturating_sub(p.seen.used.load(Relaxed)) as u64;
+            largest = largest.max(p.seen.largest.load(Relaxed) as u64);
+        }
+        out(Held {
+            key: "heap_bytes",
+            help: "sqlalloc tlsf: the heap as configured (heap=), block headers (8 bytes per block) included",
+            bytes: self.heap.len() as u64,
+        });
+        out(Held {
+            key: "free_bytes",
+            help: "sqlalloc tlsf: bytes of the heap in free blocks, their 8-byte headers included (the parts' bytes minus the live blocks with their headers)",
+            bytes: free,
+        });
+        out(Held {
+            key: "largest_free_block_bytes",
+            help: "sqlalloc tlsf: largest request that can be served now (the lower boundary of the highest non-empty size class of any part); free bytes beyond it are fragmentation",
+            bytes: largest,
+        });
+    }
+}
+
+impl Drop for Tlsf {
+    fn drop(&mut self) {
+        marking::pool_destroy(self.heap.ptr(0), self.heap.len());
+    }
+}
+
+#[cfg(test)]
+impl Tlsf {
+    /// Check every invariant of the module doc; panics naming the first one broken.
+    fn check(&self) {
+        for p in 0..self.parts.len() {
+            self.check_part(p);
+        }
+        for (i, p) in self.parts.iter().enumerate() {
+            assert_eq!(p.start, i * self.part_len, "part {i} starts in its place");
+            assert!(p.len % 8 == 0 && p.len <= MAX_PART, "part {i} length");
+            let end = self.parts.get(i + 1).map_or(self.heap.len(), |q| q.start);
+            assert!(p.start + p.len <= end, "part {i} overlaps the next");
+        }
+    }
+
+    /// Check the invariants inside part `p`.
+    fn check_part(&self, p: usize) {
+        let l = self.lock_part(p);
+        let len = l.len;
+        let mut blocks = Vec::new();
+        // 1.–3. The physical chain.
+        let (mut o, mut prev, mut prev_free) = (0usize, 0usize, false);
+        let (mut live, mut used, mut free) = (0, 0, 0);
+        while len >= MIN_BLOCK && o < len {
+            let (s, f) = l.size_of(o);
+            assert!(s >= MIN_BLOCK && s % 8 == 0, "block at {o} has size {s}");
+            assert!(
+                o + s <= len,
+                "block at {o} of {s} bytes passes the end {len}"
+            );
+            assert_eq!(l.prev_of(o), (prev, prev_free), "word 0 of block {o}");
+            assert!(!(f && prev_free), "adjacent free blocks {prev} and {o}");
+            if f {
+                free += s;
+            } else {
+                live += 1;
+                used += s;
+            }
+            blocks.push((o, s, f));
+            (prev, prev_free) = (o, f);
+            o += s;
+        }
+        assert!(len < MIN_BLOCK || o == len, "blocks end at {o}, not {len}");
+        // 4. The lists and bitmaps.
+        let mut listed = 0;
+        for fl in 0..FL_COUNT {
+            for sl in 0..SL {
+                let (mut before, mut cur, mut n) = (NONE, l.st.heads[fl][sl], 0);
+                while cur != NONE {
+                    let c = cur as usize;
+                    let &(_, s, f) = blocks
+                        .iter()
+                        .find(|b| b.0 == c)
+                        .unwrap_or_else(|| panic!("list ({fl}, {sl}) holds {c}, not a block"));
+                    assert!(f, "list ({fl}, {sl}) holds block {c} in use");
+                    assert_eq!(class_of(s - HEADER), (fl, sl), "block {c} on a wrong list");
+                    assert_eq!(l.rd(c + 12), before, "prev link of {c}");
+                    (before, cur) = (cur, l.rd(c + 8));
+                    n += 1;
+                    assert!(n <= blocks.len(), "list ({fl}, {sl}) loops");
+                }
+                listed += n;
+                assert_eq!(
+                    l.st.sl_map[fl] & (1 << sl) != 0,
+                    n != 0,
+                    "bit ({fl}, {sl}) of the bitmaps"
+                );
+            }
+            assert_eq!(
+                l.st.fl_map & (1 << fl) != 0,
+                l.st.sl_map[fl] != 0,
+                "first-level bit {fl}"
+            );
+        }
+        assert_eq!(
+            listed,
+            blocks.iter().filter(|b| b.2).count(),
+            "every free block listed once"
+        );
+        // 5. The counts.
+        assert_eq!(
+            (l.st.live, l.st.used, l.st.free),
+            (live, used, free),
+            "live count, used and free bytes"
+        );
+        assert_eq!(l.seen.used.load(Relaxed), used, "published used bytes");
+        let largest = blocks
+            .iter()
+            .filter(|b| b.2)
+            .map(|b| {
+                let (fl, sl) = class_of(b.1 - HEADER);
+                class_start(fl, sl).min(MAX_REQUEST)
+            })
+            .max()
+            .unwrap_or(0);
+        assert_eq!(l.seen.largest.load(Relaxed), largest, "published largest");
+    }
+
+    /// Offset of `p` in the heap.
+    fn off(&self, p: NonNull<u8>) -> usize {
+        self.heap.offset_of(p).expect("pointer into the heap")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const KIB: usize = 1024;
+
+    /// Deterministic pseudo-random numbers (splitmix64).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn fill(p: NonNull<u8>, n: usize, tag: u8) {
+        // SAFETY: test blocks of at least `n` bytes owned by the test.
+        unsafe { p.as_ptr().write_bytes(tag, n) }
+    }
+
+    fn holds(p: NonNull<u8>, n: usize, tag: u8) -> bool {
+        // SAFETY: as in `fill`; the bytes were written by `fill`.
+        unsafe { std::slice::from_raw_parts(p.as_ptr(), n) }
+            .iter()
+            .all(|&b| b == tag)
+    }
+
+    fn sz(m: &Tlsf, p: NonNull<u8>) -> usize {
+        // SAFETY: tests pass live blocks of `m`.
+        unsafe { m.size(p) }
+    }
+
+    fn free(m: &Tlsf, p: NonNull<u8>) {
+        // SAFETY: tests pass live blocks of `m`, freed once.
+        unsafe { m.free(p) }
+    }
+
+    /// Free blocks of part `p`: (offset, size) in address order.
+    fn free_blocks(m: &Tlsf, p: usize) -> Vec<(usize, usize)> {
+        let l = m.lock_part(p);
+        let mut v = Vec::new();
+        let mut o = 0;
+        while l.len >= MIN_BLOCK && o < l.len {
+            let (s, f) = l.size_of(o);
+            if f {
+                v.push((o, s));
+            }
+            o += s;
+        }
+        v
+    }
+
+    #[test]
+    fn classes_round_trip_and_cost_under_1_64() {
+        for fl in 0..FL_COUNT {
+            for sl in 0..SL {
+                let c = class_start(fl, sl);
+                if c >= 8 && c <= MAX_REQUEST {
+                    assert_eq!(class_of(c), (fl, sl), "start of ({fl}, {sl})");
+                    assert_eq!(round_class(c), Some(c), "a boundary rounds to itself");
+                }
+                if c > 8 {
+                    // Just below a boundary: the class before.
+                    let below = class_of(c - 8);
+                    assert!(below < (fl, sl));
+                }
+            }
+        }
+        let mut n = 0usize;
+        while n < 3 << 20 {
+            let r = round_class(n).unwrap();
+            assert!(r >= n && r >= 8 && r % 8 == 0, "roundup({n}) = {r}");
+            let (fl, sl) = class_of(r);
+            assert_eq!(class_start(fl, sl), r, "roundup({n}) is a class boundary");
+            if n >= 8 {
+                // Less than 1/64 of the request beyond its multiple of 8.
+                assert!(
+                    (r - round8(n)) * 64 < n,
+                    "roundup({n}) = {r} costs too much"
+                );
+            }
+            if n < 1024 {
+                assert_eq!(r, round8(n).max(8), "exact 8-byte classes below 1 KiB");
+            }
+            n += 1 + n / 97;
+        }
+        assert_eq!(round_class(4360), Some(4416));
+        assert_eq!(round_class(MAX_REQUEST), Some(MAX_REQUEST));
+        assert_eq!(round_class(MAX_REQUEST + 1), None);
+        assert_eq!(class_of(u32::MAX as usize).0, FL_COUNT - 1);
+    }
+
+    #[test]
+    fn fresh_heap_is_one_free_block() {
+        let m = Tlsf::new(64 * KIB).unwrap();
+        m.check();
+        assert_eq!(free_blocks(&m, 0), [(0, 64 * KIB)]);
+        // 65528 usable bytes: class boundary 65024 (classes of 512 bytes there).
+        assert_eq!(m.largest_block(), 65024);
+        let p = m.malloc(m.largest_block()).unwrap();
+        assert_eq!(sz(&m, p), m.largest_block());
+        assert_eq!(free_blocks(&m, 0), [(65032, 504)], "the rest split off");
+        assert!(m.malloc(m.largest_block() + 1).is_none());
+        m.check();
+        free(&m, p);
+        m.check();
+        assert_eq!(free_blocks(&m, 0), [(0, 64 * KIB)]);
+    }
+
+    #[test]
+    fn malloc_gives_the_class_rounding() {
+        let m = Tlsf::new(256 * KIB).unwrap();
+        for n in [
+            0, 1, 8, 9, 100, 511, 512, 1000, 1025, 4095, 4360, 9000, 70_000,
+        ] {
+            let (p, s) = m.malloc_and_size(n).unwrap();
+            assert_eq!(s, m.roundup(n), "malloc({n})");
+            assert_eq!(sz(&m, p), s);
+            assert_eq!(p.as_ptr().addr() % 8, 0, "8-aligned");
+            fill(p, s, 0x11);
+            m.check();
+        }
+        assert_eq!(m.roundup(usize::MAX), usize::MAX);
+        assert!(m.malloc(usize::MAX).is_none());
+        assert!(m.malloc(MAX_REQUEST + 1).is_none());
+    }
+
+    #[test]
+    fn a_remainder_too_small_to_split_stays_with_the_block() {
+        let m = Tlsf::new(KIB).unwrap();
+        // 1024 bytes: one block of 1016 usable. 1008 would leave 8 bytes: kept with the block.
+        let p = m.malloc(1008).unwrap();
+        assert_eq!((m.roundup(1008), sz(&m, p)), (1008, 1016));
+        assert!(free_blocks(&m, 0).is_empty());
+        m.check();
+        free(&m, p);
+        // 1000 leaves exactly a minimal block: split.
+        let p = m.malloc(1000).unwrap();
+        assert_eq!(sz(&m, p), 1000);
+        assert_eq!(free_blocks(&m, 0), [(1008, 16)]);
+        m.check();
+    }
+
+    /// SQLite's page cache: 4360-byte lines allocated and freed; a freed line's place is the next
+    /// line's.
+    #[test]
+    fn page_cache_lines_reuse_their_holes() {
+        let m = Tlsf::new(if cfg!(miri) { 64 * KIB } else { KIB * KIB }).unwrap();
+        let mut lines: Vec<_> = (0..10).map(|_| m.malloc(4360).unwrap()).collect();
+        m.check();
+        for round in 0..if cfg!(miri) { 5 } else { 50 } {
+            let i = (round * 7) % lines.len();
+            let hole = lines[i];
+            free(&m, hole);
+            m.check();
+            let again = m.malloc(4360).unwrap();
+            assert_eq!(
+                again, hole,
+                "round {round}: the freed line's place is reused"
+            );
+            lines[i] = again;
+        }
+        // The rest of the heap was never cut into: lines are packed from offset 0.
+        let mut offs: Vec<usize> = lines.iter().map(|&p| m.off(p)).collect();
+        offs.sort_unstable();
+        let step = 4416 + HEADER;
+        assert_eq!(offs, (0..10).map(|i| i * step + HEADER).collect::<Vec<_>>());
+        // Two holes side by side join; a line still fits in their place.
+        free(&m, lines[3]);
+        free(&m, lines[4]);
+        m.check();
+        assert!(free_blocks(&m, 0).contains(&(3 * step, 2 * step)));
+        assert_eq!(m.off(m.malloc(4360).unwrap()), 3 * step + HEADER);
+        m.check();
+    }
+
+    #[test]
+    fn free_joins_both_neighbours() {
+        let m = Tlsf::new(8 * KIB).unwrap();
+        let v: Vec<_> = (0..4).map(|_| m.malloc(100).unwrap()).collect();
+        free(&m, v[0]);
+        free(&m, v[2]);
+        m.check();
+        assert_eq!(free_blocks(&m, 0).len(), 3);
+        free(&m, v[1]);
+        m.check();
+        assert_eq!(
+            free_blocks(&m, 0),
+            [(0, 3 * 112), (4 * 112, 8 * KIB - 4 * 112)],
+            "a, b and c joined"
+        );
+        free(&m, v[3]);
+        m.check();
+        assert_eq!(free_blocks(&m, 0), [(0, 8 * KIB)], "and with the rest");
+    }
+
+    #[test]
+    fn exhaustion_fails_cleanly_and_recovers() {
+        let m = Tlsf::new(if cfg!(miri) { 4 * KIB } else { 64 * KIB }).unwrap();
+        for n in [24, 300, 5000] {
+            let mut v = Vec::new();
+            while let Some(p) = m.malloc(n) {
+                fill(p, n, v.len() as u8);
+                v.push(p);
+            }
+            m.check();
+            assert!(!v.is_empty());
+            assert!(m.malloc(n).is_none(), "still full");
+            for (i, &p) in v.iter().enumerate() {
+                assert!(holds(p, n, i as u8));
+                free(&m, p);
+            }
+            m.check();
+            let p = m.malloc(m.largest_block()).expect("recovered");
+            free(&m, p);
+        }
+    }
+
+    #[test]
+    fn realloc_in_place_and_moving() {
+        let m = Tlsf::new(16 * KIB).unwrap();
+        let a = m.malloc(100).unwrap();
+        fill(a, 100, 1);
+        // Grows into the free rest of the heap, in place.
+        // SAFETY: `a` is live; replaced by the result.
+        let a2 = unsafe { m.realloc(a, 3000) }.unwrap();
+        assert_eq!(a2, a);
+        assert!(holds(a, 100, 1));
+        assert_eq!(sz(&m, a), m.roundup(3000));
+        m.check();
+        // Shrinks in place, the tail split off and joined with the free rest.
+        // SAFETY: as above.
+        let a3 = unsafe { m.realloc(a, 50) }.unwrap();
+        assert_eq!((a3, sz(&m, a)), (a, 56));
+        assert!(holds(a, 50, 1));
+        assert_eq!(free_blocks(&m, 0), [(64, 16 * KIB - 64)]);
+        m.check();
+        // A live neighbour: growing moves and copies, the old place is freed.
+        let b = m.malloc(200).unwrap();
+        fill(b, 200, 2);
+        fill(a, 56, 3);
+        // SAFETY: as above.
+        let a4 = unsafe { m.realloc(a, 500) }.unwrap();
+        assert_ne!(a4, a);
+        assert!(holds(a4, 56, 3) && holds(b, 200, 2));
+        m.check();
+        assert_eq!(free_blocks(&m, 0)[0], (0, 64));
+        // Shrinking by less than a minimal block keeps the block as it is.
+        // SAFETY: as above.
+        assert_eq!(unsafe { m.realloc(b, 195) }, Some(b));
+        assert_eq!(sz(&m, b), 200);
+        // Growing into a free next block that is too small moves.
+        let c = m.malloc(100).unwrap();
+        let d = m.malloc(100).unwrap();
+        let _e = m.malloc(100).unwrap();
+        free(&m, d);
+        m.check();
+        fill(c, 100, 4);
+        // SAFETY: as above.
+        let c2 = unsafe { m.realloc(c, 150) }.unwrap();
+        assert_eq!(c2, c, "c grows into d's place (112 bytes free after it)");
+        // SAFETY: as above.
+        let c3 = unsafe { m.realloc(c, 400) }.unwrap();
+        assert_ne!(c3, c);
+        assert!(holds(c3, 100, 4));
+        m.check();
+        // A realloc that cannot be served leaves the block as it was.
+        fill(c3, 400, 5);
+        // SAFETY: as above.
+        assert!(unsafe { m.realloc(c3, 15 * KIB) }.is_none());
+        // SAFETY: as above.
+        assert!(unsafe { m.realloc(c3, usize::MAX) }.is_none());
+        assert!(holds(c3, 400, 5));
+        assert_eq!(sz(&m, c3), 400);
+        m.check();
+    }
+
+    #[test]
+    fn pointers_that_are_not_blocks_are_ignored() {
+        let m = Tlsf::new(4 * KIB).unwrap();
+        let p = m.malloc(64).unwrap();
+        let mut x = 0u64;
+        let outside = NonNull::from(&mut x).cast::<u8>();
+        assert_eq!(m.owns(outside), Some(false));
+        assert_eq!(m.owns(p), Some(true));
+        assert_eq!(sz(&m, outside), 0);
+        free(&m, outside);
+        // The heap's first byte: no block's user bytes start there.
+        free(&m, m.heap.ptr(0));
+        m.check();
+        free(&m, p);
+        // Freed twice: the header says free, ignored.
+        free(&m, p);
+        m.check();
+        assert_eq!(free_blocks(&m, 0), [(0, 4 * KIB)]);
+    }
+
+    #[test]
+    fn tiny_heaps() {
+        for heap in [0, 8, 15] {
+            let m = Tlsf::new(heap).unwrap();
+            m.check();
+            assert_eq!(m.largest_block(), 0);
+            assert_eq!(m.init(), Err(InitError::NoMem));
+            assert!(m.malloc(0).is_none());
+        }
+        let m = Tlsf::new(23).unwrap();
+        assert_eq!(m.largest_block(), 8);
+        let p = m.malloc(0).unwrap();
+        assert_eq!(sz(&m, p), 8);
+        m.check();
+    }
+
+    #[test]
+    fn init_lays_out_again_only_when_empty() {
+        let m = Tlsf::new(8 * KIB).unwrap();
+        let a = m.malloc(100).unwrap();
+        let b = m.malloc(100).unwrap();
+        free(&m, a);
+        m.init().unwrap();
+        m.check();
+        assert_eq!(free_blocks(&m, 0).len(), 2, "kept: b is live");
+        free(&m, b);
+        let c = m.malloc(300).unwrap();
+        free(&m, c);
+        m.init().unwrap();
+        m.check();
+        assert_eq!(free_blocks(&m, 0), [(0, 8 * KIB)]);
+    }
+
+    /// The footprint's figures, keys checked.
+    fn figures(m: &Tlsf) -> [u64; 3] {
+        let mut v = Vec::new();
+        m.footprint(&Stats::default(), &mut |h| v.push(h));
+        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
+        assert_eq!(
+            keys,
+            ["heap_bytes", "free_bytes", "largest_free_block_bytes"]
+        );
+        [v[0].bytes, v[1].bytes, v[2].bytes]
+    }
+
+    #[test]
+    fn footprint_counts_free_bytes_and_the_largest_request() {
+        let m = Tlsf::new(64 * KIB + 5).unwrap();
+        assert_eq!(figures(&m), [64 * 1024 + 5, 64 * 1024, 65024]);
+        let a = m.malloc(1000).unwrap();
+        let b = m.malloc(4360).unwrap();
+        let rest = 64 * KIB - 1008 - 4424;
+        let (fl, sl) = class_of(rest - 8);
+        assert_eq!(
+            figures(&m),
+            [64 * 1024 + 5, rest as u64, class_start(fl, sl) as u64]
+        );
+        let big = class_start(fl, sl);
+        let c = m.malloc(big).expect("the largest request can be served");
+        assert!(m.malloc(big + 1).is_none() || figures(&m)[2] > 0);
+        free(&m, c);
+        free(&m, a);
+        free(&m, b);
+        assert_eq!(figures(&m)[1], 64 * 1024);
+        m.check();
+    }
+
+    #[test]
+    #[should_panic(expected = "adjacent free blocks")]
+    fn checker_catches_unjoined_neighbours() {
+        let m = Tlsf::new(4 * KIB).unwrap();
+        let a = m.malloc(8).unwrap();
+        let _b = m.malloc(8).unwrap();
+        m.check();
+        {
+            // Mark `a` free by hand, without joining it to anything.
+            let mut l = m.lock_part(0);
+            let o = m.off(a) - HEADER;
+            l.set_size(o, 16, true);
+            l.insert(o, 16);
+            l.set_prev(16, 0, true);
+            l.st.live -= 1;
+            l.st.used -= 16;
+            l.st.free += 16;
+            // The free rest after `_b` stays; now make `_b` free too.
+            l.set_size(16, 16, true);
+            l.insert(16, 16);
+            l.set_prev(32, 16, true);
+            l.st.live -= 1;
+            l.st.used -= 16;
+            l.st.free += 16;
+            l.publish();
+        }
+        m.check();
+    }
+
+    #[test]
+    #[should_panic(expected = "live count")]
+    fn checker_catches_a_wrong_count() {
+        let m = Tlsf::new(4 * KIB).unwrap();
+        let _a = m.malloc(8).unwrap();
+        m.lock_part(0).st.live += 1;
+        m.check();
+    }
+
+    #[test]
+    #[should_panic(expected = "corrupt")]
+    fn a_freed_block_written_to_stops_the_allocator() {
+        let m = Tlsf::new(4 * KIB).unwrap();
+        let a = m.malloc(64).unwrap();
+        let _b = m.malloc(64).unwrap();
+        free(&m, a);
+        // Use after free: overwrite the links of the free block.
+        fill(a, 8, 0x77);
+        let _ = m.malloc(64);
+    }
+
+    /// A seeded random sequence of malloc / free / realloc with contents tagged and the
+    /// invariants checked after every step.
+    #[test]
+    fn random_sequence() {
+        let (steps, heap, mid, big, cap) = if cfg!(miri) {
+            (150, 8 * KIB, 256, KIB, 12)
+        } else {
+            (5_000, 20 * KIB, 600, 8 * KIB, 60)
+        };
+        for (seed, shards) in [(1u64, 1usize), (2, 1), (3, 3)] {
+            let m = Tlsf::with_shards(heap, shards).unwrap();
+            let mut rng = Rng(seed);
+            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
+            let (mut failures, mut moves, mut in_place) = (0, 0, 0);
+            for step in 0..steps {
+                let size = match rng.below(10) {
+                    0..=5 => rng.below(65),
+                    6..=8 => rng.below(mid + 1),
+                    _ => rng.below(big + 1),
+                };
+                let tag = step as u8;
+                match rng.below(3) {
+                    0 | 1 if live.len() < cap => match m.malloc(size) {
+                        Some(p) => {
+                            assert!(sz(&m, p) >= size && sz(&m, p) <= m.roundup(size) + 8);
+                            fill(p, size, tag);
+                            live.push((p, size, tag));
+                        }
+                        None => failures += 1,
+                    },
+                    2 if !live.is_empty() => {
+                        let j = rng.below(live.len());
+                        let (p, n, t) = live[j];
+                        assert!(holds(p, n, t), "contents of a live block");
+                        // SAFETY: `p` is live; on success it is replaced.
+                        match unsafe { m.realloc(p, size) } {
+                            Some(q) => {
+                                if q == p {
+                                    in_place += usize::from(size > n);
+                                } else {
+                                    moves += 1;
+                                }
+                                assert!(holds(q, n.min(size), t), "realloc kept contents");
+                                assert!(sz(&m, q) >= size);
+                                fill(q, size, tag);
+                                live[j] = (q, size, tag);
+                            }
+                            None => {
+                                failures += 1;
+                                assert!(holds(p, n, t), "failed realloc kept the block");
+                            }
+                        }
+                    }
+                    _ if !live.is_empty() => {
+                        let (p, n, t) = live.swap_remove(rng.below(live.len()));
+                        assert!(holds(p, n, t), "contents of a live block");
+                        free(&m, p);
+                    }
+                    _ => {}
+                }
+                m.check();
+            }
+            assert!(failures < steps / 4, "too many failures: {failures}");
+            assert!(
+                failures > 0 && moves > 0 && in_place > 0,
+                "failures {failures}, moves {moves}, grown in place {in_place}"
+            );
+            for (p, n, t) in live.drain(..) {
+                assert!(holds(p, n, t));
+                free(&m, p);
+            }
+            m.check();
+            for p in 0..m.shards() {
+                assert_eq!(free_blocks(&m, p).len(), 1, "part {p} is one block again");
+            }
+            assert!(m.malloc(m.largest_block()).is_some(), "recovered");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Malloc(usize),
+        Free(usize),
+        Realloc(usize, usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..3000).prop_map(Op::Malloc),
+            any::<usize>().prop_map(Op::Free),
+            (any::<usize>(), 0usize..3000).prop_map(|(i, n)| Op::Realloc(i, n)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 200 },
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        /// Any sequence keeps the invariants and the contents of live blocks, and everything is
+        /// recovered at the end.
+        #[test]
+        fn any_sequence(ops in proptest::collection::vec(op(), 1..120), shards in 1usize..4) {
+            let m = Tlsf::with_shards(if cfg!(miri) { 4 * KIB } else { 16 * KIB }, shards).unwrap();
+            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
+            for (step, o) in ops.into_iter().enumerate() {
+                let tag = step as u8;
+                match o {
+                    Op::Malloc(n) => if let Some(p) = m.malloc(n) {
+                        fill(p, n, tag);
+                        live.push((p, n, tag));
+                    },
+                    Op::Free(i) if !live.is_empty() => {
+                        let (p, n, t) = live.swap_remove(i % live.len());
+                        proptest::prop_assert!(holds(p, n, t));
+                        free(&m, p);
+                    }
+                    Op::Realloc(i, n) if !live.is_empty() => {
+                        let j = i % live.len();
+                        let (p, old, t) = live[j];
+                        // SAFETY: live; replaced on success.
+                        if let Some(q) = unsafe { m.realloc(p, n) } {
+                            proptest::prop_assert!(holds(q, old.min(n), t));
+                            fill(q, n, tag);
+                            live[j] = (q, n, tag);
+                        } else {
+                            proptest::prop_assert!(holds(p, old, t));
+                        }
+                    }
+                    _ => {}
+                }
+                m.check();
+            }
+            for (p, n, t) in live {
+                proptest::prop_assert!(holds(p, n, t));
+                free(&m, p);
+            }
+            m.check();
+            proptest::prop_assert!(m.malloc(m.largest_block()).is_some());
+        }
+    }
+
+    #[test]
+    fn two_threads() {
+        let m = Arc::new(Tlsf::new(if cfg!(miri) { 16 * KIB } else { KIB * KIB }).unwrap());
+        let rounds = if cfg!(miri) { 150 } else { 50_000 };
+        let workers: Vec<_> = (0..2u8)
+            .map(|t| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    let mut rng = Rng(u64::from(t) + 100);
+                    let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
+                    let tag = 0x40 | t;
+                    for round in 0..rounds {
+                        if round % 100 == 99 {
+                            m.check();
+                        }
+                        if live.len() < 30 && rng.below(2) == 0 {
+                            let n = 1 + rng.below(300);
+                            if let Some(p) = m.malloc(n) {
+                                assert!(sz(&m, p) >= m.roundup(n));
+                                fill(p, n, tag);
+                                live.push((p, n));
+                            }
+                        } else if !live.is_empty() {
+                            let (p, n) = live.swap_remove(rng.below(live.len()));
+                            assert!(holds(p, n, tag), "another thread wrote into my block");
+                            free(&m, p);
+                        }
+                    }
+                    for (p, n) in live {
+                        assert!(holds(p, n, tag));
+                        free(&m, p);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        m.check();
+        assert_eq!(free_blocks(&m, 0).len(), 1);
+    }
+
+    #[test]
+    fn shards_cut_the_heap_and_fall_back() {
+        let m = Tlsf::with_shards(4 * KIB, 4).unwrap();
+        assert_eq!(m.shards(), 4);
+        m.check();
+        assert_eq!(m.largest_block(), KIB - 8);
+        assert!(m.malloc(KIB).is_none(), "larger than a part");
+        let own = m.preferred_part();
+        let mut blocks = Vec::new();
+        while let Some(p) = m.malloc(56) {
+            blocks.push(p);
+            m.check();
+        }
+        assert_eq!(blocks.len(), 64, "all four parts used");
+        assert!(
+            blocks[..16].iter().all(|&p| m.part_of(m.off(p)) == own),
+            "the own part is used first"
+        );
+        for p in blocks {
+            free(&m, p);
+        }
+        m.check();
+        for p in 0..4 {
+            assert_eq!(
+                free_blocks(&m, p),
+                [(0, KIB)],
+                "part {p} is one block again"
+            );
+        }
+        // Clamped so that every part has at least 64 bytes; the last takes the remainder.
+        let m = Tlsf::with_shards(200, 64).unwrap();
+        assert_eq!(m.shards(), 3);
+        let lens: Vec<usize> = m.parts.iter().map(|p| p.len).collect();
+        assert_eq!(lens, [64, 64, 72]);
+        m.check();
+    }
+
+    #[test]
+    fn shards_with_threads_freeing_each_others_blocks() {
+        let m =
+            Arc::new(Tlsf::with_shards(if cfg!(miri) { 64 * KIB } else { 4 << 20 }, 2).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        let producer = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || {
+                let mut rng = Rng(7);
+                for _ in 0..if cfg!(miri) { 100 } else { 2000 } {
+                    let n = 1 + rng.below(3000);
+                    if let Some(p) = m.malloc(n) {
+                        fill(p, n, 0x5a);
+                        tx.send(m.off(p)).unwrap();
+                    }
+                }
+            })
+        };
+        let mut freed = 0;
+        for off in rx {
+            free(&m, m.heap.ptr(off));
+            freed += 1;
+        }
+        producer.join().unwrap();
+        assert!(freed > 0);
+        m.check();
+        assert!(m.parts.iter().all(|p| p.state.lock().live == 0));
+    }
+
+    #[test]
+    fn bias_off_never_biases() {
+        let m = Tlsf::new(4 * KIB).unwrap().with_bias(false);
+        let p = m.malloc(8).unwrap();
+        free(&m, p);
+        assert!(!m.lock_is_biased());
+    }
+
+    /// A large heap costs only what is used: laying it out writes one header.
+    #[test]
+    #[cfg_attr(miri, ignore = "no mapping under Miri")]
+    fn a_large_heap_is_not_touched() {
+        let m = Tlsf::with_shards(256 << 20, 4).unwrap();
+        let Some(r) = m.heap.resident_bytes() else {
+            return;
+        };
+        assert!(r <= 4 * 2 * (2 << 20), "{r} bytes resident after layout");
+        m.init().unwrap();
+        assert!(m.heap.resident_bytes().unwrap() <= 4 * 2 * (2 << 20));
+    }
+}
