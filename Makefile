@@ -253,14 +253,14 @@ soak-quick: lib
 # nightly; installs cargo-fuzz from crates.io when missing. New inputs go to $(BUILD)/fuzz-corpus,
 # the committed seeds (fuzz/corpus) are only read. fuzz-corpus: replay the committed corpus once
 # through the same harness (a normal test: no nightly, no cargo-fuzz).
-FUZZ_TARGETS := system debug memsys3 memsys5 rust jemalloc mimalloc http
+FUZZ_TARGETS := system debug memsys3 memsys5 tlsf rust jemalloc mimalloc http
 FUZZ_SECS    ?= 30
 # Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
 MIRI_LIB_TESTS := spec:: counters:: heap:: lock:: backend::memsys3 backend::memsys5 stack:: marking::
 MIRI_ENV     := MIRIFLAGS="-Zmiri-strict-provenance"
 # The corpus replay of the pure-Rust heap cores only (system and debug call libc, which Miri cannot
 # run); isolation is disabled for these so that the test can read the corpus files.
-MIRI_CORPUS_TESTS := corpus_memsys3 corpus_memsys5
+MIRI_CORPUS_TESTS := corpus_memsys3 corpus_memsys5 corpus_tlsf
 # valgrind: the C tests that do not die on purpose, with small workloads (about 1-2 minutes).
 VALGRIND     := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
                 --show-leak-kinds=definite --suppressions=$(CURDIR)/c-tests/valgrind.supp

@@ -28,7 +28,7 @@ use std::ptr::NonNull;
 /// `jemalloc` and `mimalloc` need the crate features of the same names (the fuzz crate enables
 /// them; the corpus replay runs them in `make rust-features-test`).
 pub const TARGETS: &[&str] = &[
-    "system", "debug", "memsys3", "memsys5", "rust", "jemalloc", "mimalloc",
+    "system", "debug", "memsys3", "memsys5", "tlsf", "rust", "jemalloc", "mimalloc",
 ];
 
 /// Most actions taken from one input (longer inputs are cut), to keep each run short.
@@ -57,6 +57,11 @@ pub fn spec(target: &str, cfg: u8) -> String {
             "memsys5:heap={},min={}",
             ["8K", "100K", "1M", "2M"][usize::from(cfg & 3)],
             [1, 8, 16, 24, 64, 100, 256, 4096][usize::from(cfg >> 2) & 7]
+        ),
+        "tlsf" => format!(
+            "tlsf:heap={},shards={}",
+            ["8K", "64K", "300K", "2M"][usize::from(cfg & 3)],
+            [1, 1, 2, 3][usize::from(cfg >> 2) & 3]
         ),
         "debug" if cfg & 4 != 0 => "debug:backtrace=2".to_string(),
         other => other.to_string(),
@@ -100,7 +105,7 @@ pub fn run_input(target: &str, data: &[u8]) {
     };
     let spec = spec(target, cfg);
     let stack = stack_for(&spec);
-    let may_fail = target.starts_with("memsys") || stack.limit().is_some();
+    let may_fail = target.starts_with("memsys") || target == "tlsf" || stack.limit().is_some();
     run_ops(stack, &spec, may_fail, &decode(rest));
 }
 

@@ -22,15 +22,15 @@
 //!
 //! A free must find the scope of its block. Two ways, chosen by backend:
 //!
-//! - **Side table** (`memsys3`, `memsys5`): one byte per place where a block can start, indexed
-//!   from the heap base — per atom for `memsys5` (the smallest block, where its control byte
-//!   lives), per 8-byte unit for `memsys3`. The block itself is untouched, so `xSize` and
-//!   `xRoundup` are the backend's own, and a power-of-two request to `memsys5` still gets a
-//!   block of its own size (a header would double it). Cost: `heap / (atom + 1)` bytes for
-//!   `memsys5` (as many as its control bytes), `heap / 8` for `memsys3`, allocated zeroed at
-//!   start-up next to the heap: pages the program never allocates in are never touched, so the
-//!   resident cost is one byte per atom (per 8 bytes) of the heap actually used. Nothing is
-//!   allocated afterwards: a fixed heap stays zero-malloc.
+//! - **Side table** (`memsys3`, `memsys5`, `tlsf`): one byte per place where a block can start,
+//!   indexed from the heap base — per atom for `memsys5` (the smallest block, where its control
+//!   byte lives), per 8-byte unit for `memsys3` and `tlsf`. The block itself is untouched, so
+//!   `xSize` and `xRoundup` are the backend's own, and a power-of-two request to `memsys5` still
+//!   gets a block of its own size (a header would double it). Cost: `heap / (atom + 1)` bytes
+//!   for `memsys5` (as many as its control bytes), `heap / 8` for `memsys3` and `tlsf`,
+//!   allocated zeroed at start-up next to the heap: pages the program never allocates in are
+//!   never touched, so the resident cost is one byte per atom (per 8 bytes) of the heap actually
+//!   used. Nothing is allocated afterwards: a fixed heap stays zero-malloc.
 //! - **Header** (`system`, `debug`, `rust`, `jemalloc`, `mimalloc`): 8 bytes in front of the
 //!   block, holding its scope (8 keeps the blocks 8-aligned). A request of `n` bytes asks the
 //!   backend for `max(n, 1) + 8`; `xSize` is the backend's size − 8 and `xRoundup(n)` the
@@ -104,7 +104,7 @@
 //! an older layer are still credited to their scope in it when freed (see "Retired allocators"
 //! in [`crate::installed`]).
 
-use crate::backend::{Memsys3, Memsys5};
+use crate::backend::{Memsys3, Memsys5, Tlsf};
 use crate::counters::{scope_word, set_scope_word, slot_word, Stats, PEAK_FLUSH_BYTES, SLOTS};
 use crate::error::Error;
 use crate::installed;
@@ -727,6 +727,19 @@ impl FixedHeap for Memsys5 {
 }
 
 impl FixedHeap for Memsys3 {
+    #[inline(always)]
+    fn offset(&self, p: NonNull<u8>) -> Option<usize> {
+        self.heap_offset(p)
+    }
+    fn grid_log(&self) -> u32 {
+        3
+    }
+    fn places(&self) -> usize {
+        self.heap_len() / 8
+    }
+}
+
+impl FixedHeap for Tlsf {
     #[inline(always)]
     fn offset(&self, p: NonNull<u8>) -> Option<usize> {
         self.heap_offset(p)

@@ -3,7 +3,7 @@
 //! ```text
 //! spec    := backend [ '+' layer ]*
 //! backend := NAME [ ':' options ]          NAME: system | debug | memsys3 | memsys5
-//!                                                 | jemalloc | mimalloc | rust
+//!                                                 | tlsf | jemalloc | mimalloc | rust
 //! layer   := NAME [ ':' options ]          NAME: limit | fault | scopes
 //! options := key '=' value [ ',' key '=' value ]*
 //! size    := digits [ K | M | G ]          binary units (K = 1024), case-insensitive
@@ -15,6 +15,7 @@
 //! | `debug` | `backtrace=N` frames kept per block (0–64, default 0) |
 //! | `memsys3` | `heap=SIZE` (default 16M), `bias=on\|off` (default `on`: the lock is biased to the first thread that takes it, revoked with `membarrier` or, when a seccomp filter forbids it, an `mprotect` TLB shootdown; `off`: never, and no `membarrier` or `mprotect` system call, for sandboxes that forbid both or programs that want neither; see `src/lock.rs`) |
 //! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0), `shards=N` independent buddy heaps cut from the one heap, 1–64 (default 1: SQLite's memsys5; see [`crate::backend::Memsys5`]), `bias=on\|off` (as for `memsys3`) |
+//! | `tlsf` | `heap=SIZE` (default 64M), `shards=N` independent TLSF heaps cut from the one heap, 1–64 (default 1), `bias=on\|off` (as for `memsys3`); Two-Level Segregated Fit, requests rounded up by less than 1/64 (see [`crate::backend::Tlsf`]) |
 //! | `jemalloc` | none (cargo feature `jemalloc`) |
 //! | `mimalloc` | none (cargo feature `mimalloc`) |
 //! | `rust` | none: the program's `#[global_allocator]` |
@@ -73,6 +74,15 @@ pub enum Backend {
         /// Whether the parts' locks may be biased to one thread (`bias=`, default on).
         bias: bool,
     },
+    /// `tlsf`: Two-Level Segregated Fit over one heap.
+    Tlsf {
+        /// Heap size in bytes.
+        heap: usize,
+        /// Independent TLSF heaps the heap is cut into.
+        shards: usize,
+        /// Whether the parts' locks may be biased to one thread (`bias=`, default on).
+        bias: bool,
+    },
     /// `jemalloc`: jemalloc's sized API (cargo feature `jemalloc`).
     Jemalloc,
     /// `mimalloc`: mimalloc (cargo feature `mimalloc`).
@@ -83,7 +93,7 @@ pub enum Backend {
 
 /// Every backend name, in the order error messages list them.
 pub const BACKEND_NAMES: &[&str] = &[
-    "system", "debug", "memsys3", "memsys5", "jemalloc", "mimalloc", "rust",
+    "system", "debug", "memsys3", "memsys5", "tlsf", "jemalloc", "mimalloc", "rust",
 ];
 
 /// Refuse a backend whose cargo feature is off, naming the feature.
@@ -110,8 +120,25 @@ fn bias(part: &str, v: Option<&str>) -> Result<bool, SpecError> {
     }
 }
 
-/// Most `shards` a `memsys5` heap may be cut into.
+/// Most `shards` a `memsys5` or `tlsf` heap may be cut into.
 pub const MAX_SHARDS: usize = 64;
+
+/// The value of a `shards=` key (absent: 1).
+fn shards(part: &str, v: Option<&str>) -> Result<usize, SpecError> {
+    match v {
+        None => Ok(1),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_SHARDS).contains(n))
+            .ok_or_else(|| {
+                err(
+                    part,
+                    format!("shards must be a whole number from 1 to {MAX_SHARDS}, not '{v}'"),
+                )
+            }),
+    }
+}
 
 /// Why a spec was refused: the part at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,16 +446,7 @@ impl Spec {
                     Some(v) => usize::try_from(parse_size(part, v)?)
                         .map_err(|_| err(part, "min is too large"))?,
                 };
-                let shards = match o.take("shards") {
-                    None => 1,
-                    Some(v) => v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=MAX_SHARDS).contains(n))
-                        .ok_or_else(|| {
-                            err(part, format!("shards must be a whole number from 1 to {MAX_SHARDS}, not '{v}'"))
-                        })?,
-                };
+                let shards = shards(part, o.take("shards"))?;
                 let bias = bias(part, o.take("bias"))?;
                 Backend::Memsys5 {
                     heap,
@@ -437,6 +455,11 @@ impl Spec {
                     bias,
                 }
             }
+            "tlsf" => Backend::Tlsf {
+                heap: o.usize("heap", Some(64 << 20))?,
+                shards: shards(part, o.take("shards"))?,
+                bias: bias(part, o.take("bias"))?,
+            },
             "jemalloc" => {
                 built_in(part, name, cfg!(feature = "jemalloc"))?;
                 Backend::Jemalloc
@@ -557,6 +580,28 @@ mod tests {
         assert_eq!(
             Spec::parse("system+limit:max=100").unwrap().limit,
             Some(100)
+        );
+        assert_eq!(
+            Spec::parse("tlsf").unwrap().backend,
+            Backend::Tlsf {
+                heap: 64 << 20,
+                shards: 1,
+                bias: true
+            }
+        );
+        assert_eq!(
+            Spec::parse("tlsf:heap=3M,shards=4,bias=off+limit:max=1M")
+                .unwrap()
+                .backend,
+            Backend::Tlsf {
+                heap: 3 << 20,
+                shards: 4,
+                bias: false
+            }
+        );
+        assert_eq!(
+            Spec::parse("tlsf:bias=on").unwrap().backend,
+            Spec::parse("tlsf:heap=64M").unwrap().backend
         );
         assert_eq!(
             Spec::parse("memsys5:min=0").unwrap().backend,
@@ -747,6 +792,26 @@ mod tests {
             ("rust:x=1", "rust:x=1", "unknown option 'x'"),
             ("jemalloc:x=1", "jemalloc:x=1", ""),
             ("system+rust", "rust", "only one backend"),
+            ("tlsf:heap=0", "tlsf:heap=0", "heap must be greater than 0"),
+            ("tlsf:heap=1Q", "tlsf:heap=1Q", "unknown size unit 'Q'"),
+            (
+                "tlsf:shards=0",
+                "tlsf:shards=0",
+                "shards must be a whole number from 1 to 64, not '0'",
+            ),
+            ("tlsf:shards=65", "tlsf:shards=65", "from 1 to 64"),
+            ("tlsf:min=8", "tlsf:min=8", "unknown option 'min'"),
+            (
+                "tlsf:bias=yes",
+                "tlsf:bias=yes",
+                "bias must be 'on' or 'off'",
+            ),
+            (
+                "tlsf:heap=1M,heap=1M",
+                "tlsf:heap=1M,heap=1M",
+                "given twice",
+            ),
+            ("memsys5+tlsf", "tlsf", "only one backend"),
         ];
         for &(spec, part, reason) in cases {
             let e = Spec::parse(spec).expect_err(spec);

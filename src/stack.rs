@@ -293,6 +293,15 @@ impl Stack {
                     Some(sc) => Lower::ScopedMemsys5(Scoped::with_table(m, sc.clone())),
                 }
             }
+            Backend::Tlsf { heap, shards, bias } => {
+                let m = backend::Tlsf::with_shards(heap, shards)
+                    .ok_or(Error::HeapUnavailable { bytes: heap })?
+                    .with_bias(bias);
+                match &scopes {
+                    None => Lower::Dyn(Box::new(m)),
+                    Some(sc) => Lower::Dyn(Box::new(Scoped::with_table(m, sc.clone()))),
+                }
+            }
             #[cfg(feature = "jemalloc")]
             Backend::Jemalloc => headed(backend::Jemalloc, &scopes),
             #[cfg(feature = "mimalloc")]

@@ -54,7 +54,8 @@ fn verify(p: NonNull<u8>, n: usize, pat: u8) {
 /// the true peak.
 fn run(spec: &str, ops: &[Op]) {
     let stack: Stack = sqlalloc::build(spec).expect("spec builds");
-    let may_fail = spec.starts_with("memsys") || stack.limit().is_some();
+    let may_fail =
+        spec.starts_with("memsys") || spec.starts_with("tlsf") || stack.limit().is_some();
     let true_peak = harness::run_ops(&stack, spec, may_fail, ops);
     let s = stack.stats();
     if let Some(l) = stack.scopes() {
@@ -100,16 +101,21 @@ backend_suite! {
     memsys5_min64 => "memsys5:heap=2M,min=64",
     memsys5_small => "memsys5:heap=100K,min=16",
     memsys5_shards => "memsys5:heap=2M,min=32,shards=3",
+    tlsf => "tlsf:heap=2M",
+    tlsf_small => "tlsf:heap=64K",
+    tlsf_shards => "tlsf:heap=2M,shards=3",
     system_limit => "system+limit:max=200K",
     debug_limit => "debug+limit:max=100K",
     memsys3_limit => "memsys3:heap=1M+limit:max=300K",
     memsys5_limit => "memsys5:heap=1M+limit:max=300K",
+    tlsf_limit => "tlsf:heap=1M+limit:max=300K",
     system_scopes => "system+scopes",
     debug_scopes => "debug+scopes",
     rust_scopes => "rust+scopes",
     memsys3_scopes => "memsys3:heap=2M+scopes",
     memsys5_scopes => "memsys5:heap=2M,min=32+scopes",
     memsys5_scopes_limit => "memsys5:heap=1M+scopes+limit:max=300K",
+    tlsf_scopes => "tlsf:heap=2M,shards=2+scopes",
     system_scopes_limit => "system+scopes+limit:max=200K",
 }
 
@@ -128,6 +134,8 @@ fn every_backend_is_thread_safe_on_its_own() {
         "memsys3:heap=4M",
         "memsys5:heap=4M",
         "memsys5:heap=4M,shards=2",
+        "tlsf:heap=4M",
+        "tlsf:heap=4M,shards=2,bias=off",
         "system+limit:max=1M",
         "system+scopes",
         "memsys5:heap=4M,shards=2+scopes",

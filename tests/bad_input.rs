@@ -83,6 +83,7 @@ const TRAIT_SPECS: &[&str] = &[
     "debug",
     "memsys3:heap=16M",
     "memsys5:heap=16M",
+    "tlsf:heap=16M",
     "rust",
     "system+limit:max=1G",
     "system+fault",
@@ -94,7 +95,7 @@ fn requests_at_the_edges_through_the_trait() {
     const OVER_2G: usize = (2 << 30) + 1;
     for &spec in TRAIT_SPECS {
         let s = sqlalloc::build(spec).unwrap();
-        let fixed_heap = spec.starts_with("memsys");
+        let fixed_heap = spec.starts_with("memsys") || spec.starts_with("tlsf");
         // 0 bytes: the smallest block.
         let p = s.malloc(0);
         row(
@@ -431,6 +432,7 @@ fn through_sqlite_and_the_c_api() {
             "memsys5:heap=1",
             "memsys5:heap=16",
             "memsys5:heap=1K,min=4K",
+            "tlsf:heap=8",
             "memsys3:heap=1",
             "memsys3:heap=64",
         ] {

@@ -68,6 +68,11 @@ fn corpus_memsys5() {
 }
 
 #[test]
+fn corpus_tlsf() {
+    replay("tlsf");
+}
+
+#[test]
 fn corpus_rust() {
     replay("rust");
 }

@@ -4,7 +4,7 @@
 //! grow it by about their own size. One test, alone in its process, so that no other test's
 //! memory moves the figure.
 
-use sqlalloc::backend::{Memsys3, Memsys5};
+use sqlalloc::backend::{Memsys3, Memsys5, Tlsf};
 use sqlalloc::MemMethods;
 use std::ptr::NonNull;
 
@@ -59,6 +59,9 @@ fn a_large_heap_costs_nothing_until_used() {
         Memsys5::with_shards(256 * MIB, 64, 4).unwrap()
     });
     costs_nothing_until_used("memsys3", || Memsys3::new(256 * MIB).unwrap());
+    costs_nothing_until_used("tlsf", || Tlsf::new(256 * MIB).unwrap());
+    costs_nothing_until_used("tlsf shards=4", || Tlsf::with_shards(256 * MIB, 4).unwrap());
+    costs_nothing_until_used("stack tlsf", || sqlalloc::build("tlsf:heap=256M").unwrap());
     costs_nothing_until_used("stack memsys5", || {
         sqlalloc::build("memsys5:heap=256M,min=64").unwrap()
     });

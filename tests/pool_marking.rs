@@ -1,4 +1,4 @@
-//! memsys3 and memsys5 mark their pools for valgrind (src/marking.rs): a write past a block or a
+//! memsys3, memsys5 and tlsf mark their pools for valgrind (src/marking.rs): a write past a block or a
 //! read of a freed block is reported by memcheck, and normal use is clean.
 //!
 //! The test runs this very test binary under `valgrind --error-exitcode=99`, once per case (the
@@ -6,7 +6,7 @@
 //! checks valgrind's verdict. Without valgrind on the machine it says so and passes (`make
 //! valgrind` and CI install it).
 
-use sqlalloc::backend::{Memsys3, Memsys5};
+use sqlalloc::backend::{Memsys3, Memsys5, Tlsf};
 use sqlalloc::MemMethods;
 use std::process::Command;
 use std::ptr::NonNull;
@@ -15,6 +15,7 @@ use std::ptr::NonNull;
 fn act(case: &str) {
     let m5 = Memsys5::new(64 << 10, 16).unwrap();
     let m3 = Memsys3::new(64 << 10).unwrap();
+    let mt = Tlsf::new(64 << 10).unwrap();
     let fill = |p: NonNull<u8>, n: usize| {
         // SAFETY: `p` is a live block of at least `n` bytes.
         unsafe { std::ptr::write_bytes(p.as_ptr(), 0x5a, n) }
@@ -55,11 +56,32 @@ fn act(case: &str) {
             // SAFETY: live block.
             unsafe { m3.free(q) };
         }
+        "overflow_tlsf" => {
+            let p = mt.malloc(20).unwrap();
+            // SAFETY: a live block.
+            let n = unsafe { mt.size(p) };
+            // SAFETY: p + n is the next block's header, inside the heap buffer: a one-byte
+            // overflow into allocator metadata.
+            unsafe { p.as_ptr().add(n).write_volatile(1) };
+        }
+        "uaf_tlsf" => {
+            let p = mt.malloc(100).unwrap();
+            let q = mt.malloc(100).unwrap();
+            fill(p, 100);
+            // SAFETY: live block, freed once.
+            unsafe { mt.free(p) };
+            // SAFETY: inside the heap buffer and initialized: a use after free.
+            let _ = unsafe { p.as_ptr().add(16).read_volatile() };
+            // SAFETY: live block.
+            unsafe { mt.free(q) };
+        }
         "clean" => {
             for spec in [
                 "memsys5:heap=256K,min=16",
                 "memsys3:heap=256K",
                 "memsys5:heap=64K+limit:max=32K",
+                "tlsf:heap=256K",
+                "tlsf:heap=256K,shards=2+limit:max=128K",
             ] {
                 let s = sqlalloc::build(spec).unwrap();
                 let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
@@ -153,6 +175,12 @@ fn valgrind_reports_pool_bugs_and_nothing_else() {
             "uaf3",
             "Invalid read of size 1",
             "16 bytes inside a block of size 100 free'd",
+        ),
+        ("overflow_tlsf", "Invalid write of size 1", in_heap),
+        (
+            "uaf_tlsf",
+            "Invalid read of size 1",
+            "16 bytes inside a block of size 104 free'd",
         ),
     ] {
         let (code, report) = under_valgrind(case);
