@@ -29,7 +29,7 @@ pub enum Error {
     NoSqlite,
     /// `sqlite3_config(SQLITE_CONFIG_MALLOC)` failed with an unexpected result code.
     ConfigFailed(c_int),
-    /// The heap of a `memsys3`/`memsys5` backend could not be allocated.
+    /// The heap of a `memsys3`/`memsys5`/`tlsf` backend could not be allocated.
     HeapUnavailable {
         /// The size asked for, in bytes.
         bytes: usize,

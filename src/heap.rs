@@ -1,5 +1,5 @@
-//! [`HeapBuf`]: the one fixed heap buffer that `memsys3` and `memsys5` carve blocks from, and the
-//! only place where their pointer arithmetic happens.
+//! [`HeapBuf`]: the one fixed heap buffer that `memsys3`, `memsys5` and `tlsf` carve blocks
+//! from, and the only place where their pointer arithmetic happens.
 //!
 //! # Where the bytes come from, and what they cost
 //!
@@ -13,8 +13,8 @@
 //! refused at install with `SQLITE_NOMEM`, as before, instead of being accepted and killing the
 //! process at a page fault later: a fixed heap promises its memory up front. The
 //! allocators over it are written to match: their layout writes only the bytes it must (see
-//! "Heap layout" in `memsys5` and `memsys3`), relying on every other byte reading 0, and
-//! [`zero`](HeapBuf::zero) gives whole pages back to the kernel rather than writing zeros into
+//! "Heap layout" in `memsys5` and `memsys3`, "What is touched when" in `tlsf`), relying on
+//! every other byte reading 0, and [`zero`](HeapBuf::zero) gives whole pages back to the kernel rather than writing zeros into
 //! them. The pool marking for valgrind and ASan (`src/marking.rs`) changes only the tools' shadow
 //! memory, never the heap's pages.
 //!

@@ -1,4 +1,4 @@
-//! The lock of the fixed-heap allocators (`memsys3`, `memsys5`): a test-and-set lock whose
+//! The lock of the fixed-heap allocators (`memsys3`, `memsys5`, `tlsf`): a test-and-set lock whose
 //! release is a plain store, biased to the first thread that takes it.
 //!
 //! # Why not `std::sync::Mutex`

@@ -1,4 +1,4 @@
-//! Marking of the fixed heaps of `memsys3` and `memsys5` for valgrind's memcheck and for
+//! Marking of the fixed heaps of `memsys3`, `memsys5` and `tlsf` for valgrind's memcheck and for
 //! AddressSanitizer, so that those tools see blocks carved out of a pool the way they see blocks
 //! from `malloc`.
 //!
@@ -17,8 +17,8 @@
 //!   addressable with undefined contents;
 //! - a freed block becomes no-access again;
 //! - the allocator's own metadata inside the pool (free-list links inside free blocks, `memsys3`
-//!   chunk headers) stays no-access and is made accessible only around each access, with the pool's lock
-//!   held ([`with_accessible`]).
+//!   chunk headers, `tlsf` block headers) stays no-access and is made accessible only around
+//!   each access, with the pool's lock held ([`with_accessible`]).
 //!
 //! Marking changes only the tools' shadow memory, never a byte of the heap, and nothing walks the
 //! heap to do it: marking a 400 MB heap no-access at creation backs none of its pages
@@ -35,8 +35,9 @@
 //! **AddressSanitizer**: with the cargo feature `asan` (build with `-Zsanitizer=address`, nightly)
 //! the same calls poison and unpoison through `__asan_poison_memory_region` /
 //! `__asan_unpoison_memory_region`. ASan tracks 8-byte granules and can only express "the first
-//! `k` bytes of a granule are addressable", so it is exact for `memsys5` (blocks and links are
-//! 8-aligned multiples of 8) and coarser for the 4-byte header words of `memsys3`.
+//! `k` bytes of a granule are addressable", so it is exact for `memsys5` and `tlsf` (blocks,
+//! headers and links are 8-aligned multiples of 8) and coarser for the 4-byte header words of
+//! `memsys3`.
 //!
 //! [`MemMethods::size`]: crate::methods::MemMethods::size
 

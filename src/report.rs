@@ -203,7 +203,7 @@ pub struct Block {
 pub struct Report {
     /// Process id.
     pub pid: u32,
-    /// Backend name (`system`, `debug`, `memsys3`, `memsys5`).
+    /// Backend name (`system`, `debug`, `memsys3`, `memsys5`, `tlsf`, …).
     pub backend: String,
     /// The spec the allocator was built from.
     pub spec: String,
