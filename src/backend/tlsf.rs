@@ -168,13 +168,13 @@
 //!
 //! # Locking and marking
 //!
-//! Each part's state is behind its own [`Lock`] (biased to the first thread that takes it unless
-//! the spec says `bias=off`), taken by every call that reads or writes the part's headers,
-//! `size` included; the copy of a moving realloc happens outside it. Nothing on an allocation
-//! path allocates. For valgrind and ASan ([`marking`]) the heap is a pool: a block in use is
-//! addressable for its usable size; headers and links stay no-access and are made accessible
-//! around each access, with the lock held. A write past a block's usable size hits the next
-//! block's header and is reported.
+//! Each part's state is behind its own lock (`src/lock.rs`: biased to the first thread that takes
+//! it unless the spec says `bias=off`), taken by every call that reads or writes the part's
+//! headers, `size` included; the copy of a moving realloc happens outside it. Nothing on an
+//! allocation path allocates. For valgrind and ASan (`src/marking.rs`) the heap is a pool: a
+//! block in use is addressable for its usable size; headers and links stay no-access and are made
+//! accessible around each access, with the lock held. A write past a block's usable size hits the
+//! next block's header and is reported.
 //!
 //! A pointer given to `free`, `size` or `realloc` that is plainly not a live block (outside the
 //! heap's parts, misaligned, or whose header is not that of a block in use that fits in its part)
@@ -1064,7 +1064,7 @@ mod tests {
         for fl in 0..FL_COUNT {
             for sl in 0..SL {
                 let c = class_start(fl, sl);
-                if c >= 8 && c <= MAX_REQUEST {
+                if (8..=MAX_REQUEST).contains(&c) {
                     assert_eq!(class_of(c), (fl, sl), "start of ({fl}, {sl})");
                     assert_eq!(round_class(c), Some(c), "a boundary rounds to itself");
                 }
