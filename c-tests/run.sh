@@ -14,8 +14,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 # Every backend, with heaps large enough for the 100k-row workload (memsys5 rounds each request up
 # to a power of two, so it needs about twice the bytes).
-BACKENDS="system debug memsys3:heap=64M memsys5:heap=128M,min=32 system+limit:max=1G"
-LIMIT_BASES="system debug memsys3:heap=64M memsys5:heap=128M,min=32"
+BACKENDS="system debug memsys3:heap=64M memsys5:heap=128M,min=32 tlsf:heap=64M system+limit:max=1G"
+LIMIT_BASES="system debug memsys3:heap=64M memsys5:heap=128M,min=32 tlsf:heap=64M"
 
 pass=0
 fail=0
@@ -55,18 +55,19 @@ run() {
 for b in $BACKENDS; do run workload "$b" "$BIN/t_workload" "$b"; done
 # One process through every backend: sqlite3_shutdown() and a new install between them.
 run reinstall "all (shutdown+install)" "$BIN/t_workload" -n 20000 $BACKENDS
-for b in $BACKENDS memsys5:heap=128M,min=32,shards=2; do run threads "$b" "$BIN/t_threads" "$b"; done
+for b in $BACKENDS memsys5:heap=128M,min=32,shards=2 tlsf:heap=64M,shards=2; do run threads "$b" "$BIN/t_threads" "$b"; done
 for b in $BACKENDS; do run heaplimit "$b" "$BIN/t_heaplimit" "$b"; done
 for b in $LIMIT_BASES; do run limit "$b+limit:max=4M" "$BIN/t_limit" "$b"; done
 run nomem "memsys5:heap=1M,min=64" "$BIN/t_nomem" "memsys5:heap=1M,min=64" "memsys5:heap=16K"
 run nomem "memsys3:heap=1M" "$BIN/t_nomem" "memsys3:heap=1M" "memsys3:heap=16K"
+run nomem "tlsf:heap=1M" "$BIN/t_nomem" "tlsf:heap=1M" "tlsf:heap=16K"
 run debug-overrun debug "$BIN/t_debug" overrun
 run debug-leak "debug:backtrace=8" "$BIN/t_debug" leak
 run misuse "system, memsys5:heap=8M" "$BIN/t_misuse"
 run badspec "-" "$BIN/t_badspec"
 run serve "memsys5:heap=16M" "$BIN/t_serve"
 run track "system" "$BIN/t_track"
-for b in system+scopes memsys5:heap=128M,min=32+scopes memsys3:heap=64M+scopes debug+scopes; do
+for b in system+scopes memsys5:heap=128M,min=32+scopes memsys3:heap=64M+scopes tlsf:heap=64M+scopes debug+scopes; do
     run scopes "$b" "$BIN/t_scopes" "$b"
 done
 if [ "$WITH_PC" = pkgconfig ]; then run pkgconfig "-" sh "$HERE/t_pkgconfig.sh"; fi

@@ -43,6 +43,9 @@ static const struct bad cases[] = {
     {"memsys5:heap", SQLITE_ERROR, "heap", "key without value"},
     {"debug:backtrace=65", SQLITE_ERROR, "backtrace", "backtrace too deep"},
     {"sys tem", SQLITE_ERROR, "sys tem", "space inside"},
+    {"tlsf:heap=0", SQLITE_ERROR, "heap=0", "zero tlsf heap"},
+    {"tlsf:shards=0", SQLITE_ERROR, "shards", "tlsf without shards"},
+    {"tlsf:min=8", SQLITE_ERROR, "min", "a memsys5 key given to tlsf"},
     {NULL, SQLITE_MISUSE, "NULL", "NULL spec"},
 };
 

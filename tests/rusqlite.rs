@@ -18,6 +18,7 @@ fn specs() -> Vec<&'static str> {
         "debug:backtrace=2",
         "memsys3:heap=32M",
         "memsys5:heap=32M,min=32",
+        "tlsf:heap=32M",
         "rust",
         "system+limit:max=64M",
     ];

@@ -55,6 +55,8 @@ fn every_backend_in_real_sqlite() {
         "debug:backtrace=4",
         "memsys3:heap=32M",
         "memsys5:heap=32M,min=32",
+        "tlsf:heap=32M",
+        "tlsf:heap=32M,shards=2",
         "system+limit:max=64M",
     ] {
         // SAFETY: no connection is open at this point.
