@@ -223,7 +223,7 @@ bench-smoke: lib preload bench-deps
 # Every backend of the C tests, plus `rust`. oom_sweep installs BACKEND+fault and fails
 # allocation k of a real workload for every k (c-tests/oom_sweep.c); soak runs 2 threads of mixed
 # reads and writes with memstatus on and off (c-tests/soak.c). The quick versions are in `test`.
-FAULT_BACKENDS := system debug memsys3:heap=64M memsys5:heap=128M,min=32 memsys5:heap=128M,min=32,shards=2 system+limit:max=1G rust
+FAULT_BACKENDS := system debug memsys3:heap=64M memsys5:heap=128M,min=32 memsys5:heap=128M,min=32,shards=2 tlsf:heap=128M tlsf:heap=128M,shards=2 system+limit:max=1G rust
 OOM_ROWS       ?= 200
 OOM_QUICK_ROWS ?= 20
 SOAK_SECS      ?= 60
@@ -264,7 +264,7 @@ MIRI_CORPUS_TESTS := corpus_memsys3 corpus_memsys5 corpus_tlsf
 # valgrind: the C tests that do not die on purpose, with small workloads (about 1-2 minutes).
 VALGRIND     := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
                 --show-leak-kinds=definite --suppressions=$(CURDIR)/c-tests/valgrind.supp
-VG_BACKENDS  := system debug memsys3:heap=64M memsys5:heap=128M,min=32 system+limit:max=1G
+VG_BACKENDS  := system debug memsys3:heap=64M memsys5:heap=128M,min=32 tlsf:heap=64M system+limit:max=1G
 VG_PROGRAMS  := t_workload t_threads t_limit t_nomem t_misuse t_badspec t_debug
 # asan-pool-test: AddressSanitizer reports a write past and a read after free of memsys3/memsys5
 # pool blocks (tests-asan/, its own crate: nightly, -Zsanitizer=address, the `asan` feature; about
@@ -311,11 +311,14 @@ valgrind: deps lib
 	$(VALGRIND) $(CTEST_DIR)/t_workload -n 1000 $(VG_BACKENDS)
 	$(VALGRIND) $(CTEST_DIR)/t_threads -n 300 memsys5:heap=128M,min=32
 	$(VALGRIND) $(CTEST_DIR)/t_threads -n 300 memsys3:heap=64M
+	$(VALGRIND) $(CTEST_DIR)/t_threads -n 300 tlsf:heap=64M,shards=2
 	$(VALGRIND) $(CTEST_DIR)/t_limit memsys5:heap=128M,min=32
 	$(VALGRIND) $(CTEST_DIR)/t_limit memsys3:heap=64M
+	$(VALGRIND) $(CTEST_DIR)/t_limit tlsf:heap=64M
 	$(VALGRIND) $(CTEST_DIR)/t_nomem memsys5:heap=1M,min=64 memsys5:heap=16K
 	$(VALGRIND) $(CTEST_DIR)/t_nomem memsys3:heap=1M memsys3:heap=16K
+	$(VALGRIND) $(CTEST_DIR)/t_nomem tlsf:heap=1M tlsf:heap=16K
 	$(VALGRIND) $(CTEST_DIR)/t_misuse
 	$(VALGRIND) $(CTEST_DIR)/t_badspec
 	$(VALGRIND) $(CTEST_DIR)/t_debug leak
-	@echo "valgrind: 10 passed, 0 failed"
+	@echo "valgrind: 13 passed, 0 failed"
