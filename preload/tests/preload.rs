@@ -203,7 +203,7 @@ fn dlopen_program_runs_on_the_allocator() {
         "no sqlalloc without the preload"
     );
     let dir = scratch("dlopen");
-    for spec in ["system", "memsys5", "memsys3", "debug:backtrace=4"] {
+    for spec in ["system", "memsys5", "memsys3", "tlsf", "debug:backtrace=4"] {
         let report = dir.join("r.json");
         let mut c = preloaded(prog, Some(spec));
         c.env("SQLALLOC_REPORT", format!("json:{}", report.display()));
