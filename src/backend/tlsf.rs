@@ -950,7 +950,11 @@ impl Tlsf {
                 want[fl] |= 1 << sl;
             }
         }
-        assert_eq!(l.st.fl_map >> FL_COUNT, 0, "first-level bits past the last range");
+        assert_eq!(
+            l.st.fl_map >> FL_COUNT,
+            0,
+            "first-level bits past the last range"
+        );
         let mut listed = 0;
         for fl in 0..FL_COUNT {
             assert_eq!(l.st.sl_map[fl], want[fl], "second-level bitmap {fl}");
