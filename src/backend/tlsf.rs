@@ -956,15 +956,15 @@ impl Tlsf {
             "first-level bits past the last range"
         );
         let mut listed = 0;
-        for fl in 0..FL_COUNT {
-            assert_eq!(l.st.sl_map[fl], want[fl], "second-level bitmap {fl}");
+        for (fl, &want) in want.iter().enumerate() {
+            assert_eq!(l.st.sl_map[fl], want, "second-level bitmap {fl}");
             assert_eq!(
                 l.st.fl_map & (1 << fl) != 0,
-                want[fl] != 0,
+                want != 0,
                 "first-level bit {fl}"
             );
             let mut heads = l.st.heads[fl];
-            let mut bits = want[fl];
+            let mut bits = want;
             while bits != 0 {
                 let sl = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
