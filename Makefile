@@ -266,7 +266,7 @@ VALGRIND     := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-l
                 --show-leak-kinds=definite --suppressions=$(CURDIR)/c-tests/valgrind.supp
 VG_BACKENDS  := system debug memsys3:heap=64M memsys5:heap=128M,min=32 tlsf:heap=64M system+limit:max=1G
 VG_PROGRAMS  := t_workload t_threads t_limit t_nomem t_misuse t_badspec t_debug
-# asan-pool-test: AddressSanitizer reports a write past and a read after free of memsys3/memsys5
+# asan-pool-test: AddressSanitizer reports a write past and a read after free of memsys3/memsys5/tlsf
 # pool blocks (tests-asan/, its own crate: nightly, -Zsanitizer=address, the `asan` feature; about
 # a minute cold, a second warm). SKIPPED (and success) without the nightly toolchain.
 ASAN_POOL_DIR := $(BUILD)/tests-asan

@@ -1,13 +1,14 @@
-//! AddressSanitizer sees bugs inside the memsys3 and memsys5 pools (`make asan-pool-test`).
+//! AddressSanitizer sees bugs inside the memsys3, memsys5 and tlsf pools (`make asan-pool-test`).
 //!
 //! To ASan a pool is one 64 KiB allocation from the global allocator, so without help a stray
 //! write or a read of a freed pool block touches "allocated" memory and goes unreported. With
 //! sqlalloc's `asan` feature the pools poison what is not handed out (src/marking.rs). This program
 //! shows that ASan then reports:
 //!
-//! - a one-byte write just past the usable size of a memsys5 block (into its free buddy) and of
-//!   a memsys3 block (into the next chunk's header), inside the pool buffer;
-//! - a one-byte read of a freed memsys5 block and of a freed memsys3 block;
+//! - a one-byte write just past the usable size of a memsys5 block (into its free buddy), of a
+//!   memsys3 block (into the next chunk's header) and of a tlsf block (into the next block's
+//!   header), inside the pool buffer;
+//! - a one-byte read of a freed memsys5, memsys3 and tlsf block;
 //!
 //! and that the same steps without the bug (the write one byte earlier, the read before the
 //! free) and a mixed malloc/realloc/free workload that writes every usable byte run clean.
@@ -19,7 +20,7 @@
 //! nothing on stderr. It prints one line per case and exits 1 when any check fails.
 //! Build: nightly, `RUSTFLAGS=-Zsanitizer=address`, an explicit `--target` (see the Makefile).
 
-use sqlalloc::backend::{Memsys3, Memsys5};
+use sqlalloc::backend::{Memsys3, Memsys5, Tlsf};
 use sqlalloc::MemMethods;
 use std::process::{Command, ExitCode};
 use std::ptr::NonNull;
@@ -49,6 +50,10 @@ const CASES: &[(&str, Expect)] = &[
     ("uaf5-ok", Expect::Clean),
     ("uaf3", Expect::Report("READ")),
     ("uaf3-ok", Expect::Clean),
+    ("overflow-tlsf", Expect::Report("WRITE")),
+    ("overflow-tlsf-ok", Expect::Clean),
+    ("uaf-tlsf", Expect::Report("READ")),
+    ("uaf-tlsf-ok", Expect::Clean),
     ("workload", Expect::Clean),
 ];
 
@@ -88,6 +93,7 @@ unsafe fn peek(p: NonNull<u8>, off: usize) -> u8 {
 fn act(case: &str) {
     let m5 = Memsys5::new(HEAP, 16).expect("memsys5 heap");
     let m3 = Memsys3::new(HEAP).expect("memsys3 heap");
+    let mt = Tlsf::new(HEAP).expect("tlsf heap");
     match case {
         "overflow5" | "overflow5-ok" => {
             // A fresh heap: a 128-byte block at offset 0, its free buddy right after it.
@@ -161,17 +167,58 @@ fn act(case: &str) {
             // SAFETY: live block.
             unsafe { m3.free(q) };
         }
+        "overflow-tlsf" | "overflow-tlsf-ok" => {
+            let p = mt.malloc(20).expect("malloc");
+            let q = mt.malloc(20).expect("malloc");
+            // SAFETY: live block.
+            let n = unsafe { mt.size(p) };
+            fill(p, n);
+            if case == "overflow-tlsf" {
+                // SAFETY: p + n is the header of the block after `p` (that of `q`), inside the
+                // heap buffer: a one-byte overflow into allocator metadata.
+                unsafe { poke(p, n) };
+            } else {
+                // SAFETY: the block's last usable byte.
+                unsafe { p.as_ptr().add(n - 1).write_volatile(1) };
+            }
+            // SAFETY: live blocks, freed once.
+            unsafe { mt.free(p) };
+            // SAFETY: as above.
+            unsafe { mt.free(q) };
+        }
+        "uaf-tlsf" | "uaf-tlsf-ok" => {
+            let p = mt.malloc(100).expect("malloc");
+            let q = mt.malloc(100).expect("malloc");
+            fill(p, 100);
+            let v = if case == "uaf-tlsf" {
+                // SAFETY: live block, freed once.
+                unsafe { mt.free(p) };
+                // SAFETY: inside the heap buffer and written above: a read after free.
+                unsafe { peek(p, 16) }
+            } else {
+                // SAFETY: live block, written above.
+                let v = unsafe { p.as_ptr().add(16).read_volatile() };
+                // SAFETY: live block, freed once.
+                unsafe { mt.free(p) };
+                v
+            };
+            std::hint::black_box(v);
+            // SAFETY: live block.
+            unsafe { mt.free(q) };
+        }
         "workload" => workload(),
         other => panic!("unknown case {other:?} (known: {:?})", names()),
     }
 }
 
-/// Mixed malloc/realloc/free on memsys3, memsys5 and memsys5 under a `limit` layer, using every
-/// usable byte of every block (as SQLite may, having asked `xSize`).
+/// Mixed malloc/realloc/free on memsys3, memsys5, tlsf (one and two shards) and memsys5 under a
+/// `limit` layer, using every usable byte of every block (as SQLite may, having asked `xSize`).
 fn workload() {
     for spec in [
         "memsys5:heap=256K,min=16",
         "memsys3:heap=256K",
+        "tlsf:heap=256K",
+        "tlsf:heap=256K,shards=2",
         "memsys5:heap=64K+limit:max=32K",
     ] {
         let s = sqlalloc::build(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
