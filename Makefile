@@ -221,10 +221,10 @@ bench-smoke: lib preload bench-deps
 	python3 bench/live_costs.py --build $(BENCH_DIR) --preload $(PRELOAD_SO) --rounds 1
 
 # ---- Fault injection: OOM sweep and soak (owner: fault; see docs/RELIABILITY.md) -------------
-# Every backend of the C tests, plus `rust`. oom_sweep installs BACKEND+fault and fails
+# Every backend of the C tests, plus `rust` and the `scopes` layer. oom_sweep installs BACKEND+fault and fails
 # allocation k of a real workload for every k (c-tests/oom_sweep.c); soak runs 2 threads of mixed
 # reads and writes with memstatus on and off (c-tests/soak.c). The quick versions are in `test`.
-FAULT_BACKENDS := system debug memsys3:heap=64M memsys5:heap=128M,min=32 memsys5:heap=128M,min=32,shards=2 system+limit:max=1G rust
+FAULT_BACKENDS := system debug memsys3:heap=64M memsys5:heap=128M,min=32 memsys5:heap=128M,min=32,shards=2 system+limit:max=1G rust system+scopes memsys5:heap=128M,min=32+scopes
 OOM_ROWS       ?= 200
 OOM_QUICK_ROWS ?= 20
 SOAK_SECS      ?= 60
