@@ -254,7 +254,7 @@ soak-quick: lib
 # nightly; installs cargo-fuzz from crates.io when missing. New inputs go to $(BUILD)/fuzz-corpus,
 # the committed seeds (fuzz/corpus) are only read. fuzz-corpus: replay the committed corpus once
 # through the same harness (a normal test: no nightly, no cargo-fuzz).
-FUZZ_TARGETS := system debug memsys3 memsys5 rust jemalloc mimalloc http
+FUZZ_TARGETS := system debug memsys3 memsys5 rust jemalloc mimalloc scopes http
 FUZZ_SECS    ?= 30
 # Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
 MIRI_LIB_TESTS := spec:: counters:: heap:: lock:: backend::memsys3 backend::memsys5 stack:: marking::
