@@ -218,12 +218,13 @@ bench-smoke: lib preload bench-deps
 	$(CARGO) build --release --example counters_cost
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke \
 	  --preload-nomark $(NOMARK_PRELOAD) --counters-cost $(RELEASE)/examples/counters_cost
+	python3 bench/live_costs.py --build $(BENCH_DIR) --preload $(PRELOAD_SO) --rounds 1
 
 # ---- Fault injection: OOM sweep and soak (owner: fault; see docs/RELIABILITY.md) -------------
-# Every backend of the C tests, plus `rust`. oom_sweep installs BACKEND+fault and fails
+# Every backend of the C tests, plus `rust` and the `scopes` layer. oom_sweep installs BACKEND+fault and fails
 # allocation k of a real workload for every k (c-tests/oom_sweep.c); soak runs 2 threads of mixed
 # reads and writes with memstatus on and off (c-tests/soak.c). The quick versions are in `test`.
-FAULT_BACKENDS := system debug memsys3:heap=64M memsys5:heap=128M,min=32 memsys5:heap=128M,min=32,shards=2 tlsf:heap=128M tlsf:heap=128M,shards=2 system+limit:max=1G rust
+FAULT_BACKENDS := system debug memsys3:heap=64M memsys5:heap=128M,min=32 memsys5:heap=128M,min=32,shards=2 tlsf:heap=128M tlsf:heap=128M,shards=2 system+limit:max=1G rust system+scopes memsys5:heap=128M,min=32+scopes
 OOM_ROWS       ?= 200
 OOM_QUICK_ROWS ?= 20
 SOAK_SECS      ?= 60
@@ -253,7 +254,7 @@ soak-quick: lib
 # nightly; installs cargo-fuzz from crates.io when missing. New inputs go to $(BUILD)/fuzz-corpus,
 # the committed seeds (fuzz/corpus) are only read. fuzz-corpus: replay the committed corpus once
 # through the same harness (a normal test: no nightly, no cargo-fuzz).
-FUZZ_TARGETS := system debug memsys3 memsys5 tlsf rust jemalloc mimalloc http
+FUZZ_TARGETS := system debug memsys3 memsys5 tlsf rust jemalloc mimalloc scopes http
 FUZZ_SECS    ?= 30
 # Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
 MIRI_LIB_TESTS := spec:: counters:: heap:: lock:: backend::memsys3 backend::memsys5 backend::tlsf stack:: marking::

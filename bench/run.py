@@ -38,6 +38,8 @@ import tempfile
 import threading
 import time
 
+import smallest_heap
+
 HEAP = 64 * 1024 * 1024
 HEAP_MIN = 64
 # sqlalloc configurations whose heap marking for memcheck runs under valgrind (not counted).
@@ -583,6 +585,10 @@ def main():
                     irs.append(two[1] - two[0])
                 ir_st[(wk, c.key)] = irs
 
+    # ---- the smallest heap that runs speedtest1 (bench/smallest_heap.py) ---------------------
+    sh_res, sh_left, sh_workloads = smallest_heap.measure(
+        b, args.preload, smoke=tiny, log=lambda m: print(f"bench: {m}", file=sys.stderr))
+
     elapsed = time.monotonic() - t_start
     load1 = os.getloadavg()
     if smoke:
@@ -592,6 +598,11 @@ def main():
                 if k in byk and not (ir_mix.get(k, 0) > 0 and ir_trace.get(k, 0) > 0):
                     sys.exit(f"bench-smoke: no instruction count for {k}: mix {ir_mix.get(k)}, "
                              f"trace {ir_trace.get(k)}")
+        sh_rows = sum(len(v) for v in sh_res.values())
+        if sh_rows < 2 * 4:
+            sys.exit(f"bench-smoke: the smallest-heap bisection gave {sh_rows} figures: {sh_res}")
+        print(f"bench-smoke: smallest heap: {sh_rows} figures "
+              f"({', '.join(f'{wk} {k} {v / 1048576:.2f} MiB' for wk, r in sh_res.items() for k, v in r.items())})")
         print(f"bench-smoke: OK: {len(cs)} configurations ({len(skipped)} skipped), {n} speedtest1 "
               f"runs, micro, threads and callgrind all produced numbers, the scrape endpoint "
               f"answered {sum(sum(v) for v in ep_scrapes.values())} GET /metrics (HTTP 200) "
@@ -828,6 +839,19 @@ def main():
           f"{f2(scale_micro[k])} | {f2(eff_micro[k])} |")
     w("")
 
+    # ---- smallest heap ------------------------------------------------------------------------
+    w("## Smallest heap")
+    w("")
+    w("The smallest heap (or cap) with which speedtest1 `--size "
+      f"{'1' if tiny else '25'}` runs to its end, found by bisection to "
+      f"{'10' if tiny else '1'}% (bench/smallest_heap.py): what a fixed-heap user must reserve. "
+      "\"Really needed\" is the smallest `system+limit:max=N`, the peak of what SQLite counts "
+      "(`xSize` of its live blocks).")
+    w("")
+    for line in smallest_heap.table(sh_res, sh_left, sh_workloads):
+        w(line)
+    w("")
+
     # ---- targets ------------------------------------------------------------------------------
     w("## Targets of the issue")
     w("")
@@ -858,6 +882,11 @@ def main():
             tgt("memsys5: same peak heap usage as C memsys5 (speedtest1 --stats)",
                 f"{peaks['memsys5']:,} vs {peaks['c-memsys5']:,} bytes",
                 peaks["memsys5"] == peaks["c-memsys5"])
+    for wk, label, _ in sh_workloads:
+        need, tl = sh_res[wk].get("needed"), sh_res[wk].get("tlsf")
+        if need and tl:
+            tgt(f"tlsf smallest heap ≤ 1.05 × really needed, {label}", f3(tl / need),
+                tl <= 1.05 * need)
     for wk, _, _ in ep_workloads:
         rw = paired_ratio(ep_wall[wk], "ep-on", "ep-off")
         rc = paired_ratio(ep_cpu[wk], "ep-on", "ep-off")

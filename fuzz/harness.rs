@@ -15,7 +15,10 @@
 //! pattern (contents survive realloc; a failed realloc leaves the block intact; every live block
 //! is checked every 64 actions and at the end), and
 //! the counters are exact (current bytes and count, call counts, failures, largest request);
-//! with a `limit` layer the bytes in use never pass the cap. A failure panics with a message
+//! with a `limit` layer the bytes in use never pass the cap; with the `scopes` layer (target
+//! `scopes`: each malloc first enters one of the four [`SCOPES`], picked by its `arg` byte), every
+//! scope holds exactly the bytes and blocks charged to it (a realloc keeps its block's scope,
+//! whichever scope is current) and no capped scope passes its cap. A failure panics with a message
 //! naming the spec and the check.
 
 #![allow(dead_code)]
@@ -28,7 +31,7 @@ use std::ptr::NonNull;
 /// `jemalloc` and `mimalloc` need the crate features of the same names (the fuzz crate enables
 /// them; the corpus replay runs them in `make rust-features-test`).
 pub const TARGETS: &[&str] = &[
-    "system", "debug", "memsys3", "memsys5", "tlsf", "rust", "jemalloc", "mimalloc",
+    "system", "debug", "memsys3", "memsys5", "tlsf", "rust", "jemalloc", "mimalloc", "scopes",
 ];
 
 /// Most actions taken from one input (longer inputs are cut), to keep each run short.
@@ -64,6 +67,21 @@ pub fn spec(target: &str, cfg: u8) -> String {
             [1, 1, 2, 3][usize::from(cfg >> 2) & 3]
         ),
         "debug" if cfg & 4 != 0 => "debug:backtrace=2".to_string(),
+        // The `scopes` layer over each place it keeps a block's scope in: a side table (memsys5
+        // with 16- or 64-byte atoms, memsys3) or a header (system, rust, debug).
+        "scopes" => format!(
+            "{}+scopes",
+            [
+                "memsys5:heap=1M,min=16",
+                "memsys5:heap=2M,min=64,shards=2",
+                "memsys3:heap=300K",
+                "system",
+                "rust",
+                "debug",
+                "system",
+                "memsys5:heap=100K,min=8",
+            ][usize::from(cfg & 7)]
+        ),
         other => other.to_string(),
     };
     format!("{base}{limit}")
@@ -74,6 +92,30 @@ pub enum Op {
     Malloc(usize),
     Realloc(usize, usize),
     Free(usize),
+    /// Make scope `k % 4` of [`SCOPES`] the thread's current one (no call of the allocator).
+    Enter(u8),
+}
+
+/// The scopes a `scopes` run charges blocks to: the default one, one without a cap and two with
+/// caps (64 KiB, 1 MiB), so that caps refuse requests while the other scopes go on.
+pub const SCOPES: [(&str, Option<u64>); 4] = [
+    ("default", None),
+    ("a", None),
+    ("b", Some(64 << 10)),
+    ("c", Some(1 << 20)),
+];
+
+/// The actions an input encodes. With `scoped`, each malloc first enters the scope its `arg`
+/// byte picks (a realloc or a free keeps the current scope, whatever the block's).
+pub fn decode_for(data: &[u8], scoped: bool) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (op, c) in decode(data).into_iter().zip(data.chunks_exact(4)) {
+        if scoped && matches!(op, Op::Malloc(_)) {
+            ops.push(Op::Enter(c[1]));
+        }
+        ops.push(op);
+    }
+    ops
 }
 
 /// The actions an input encodes.
@@ -105,8 +147,12 @@ pub fn run_input(target: &str, data: &[u8]) {
     };
     let spec = spec(target, cfg);
     let stack = stack_for(&spec);
-    let may_fail = target.starts_with("memsys") || target == "tlsf" || stack.limit().is_some();
-    run_ops(stack, &spec, may_fail, &decode(rest));
+    let scoped = stack.scopes().is_some();
+    let may_fail = spec.starts_with("memsys")
+        || spec.starts_with("tlsf")
+        || stack.limit().is_some()
+        || scoped;
+    run_ops(stack, &spec, may_fail, &decode_for(rest, scoped));
 }
 
 /// The stack for `spec`, built on first use and kept for the rest of the process. A fuzzer runs
@@ -132,6 +178,18 @@ struct Live {
     req: usize,
     size: usize,
     pat: u8,
+    /// Index in [`SCOPES`] of the scope it was charged to (0 without the layer).
+    scope: usize,
+}
+
+/// The ids of [`SCOPES`] in `stack`'s layer, created on the stack's first run (a stack is reused
+/// for later runs, and its scopes with it).
+fn scope_ids(stack: &Stack) -> Option<[usize; 4]> {
+    let l = stack.scopes()?;
+    Some(SCOPES.map(|(name, cap)| {
+        l.find(name)
+            .unwrap_or_else(|| l.create(name, cap).expect("create a scope"))
+    }))
 }
 
 fn fill(p: NonNull<u8>, n: usize, pat: u8) {
@@ -167,6 +225,12 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
         .unwrap_or_else(|e| panic!("{spec}: init failed: {e:?}"));
     let base = stack.stats();
     let cap = stack.limit().map(|l| l.max() as i64);
+    let ids = scope_ids(stack);
+    let scope_base = ids.map(|ids| ids.map(|id| stack.scopes().unwrap().stats(id).unwrap()));
+    let mut current = 0usize;
+    if let Some(ids) = ids {
+        stack.scopes().unwrap().enter(ids[0]);
+    }
     let mut live: Vec<Live> = Vec::new();
     let mut pat = 0u8;
     let (mut mallocs, mut frees, mut reallocs, mut failed) = (0i64, 0i64, 0i64, 0i64);
@@ -189,6 +253,7 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
                             req: n,
                             size,
                             pat,
+                            scope: current,
                         });
                     }
                     None => {
@@ -206,7 +271,7 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
                 match unsafe { stack.realloc(old.ptr, n) } {
                     Some(p) => {
                         verify(spec, p, old.req.min(n), old.pat);
-                        let pat = old.pat;
+                        let (pat, scope) = (old.pat, old.scope);
                         fill(p, n, pat);
                         // SAFETY: `p` is live.
                         let size = unsafe { stack.size(p) };
@@ -215,6 +280,7 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
                             req: n,
                             size,
                             pat,
+                            scope,
                         };
                     }
                     None => {
@@ -231,7 +297,17 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
                 // SAFETY: `b.ptr` is live in `stack` and dropped from the model.
                 unsafe { stack.free(b.ptr) };
             }
+            Op::Enter(k) => {
+                if let Some(ids) = ids {
+                    current = usize::from(k) % SCOPES.len();
+                    let prev = stack.scopes().unwrap().enter(ids[current]);
+                    assert!(prev.is_some(), "{spec}: enter refused a scope that exists");
+                }
+            }
             _ => {}
+        }
+        if let (Some(ids), Some(scope_base)) = (ids, &scope_base) {
+            check_scopes(stack, spec, &live, &ids, scope_base);
         }
         // One snapshot per action for both checks: taking it walks every counter, the largest
         // cost of a run after the byte checks.
@@ -266,10 +342,44 @@ pub fn run_ops(stack: &Stack, spec: &str, may_fail: bool, ops: &[Op]) -> i64 {
         (base.current_bytes, base.current_count),
         "{spec}: all freed"
     );
+    if let (Some(ids), Some(scope_base)) = (ids, &scope_base) {
+        check_scopes(stack, spec, &live, &ids, scope_base);
+        stack.scopes().unwrap().enter(ids[0]);
+    }
     if let Some(l) = stack.limit() {
         assert_eq!(l.used(), 0, "{spec}: limit accounting back to zero");
     }
     true_peak
+}
+
+/// Each scope holds exactly the live blocks charged to it (bytes and count, from its base
+/// figures), and no capped scope is past its cap.
+fn check_scopes(stack: &Stack, spec: &str, live: &[Live], ids: &[usize; 4], base: &[Stats; 4]) {
+    let l = stack.scopes().unwrap();
+    for (k, &id) in ids.iter().enumerate() {
+        let st = l.stats(id).unwrap();
+        let (bytes, count) = live
+            .iter()
+            .filter(|b| b.scope == k)
+            .fold((0i64, 0i64), |(s, c), b| (s + b.size as i64, c + 1));
+        assert_eq!(
+            (
+                st.current_bytes - base[k].current_bytes,
+                st.current_count - base[k].current_count
+            ),
+            (bytes, count),
+            "{spec}: scope {} holds other blocks than those charged to it",
+            SCOPES[k].0
+        );
+        if let Some(cap) = SCOPES[k].1 {
+            assert!(
+                st.current_bytes <= cap as i64,
+                "{spec}: scope {} past its cap: {}",
+                SCOPES[k].0,
+                st.current_bytes
+            );
+        }
+    }
 }
 
 /// Layout and byte counters (snapshot `s`, taken after the last action) of the live set; returns

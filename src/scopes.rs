@@ -84,7 +84,8 @@
 //!
 //! A malloc reads the thread's current scope (an initial-exec thread-local next to the counters'
 //! slot number, [`crate::counters`]: two instructions, no `__tls_get_addr` call in a shared
-//! object), the scope's cap (one word of an array nobody writes after creation), writes the
+//! object; the slot number itself is read once by the stack and given to both this layer and the
+//! counters), the scope's cap (one word of an array nobody writes after creation), writes the
 //! block's tag (header word or side table byte) and updates its tally (plain stores in the
 //! thread's own row, one cache line; the peak's bookkeeping is one comparison with two bounds
 //! kept in the tally, everything else on a cold path). A free reads the tag and updates the

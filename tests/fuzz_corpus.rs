@@ -77,6 +77,12 @@ fn corpus_rust() {
     replay("rust");
 }
 
+/// The `scopes` layer over each backend kind, blocks charged to four scopes (two capped).
+#[test]
+fn corpus_scopes() {
+    replay("scopes");
+}
+
 /// The endpoint's request parser (fuzz target `http`): each committed input, and every prefix.
 #[test]
 fn corpus_http() {
