@@ -148,10 +148,8 @@ pub fn run_input(target: &str, data: &[u8]) {
     let spec = spec(target, cfg);
     let stack = stack_for(&spec);
     let scoped = stack.scopes().is_some();
-    let may_fail = spec.starts_with("memsys")
-        || spec.starts_with("tlsf")
-        || stack.limit().is_some()
-        || scoped;
+    let may_fail =
+        spec.starts_with("memsys") || spec.starts_with("tlsf") || stack.limit().is_some() || scoped;
     run_ops(stack, &spec, may_fail, &decode_for(rest, scoped));
 }
 
