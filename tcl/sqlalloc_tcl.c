@@ -44,6 +44,10 @@ extern const char *sqlite3ErrName(int rc);
 
 /* The spec from SQLALLOC: what `sqlite3_config_heap 0 0` goes back to. */
 static char g_default_spec[512];
+/* The backend `sqlite3_config_heap` installs: memsys5 (what SQLITE_CONFIG_HEAP gives), or tlsf
+ * when the environment variable SQLALLOC_TCL_HEAP is "tlsf" (tcl/run.sh's perm-memsys5-tlsf
+ * cell: permutations.test memsys5 with every heap it configures on sqlalloc's tlsf). */
+static int g_heap_tlsf;
 /* Heap size of the last non-zero `sqlite3_config_heap` (what memsys3 gets, as mem3.c takes
  * sqlite3GlobalConfig.nHeap); 0 when none or after `sqlite3_config_heap 0 0`. */
 static long long g_heap_bytes;
@@ -176,8 +180,9 @@ static int install_spec(const char *spec) {
 }
 
 /* sqlite3_config_heap NBYTE NMINALLOC: sqlalloc's memsys5 over NBYTE bytes with smallest block
- * NMINALLOC (clamped to 1..4096 as SQLITE_CONFIG_HEAP does); NBYTE 0 (or less): the SQLALLOC
- * allocator again. Result: the SQLite result-code name, as in test_malloc.c. */
+ * NMINALLOC (clamped to 1..4096 as SQLITE_CONFIG_HEAP does), or with SQLALLOC_TCL_HEAP=tlsf
+ * sqlalloc's tlsf over NBYTE bytes (NMINALLOC has no meaning there); NBYTE 0 (or less): the
+ * SQLALLOC allocator again. Result: the SQLite result-code name, as in test_malloc.c. */
 static int cmd_config_heap(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[]) {
   int nbyte, nmin, rc;
   char spec[128];
@@ -194,7 +199,11 @@ static int cmd_config_heap(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj 
     rc = install_spec(g_default_spec);
     if (rc == SQLITE_OK) g_heap_bytes = 0;
   } else {
-    snprintf(spec, sizeof spec, "memsys5:heap=%d,min=%d", nbyte, nmin);
+    if (g_heap_tlsf) {
+      snprintf(spec, sizeof spec, "tlsf:heap=%d", nbyte);
+    } else {
+      snprintf(spec, sizeof spec, "memsys5:heap=%d,min=%d", nbyte, nmin);
+    }
     rc = install_spec(spec);
     if (rc == SQLITE_OK) g_heap_bytes = nbyte;
   }
@@ -258,6 +267,16 @@ const char *sqlalloc_tcl_init(Tcl_Interp *interp) {
     exit(2);
   }
   strcpy(g_default_spec, spec);
+  {
+    const char *heap = getenv("SQLALLOC_TCL_HEAP");
+    if (heap != NULL && heap[0] != '\0' && strcmp(heap, "memsys5") != 0) {
+      if (strcmp(heap, "tlsf") != 0) {
+        fprintf(stderr, "sqlalloc-tcl: SQLALLOC_TCL_HEAP=%s: use memsys5 or tlsf\n", heap);
+        exit(2);
+      }
+      g_heap_tlsf = 1;
+    }
+  }
 
   /* main() has called sqlite3_shutdown() and nothing has initialized SQLite since. */
   rc = install_spec(g_default_spec);
