@@ -43,7 +43,7 @@ import smallest_heap
 HEAP = 64 * 1024 * 1024
 HEAP_MIN = 64
 # sqlalloc configurations whose heap marking for memcheck runs under valgrind (not counted).
-VALGRIND_MARKED = ("memsys5", "memsys5-shards", "memsys3")
+VALGRIND_MARKED = ("memsys5", "memsys5-shards", "memsys3", "tlsf")
 # The scrape endpoint's pair runs this many times --reps rounds.
 EP_ROUNDS = 3
 JEMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -92,6 +92,7 @@ def configs(args):
                f"memsys5:heap={mb}M,min={HEAP_MIN},shards=2", counterpart="c-memsys5"),
         Config("memsys3", "sqlalloc memsys3", "sqlalloc", f"memsys3:heap={mb}M",
                counterpart="mem1"),
+        Config("tlsf", "sqlalloc tlsf", "sqlalloc", f"tlsf:heap={mb}M", counterpart="c-memsys5"),
         Config("debug", "sqlalloc debug", "sqlalloc", "debug", counterpart="mem1"),
         Config("limit", "sqlalloc system+limit", "sqlalloc", "system+limit:max=1G",
                counterpart="mem1"),
@@ -882,6 +883,12 @@ def main():
             tgt("memsys5: same peak heap usage as C memsys5 (speedtest1 --stats)",
                 f"{peaks['memsys5']:,} vs {peaks['c-memsys5']:,} bytes",
                 peaks["memsys5"] == peaks["c-memsys5"])
+    if "tlsf" in byk and "c-memsys5" in byk:
+        for wk, _, _ in workloads:
+            r = paired_ratio(st[wk], "tlsf", "c-memsys5")
+            tgt(f"tlsf ≤ 1.00 × C memsys5, speedtest1 {wk}", f3(r), r <= 1.0)
+        r = paired_ratio(mtrace, "tlsf", "c-memsys5")
+        tgt("tlsf ≤ 0.8 × C memsys5 ns/pair, trace replay", f3(r), r <= 0.8)
     for wk, label, _ in sh_workloads:
         need, tl = sh_res[wk].get("needed"), sh_res[wk].get("tlsf")
         if need and tl:
