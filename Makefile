@@ -218,7 +218,7 @@ bench-smoke: lib preload bench-deps
 	$(CARGO) build --release --example counters_cost
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke \
 	  --preload-nomark $(NOMARK_PRELOAD) --counters-cost $(RELEASE)/examples/counters_cost
-	python3 bench/live_costs.py --build $(BENCH_DIR) --preload $(PRELOAD_SO) --rounds 1
+	python3 bench/live_costs.py --build $(BENCH_DIR) --preload $(PRELOAD_SO) --rounds 1 --only endpoint
 
 # ---- Fault injection: OOM sweep and soak (owner: fault; see docs/RELIABILITY.md) -------------
 # Every backend of the C tests, plus `rust` and the `scopes` layer. oom_sweep installs BACKEND+fault and fails

@@ -79,21 +79,16 @@ def alternate(rounds, a, b):
 def load():
     return f"load {os.getloadavg()[0]:.2f}"
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build", required=True)
-    ap.add_argument("--preload", required=True)
-    ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--only", default="endpoint,scopes,tracking",
-                    help="comma-separated parts to run (default: all three)")
-    args = ap.parse_args()
-    parts = set(args.only.split(","))
-    if not parts <= {"endpoint", "scopes", "tracking"}:
-        raise SystemExit(f"live_costs: --only takes endpoint, scopes, tracking; got {args.only!r}")
-    b, pre, n = args.build, os.path.abspath(args.preload), args.rounds
+def measure(b, pre, n, parts=("endpoint", "scopes", "tracking"), size="25", mix_steps=5_000_000,
+            log=print):
+    """Run the parts named in `parts`, `n` alternated rounds each; speedtest1 at `size`, the mix
+    with `mix_steps` pairs. Returns {"endpoint": {workload: (elapsed ratio, CPU ratio, scrapes)},
+    "scopes": {spec: (ns/pair, ns/pair with +scopes, paired ns difference, speedtest1 CPU
+    ratio)}, "tracking": {size: (ms, ratio, A/A ms, A/A median spread ms)}}, logging a line each."""
+    res = {"endpoint": {}, "scopes": {}, "tracking": {}}
     shm = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     for wk, extra in (("memdb", ["--memdb"]), ("file", ["--nosync", f"{shm}/t.db"])) * ("endpoint" in parts):
-        cmd = [f"{b}/speedtest1", "--size", "25"] + extra
+        cmd = [f"{b}/speedtest1", "--size", size] + extra
         def fresh(f):
             if os.path.exists(f"{shm}/t.db"):
                 os.remove(f"{shm}/t.db")
@@ -105,25 +100,28 @@ def main():
             raise SystemExit("live_costs: the endpoint never answered")
         re_ = statistics.median(y[0] / x[0] for x, y in zip(plain, ep))
         rc = statistics.median(y[1] / x[1] for x, y in zip(plain, ep))
-        print(f"endpoint speedtest1 {wk}: elapsed {re_:.3f}, CPU {rc:.3f}, {scrapes} scrapes "
-              f"answered, {n} rounds, {load()}")
+        res["endpoint"][wk] = (re_, rc, scrapes)
+        log(f"endpoint speedtest1 {wk}: elapsed {re_:.3f}, CPU {rc:.3f}, {scrapes} scrapes "
+            f"answered, {n} rounds, {load()}")
     for spec in ("system", "memsys5:heap=256M") * ("scopes" in parts):
-        mix = [f"{b}/micro", "--mix", "5000000"]
+        mix = [f"{b}/micro", "--mix", str(mix_steps)]
         ns = lambda s: float(run(mix, env_for(pre, s))[2].split("ns_per_pair=")[1].split()[0])
         a, c = alternate(n, lambda: ns(spec), lambda: ns(spec + "+scopes"))
         d = statistics.median(y - x for x, y in zip(a, c))
-        print(f"scopes micro --mix {spec}: {statistics.median(a):.1f} -> {statistics.median(c):.1f} "
-              f"ns/pair, paired median {d:+.1f} ns, {n} rounds, {load()}")
-        st = [f"{b}/speedtest1", "--size", "25", "--memdb", "--lookaside", "0", "0"]
-        a, c = alternate(n, lambda: run(st, env_for(pre, spec))[1],
-                         lambda: run(st, env_for(pre, spec + "+scopes"))[1])
-        r = statistics.median(y / x for x, y in zip(a, c))
-        print(f"scopes speedtest1 memdb-la0 {spec}: CPU {r:.3f}, {n} rounds, {load()}")
+        log(f"scopes micro --mix {spec}: {statistics.median(a):.1f} -> {statistics.median(c):.1f} "
+            f"ns/pair, paired median {d:+.1f} ns, {n} rounds, {load()}")
+        st = [f"{b}/speedtest1", "--size", size, "--memdb", "--lookaside", "0", "0"]
+        a2, c2 = alternate(n, lambda: run(st, env_for(pre, spec))[1],
+                           lambda: run(st, env_for(pre, spec + "+scopes"))[1])
+        r = statistics.median(y / x for x, y in zip(a2, c2))
+        res["scopes"][spec] = (statistics.median(a), statistics.median(c), d, r)
+        log(f"scopes speedtest1 memdb-la0 {spec}: CPU {r:.3f}, {n} rounds, {load()}")
     so = os.path.join(shm, "libopen100.so")
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "open100.c")
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", so, src, "-lsqlite3"], check=True)
-    for size in ("1", "25") * ("tracking" in parts):
-        st = [f"{b}/speedtest1", "--size", size, "--memdb"]
+    if "tracking" in parts:
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", so, src, "-lsqlite3"], check=True)
+    for tsize in sorted({"1", size}, key=int) * ("tracking" in parts):
+        st = [f"{b}/speedtest1", "--size", tsize, "--memdb"]
         untracked = env_for(pre, "system", so)
         untracked["OPEN100_UNTRACK"] = "1"
         # Three arms in turn: untracked, tracked, untracked again. The two untracked arms against
@@ -134,13 +132,29 @@ def main():
             for out, env in (arms if i % 2 == 0 else arms[::-1]):
                 out.append(run(st, env)[1])
         d = statistics.median(y - x for x, y in zip(u1, tr)) * 1000
+        ratio = statistics.median(y / x for x, y in zip(u1, tr))
         aa = statistics.median(y - x for x, y in zip(u1, u2)) * 1000
-        spread = sorted(abs(y - x) * 1000 for x, y in zip(u1, u2))
-        print(f"tracking: speedtest1 --size {size} --memdb, 100 connections open, tracked against "
-              f"untracked: {d:+.1f} ms CPU (ratio {statistics.median(y / x for x, y in zip(u1, tr)):.3f}); "
-              f"untracked against untracked {aa:+.1f} ms, half of those pairs differ by more than "
-              f"{statistics.median(spread):.1f} ms; {n} rounds, {load()}")
+        spread = statistics.median(sorted(abs(y - x) * 1000 for x, y in zip(u1, u2)))
+        res["tracking"][tsize] = (d, ratio, aa, spread)
+        log(f"tracking: speedtest1 --size {tsize} --memdb, 100 connections open, tracked against "
+            f"untracked: {d:+.1f} ms CPU (ratio {ratio:.3f}); untracked against untracked "
+            f"{aa:+.1f} ms, half of those pairs differ by more than {spread:.1f} ms; {n} rounds, "
+            f"{load()}")
     subprocess.run(["rm", "-rf", shm], check=False)
+    return res
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--preload", required=True)
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--only", default="endpoint,scopes,tracking",
+                    help="comma-separated parts to run (default: all three)")
+    args = ap.parse_args()
+    parts = set(args.only.split(","))
+    if not parts <= {"endpoint", "scopes", "tracking"}:
+        raise SystemExit(f"live_costs: --only takes endpoint, scopes, tracking; got {args.only!r}")
+    measure(args.build, os.path.abspath(args.preload), args.rounds, parts)
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 
+import live_costs
 import smallest_heap
 
 HEAP = 64 * 1024 * 1024
@@ -590,9 +591,16 @@ def main():
     sh_res, sh_left, sh_workloads = smallest_heap.measure(
         b, args.preload, smoke=tiny, log=lambda m: print(f"bench: {m}", file=sys.stderr))
 
+    # ---- the scopes layer and tracked connections (bench/live_costs.py) -----------------------
+    lc = live_costs.measure(b, args.preload, 1 if tiny else 21, parts=("scopes", "tracking"),
+                            size=size, mix_steps=200_000 if tiny else 5_000_000,
+                            log=lambda m: print(f"bench: {m}", file=sys.stderr))
+
     elapsed = time.monotonic() - t_start
     load1 = os.getloadavg()
     if smoke:
+        if len(lc["scopes"]) != 2 or not lc["tracking"]:
+            sys.exit(f"bench-smoke: the scopes/tracking costs are incomplete: {lc}")
         n = sum(len(v) for w in st.values() for v in w.values())
         if args.preload_nomark:
             for k in ("mem1", "memsys5"):
@@ -853,6 +861,26 @@ def main():
         w(line)
     w("")
 
+    # ---- scopes and tracking -------------------------------------------------------------------
+    w("## The `scopes` layer and tracked connections")
+    w("")
+    w(f"bench/live_costs.py, {1 if tiny else 21} alternated rounds (paired medians). `micro --mix`: ns per "
+      "malloc/free pair with and without `+scopes`; speedtest1 `--memdb --lookaside 0 0`: CPU "
+      "with `+scopes` / without. Tracking: speedtest1 `--memdb` with 100 `:memory:` connections "
+      "opened by a preloaded library (bench/open100.c), tracked against untracked right after "
+      "each open (the same opens in both), and untracked against untracked as the noise floor.")
+    w("")
+    w("| backend | mix ns/pair | with `+scopes` | paired difference | speedtest1 CPU ratio |")
+    w("|---|---:|---:|---:|---:|")
+    for spec, (a, c, d, r) in lc["scopes"].items():
+        w(f"| `{spec}` | {a:.1f} | {c:.1f} | {d:+.1f} ns | {f3(r)} |")
+    w("")
+    w("| speedtest1 | tracked − untracked (CPU) | ratio | untracked − untracked | median A/A spread |")
+    w("|---|---:|---:|---:|---:|")
+    for ts, (d, r, aa, spread) in lc["tracking"].items():
+        w(f"| `--size {ts} --memdb` | {d:+.1f} ms | {f3(r)} | {aa:+.1f} ms | {spread:.1f} ms |")
+    w("")
+
     # ---- targets ------------------------------------------------------------------------------
     w("## Targets of the issue")
     w("")
@@ -889,6 +917,13 @@ def main():
             tgt(f"tlsf ≤ 1.00 × C memsys5, speedtest1 {wk}", f3(r), r <= 1.0)
         r = paired_ratio(mtrace, "tlsf", "c-memsys5")
         tgt("tlsf ≤ 0.8 × C memsys5 ns/pair, trace replay", f3(r), r <= 0.8)
+    for spec, (a, c, d, r) in lc["scopes"].items():
+        tgt(f"scopes ≤ +5 ns/pair, micro --mix, {spec}", f"{d:+.1f} ns", d <= 5)
+        tgt(f"scopes ≤ 1.03 × without, speedtest1 memdb-la0 CPU, {spec}", f3(r), r <= 1.03)
+    for ts, (d, r, aa, spread) in lc["tracking"].items():
+        tgt(f"100 tracked connections: nothing measurable, speedtest1 --size {ts} --memdb "
+            "(|tracked − untracked| within the median A/A spread)",
+            f"{d:+.1f} ms (A/A spread {spread:.1f} ms)", abs(d) <= spread)
     for wk, label, _ in sh_workloads:
         need, tl = sh_res[wk].get("needed"), sh_res[wk].get("tlsf")
         if need and tl:
