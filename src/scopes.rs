@@ -727,31 +727,25 @@ impl FixedHeap for Memsys5 {
     }
 }
 
-impl FixedHeap for Memsys3 {
-    #[inline(always)]
-    fn offset(&self, p: NonNull<u8>) -> Option<usize> {
-        self.heap_offset(p)
-    }
-    fn grid_log(&self) -> u32 {
-        3
-    }
-    fn places(&self) -> usize {
-        self.heap_len() / 8
-    }
+/// The heaps whose blocks start on 8-byte boundaries (memsys3's units, tlsf's blocks): one place
+/// per 8 bytes of the heap.
+macro_rules! eight_byte_grid {
+    ($($t:ty),*) => {$(
+        impl FixedHeap for $t {
+            #[inline(always)]
+            fn offset(&self, p: NonNull<u8>) -> Option<usize> {
+                self.heap_offset(p)
+            }
+            fn grid_log(&self) -> u32 {
+                3
+            }
+            fn places(&self) -> usize {
+                self.heap_len() / 8
+            }
+        }
+    )*};
 }
-
-impl FixedHeap for Tlsf {
-    #[inline(always)]
-    fn offset(&self, p: NonNull<u8>) -> Option<usize> {
-        self.heap_offset(p)
-    }
-    fn grid_log(&self) -> u32 {
-        3
-    }
-    fn places(&self) -> usize {
-        self.heap_len() / 8
-    }
-}
+eight_byte_grid!(Memsys3, Tlsf);
 
 /// A side table of one byte per grid place of a fixed heap `B`.
 pub(crate) struct Table<B> {

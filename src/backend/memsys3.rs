@@ -1001,16 +1001,7 @@ mod tests {
         m.lock().npool
     }
 
-    fn fill(p: NonNull<u8>, n: usize, v: u8) {
-        // SAFETY: the tests call this on live blocks with `n` at most their usable size.
-        unsafe { std::ptr::write_bytes(p.as_ptr(), v, n) }
-    }
-
-    fn holds(p: NonNull<u8>, n: usize, v: u8) -> bool {
-        // SAFETY: as in `fill`.
-        let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), n) };
-        s.iter().all(|&b| b == v)
-    }
+    use crate::backend::test_support::{fill, holds};
 
     fn sz(m: &Memsys3, p: NonNull<u8>) -> usize {
         // SAFETY: the tests pass live blocks only.

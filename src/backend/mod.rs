@@ -13,6 +13,8 @@ pub mod memsys5;
 pub mod mimalloc;
 pub mod rust;
 pub mod system;
+#[cfg(test)]
+mod test_support;
 pub mod tlsf;
 
 pub use debug::Debug;

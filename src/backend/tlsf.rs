@@ -1032,32 +1032,7 @@ mod tests {
 
     const KIB: usize = 1024;
 
-    /// Deterministic pseudo-random numbers (splitmix64).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    fn fill(p: NonNull<u8>, n: usize, tag: u8) {
-        // SAFETY: test blocks of at least `n` bytes owned by the test.
-        unsafe { p.as_ptr().write_bytes(tag, n) }
-    }
-
-    fn holds(p: NonNull<u8>, n: usize, tag: u8) -> bool {
-        // SAFETY: as in `fill`; the bytes were written by `fill`.
-        unsafe { std::slice::from_raw_parts(p.as_ptr(), n) }
-            .iter()
-            .all(|&b| b == tag)
-    }
+    use crate::backend::test_support::{fill, holds, Rng};
 
     fn sz(m: &Tlsf, p: NonNull<u8>) -> usize {
         // SAFETY: tests pass live blocks of `m`.
