@@ -221,6 +221,7 @@ pub(crate) fn methods_table(kind: u8) -> Sqlite3MemMethods {
     match kind {
         kind::SYSTEM => table_for::<{ kind::SYSTEM }>(),
         kind::MEMSYS5 => table_for::<{ kind::MEMSYS5 }>(),
+        kind::TLSF => table_for::<{ kind::TLSF }>(),
         kind::SCOPED_SYSTEM => table_for::<{ kind::SCOPED_SYSTEM }>(),
         kind::SCOPED_MEMSYS5 => table_for::<{ kind::SCOPED_MEMSYS5 }>(),
         kind::DYN => table_for::<{ kind::DYN }>(),

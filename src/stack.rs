@@ -11,7 +11,7 @@
 //! variant of its own (called statically, as those two backends are), over any other as a `dyn`
 //! backend.
 
-use crate::backend::{self, Memsys5, System};
+use crate::backend::{self, Memsys5, System, Tlsf};
 use crate::counters::{slot_word, Counters, Stats};
 use crate::error::Error;
 use crate::fault::{Fault, FaultSpec};
@@ -137,13 +137,15 @@ impl Stack {
 /// `$call` with `$b` bound to the backend of `$stack` (a [`Stack`]) when its [`Lower`] variant
 /// is the one kind `$k` names (any variant for [`kind::ANY`]), else `$other`: for a constant
 /// `$k` the other variants' arms compile to nothing, so the function holds one backend's path.
-/// `$b` is the backend by type for `System`, `Memsys5` and the `scopes` layer over them (static
+/// `$b` is the backend by type for `System`, `Memsys5`, `Tlsf` and the `scopes` layer over the
+/// first two (static
 /// calls, inlined) and a `&Box<dyn MemMethods>` for `Dyn` (method calls go through `dyn`).
 macro_rules! on_kind {
     ($stack:expr, $k:ident, $b:ident => $call:expr, _ => $other:expr) => {
         match &$stack.lower {
             Lower::System($b) if $k == kind::SYSTEM || $k == kind::ANY => $call,
             Lower::Memsys5($b) if $k == kind::MEMSYS5 || $k == kind::ANY => $call,
+            Lower::Tlsf($b) if $k == kind::TLSF || $k == kind::ANY => $call,
             Lower::ScopedSystem($b) if $k == kind::SCOPED_SYSTEM || $k == kind::ANY => $call,
             Lower::ScopedMemsys5($b) if $k == kind::SCOPED_MEMSYS5 || $k == kind::ANY => $call,
             Lower::Dyn($b) if $k == kind::DYN || $k == kind::ANY => $call,
@@ -159,6 +161,7 @@ macro_rules! on_kind {
 pub(crate) enum Lower {
     System(System),
     Memsys5(Memsys5),
+    Tlsf(Tlsf),
     /// `system+scopes`: the layer with a header per block.
     ScopedSystem(Scoped<System, Header>),
     /// `memsys5+scopes`: the layer with its side table.
@@ -200,7 +203,7 @@ macro_rules! hot_ignoring_the_slot {
         }
     )*};
 }
-hot_ignoring_the_slot!(System, Memsys5, Box<dyn MemMethods>);
+hot_ignoring_the_slot!(System, Memsys5, Tlsf, Box<dyn MemMethods>);
 
 impl<B: MemMethods, P: Tagging<B>> Hot for Scoped<B, P> {
     const TAKES_SLOT: bool = true;
@@ -235,6 +238,8 @@ pub(crate) mod kind {
     pub const SCOPED_SYSTEM: u8 = 4;
     /// [`Lower::ScopedMemsys5`](super::Lower::ScopedMemsys5).
     pub const SCOPED_MEMSYS5: u8 = 5;
+    /// [`Lower::Tlsf`](super::Lower::Tlsf).
+    pub const TLSF: u8 = 6;
 }
 
 /// A backend with counters and optional limit on top.
@@ -298,7 +303,7 @@ impl Stack {
                     .ok_or(Error::HeapUnavailable { bytes: heap })?
                     .with_bias(bias);
                 match &scopes {
-                    None => Lower::Dyn(Box::new(m)),
+                    None => Lower::Tlsf(m),
                     Some(sc) => Lower::Dyn(Box::new(Scoped::with_table(m, sc.clone()))),
                 }
             }
@@ -369,6 +374,7 @@ impl Stack {
         match &self.lower {
             Lower::System(b) => b,
             Lower::Memsys5(b) => b,
+            Lower::Tlsf(b) => b,
             Lower::ScopedSystem(b) => b,
             Lower::ScopedMemsys5(b) => b,
             Lower::Dyn(b) => &**b,
@@ -403,6 +409,7 @@ impl Stack {
         match self.lower {
             Lower::System(_) => kind::SYSTEM,
             Lower::Memsys5(_) => kind::MEMSYS5,
+            Lower::Tlsf(_) => kind::TLSF,
             Lower::ScopedSystem(_) => kind::SCOPED_SYSTEM,
             Lower::ScopedMemsys5(_) => kind::SCOPED_MEMSYS5,
             Lower::Dyn(_) => kind::DYN,
@@ -709,6 +716,7 @@ mod tests {
             ),
             scoped("memsys5:heap=1M,min=64+scopes"),
             scoped("rust+scopes"),
+            Stack::from_spec("tlsf:heap=1M").unwrap(),
         ];
         if !cfg!(miri) {
             v.push(Stack::with_lower(
@@ -720,6 +728,7 @@ mod tests {
         }
         let kinds: Vec<u8> = v.iter().map(Stack::kind).collect();
         assert!(kinds.contains(&kind::SCOPED_MEMSYS5) && kinds.contains(&kind::DYN));
+        assert!(kinds.contains(&kind::TLSF));
         assert!(cfg!(miri) || kinds.contains(&kind::SCOPED_SYSTEM));
         v
     }
@@ -770,6 +779,7 @@ mod tests {
             exercise::<{ kind::DYN }>(&s);
             exercise::<{ kind::SCOPED_SYSTEM }>(&s);
             exercise::<{ kind::SCOPED_MEMSYS5 }>(&s);
+            exercise::<{ kind::TLSF }>(&s);
             KEPT.lock().unwrap().push(s.counters());
         }
     }

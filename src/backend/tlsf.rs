@@ -21,9 +21,10 @@
 //!   bytes a class is one exact multiple of 8 (first-level index 0, second-level index `u / 8`).
 //!   From 1024 up, the first level is the power of two `2^f <= u < 2^(f+1)` (index `f - 9`) and
 //!   the second level cuts that range into `SL = 128` equal classes of `2^(f-7)` bytes (index
-//!   `(u >> (f - 7)) & 127`). Each class has a doubly linked free list; one bit per class in a
-//!   128-bit word per first-level index says which lists are non-empty, and one bit per
-//!   first-level index says which of those words are not zero.
+//!   `(u >> (f - 7)) & 127`). Classes are numbered in size order, `c = 128 · fl + sl`
+//!   (2944 of them). Each class has a doubly linked free list; one bit per class, in 46 64-bit
+//!   words in class order, says which lists are non-empty, and one bit per word in a summary
+//!   word says which of those words are not zero.
 //! - A request of `n` bytes is rounded up to the lower boundary of a class (the *class rounding*
 //!   below: to a multiple of 8, at least 8, and from 2048 bytes up to a multiple of `2^(f-7)`).
 //!   Every free block on that class's list, and on every list above it, is large enough; two
@@ -202,6 +203,10 @@ const SL: usize = 1 << SL_LOG;
 const SMALL: usize = SL << 3;
 /// First-level ranges: index 0 below [`SMALL`], then one per power of two `2^10 .. 2^31`.
 const FL_COUNT: usize = 23;
+/// Size classes, numbered `SL · fl + sl` in size order.
+const CLASSES: usize = FL_COUNT * SL;
+/// 64-bit words of the class bitmap (the summary word has one bit per word).
+const WORDS: usize = CLASSES / 64;
 /// Header bytes in front of every block.
 const HEADER: usize = 8;
 /// Smallest block: a header and the two free-list links.
@@ -219,25 +224,26 @@ const MAX_REQUEST: usize = 1 << 31;
 /// Smallest part when the heap is cut into shards.
 const MIN_SHARD: usize = 64;
 
-/// Class (first-level, second-level index) of a usable size `u` (`u < 2^32`), rounding down:
-/// where a free block of usable size `u` is filed.
+/// Class `SL · fl + sl` of a usable size `u` (`u < 2^32`), rounding down: where a free block of
+/// usable size `u` is filed. From [`SMALL`] up, `u >> (f - 7)` is `SL + sl`, so adding
+/// `SL · (f - 10)` gives `SL · (f - 9) + sl`.
 #[inline(always)]
-fn class_of(u: usize) -> (usize, usize) {
+fn class_of(u: usize) -> usize {
     if u < SMALL {
-        (0, u >> 3)
+        u >> 3
     } else {
         let f = u.ilog2();
-        ((f - SL_LOG - 2) as usize, (u >> (f - SL_LOG)) & (SL - 1))
+        (((f - SL_LOG - 3) as usize) << SL_LOG) + (u >> (f - SL_LOG))
     }
 }
 
-/// Lower boundary (usable bytes) of class `(fl, sl)`.
+/// Lower boundary (usable bytes) of class `c`.
 #[inline(always)]
-const fn class_start(fl: usize, sl: usize) -> usize {
-    if fl == 0 {
-        sl << 3
+const fn class_start(c: usize) -> usize {
+    if c < SL {
+        c << 3
     } else {
-        (SL + sl) << (fl + 2)
+        (SL + (c & (SL - 1))) << ((c >> SL_LOG) + 2)
     }
 }
 
@@ -292,12 +298,15 @@ struct Seen {
 /// Mutable state of a part (behind its lock; the part's headers and links are only touched with
 /// it held).
 struct State {
-    /// Bit `fl` set when `sl_map[fl]` is not 0.
-    fl_map: u32,
-    /// Bit `sl` of `sl_map[fl]` set when list `(fl, sl)` is not empty.
-    sl_map: [u128; FL_COUNT],
+    /// Bit `w` set when `words[w]` is not 0.
+    summary: u64,
+    /// Bit `c & 63` of `words[c >> 6]` set when the list of class `c` is not empty.
+    words: [u64; WORDS],
     /// Head of the free list of each class: a block offset, or [`NONE`].
-    heads: [[u32; SL]; FL_COUNT],
+    heads: [u32; CLASSES],
+    /// One more than the highest class whose list is not empty (0: none); the figure published
+    /// as `largest` is its lower boundary, stored when it changes.
+    top: usize,
     /// Blocks in use.
     live: usize,
     /// Bytes of blocks in use, headers included.
@@ -310,9 +319,10 @@ struct State {
 impl State {
     fn empty() -> State {
         State {
-            fl_map: 0,
-            sl_map: [0; FL_COUNT],
-            heads: [[NONE; SL]; FL_COUNT],
+            summary: 0,
+            words: [0; WORDS],
+            heads: [NONE; CLASSES],
+            top: 0,
             live: 0,
             used: 0,
             free: 0,
@@ -359,7 +369,7 @@ impl Tlsf {
         };
         marking::pool_create(t.heap.ptr(0), t.heap.len());
         for p in 0..t.parts.len() {
-            t.lock_part(p).layout();
+            t.lock_part::<true>(p).layout();
         }
         Some(t)
     }
@@ -396,8 +406,7 @@ impl Tlsf {
         if len < MIN_BLOCK {
             return 0;
         }
-        let (fl, sl) = class_of(len - HEADER);
-        class_start(fl, sl).min(MAX_REQUEST)
+        class_start(class_of(len - HEADER)).min(MAX_REQUEST)
     }
 
     /// Byte offset of `p` from the start of the heap, when it points into the heap (compared,
@@ -406,16 +415,16 @@ impl Tlsf {
         self.heap.offset_of(p)
     }
 
-    /// Lock part `p`.
-    fn lock_part(&self, p: usize) -> Locked<'_> {
+    /// Lock part `p`, with the tools' marking of headers and links when `MARK`
+    /// (`marking::active()`; see "Locking and marking").
+    #[inline(always)]
+    fn lock_part<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
         let part = &self.parts[p];
         // SAFETY: the parts lie one after another inside the buffer: `start + len <= heap`
         // (see `with_shards`: `len` is at most what is left of the buffer from `start`).
         let view = unsafe { self.heap.view_unchecked(part.start, part.len) };
         Locked {
-            m: self,
             view,
-            start: part.start,
             len: part.len,
             seen: &part.seen,
             st: part.state.lock(),
@@ -443,7 +452,7 @@ impl Tlsf {
 
     /// The part and in-part block offset of user pointer `ptr`, when it lies where a block's
     /// user bytes could start.
-    #[inline]
+    #[inline(always)]
     fn locate(&self, ptr: NonNull<u8>) -> Option<(usize, usize)> {
         let off = self.heap.offset_of(ptr)?;
         let p = self.part_of(off);
@@ -453,250 +462,386 @@ impl Tlsf {
     }
 
     /// Serve a request of class-rounded usable size `r`: the pointer and its usable size.
+    #[inline(always)]
     fn alloc(&self, r: usize) -> Option<(NonNull<u8>, usize)> {
+        if self.parts.len() == 1 && !marking::active() {
+            // One part, no marking: the path to keep short (the others are a call away).
+            let l = &mut self.lock_part::<false>(0);
+            let (o, s) = l.alloc(r)?;
+            // SAFETY: `alloc` returns a block offset `o` with `o + s <= len` (checked when the
+            // block was taken off its list), so `o + HEADER < len`.
+            return Some((unsafe { l.view.ptr(o + HEADER) }, s - HEADER));
+        }
+        self.alloc_other(r)
+    }
+
+    /// [`alloc`](Self::alloc) with shards or with the marking on.
+    #[inline(never)]
+    fn alloc_other(&self, r: usize) -> Option<(NonNull<u8>, usize)> {
+        if marking::active() {
+            self.alloc_in::<true>(r)
+        } else {
+            self.alloc_in::<false>(r)
+        }
+    }
+
+    fn alloc_in<const MARK: bool>(&self, r: usize) -> Option<(NonNull<u8>, usize)> {
         let n = self.parts.len();
         let first = self.preferred_part();
         let (p, o, s) = (0..n).find_map(|d| {
-            let p = (first + d) % n;
-            let (o, s) = self.lock_part(p).alloc(r)?;
+            let p = if first + d < n {
+                first + d
+            } else {
+                first + d - n
+            };
+            let (o, s) = self.lock_part::<MARK>(p).alloc(r)?;
             Some((p, o, s))
         })?;
         let ptr = self.heap.ptr(self.parts[p].start + o + HEADER);
-        marking::block_alloc(self.heap.ptr(0), ptr, s - HEADER);
+        if MARK {
+            marking::block_alloc(self.heap.ptr(0), ptr, s - HEADER);
+        }
         Some((ptr, s - HEADER))
+    }
+
+    /// Free the block at in-part offset `o` of part `p` (user pointer `ptr`): its usable size,
+    /// or 0 when `o` does not hold a live block.
+    #[inline(always)]
+    fn release_in<const MARK: bool>(&self, ptr: NonNull<u8>, p: usize, o: usize) -> usize {
+        let mut l = self.lock_part::<MARK>(p);
+        let Some((b, s)) = l.live_size(o) else {
+            return 0;
+        };
+        if MARK {
+            // Marked before `release` writes links into the block.
+            marking::block_free(self.heap.ptr(0), ptr, s - HEADER);
+        }
+        l.release(b, s);
+        s - HEADER
+    }
+
+    /// [`release_in`](Self::release_in) with shards or with the marking on.
+    #[inline(never)]
+    fn release_other(&self, ptr: NonNull<u8>, p: usize, o: usize) -> usize {
+        if marking::active() {
+            self.release_in::<true>(ptr, p, o)
+        } else {
+            self.release_in::<false>(ptr, p, o)
+        }
+    }
+
+    /// The first half of `realloc` under part `p`'s lock: `Ok` when the block at `o` was kept
+    /// or resized in place (or is not live: `Ok(false)`), else `Err(old usable size)`.
+    fn resize_in<const MARK: bool>(
+        &self,
+        p: usize,
+        o: usize,
+        new_size: usize,
+        r: usize,
+    ) -> Result<bool, usize> {
+        let mut l = self.lock_part::<MARK>(p);
+        let Some((b, s)) = l.live_size(o) else {
+            return Ok(false);
+        };
+        if MARK {
+            // Never resized in place under the tools (see "realloc").
+            if new_size <= s - HEADER {
+                return Ok(true);
+            }
+        } else if l.resize(b, s, new_size, r) {
+            return Ok(true);
+        }
+        Err(s - HEADER)
     }
 }
 
 /// A part with its lock held: every method may read and write the part's headers and links.
-struct Locked<'a> {
-    m: &'a Tlsf,
-    /// The part's bytes (offset `o` of the part is byte `o` of the view).
+/// With `MARK`, every header or link word is made accessible to valgrind/ASan around its access.
+struct Locked<'a, const MARK: bool> {
+    /// The part's bytes (offset `o` of the part is byte `o` of the view). A copy, so that base
+    /// and length stay in registers across the heap writes.
     view: HeapView<'a>,
-    start: usize,
+    /// The part's length (the view's).
     len: usize,
     seen: &'a Seen,
     st: LockGuard<'a, State>,
 }
 
-impl Locked<'_> {
-    /// The `u32` at part offset `off` (a multiple of 4), made accessible to the tools meanwhile.
-    #[inline(always)]
-    fn rd(&self, off: usize) -> u32 {
-        // A fixed message: formatting would keep `off` in memory on the hot path.
-        assert!(
-            off + 4 <= self.len,
-            "tlsf: offset outside the part (corrupt heap?)"
-        );
-        debug_assert!(off % 4 == 0);
-        let at = self.m.heap.ptr(self.start + (off & !7));
-        // SAFETY: `off + 4 <= len` (checked) and `off` is a multiple of 4 in a view starting at a
-        // multiple of 8 from a 64-aligned base; the word is allocator metadata (a header or a
-        // free block's link, never user bytes: callers only pass those offsets), and the part's
-        // lock is held (`self.st`), so nobody writes it meanwhile.
-        marking::with_accessible(at, 8, || unsafe { self.view.read_u32(off) })
-    }
+/// A block place in the part of the [`Locked`] that made it: an offset `o`, a multiple of 8,
+/// with `o + MIN_BLOCK <= len`, so that the block's two header words (`o`, `o + 4`) and two link
+/// words (`o + 8`, `o + 12`) lie inside the part. Made only by [`Locked::place`], which checks
+/// it: every offset computed from, or read out of, the heap goes through that one check, and the
+/// word accessors need none of their own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Blk(usize);
 
-    /// Write the `u32` at part offset `off`.
+impl<const MARK: bool> Locked<'_, MARK> {
+    /// `o` as a block place of this part; panics when it is not one (an offset read from a
+    /// corrupt heap: a program that wrote into a block it freed).
     #[inline(always)]
-    fn wr(&mut self, off: usize, v: u32) {
-        assert!(
-            off + 4 <= self.len,
-            "tlsf: offset outside the part (corrupt heap?)"
-        );
-        debug_assert!(off % 4 == 0);
-        let at = self.m.heap.ptr(self.start + (off & !7));
-        // SAFETY: as in `rd`; the lock is held, so nobody reads or writes the word meanwhile.
-        marking::with_accessible(at, 8, || unsafe { self.view.write_u32(off, v) })
-    }
-
-    /// An offset read from the heap, checked to be a block place of the part.
-    #[inline(always)]
-    fn checked(&self, o: u32) -> usize {
-        let o = o as usize;
+    fn place(&self, o: usize) -> Blk {
+        // A fixed message: formatting would keep `o` in memory on the hot path.
         assert!(
             o % 8 == 0 && o + MIN_BLOCK <= self.len,
             "tlsf: corrupt block offset (was a freed block written to?)"
         );
-        o
+        Blk(o)
     }
 
-    /// Size (header included) and free flag of the block at `o`.
+    /// Word `W` of block `b` (0 and 1: the header; 2 and 3: a free block's links), made
+    /// accessible to the tools meanwhile when `MARK`.
     #[inline(always)]
-    fn size_of(&self, o: usize) -> (usize, bool) {
-        let w = self.rd(o + 4);
-        ((w & !7) as usize, w & FREE != 0)
-    }
-
-    /// Set word 1 of the block at `o`.
-    #[inline(always)]
-    fn set_size(&mut self, o: usize, size: usize, free: bool) {
-        debug_assert!(size % 8 == 0 && size >= MIN_BLOCK && o + size <= self.len);
-        self.wr(o + 4, size as u32 | if free { FREE } else { 0 });
-    }
-
-    /// Previous block's offset and free flag, from word 0 of the block at `o`.
-    #[inline(always)]
-    fn prev_of(&self, o: usize) -> (usize, bool) {
-        let w = self.rd(o);
-        ((w & !7) as usize, w & PREV_FREE != 0)
-    }
-
-    /// Set word 0 of the block at `o`.
-    #[inline(always)]
-    fn set_prev(&mut self, o: usize, prev: usize, free: bool) {
-        self.wr(o, prev as u32 | if free { PREV_FREE } else { 0 });
-    }
-
-    /// Set word 0 of the block after the one at `o .. end`, when there is one.
-    #[inline(always)]
-    fn set_prev_of_next(&mut self, o: usize, end: usize, free: bool) {
-        if end < self.len {
-            self.set_prev(end, o, free);
+    fn word<const W: usize>(&self, b: Blk) -> u32 {
+        const { assert!(W < 4) };
+        let off = b.0 + 4 * W;
+        // SAFETY: `b` is a place of this part (`b.0 + 16 <= len`, `b.0` a multiple of 8; see
+        // `Blk`) and `W < 4`, so the word is inside the view, 4-aligned (the view starts at a
+        // multiple of 8 from a 64-aligned base); it is allocator metadata (a header or a free
+        // block's link, never a live block's user bytes), and the part's lock is held
+        // (`self.st`), so nobody writes it meanwhile.
+        let read = || unsafe { self.view.read_u32(off) };
+        if MARK {
+            // SAFETY: `off & !7 <= off < len`.
+            let at = unsafe { self.view.ptr(off & !7) };
+            marking::with_accessible(at, 8, read)
+        } else {
+            read()
         }
     }
 
-    /// Put free block `o` of size `size` on the list of its class.
-    fn insert(&mut self, o: usize, size: usize) {
-        let (fl, sl) = class_of(size - HEADER);
-        let head = self.st.heads[fl][sl];
-        self.wr(o + 8, head);
-        self.wr(o + 12, NONE);
+    /// Write word `W` of block `b`.
+    #[inline(always)]
+    fn set_word<const W: usize>(&mut self, b: Blk, v: u32) {
+        const { assert!(W < 4) };
+        let off = b.0 + 4 * W;
+        // SAFETY: as in `word`; the lock is held, so nobody reads or writes the word meanwhile.
+        let write = || unsafe { self.view.write_u32(off, v) };
+        if MARK {
+            // SAFETY: `off & !7 <= off < len`.
+            let at = unsafe { self.view.ptr(off & !7) };
+            marking::with_accessible(at, 8, write)
+        } else {
+            write()
+        }
+    }
+
+    /// Size (header included) and free flag of block `b`, checked to be a block size that fits
+    /// in the part from `b` (panics otherwise: a corrupt heap).
+    #[inline(always)]
+    fn size_of(&self, b: Blk) -> (usize, bool) {
+        let w = self.word::<1>(b);
+        let s = (w & !7) as usize;
+        assert!(
+            s >= MIN_BLOCK && b.0 + s <= self.len,
+            "tlsf: corrupt block header (was a freed block written to?)"
+        );
+        (s, w & FREE != 0)
+    }
+
+    /// Set word 1 of block `b`.
+    #[inline(always)]
+    fn set_size(&mut self, b: Blk, size: usize, free: bool) {
+        debug_assert!(size % 8 == 0 && size >= MIN_BLOCK && b.0 + size <= self.len);
+        self.set_word::<1>(b, size as u32 | if free { FREE } else { 0 });
+    }
+
+    /// Set word 0 of block `b`: the previous block and its free flag.
+    #[inline(always)]
+    fn set_prev(&mut self, b: Blk, prev: Blk, free: bool) {
+        self.set_word::<0>(b, prev.0 as u32 | if free { PREV_FREE } else { 0 });
+    }
+
+    /// The block after block `b` of (checked) size `s`, when there is one.
+    #[inline(always)]
+    fn next_after(&self, b: Blk, s: usize) -> Option<Blk> {
+        let end = b.0 + s;
+        (end < self.len).then(|| self.place(end))
+    }
+
+    /// The list of class `c` is not empty now.
+    #[inline(always)]
+    fn mark_class(&mut self, c: usize) {
+        self.st.words[c >> 6] |= 1 << (c & 63);
+        self.st.summary |= 1 << (c >> 6);
+        if c >= self.st.top {
+            self.st.top = c + 1;
+            self.seen.largest.store(largest_of(self.st.top), Relaxed);
+        }
+    }
+
+    /// The list of class `c` is empty now.
+    #[inline(always)]
+    fn unmark_class(&mut self, c: usize) {
+        let w = &mut self.st.words[c >> 6];
+        *w &= !(1 << (c & 63));
+        if *w == 0 {
+            self.st.summary &= !(1 << (c >> 6));
+        }
+        if c + 1 == self.st.top {
+            self.st.top = match self.st.summary.checked_ilog2() {
+                None => 0,
+                Some(w) => ((w as usize) << 6) + self.st.words[w as usize].ilog2() as usize + 1,
+            };
+            self.seen.largest.store(largest_of(self.st.top), Relaxed);
+        }
+    }
+
+    /// Put free block `b` of size `size` on the list of its class.
+    #[inline(always)]
+    fn insert(&mut self, b: Blk, size: usize) {
+        let c = class_of(size - HEADER);
+        let head = self.st.heads[c];
+        self.set_word::<2>(b, head);
+        self.set_word::<3>(b, NONE);
         if head != NONE {
-            let h = self.checked(head);
-            self.wr(h + 12, o as u32);
+            let h = self.place(head as usize);
+            self.set_word::<3>(h, b.0 as u32);
         }
-        self.st.heads[fl][sl] = o as u32;
-        self.st.sl_map[fl] |= 1 << sl;
-        self.st.fl_map |= 1 << fl;
+        self.st.heads[c] = b.0 as u32;
+        self.mark_class(c);
     }
 
-    /// Take free block `o` of size `size` off the list of its class.
-    fn remove(&mut self, o: usize, size: usize) {
-        let (fl, sl) = class_of(size - HEADER);
-        let next = self.rd(o + 8);
-        let prev = self.rd(o + 12);
+    /// Take free block `b` of size `size` off the list of its class.
+    fn remove(&mut self, b: Blk, size: usize) {
+        let c = class_of(size - HEADER);
+        let next = self.word::<2>(b);
+        let prev = self.word::<3>(b);
         if prev == NONE {
             assert_eq!(
-                self.st.heads[fl][sl], o as u32,
+                self.st.heads[c], b.0 as u32,
                 "tlsf: corrupt free list (was a freed block written to?)"
             );
-            self.st.heads[fl][sl] = next;
+            self.st.heads[c] = next;
             if next == NONE {
-                self.st.sl_map[fl] &= !(1 << sl);
-                if self.st.sl_map[fl] == 0 {
-                    self.st.fl_map &= !(1 << fl);
-                }
+                self.unmark_class(c);
             }
         } else {
-            let p = self.checked(prev);
-            self.wr(p + 8, next);
+            let p = self.place(prev as usize);
+            self.set_word::<2>(p, next);
         }
         if next != NONE {
-            let n = self.checked(next);
-            self.wr(n + 12, prev);
+            let n = self.place(next as usize);
+            self.set_word::<3>(n, prev);
         }
     }
 
-    /// The first non-empty class at or above `(fl, sl)`.
+    /// Take block `b`, the head of the list of class `c`, off that list.
     #[inline(always)]
-    fn find(&self, fl: usize, sl: usize) -> Option<(usize, usize)> {
-        let here = self.st.sl_map[fl] & (u128::MAX << sl);
-        if here != 0 {
-            return Some((fl, here.trailing_zeros() as usize));
+    fn remove_head(&mut self, c: usize, b: Blk) {
+        let next = self.word::<2>(b);
+        self.st.heads[c] = next;
+        if next == NONE {
+            self.unmark_class(c);
+        } else {
+            let n = self.place(next as usize);
+            self.set_word::<3>(n, NONE);
         }
-        // fl + 1 <= FL_COUNT < 32.
-        let above = self.st.fl_map & (u32::MAX << (fl + 1));
+    }
+
+    /// The first class at or above `c` whose list is not empty.
+    #[inline(always)]
+    fn find(&self, c: usize) -> Option<usize> {
+        let w = c >> 6;
+        let here = self.st.words[w] & (u64::MAX << (c & 63));
+        if here != 0 {
+            return Some((w << 6) + here.trailing_zeros() as usize);
+        }
+        // w + 1 <= WORDS < 64.
+        let above = self.st.summary & (u64::MAX << (w + 1));
         if above == 0 {
             return None;
         }
-        let f = above.trailing_zeros() as usize;
-        Some((f, self.st.sl_map[f].trailing_zeros() as usize))
+        let w = above.trailing_zeros() as usize;
+        Some((w << 6) + self.st.words[w].trailing_zeros() as usize)
     }
 
-    /// Publish the figures read by `footprint`.
+    /// Publish the bytes in use, read by `footprint` (the largest request is published when it
+    /// changes, by `mark_class` and `unmark_class`).
     #[inline(always)]
     fn publish(&self) {
         self.seen.used.store(self.st.used, Relaxed);
-        let largest = match self.st.fl_map.checked_ilog2() {
-            None => 0,
-            Some(fl) => {
-                let fl = fl as usize;
-                class_start(fl, self.st.sl_map[fl].ilog2() as usize).min(MAX_REQUEST)
-            }
-        };
-        self.seen.largest.store(largest, Relaxed);
     }
 
     /// Lay the part out as one free block (forgets every block). Writes 16 bytes.
     fn layout(&mut self) {
         *self.st = State::empty();
+        self.seen.largest.store(0, Relaxed);
         if self.len >= MIN_BLOCK {
-            let len = self.len;
-            self.set_prev(0, 0, false);
-            self.set_size(0, len, true);
-            self.insert(0, len);
+            let (len, b) = (self.len, self.place(0));
+            self.set_prev(b, b, false);
+            self.set_size(b, len, true);
+            self.insert(b, len);
             self.st.free = len;
         }
         self.publish();
     }
 
     /// Hand out a block of usable size at least `r` (a class boundary): its offset and size.
+    #[inline(always)]
     fn alloc(&mut self, r: usize) -> Option<(usize, usize)> {
         let want = r + HEADER;
-        let (fl, sl) = class_of(r);
-        let (fl, sl) = self.find(fl, sl)?;
-        let o = self.checked(self.st.heads[fl][sl]);
-        let (s, free) = self.size_of(o);
+        let c = self.find(class_of(r))?;
+        let b = self.place(self.st.heads[c] as usize);
+        let (s, free) = self.size_of(b);
         assert!(
-            free && s >= want && o + s <= self.len,
+            free && s >= want,
             "tlsf: corrupt free list (was a freed block written to?)"
         );
-        self.remove(o, s);
+        self.remove_head(c, b);
         let size = if s - want >= MIN_BLOCK {
-            let rest = o + want;
-            self.set_prev(rest, o, false);
+            let rest = self.place(b.0 + want);
+            self.set_prev(rest, b, false);
             self.set_size(rest, s - want, true);
             self.insert(rest, s - want);
-            self.set_prev_of_next(rest, o + s, true);
+            if let Some(n) = self.next_after(b, s) {
+                self.set_prev(n, rest, true);
+            }
             want
         } else {
-            self.set_prev_of_next(o, o + s, false);
+            if let Some(n) = self.next_after(b, s) {
+                self.set_prev(n, b, false);
+            }
             s
         };
-        self.set_size(o, size, false);
+        self.set_size(b, size, false);
         self.st.live += 1;
         self.st.used += size;
         self.st.free -= size;
         self.publish();
-        Some((o, size))
+        Some((b.0, size))
     }
 
-    /// The size of the live block at `o`, or `None` when `o` does not hold a block in use that
-    /// fits in the part.
-    fn live_size(&self, o: usize) -> Option<usize> {
-        let (s, free) = self.size_of(o);
-        (!free && s >= MIN_BLOCK && o + s <= self.len).then_some(s)
+    /// The place and size of the live block at `o` (a place: see `Tlsf::locate`), or `None`
+    /// when `o` does not hold a block in use that fits in the part (a pointer that was never
+    /// handed out: its header is not checked as a corrupt one would be).
+    #[inline(always)]
+    fn live_size(&self, o: usize) -> Option<(Blk, usize)> {
+        let b = self.place(o);
+        let w = self.word::<1>(b);
+        let s = (w & !7) as usize;
+        (w & FREE == 0 && s >= MIN_BLOCK && o + s <= self.len).then_some((b, s))
     }
 
-    /// Free the live block at `o` of size `s`, joining it with its free neighbours.
-    fn release(&mut self, o: usize, s: usize) {
+    /// Free the live block `b` of size `s`, joining it with its free neighbours.
+    #[inline(always)]
+    fn release(&mut self, b: Blk, s: usize) {
         self.st.live -= 1;
         self.st.used -= s;
         self.st.free += s;
-        let (mut at, mut size) = (o, s);
-        let (prev, prev_free) = self.prev_of(o);
-        if prev_free {
+        let (mut at, mut size) = (b, s);
+        let w0 = self.word::<0>(b);
+        if w0 & PREV_FREE != 0 {
+            let prev = self.place((w0 & !7) as usize);
             let (ps, pf) = self.size_of(prev);
             assert!(
-                pf && prev + ps == o,
+                pf && prev.0 + ps == b.0,
                 "tlsf: corrupt block header (was a freed block written to?)"
             );
             self.remove(prev, ps);
             at = prev;
             size += ps;
         }
-        let next = o + s;
-        if next < self.len {
+        if let Some(next) = self.next_after(b, s) {
             let (ns, nf) = self.size_of(next);
             if nf {
                 self.remove(next, ns);
@@ -704,46 +849,50 @@ impl Locked<'_> {
             }
         }
         self.set_size(at, size, true);
-        self.set_prev_of_next(at, at + size, true);
+        if let Some(n) = self.next_after(at, size) {
+            self.set_prev(n, at, true);
+        }
         self.insert(at, size);
         self.publish();
     }
 
-    /// Make bytes `o .. o + n` (after a live block, `n >= MIN_BLOCK`) a free block, joined with
-    /// a free next neighbour.
-    fn free_tail(&mut self, live: usize, o: usize, n: usize) {
+    /// Make the `n` bytes after live block `live` (`n >= MIN_BLOCK`, starting at `o`) a free
+    /// block, joined with a free next neighbour.
+    fn free_tail(&mut self, live: Blk, o: usize, n: usize) {
+        let t = self.place(o);
         let mut size = n;
-        if o + n < self.len {
-            let (ns, nf) = self.size_of(o + n);
+        if let Some(next) = self.next_after(t, n) {
+            let (ns, nf) = self.size_of(next);
             if nf {
-                self.remove(o + n, ns);
+                self.remove(next, ns);
                 size += ns;
             }
         }
-        self.set_prev(o, live, false);
-        self.set_size(o, size, true);
-        self.set_prev_of_next(o, o + size, true);
-        self.insert(o, size);
+        self.set_prev(t, live, false);
+        self.set_size(t, size, true);
+        if let Some(nx) = self.next_after(t, size) {
+            self.set_prev(nx, t, true);
+        }
+        self.insert(t, size);
     }
 
-    /// Resize the live block at `o` of size `s` in place to usable size `n` (class rounding
-    /// `r`); whether it was done.
-    fn resize(&mut self, o: usize, s: usize, n: usize, r: usize) -> bool {
+    /// Resize the live block `b` of size `s` in place to usable size `n` (class rounding `r`);
+    /// whether it was done.
+    fn resize(&mut self, b: Blk, s: usize, n: usize, r: usize) -> bool {
         let want = r + HEADER;
         if n <= s - HEADER {
             if s >= want + MIN_BLOCK {
-                self.set_size(o, want, false);
-                self.free_tail(o, o + want, s - want);
+                self.set_size(b, want, false);
+                self.free_tail(b, b.0 + want, s - want);
                 self.st.used -= s - want;
                 self.st.free += s - want;
                 self.publish();
             }
             return true;
         }
-        let next = o + s;
-        if next >= self.len {
+        let Some(next) = self.next_after(b, s) else {
             return false;
-        }
+        };
         let (ns, nf) = self.size_of(next);
         if !nf || s + ns < want {
             return false;
@@ -751,21 +900,36 @@ impl Locked<'_> {
         self.remove(next, ns);
         let total = s + ns;
         let size = if total - want >= MIN_BLOCK {
-            let rest = o + want;
-            self.set_prev(rest, o, false);
+            let rest = self.place(b.0 + want);
+            self.set_prev(rest, b, false);
             self.set_size(rest, total - want, true);
             self.insert(rest, total - want);
-            self.set_prev_of_next(rest, o + total, true);
+            if let Some(nx) = self.next_after(b, total) {
+                self.set_prev(nx, rest, true);
+            }
             want
         } else {
-            self.set_prev_of_next(o, o + total, false);
+            if let Some(nx) = self.next_after(b, total) {
+                self.set_prev(nx, b, false);
+            }
             total
         };
-        self.set_size(o, size, false);
+        self.set_size(b, size, false);
         self.st.used += size - s;
         self.st.free -= size - s;
         self.publish();
         true
+    }
+}
+
+/// The largest request served by a part whose highest non-empty class is `top - 1` (none for
+/// `top == 0`): that class's lower boundary, which every block on its list reaches.
+#[inline(always)]
+fn largest_of(top: usize) -> usize {
+    if top == 0 {
+        0
+    } else {
+        class_start(top - 1).min(MAX_REQUEST)
     }
 }
 
@@ -780,10 +944,12 @@ unsafe impl MemMethods for Tlsf {
         "tlsf"
     }
 
+    #[inline(always)]
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
         Some(self.alloc(round_class(size)?)?.0)
     }
 
+    #[inline(always)]
     fn malloc_and_size(&self, size: usize) -> Option<(NonNull<u8>, usize)> {
         self.alloc(round_class(size)?)
     }
@@ -793,35 +959,30 @@ unsafe impl MemMethods for Tlsf {
         unsafe { self.size_and_free(ptr) };
     }
 
+    #[inline(always)]
     unsafe fn size_and_free(&self, ptr: NonNull<u8>) -> usize {
         let Some((p, o)) = self.locate(ptr) else {
             return 0;
         };
-        let mut l = self.lock_part(p);
-        let Some(s) = l.live_size(o) else {
-            return 0;
-        };
-        // Marked before `release` writes links into the block.
-        marking::block_free(self.heap.ptr(0), ptr, s - HEADER);
-        l.release(o, s);
-        s - HEADER
+        if self.parts.len() == 1 && !marking::active() {
+            // The short path, as in `alloc`.
+            return self.release_in::<false>(ptr, 0, o);
+        }
+        self.release_other(ptr, p, o)
     }
 
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
         let r = round_class(new_size)?;
         let (p, o) = self.locate(ptr)?;
-        let old = {
-            let mut l = self.lock_part(p);
-            let s = l.live_size(o)?;
-            if marking::active() {
-                // Never resized in place under the tools (see "realloc").
-                if new_size <= s - HEADER {
-                    return Some(ptr);
-                }
-            } else if l.resize(o, s, new_size, r) {
-                return Some(ptr);
-            }
-            s - HEADER
+        let kept = if marking::active() {
+            self.resize_in::<true>(p, o, new_size, r)
+        } else {
+            self.resize_in::<false>(p, o, new_size, r)
+        };
+        let old = match kept {
+            Ok(true) => return Some(ptr),
+            Ok(false) => return None,
+            Err(old) => old,
         };
         let (q, _) = self.alloc(r)?;
         let from = self.heap.offset_of(ptr)?;
@@ -835,11 +996,32 @@ unsafe impl MemMethods for Tlsf {
         Some(q)
     }
 
+    /// Without the marking, read without the lock: word 1 of a live block changes only through
+    /// operations on the block itself, which its owner calls (not concurrently with this one, by
+    /// the contract), and the block's other words are not read. With the marking, under the
+    /// lock: another thread's operation on the previous block marks the header's first word
+    /// accessible and no-access again around its write, which would race with the marking here.
+    #[inline(always)]
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
         let Some((p, o)) = self.locate(ptr) else {
             return 0;
         };
-        self.lock_part(p).live_size(o).map_or(0, |s| s - HEADER)
+        if marking::active() {
+            return self
+                .lock_part::<true>(p)
+                .live_size(o)
+                .map_or(0, |(_, s)| s - HEADER);
+        }
+        let part = &self.parts[p];
+        // SAFETY: `locate` checked `o + MIN_BLOCK <= len` with `o` a multiple of 8, so the word
+        // at `start + o + 4` is inside the part, 4-aligned; it is word 1 of the live block the
+        // caller owns, which nobody writes meanwhile (see above).
+        let w = unsafe { self.heap.read_u32(part.start + o + 4) };
+        let s = (w & !7) as usize;
+        if w & FREE != 0 || s < MIN_BLOCK || o + s > part.len {
+            return 0;
+        }
+        s - HEADER
     }
 
     /// Exact: whether `ptr` points into this heap (the address is compared, never read).
@@ -856,7 +1038,8 @@ unsafe impl MemMethods for Tlsf {
             return Err(InitError::NoMem);
         }
         // Every part, in order (the only place that holds more than one part's lock).
-        let mut parts: Vec<Locked<'_>> = (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
+        let mut parts: Vec<Locked<'_, true>> =
+            (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
         if parts.iter().all(|l| l.st.live == 0) {
             for l in parts.iter_mut() {
                 l.layout();
@@ -917,20 +1100,27 @@ impl Tlsf {
 
     /// Check the invariants inside part `p`.
     fn check_part(&self, p: usize) {
-        let l = self.lock_part(p);
+        let l = self.lock_part::<true>(p);
         let len = l.len;
         let mut blocks = Vec::new();
         // 1.–3. The physical chain.
         let (mut o, mut prev, mut prev_free) = (0usize, 0usize, false);
         let (mut live, mut used, mut free) = (0, 0, 0);
         while len >= MIN_BLOCK && o < len {
-            let (s, f) = l.size_of(o);
-            assert!(s >= MIN_BLOCK && s % 8 == 0, "block at {o} has size {s}");
+            let b = l.place(o);
+            let w1 = l.word::<1>(b);
+            let (s, f) = ((w1 & !7) as usize, w1 & FREE != 0);
+            assert!(s >= MIN_BLOCK && w1 & 6 == 0, "block at {o} has size {s}");
             assert!(
                 o + s <= len,
                 "block at {o} of {s} bytes passes the end {len}"
             );
-            assert_eq!(l.prev_of(o), (prev, prev_free), "word 0 of block {o}");
+            let w0 = l.word::<0>(b);
+            assert_eq!(
+                ((w0 & !7) as usize, w0 & PREV_FREE != 0, w0 & 6),
+                (prev, prev_free, 0),
+                "word 0 of block {o}"
+            );
             assert!(!(f && prev_free), "adjacent free blocks {prev} and {o}");
             if f {
                 free += s;
@@ -947,54 +1137,57 @@ impl Tlsf {
         // bit set holds exactly the blocks of its class; every other list is empty. (Only the
         // lists of set bits are walked, and the empty heads compared at once: this runs after
         // every operation, under Miri too.)
-        let mut want = [0u128; FL_COUNT];
+        let mut want = [0u64; WORDS];
         for &(_, s, f) in &blocks {
             if f {
-                let (fl, sl) = class_of(s - HEADER);
-                want[fl] |= 1 << sl;
+                let c = class_of(s - HEADER);
+                want[c >> 6] |= 1 << (c & 63);
             }
         }
+        assert_eq!(l.st.words, want, "class bitmap");
+        for (w, &bits) in want.iter().enumerate() {
+            assert_eq!(l.st.summary & (1 << w) != 0, bits != 0, "summary bit {w}");
+        }
+        assert_eq!(l.st.summary >> WORDS, 0, "summary bits past the last word");
+        let top = (0..CLASSES)
+            .rev()
+            .find(|&c| want[c >> 6] & (1 << (c & 63)) != 0);
         assert_eq!(
-            l.st.fl_map >> FL_COUNT,
-            0,
-            "first-level bits past the last range"
+            l.st.top,
+            top.map_or(0, |c| c + 1),
+            "highest non-empty class"
         );
+        let mut heads = l.st.heads;
         let mut listed = 0;
-        for (fl, &want) in want.iter().enumerate() {
-            assert_eq!(l.st.sl_map[fl], want, "second-level bitmap {fl}");
-            assert_eq!(
-                l.st.fl_map & (1 << fl) != 0,
-                want != 0,
-                "first-level bit {fl}"
-            );
-            let mut heads = l.st.heads[fl];
-            let mut bits = want;
+        for (w, &bits) in want.iter().enumerate() {
+            let mut bits = bits;
             while bits != 0 {
-                let sl = bits.trailing_zeros() as usize;
+                let c = (w << 6) + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                let (mut before, mut cur, mut n) = (NONE, heads[sl], 0);
+                let (mut before, mut cur, mut n) = (NONE, heads[c], 0);
                 while cur != NONE {
-                    let c = cur as usize;
+                    let o = cur as usize;
                     let i = blocks
-                        .binary_search_by_key(&c, |b| b.0)
-                        .unwrap_or_else(|_| panic!("list ({fl}, {sl}) holds {c}, not a block"));
+                        .binary_search_by_key(&o, |b| b.0)
+                        .unwrap_or_else(|_| panic!("list {c} holds {o}, not a block"));
                     let (_, s, f) = blocks[i];
-                    assert!(f, "list ({fl}, {sl}) holds block {c} in use");
-                    assert_eq!(class_of(s - HEADER), (fl, sl), "block {c} on a wrong list");
-                    assert_eq!(l.rd(c + 12), before, "prev link of {c}");
-                    (before, cur) = (cur, l.rd(c + 8));
+                    assert!(f, "list {c} holds block {o} in use");
+                    assert_eq!(class_of(s - HEADER), c, "block {o} on a wrong list");
+                    let b = l.place(o);
+                    assert_eq!(l.word::<3>(b), before, "prev link of {o}");
+                    (before, cur) = (cur, l.word::<2>(b));
                     n += 1;
-                    assert!(n <= blocks.len(), "list ({fl}, {sl}) loops");
+                    assert!(n <= blocks.len(), "list {c} loops");
                 }
-                assert!(n > 0, "bit ({fl}, {sl}) set for an empty list");
+                assert!(n > 0, "bit {c} set for an empty list");
                 listed += n;
-                heads[sl] = NONE;
+                heads[c] = NONE;
             }
-            assert!(
-                heads == [NONE; SL],
-                "a list of range {fl} outside the bitmap holds a block"
-            );
         }
+        assert!(
+            heads.iter().all(|&h| h == NONE),
+            "a list outside the bitmap holds a block"
+        );
         assert_eq!(
             listed,
             blocks.iter().filter(|b| b.2).count(),
@@ -1010,10 +1203,7 @@ impl Tlsf {
         let largest = blocks
             .iter()
             .filter(|b| b.2)
-            .map(|b| {
-                let (fl, sl) = class_of(b.1 - HEADER);
-                class_start(fl, sl).min(MAX_REQUEST)
-            })
+            .map(|b| class_start(class_of(b.1 - HEADER)).min(MAX_REQUEST))
             .max()
             .unwrap_or(0);
         assert_eq!(l.seen.largest.load(Relaxed), largest, "published largest");
@@ -1046,11 +1236,11 @@ mod tests {
 
     /// Free blocks of part `p`: (offset, size) in address order.
     fn free_blocks(m: &Tlsf, p: usize) -> Vec<(usize, usize)> {
-        let l = m.lock_part(p);
+        let l = m.lock_part::<true>(p);
         let mut v = Vec::new();
         let mut o = 0;
         while l.len >= MIN_BLOCK && o < l.len {
-            let (s, f) = l.size_of(o);
+            let (s, f) = l.size_of(l.place(o));
             if f {
                 v.push((o, s));
             }
@@ -1061,26 +1251,27 @@ mod tests {
 
     #[test]
     fn classes_round_trip_and_cost_under_1_128() {
-        for fl in 0..FL_COUNT {
-            for sl in 0..SL {
-                let c = class_start(fl, sl);
-                if (8..=MAX_REQUEST).contains(&c) {
-                    assert_eq!(class_of(c), (fl, sl), "start of ({fl}, {sl})");
-                    assert_eq!(round_class(c), Some(c), "a boundary rounds to itself");
-                }
-                if c > 8 {
-                    // Just below a boundary: the class before.
-                    let below = class_of(c - 8);
-                    assert!(below < (fl, sl));
-                }
+        for k in 0..CLASSES {
+            let c = class_start(k);
+            assert_eq!(c, class_start_by_levels(k / SL, k % SL), "class {k}");
+            if (8..=MAX_REQUEST).contains(&c) {
+                assert_eq!(class_of(c), k, "start of class {k}");
+                assert_eq!(round_class(c), Some(c), "a boundary rounds to itself");
+            }
+            if c > 8 {
+                // Just below a boundary: the class before.
+                assert_eq!(class_of(c - 8), k - 1, "just below class {k}");
             }
         }
         let mut n = 0usize;
         while n < 3 << 20 {
             let r = round_class(n).unwrap();
             assert!(r >= n && r >= 8 && r % 8 == 0, "roundup({n}) = {r}");
-            let (fl, sl) = class_of(r);
-            assert_eq!(class_start(fl, sl), r, "roundup({n}) is a class boundary");
+            assert_eq!(
+                class_start(class_of(r)),
+                r,
+                "roundup({n}) is a class boundary"
+            );
             if n >= 2048 {
                 // Less than 1/128 of the request.
                 assert!((r - n) * 128 < n, "roundup({n}) = {r} costs too much");
@@ -1093,7 +1284,17 @@ mod tests {
         assert_eq!(round_class(2049), Some(2064));
         assert_eq!(round_class(MAX_REQUEST), Some(MAX_REQUEST));
         assert_eq!(round_class(MAX_REQUEST + 1), None);
-        assert_eq!(class_of(u32::MAX as usize).0, FL_COUNT - 1);
+        assert_eq!(class_of(u32::MAX as usize), CLASSES - 1);
+    }
+
+    /// Lower boundary of class `(fl, sl)` as the module doc states it: `8 · sl` for `fl = 0`,
+    /// `2^(fl + 9) + sl · 2^(fl + 2)` above.
+    fn class_start_by_levels(fl: usize, sl: usize) -> usize {
+        if fl == 0 {
+            8 * sl
+        } else {
+            (1 << (fl + 9)) + sl * (1 << (fl + 2))
+        }
     }
 
     #[test]
@@ -1353,12 +1554,8 @@ mod tests {
         let a = m.malloc(1000).unwrap();
         let b = m.malloc(4360).unwrap();
         let rest = 64 * KIB - 1008 - m.roundup(4360) - HEADER;
-        let (fl, sl) = class_of(rest - 8);
-        assert_eq!(
-            figures(&m),
-            [64 * 1024 + 5, rest as u64, class_start(fl, sl) as u64]
-        );
-        let big = class_start(fl, sl);
+        let big = class_start(class_of(rest - 8));
+        assert_eq!(figures(&m), [64 * 1024 + 5, rest as u64, big as u64]);
         let c = m.malloc(big).expect("the largest request can be served");
         assert!(m.malloc(big + 1).is_none() || figures(&m)[2] > 0);
         free(&m, c);
@@ -1377,18 +1574,19 @@ mod tests {
         m.check();
         {
             // Mark `a` free by hand, without joining it to anything.
-            let mut l = m.lock_part(0);
-            let o = m.off(a) - HEADER;
+            let mut l = m.lock_part::<true>(0);
+            let o = l.place(m.off(a) - HEADER);
+            let (b16, b32) = (l.place(16), l.place(32));
             l.set_size(o, 16, true);
             l.insert(o, 16);
-            l.set_prev(16, 0, true);
+            l.set_prev(b16, o, true);
             l.st.live -= 1;
             l.st.used -= 16;
             l.st.free += 16;
             // The free rest after `_b` stays; now make `_b` free too.
-            l.set_size(16, 16, true);
-            l.insert(16, 16);
-            l.set_prev(32, 16, true);
+            l.set_size(b16, 16, true);
+            l.insert(b16, 16);
+            l.set_prev(b32, b16, true);
             l.st.live -= 1;
             l.st.used -= 16;
             l.st.free += 16;
@@ -1402,7 +1600,7 @@ mod tests {
     fn checker_catches_a_wrong_count() {
         let m = Tlsf::new(4 * KIB).unwrap();
         let _a = m.malloc(8).unwrap();
-        m.lock_part(0).st.live += 1;
+        m.lock_part::<true>(0).st.live += 1;
         m.check();
     }
 
