@@ -853,7 +853,7 @@ def main():
     w("")
     w("The smallest heap (or cap) with which speedtest1 `--size "
       f"{'1' if tiny else '25'}` runs to its end, found by bisection to "
-      f"{'10' if tiny else '1'}% (bench/smallest_heap.py): what a fixed-heap user must reserve. "
+      f"{'10' if tiny else '0.2'}% (bench/smallest_heap.py): what a fixed-heap user must reserve. "
       "\"Really needed\" is the smallest `system+limit:max=N`, the peak of what SQLite counts "
       "(`xSize` of its live blocks).")
     w("")

@@ -9,7 +9,7 @@
 //! | [`debug`](backend::Debug) | `mem2.c` | guards, fills, live-block list with backtraces, leak report |
 //! | [`memsys3`](backend::Memsys3) | `mem3.c` | first fit over one fixed heap |
 //! | [`memsys5`](backend::Memsys5) | `mem5.c` | power-of-two buddy over one fixed heap (Robson-bounded) |
-//! | [`tlsf`](backend::Tlsf) | — | Two-Level Segregated Fit over one fixed heap (O(1), rounding < 1/128) |
+//! | [`tlsf`](backend::Tlsf) | — | Two-Level Segregated Fit over one fixed heap (O(1), rounding < 1/256) |
 //! | `jemalloc` (feature `jemalloc`) | — | jemalloc, sized API: exact `xSize` and `xRoundup`, no header |
 //! | `mimalloc` (feature `mimalloc`) | — | mimalloc: exact `xSize` and `xRoundup`, no header |
 //! | [`rust`](backend::Rust) | — | the program's `#[global_allocator]` |

@@ -15,7 +15,7 @@
 //! | `debug` | `backtrace=N` frames kept per block (0–64, default 0) |
 //! | `memsys3` | `heap=SIZE` (default 16M), `bias=on\|off` (default `on`: the lock is biased to the first thread that takes it, revoked with `membarrier` or, when a seccomp filter forbids it, an `mprotect` TLB shootdown; `off`: never, and no `membarrier` or `mprotect` system call, for sandboxes that forbid both or programs that want neither; see `src/lock.rs`) |
 //! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0), `shards=N` independent buddy heaps cut from the one heap, 1–64 (default 1: SQLite's memsys5; see [`crate::backend::Memsys5`]), `bias=on\|off` (as for `memsys3`) |
-//! | `tlsf` | `heap=SIZE` (default 64M), `shards=N` independent TLSF heaps cut from the one heap, 1–64 (default 1), `bias=on\|off` (as for `memsys3`); Two-Level Segregated Fit, requests rounded up by less than 1/128 (see [`crate::backend::Tlsf`]) |
+//! | `tlsf` | `heap=SIZE` (default 64M), `shards=N` independent TLSF heaps cut from the one heap, 1–64 (default 1), `bias=on\|off` (as for `memsys3`); Two-Level Segregated Fit, requests rounded up by less than 1/256 (see [`crate::backend::Tlsf`]) |
 //! | `jemalloc` | none (cargo feature `jemalloc`) |
 //! | `mimalloc` | none (cargo feature `mimalloc`) |
 //! | `rust` | none: the program's `#[global_allocator]` |
