@@ -55,7 +55,7 @@ if newer "$out/speedtest1" "$src/test/speedtest1.c" "$lib/libsqlite3.so.0"; then
   $CC -g -O2 -o "$out/speedtest1" "$src/test/speedtest1.c" $link -lm
 fi
 if newer "$out/micro" "$here/micro.c" "$lib/libsqlite3.so.0"; then
-  $CC -std=gnu11 -g -O2 $CWARN -o "$out/micro" "$here/micro.c" $link -lpthread -lm
+  $CC -std=gnu11 -g -O2 $CWARN -o "$out/micro" "$here/micro.c" $link -lpthread -ldl -lm
 fi
 if newer "$out/threads" "$here/threads.c" "$lib/libsqlite3.so.0"; then
   $CC -std=gnu11 -g -O2 $CWARN -o "$out/threads" "$here/threads.c" $link -lpthread -lm
