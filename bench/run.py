@@ -1148,6 +1148,10 @@ def main():
     w(f"LD_PRELOAD={JEMALLOC_SO} build/bench/speedtest1 --size 25 --nosync --lookaside 0 0 /dev/shm/t.db")
     w("LD_PRELOAD=build/bench/libtrace_rec.so SQLALLOC_TRACE=t.trace build/bench/speedtest1 --size 25 --memdb --lookaside 0 0")
     w("build/bench/micro --trace t.trace; build/bench/micro --mix 2000000 --threads 2")
+    w(f"build/bench/micro --heap {HEAP} {HEAP_MIN} --trace t.trace --latency --latency-passes "
+      f"{LAT_PASSES}   # per-call time, C memsys5")
+    w(f"build/bench/micro --methods-lib build/bench/librlsf_shim.so --lib-heap {HEAP} --trace "
+      "t.trace   # the Rust crate rlsf (bench/rlsf_shim)")
     w("LD_PRELOAD=$PRELOAD SQLALLOC=system SQLALLOC_LISTEN=127.0.0.1:9777 build/bench/speedtest1 --size 25 --memdb & sleep 0.2; curl -s http://127.0.0.1:9777/metrics | head")
     w("cargo build --release --example counters_cost && target/release/examples/counters_cost --threads 1   # the counters alone")
     w("build/bench/threads --threads 2 --rounds 60 --rows 2000")
