@@ -33,22 +33,25 @@
  *   --latency        with --trace: after the passes above (whose RESULT line is unchanged), more
  *                    passes in which every xMalloc, xFree and xRealloc call is timed on its own,
  *                    and one more line:
- *                      RESULT workload=trace-latency calls=.. failed=.. passes=K tsc_per_ns=..
- *                        overhead_ns=.. p50_ns=.. p99_ns=.. p999_ns=.. max_ns=.. [max_of_min_ns=..]
- *                    p50/p99/p99.9 (nearest rank) and max are over every call of the first of
- *                    these passes, all operations together, in ns with the timer's own cost
+ *                      RESULT workload=trace-latency calls=.. failed=.. passes=K clock=tsc
+ *                        tsc_per_ns=.. resolution_ns=.. overhead_ns=.. mean_ns=.. p50_ns=..
+ *                        p99_ns=.. p999_ns=.. max_ns=.. [max_of_min_ns=.. slowest_op=..
+ *                        slowest_size=..]
+ *                    mean, p50/p99/p99.9 (nearest rank) and max are over every call of the first
+ *                    of these passes, all operations together, in ns with the timer's own cost
  *                    taken off (at least 0).
  *   --latency-passes K  (default 1) K timed passes; with K >= 2 also max_of_min_ns: the largest,
  *                    over the calls of a pass, of each call's smallest time over the K passes.
  *                    The replay is the same every pass (the heap is empty between passes), so
  *                    call i does the same work each time, while an interrupt or a preemption
  *                    lands on a different call in each pass: the max of one pass is mostly the
- *                    machine (a timer interrupt, a few microseconds), max_of_min_ns is the
- *                    allocator's own slowest call.
+ *                    machine (an interrupt, tens of microseconds; a preemption, milliseconds),
+ *                    max_of_min_ns is the allocator's own slowest call.
  *                    The clock: the TSC, read with rdtsc between two lfence (the first waits
  *                    for the call being timed to finish, the second keeps the call from
- *                    starting before the first reading). The calls timed take 10-100 ns; an
- *                    empty timing costs 20-30 ns this way, where clock_gettime(CLOCK_MONOTONIC)
+ *                    starting before the first reading; on AMD, lfence does so where the kernel
+ *                    made it dispatch-serializing, as Linux does). The calls timed take 10-100
+ *                    ns; an empty timing costs 20-30 ns this way, where clock_gettime(MONOTONIC)
  *                    costs about 25 ns per reading (two per call) and reads the same TSC
  *                    through the vDSO, adding its own jitter. The TSC is used only where cpuid
  *                    says it runs at a constant rate whatever the core's clock (invariant TSC);

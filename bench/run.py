@@ -568,7 +568,8 @@ def main():
         d = {k: result(line, k) for k in lat_fields}
         m = re.search(r"\bclock=(\S+).*\bslowest_op=(\S+) slowest_size=([0-9]+)", line)
         if not m:
-            sys.exit(f"bench: micro --latency under {c.label}: no clock or slowest call in:\n{line}")
+            sys.exit(f"bench: micro --latency under {c.label}: no clock or slowest call in:\n"
+                     f"{line}")
         d["clock"], d["slowest"] = m.group(1), (m.group(2), int(m.group(3)))
         # Orders that hold by construction: a broken measurement, not a slow allocator.
         q = [d[k] for k in ("p50_ns", "p99_ns", "p999_ns", "max_ns")]
@@ -931,14 +932,15 @@ def main():
     w("")
     any_lat = next((d for c in lat_cs for d in mlat[c.key]), None)
     if any_lat:
+        clock = ("the TSC (rdtsc between two lfence)" if any_lat["clock"] == "tsc"
+                 else "CLOCK_MONOTONIC")
         w(f"`micro --trace FILE --latency --latency-passes {lat_passes}`: after the two passes of "
           "the ns/pair figures (made here too, as the warm-up; their ns/pair is not used), every "
           f"`xMalloc`, `xFree` and `xRealloc` of {lat_passes} more passes is timed alone "
           f"({any_lat['calls']:,.0f} calls "
           "a pass, the final frees of the blocks still live included), in runs of their own "
           f"alternated like the rest; medians over {reps} rounds. The clock is "
-          f"{'the TSC (rdtsc between two lfence)' if any_lat['clock'] == 'tsc' else 'CLOCK_MONOTONIC'}"
-          f", {any_lat['tsc_per_ns']:.3f} ticks per ns against CLOCK_MONOTONIC; an empty timing "
+          f"{clock}, {any_lat['tsc_per_ns']:.3f} ticks per ns against CLOCK_MONOTONIC; an empty timing "
           f"costs {any_lat['overhead_ns']:.1f} ns on average and is taken off every call. It "
           f"advances {any_lat['resolution_ns']:.0f} ns at a time here, so the percentiles come in "
           f"steps of {any_lat['resolution_ns']:.0f} ns.")
