@@ -16,7 +16,7 @@
 //!   rounding ahead of time, so `xSize(xMalloc(n)) == xRoundup(n)`.
 //! - The lists: `Tlsf<u32, u64, 28, 64>`, 28 first-level classes (a block may be up to 8 GiB, so
 //!   a 64 MiB heap is one free block) and 64 second-level lists per class, the finest a `u64`
-//!   bitmap holds (sqlalloc's tlsf has 128).
+//!   bitmap holds (sqlalloc's tlsf has more).
 //!
 //! Nothing here can panic on the paths SQLite calls (no indexing, no unwrap of a value SQLite
 //! chooses); the profile is `panic = "abort"` all the same, so no unwinding can cross into C.
