@@ -215,6 +215,7 @@ bench-live: lib preload bench-deps
 bench-smoke: lib preload bench-deps
 	CARGO_TARGET_DIR=$(NOMARK_TARGET) $(CARGO) build --release -p sqlalloc_preload --features no-valgrind-marking
 	bench/build.sh $(BENCH_DIR) $(LIBA)
+	CARGO_TARGET_DIR=$(BENCH_DIR)/rlsf_shim-target $(CARGO) test --release --locked -q --manifest-path bench/rlsf_shim/Cargo.toml
 	$(CARGO) build --release --example counters_cost
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_SMOKE_PRELOAD) --smoke \
 	  --preload-nomark $(NOMARK_PRELOAD) --counters-cost $(RELEASE)/examples/counters_cost

@@ -6,6 +6,9 @@
 #   DIR/micro                         the sqlite3_mem_methods microbenchmark (bench/micro.c)
 #   DIR/threads                       the 1- vs 2-thread SQLite driver (bench/threads.c)
 #   DIR/libtrace_rec.so               the allocation-trace recorder (bench/trace_rec.c)
+#   DIR/librlsf_shim.so               the Rust crate rlsf as a sqlite3_mem_methods table, for
+#                                     `micro --methods-lib` (bench/rlsf_shim: its own crate and
+#                                     Cargo.lock, built with cargo --locked into DIR/rlsf_shim-target)
 # Every program finds the library through its rpath, so all configurations run the same binary
 # on the same library. Idempotent: steps whose inputs did not change are skipped.
 #
@@ -55,7 +58,7 @@ if newer "$out/speedtest1" "$src/test/speedtest1.c" "$lib/libsqlite3.so.0"; then
   $CC -g -O2 -o "$out/speedtest1" "$src/test/speedtest1.c" $link -lm
 fi
 if newer "$out/micro" "$here/micro.c" "$lib/libsqlite3.so.0"; then
-  $CC -std=gnu11 -g -O2 $CWARN -o "$out/micro" "$here/micro.c" $link -lpthread -lm
+  $CC -std=gnu11 -g -O2 $CWARN -o "$out/micro" "$here/micro.c" $link -lpthread -ldl -lm
 fi
 if newer "$out/threads" "$here/threads.c" "$lib/libsqlite3.so.0"; then
   $CC -std=gnu11 -g -O2 $CWARN -o "$out/threads" "$here/threads.c" $link -lpthread -lm
@@ -66,6 +69,11 @@ if newer "$out/libtrace_rec.so" "$here/trace_rec.c" "$liba" "$root/include/sqlal
   $CC -std=gnu11 -g -O2 $CWARN -fPIC -shared -I"$root/include" -I"$sq" -o "$out/libtrace_rec.so" \
     "$here/trace_rec.c" "$liba" -Wl,--exclude-libs,ALL -ldl -lpthread -lm
 fi
+# rlsf behind a sqlite3_mem_methods table (cargo decides what is up to date).
+CARGO_TARGET_DIR="$out/rlsf_shim-target" ${CARGO:-cargo} build --release --locked --quiet \
+  --manifest-path "$here/rlsf_shim/Cargo.toml" ||
+  { echo "bench/build.sh: bench/rlsf_shim did not build" >&2; exit 1; }
+cp -p "$out/rlsf_shim-target/release/librlsf_shim.so" "$out/librlsf_shim.so"
 # Every program must use our library, not the system's (which has no memsys5).
 for p in speedtest1 micro threads; do
   case $(ldd "$out/$p") in *"$lib/libsqlite3.so.0"*) ;; *) false ;; esac ||

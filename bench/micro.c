@@ -8,7 +8,13 @@
  *     mimalloc);
  *   - SQLite's memsys5 with --heap BYTES MIN (SQLITE_CONFIG_HEAP);
  *   - a sqlalloc allocator, when the program runs under libsqlalloc_preload.so with SQLALLOC set
- *     (the preload library installs it from its sqlite3_initialize).
+ *     (the preload library installs it from its sqlite3_initialize);
+ *   - with --methods-lib PATH, the table of another library: micro dlopen()s PATH, calls its
+ *     `const sqlite3_mem_methods *sqlalloc_bench_methods(uint64_t heap_bytes)` with the heap of
+ *     --lib-heap BYTES (default 64 MiB, the heap of bench/run.py) and installs the table with
+ *     SQLITE_CONFIG_MALLOC before the steps below, so that it goes the same way as the others.
+ *     bench/rlsf_shim (the Rust crate rlsf over one fixed heap) is such a library. Not to be
+ *     combined with --heap or with the preload library (each would replace the table).
  * It is read back with SQLITE_CONFIG_GETMALLOC, which SQLite only answers while it is not
  * initialized: so the program initializes SQLite, shuts it down, reads the table and calls its
  * xInit itself. SQLite's memstatus is turned off first, so that every allocator is on its own to
@@ -24,11 +30,48 @@
  *                    instruction count of one pass is the difference between P = 3 and P = 2.
  *   --threads T      runs the mix in T threads at once, each on its own slots, and reports the
  *                    aggregate pairs per second (wall clock).
+ *   --latency        with --trace: after the passes above (whose RESULT line is unchanged), more
+ *                    passes in which every xMalloc, xFree and xRealloc call is timed on its own,
+ *                    and one more line:
+ *                      RESULT workload=trace-latency calls=.. failed=.. passes=K clock=tsc
+ *                        tsc_per_ns=.. resolution_ns=.. overhead_ns=.. mean_ns=.. p50_ns=..
+ *                        p99_ns=.. p999_ns=.. max_ns=.. [max_of_min_ns=.. slowest_op=..
+ *                        slowest_size=..]
+ *                    mean, p50/p99/p99.9 (nearest rank) and max are over every call of the first
+ *                    of these passes, all operations together, in ns with the timer's own cost
+ *                    taken off (at least 0).
+ *   --latency-passes K  (default 1) K timed passes; with K >= 2 also max_of_min_ns: the largest,
+ *                    over the calls of a pass, of each call's smallest time over the K passes.
+ *                    The replay is the same every pass (the heap is empty between passes), so
+ *                    call i does the same work each time, while an interrupt or a preemption
+ *                    lands on a different call in each pass: the max of one pass is mostly the
+ *                    machine (an interrupt, tens of microseconds; a preemption, milliseconds),
+ *                    max_of_min_ns is the allocator's own slowest call.
+ *                    The clock: the TSC, read with rdtsc between two lfence (the first waits
+ *                    for the call being timed to finish, the second keeps the call from
+ *                    starting before the first reading; on AMD, lfence does so where the kernel
+ *                    made it dispatch-serializing, as Linux does). The calls timed take 10-100
+ *                    ns; an empty timing costs 20-30 ns this way, where clock_gettime(MONOTONIC)
+ *                    costs about 25 ns per reading (two per call) and reads the same TSC
+ *                    through the vDSO, adding its own jitter. The TSC is used only where cpuid
+ *                    says it runs at a constant rate whatever the core's clock (invariant TSC);
+ *                    elsewhere, and off x86-64, CLOCK_MONOTONIC is the clock. Ticks become ns
+ *                    by a calibration against CLOCK_MONOTONIC over 20 ms (tsc_per_ns), and
+ *                    overhead_ns, the mean cost of an empty timing, is taken off every call.
+ *                    resolution_ns is the clock's smallest step: on the AMD EPYC virtual
+ *                    machines of this project the TSC moves 10 ns at a time, so the
+ *                    percentiles come in steps of 10 ns (mean_ns, over all calls, does not).
+ *                    max_of_min_ns also names the slowest call: slowest_op (malloc, free,
+ *                    realloc, or final-free for the blocks still live at the end) and
+ *                    slowest_size (the size asked; for a free, the block's).
+ *                    The durations go to arrays allocated with the process's malloc before the
+ *                    passes, never through the allocator under test.
  * ns_per_pair is time / (malloc+free pairs); a realloc counts as one pair. Single-thread figures
  * use the thread's CPU time (robust to other load on the machine); multi-thread ones the wall
  * clock (contention shows up as waiting).
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -36,6 +79,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <x86intrin.h>
+#endif
 
 #include "sqlite3.h"
 
@@ -140,11 +187,216 @@ static void *run_mix(void *vp) {
   return NULL;
 }
 
+/* ---- per-call timing (--latency) ---------------------------------------------------------- */
+
+static int use_tsc; /* 1: ticks are TSC cycles; 0: ticks are CLOCK_MONOTONIC ns */
+
+static int tsc_invariant(void) {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0x80000000u, &a, &b, &c, &d) || a < 0x80000007u) return 0;
+  __get_cpuid(0x80000007u, &a, &b, &c, &d);
+  return (d >> 8) & 1;
+#else
+  return 0;
+#endif
+}
+
+/* One reading of the clock. With the TSC: the first lfence waits until everything before has
+ * completed (the call being timed, for the second reading), the second keeps what follows (the
+ * call, for the first reading) from starting before the TSC is read. */
+static inline uint64_t tick(void) {
+#if defined(__x86_64__)
+  if (use_tsc) {
+    _mm_lfence();
+    uint64_t t = __rdtsc();
+    _mm_lfence();
+    return t;
+  }
+#endif
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Ticks per ns: the TSC against CLOCK_MONOTONIC over about 20 ms (1 for CLOCK_MONOTONIC). */
+static double calibrate(void) {
+  if (!use_tsc) return 1.0;
+  double m0 = now_ns(CLOCK_MONOTONIC), m1;
+  uint64_t t0 = tick(), t1;
+  do {
+    m1 = now_ns(CLOCK_MONOTONIC);
+    t1 = tick();
+  } while (m1 - m0 < 20e6);
+  return (double)(t1 - t0) / (m1 - m0);
+}
+
+static uint32_t clamp32(uint64_t t) { return t > UINT32_MAX ? UINT32_MAX : (uint32_t)t; }
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The cost of a reading pair with nothing between, in ticks: the mean of the fastest 99% of
+ * 20000 (the slowest 1% are interrupts). A mean, not a median: where the clock advances in steps
+ * (the TSC of some virtual machines moves by 10 ns at a time), an empty pair reads one or two
+ * steps about half the time each, and a median would jump by a whole step from run to run.
+ * *res: the clock's step, the greatest common divisor of the empty timings (1 tick where the
+ * clock counts every tick). */
+static uint64_t gcd64(uint64_t a, uint64_t b) {
+  while (b) {
+    uint64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+static double timer_overhead(double *res) {
+  enum { N = 20000 };
+  uint32_t *d = malloc(sizeof(uint32_t) * N);
+  if (!d) die("%s", "out of memory for the timer calibration");
+  uint64_t step = 0;
+  for (int i = 0; i < N; i++) {
+    uint64_t t0 = tick();
+    uint64_t t1 = tick();
+    d[i] = clamp32(t1 - t0);
+    step = gcd64(step, t1 - t0);
+  }
+  qsort(d, N, sizeof(uint32_t), cmp_u32);
+  double sum = 0;
+  for (int i = 0; i < N * 99 / 100; i++) sum += d[i];
+  free(d);
+  *res = (double)step;
+  return sum / (N * 99 / 100);
+}
+
+/* A duration in ns, the timer's cost taken off (at least 0). */
+static double ticks_ns(uint32_t t, double over, double tpn) {
+  return (double)t > over ? ((double)t - over) / tpn : 0.0;
+}
+
+/* The value at quantile q of n sorted durations (nearest rank), in ns without the overhead. */
+static double quantile_ns(const uint32_t *sorted, long n, double q, double over, double tpn) {
+  long k = (long)(q * (double)n + 0.999999);
+  if (k < 1) k = 1;
+  if (k > n) k = n;
+  return ticks_ns(sorted[k - 1], over, tpn);
+}
+
+/* K passes of the trace with every call timed alone (see --latency at the top). `cap` is the
+ * most calls a pass can make: one per record, and one xFree per block left live at the end. */
+static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_t nid, int passes,
+                           long *failed) {
+  use_tsc = tsc_invariant();
+  double tpn = calibrate();
+  double res;
+  double over = timer_overhead(&res);
+  size_t cap = (size_t)n + nid + 1;
+  /* first[k]: call k of the first pass; least[k]: call k's smallest time over the passes. */
+  uint32_t *first = calloc(cap, sizeof(uint32_t));
+  uint32_t *least = passes > 1 ? calloc(cap, sizeof(uint32_t)) : NULL;
+  if (!first || (passes > 1 && !least)) die("%s", "out of memory for the latency arrays");
+  long calls = 0;
+#define KEEP(t)                                         \
+  do {                                                  \
+    if (pass == 0) {                                    \
+      first[k] = (t);                                   \
+    } else {                                            \
+      uint32_t prev_ = pass == 1 ? first[k] : least[k]; \
+      least[k] = (t) < prev_ ? (t) : prev_;             \
+    }                                                   \
+  } while (0)
+  for (int pass = 0; pass < passes; pass++) {
+    long k = 0;
+    uint64_t t0, t1;
+    for (uint32_t i = 0; i < n; i++) {
+      uint32_t op = rec[2 * i] >> 30, id = rec[2 * i] & 0x3fffffff;
+      int sz = (int)rec[2 * i + 1];
+      void *p = slot[id], *q;
+      switch (op) {
+        case 0:
+          t0 = tick();
+          q = M.xMalloc(sz);
+          t1 = tick();
+          slot[id] = q;
+          if (!q) (*failed)++;
+          break;
+        case 1:
+          t0 = tick();
+          M.xFree(p);
+          t1 = tick();
+          slot[id] = NULL;
+          break;
+        default:
+          t0 = tick();
+          q = p ? M.xRealloc(p, sz) : M.xMalloc(sz);
+          t1 = tick();
+          if (q) slot[id] = q;
+          else (*failed)++;
+      }
+      KEEP(clamp32(t1 - t0));
+      k++;
+    }
+    /* The blocks left live at the end: freed, and timed, too (at most nid + 1 of them). */
+    for (uint32_t i = 0; i <= nid; i++) {
+      if (!slot[i]) continue;
+      t0 = tick();
+      M.xFree(slot[i]);
+      t1 = tick();
+      KEEP(clamp32(t1 - t0));
+      k++;
+      slot[i] = NULL;
+    }
+    /* A pass whose calls differ in number from the first (an allocation failed in one) cannot
+     * be matched call by call. */
+    if (pass == 0) calls = k;
+    else if (k != calls) die("%s", "the latency passes made different numbers of calls");
+  }
+#undef KEEP
+  double total = 0;
+  for (long i = 0; i < calls; i++) total += first[i];
+  qsort(first, (size_t)calls, sizeof(uint32_t), cmp_u32);
+  printf("RESULT workload=trace-latency calls=%ld failed=%ld passes=%d clock=%s tsc_per_ns=%.4f "
+         "resolution_ns=%.1f overhead_ns=%.1f mean_ns=%.2f p50_ns=%.1f p99_ns=%.1f p999_ns=%.1f "
+         "max_ns=%.1f",
+         calls, *failed, passes, use_tsc ? "tsc" : "monotonic", tpn, res / tpn, over / tpn,
+         (total / (double)calls - over) / tpn, quantile_ns(first, calls, 0.50, over, tpn),
+         quantile_ns(first, calls, 0.99, over, tpn), quantile_ns(first, calls, 0.999, over, tpn),
+         quantile_ns(first, calls, 1.0, over, tpn));
+  if (least) {
+    /* The slowest call once interference is filtered out, and which record it was (an index
+     * past the records is one of the final frees). */
+    long at = 0;
+    for (long i = 1; i < calls; i++)
+      if (least[i] > least[at]) at = i;
+    static const char *const ops[] = {"malloc", "free", "realloc", "final-free"};
+    uint32_t op = 3, size = 0;
+    if (at < (long)n) {
+      op = rec[2 * at] >> 30;
+      size = rec[2 * at + 1];
+      /* A free record carries no size: the block's is that of its id's last malloc/realloc. */
+      uint32_t id = rec[2 * at] & 0x3fffffff;
+      for (long j = at - 1; op == 1 && j >= 0; j--)
+        if ((rec[2 * j] & 0x3fffffff) == id && rec[2 * j] >> 30 != 1) {
+          size = rec[2 * j + 1];
+          break;
+        }
+    }
+    printf(" max_of_min_ns=%.1f slowest_op=%s slowest_size=%u", ticks_ns(least[at], over, tpn),
+           ops[op], size);
+  }
+  printf("\n");
+  free(first);
+  free(least);
+}
+
 /* Trace format (written by trace_rec.c), little-endian:
  *   header: "SQATRC01", u32 number of records, u32 number of ids (most blocks live at once)
  *   records: u32 (op << 30 | id), u32 size; op 0 = xMalloc into id, 1 = xFree id,
  *            2 = xRealloc id to size. */
-static int replay(const char *path, int passes) {
+static int replay(const char *path, int passes, int lat_passes) {
   FILE *f = fopen(path, "rb");
   if (!f) die("cannot open trace %s", path);
   char magic[8];
@@ -195,6 +447,10 @@ static int replay(const char *path, int passes) {
   }
   printf("RESULT workload=trace pairs=%ld failed=%ld ns_per_pair=%.2f\n", pairs, failed,
          cpu / (double)pairs);
+  if (lat_passes > 0) {
+    fflush(stdout);
+    replay_latency(rec, n, slot, nid, lat_passes, &failed);
+  }
   free(rec);
   free(slot);
   return failed ? 1 : 0;
@@ -202,8 +458,9 @@ static int replay(const char *path, int passes) {
 
 int main(int argc, char **argv) {
   long heap = 0, heap_min = 0, steps = 0;
-  int threads = 0, passes = 2;
-  const char *trace = NULL;
+  int threads = 0, passes = 2, latency = 0, lat_passes = 1;
+  long lib_heap = 64L * 1024 * 1024;
+  const char *trace = NULL, *methods_lib = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--heap") && i + 2 < argc) {
       heap = atol(argv[++i]);
@@ -217,13 +474,35 @@ int main(int argc, char **argv) {
     } else if (!strcmp(argv[i], "--passes") && i + 1 < argc) {
       passes = atoi(argv[++i]);
       if (passes < 1) die("--passes must be at least 1, not '%s'", argv[i]);
+    } else if (!strcmp(argv[i], "--latency")) {
+      latency = 1;
+    } else if (!strcmp(argv[i], "--latency-passes") && i + 1 < argc) {
+      lat_passes = atoi(argv[++i]);
+      if (lat_passes < 1) die("--latency-passes must be at least 1, not '%s'", argv[i]);
+    } else if (!strcmp(argv[i], "--methods-lib") && i + 1 < argc) {
+      methods_lib = argv[++i];
+    } else if (!strcmp(argv[i], "--lib-heap") && i + 1 < argc) {
+      lib_heap = atol(argv[++i]);
+      if (lib_heap <= 0) die("--lib-heap must be a number of bytes, not '%s'", argv[i]);
     } else {
       die("unknown or incomplete argument '%s' (see the comment at the top of bench/micro.c)",
           argv[i]);
     }
   }
   if (!trace && steps <= 0) die("%s", "give --mix STEPS (> 0) or --trace FILE");
+  if (latency && !trace) die("%s", "--latency times the calls of a trace replay: give --trace");
+  if (methods_lib && heap > 0) die("%s", "--methods-lib and --heap each set the allocator");
   if (sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK) die("%s", "MEMSTATUS refused");
+  if (methods_lib) {
+    void *lib = dlopen(methods_lib, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) die("--methods-lib: %s", dlerror());
+    typedef const sqlite3_mem_methods *(*GetMethods)(uint64_t);
+    GetMethods get = (GetMethods)dlsym(lib, "sqlalloc_bench_methods");
+    if (!get) die("--methods-lib: no sqlalloc_bench_methods in %s", methods_lib);
+    const sqlite3_mem_methods *t = get((uint64_t)lib_heap);
+    if (!t) die("--methods-lib: %s gave no table for that heap", methods_lib);
+    if (sqlite3_config(SQLITE_CONFIG_MALLOC, t) != SQLITE_OK) die("%s", "CONFIG_MALLOC refused");
+  }
   if (heap > 0) {
     void *h = malloc((size_t)heap);
     if (!h || sqlite3_config(SQLITE_CONFIG_HEAP, h, (int)heap, (int)heap_min) != SQLITE_OK)
@@ -236,7 +515,7 @@ int main(int argc, char **argv) {
 
   int rc = 0;
   if (trace) {
-    rc = replay(trace, passes);
+    rc = replay(trace, passes, latency ? lat_passes : 0);
   } else if (threads <= 0) {
     Step *st = make_steps(steps, 42);
     /* The first pass warms up (heap growth, page faults); the second is timed. */

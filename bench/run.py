@@ -12,6 +12,10 @@ them). Every configuration runs the same binaries on the same library:
   C memsys5         SQLite's memsys5 (--heap HEAP MIN, SQLITE_CONFIG_HEAP)
   LD_PRELOAD je/mi  C mem1 over Debian's libjemalloc2 / libmimalloc2.0 (the process's malloc)
   sqlalloc SPEC     LD_PRELOAD=SO SQLALLOC=SPEC (the preload library installs it)
+  rlsf              the Rust crate rlsf over one fixed heap, `micro --methods-lib
+                    DIR/librlsf_shim.so` (bench/rlsf_shim): micro's trace, mix and per-call rows
+                    only (speedtest1 and the thread drivers have no way to load it); skipped, with
+                    a message, when DIR has no librlsf_shim.so
 
 and, for the cost of the scrape endpoint, `sqlalloc system` without and with
 SQLALLOC_LISTEN=127.0.0.1:PORT while a thread of this script GETs /metrics every 100 ms.
@@ -21,6 +25,12 @@ Methodology: each round runs every configuration once, in order (A B C ... A B C
 ratio within the round (paired, so a machine that drifts during the run biases neither side).
 Times are the CPU time (user + sys) of the process or thread: on a shared machine, wall time
 also counts time spent waiting for a core. The thread-scaling figures must use the wall clock.
+
+Per-call time (`micro --trace FILE --latency`): the fixed-heap configurations (C memsys5,
+sqlalloc memsys5, memsys3, tlsf, and rlsf) replay the trace with every call timed on its own, in
+runs of their own (the ns/pair runs are not timed call by call), alternated in rounds like the
+rest: p50/p99/p99.9/max of one pass per run, and the max over calls of each call's smallest time
+over LAT_PASSES passes (a pass's max is mostly the machine: interrupts, preemption).
 
 --smoke runs every configuration once on tiny inputs and checks that each produced a number, that
 each sqlalloc allocator really was installed, that --verify hashes agree and that the scrape
@@ -47,6 +57,11 @@ HEAP_MIN = 64
 VALGRIND_MARKED = ("memsys5", "memsys5-shards", "memsys3", "tlsf")
 # The scrape endpoint's pair runs this many times --reps rounds.
 EP_ROUNDS = 3
+# Timed passes of each per-call run (micro --latency-passes): the first gives the percentiles and
+# the pass's max, all of them the max over calls of each call's smallest time.
+LAT_PASSES = 5
+# The fixed-heap configurations whose calls are timed one by one.
+LAT_KEYS = ("c-memsys5", "memsys5", "memsys3", "tlsf", "rlsf")
 JEMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 MIMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
@@ -54,9 +69,10 @@ MIMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 class Config:
     """One allocator configuration: how to run a program under it and its C counterpart."""
 
-    def __init__(self, key, label, kind, spec=None, preload=None, counterpart=None):
+    def __init__(self, key, label, kind, spec=None, preload=None, counterpart=None, lib=None):
         self.key, self.label, self.kind = key, label, kind
         self.spec, self.preload, self.counterpart = spec, preload, counterpart
+        self.lib = lib  # kind "lib": a library for `micro --methods-lib`
 
     def env(self, args, counting=False):
         """The environment to run a program under this configuration. `counting`: for
@@ -76,7 +92,31 @@ class Config:
         return e
 
     def heap_args(self):
+        if self.kind == "lib":
+            return ["--methods-lib", self.lib, "--lib-heap", str(HEAP)]
         return ["--heap", str(HEAP), str(HEAP_MIN)] if self.kind == "memsys5" else []
+
+
+def rlsf_version():
+    """rlsf's version in bench/rlsf_shim/Cargo.lock (what the shim is built with)."""
+    lock = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rlsf_shim", "Cargo.lock")
+    try:
+        with open(lock) as fh:
+            m = re.search(r'name = "rlsf"\nversion = "([^"]+)"', fh.read())
+    except OSError:
+        m = None
+    return m.group(1) if m else "?"
+
+
+def lib_configs(b):
+    """The configurations that only bench/micro.c can run (`--methods-lib`), and why any is
+    left out: {key: reason}."""
+    mb = HEAP // (1024 * 1024)
+    so = f"{b}/librlsf_shim.so"
+    if not os.path.exists(so):
+        return [], {"rlsf": f"skipped: no {so} (bench/build.sh builds it from bench/rlsf_shim)"}
+    return [Config("rlsf", f"rlsf (Rust crate rlsf {rlsf_version()}, {mb}M)", "lib",
+                   counterpart="c-memsys5", lib=so)], {}
 
 
 def configs(args):
@@ -370,13 +410,22 @@ def main():
             skipped[c.key] = why
             continue
         cs.append(c)
+    # micro alone runs these: they join `cs` for the micro rows only (`micro_cs`).
+    lib_cs, lib_skipped = lib_configs(b)
+    skipped.update(lib_skipped)
+    for c in lib_cs:
+        out, err, _, _ = run([f"{b}/micro"] + c.heap_args() + ["--mix", "1000"], c.env(args),
+                             check=False)
+        if "RESULT" not in out:
+            sys.exit(f"bench: {c.label}: micro --methods-lib {c.lib} did not run:\n{err[-1000:]}")
     keys = {c.key for c in cs}
-    for c in cs:
+    for c in cs + lib_cs:
         if c.counterpart and c.counterpart not in keys:
             c.counterpart = "mem1"
     for k, why in skipped.items():
         print(f"bench: {k}: {why}", file=sys.stderr)
-    byk = {c.key: c for c in cs}
+    byk = {c.key: c for c in cs + lib_cs}
+    micro_cs = cs + lib_cs
 
     # ---- speedtest1 -------------------------------------------------------------------------
     shm = f"/dev/shm/sqlalloc-bench-{os.getpid()}.db"
@@ -499,8 +548,40 @@ def main():
             return tuple(result(out, k) for k in key)
         return result(out, key)
 
-    mtrace = alternate(cs, reps, lambda c, r: micro(c, ["--trace", trace], "ns_per_pair"))
-    mmix = alternate(cs, reps, lambda c, r: micro(c, ["--mix", mix_steps], "ns_per_pair"))
+    mtrace = alternate(micro_cs, reps, lambda c, r: micro(c, ["--trace", trace], "ns_per_pair"))
+    mmix = alternate(micro_cs, reps, lambda c, r: micro(c, ["--mix", mix_steps], "ns_per_pair"))
+
+    # Per-call time: runs of their own, so that the ns/pair runs above are not timed call by call.
+    lat_cs = [c for c in micro_cs if c.key in LAT_KEYS]
+    lat_passes = 2 if tiny else LAT_PASSES
+    lat_fields = ("mean_ns", "p50_ns", "p99_ns", "p999_ns", "max_ns", "max_of_min_ns",
+                  "resolution_ns", "overhead_ns", "tsc_per_ns", "calls")
+
+    def latency(c):
+        out, _, _, _ = run([f"{b}/micro"] + c.heap_args()
+                           + ["--trace", trace, "--latency", "--latency-passes", str(lat_passes)],
+                           c.env(args))
+        line = next((l for l in out.splitlines() if "workload=trace-latency" in l), "")
+        if not line:
+            sys.exit(f"bench: micro --latency under {c.label} printed no trace-latency line:\n"
+                     f"{out[-1000:]}")
+        d = {k: result(line, k) for k in lat_fields}
+        m = re.search(r"\bclock=(\S+).*\bslowest_op=(\S+) slowest_size=([0-9]+)", line)
+        if not m:
+            sys.exit(f"bench: micro --latency under {c.label}: no clock or slowest call in:\n"
+                     f"{line}")
+        d["clock"], d["slowest"] = m.group(1), (m.group(2), int(m.group(3)))
+        # Orders that hold by construction: a broken measurement, not a slow allocator.
+        q = [d[k] for k in ("p50_ns", "p99_ns", "p999_ns", "max_ns")]
+        if d["calls"] <= 0 or q != sorted(q) or d["max_of_min_ns"] > d["max_ns"] \
+                or d["resolution_ns"] <= 0 or d["tsc_per_ns"] <= 0:
+            sys.exit(f"bench: micro --latency under {c.label}: inconsistent figures:\n{line}")
+        return d
+
+    print("bench: per-call time in the trace replay", file=sys.stderr)
+    mlat = alternate(lat_cs, reps, lambda c, r: latency(c))
+    lat_med = {c.key: {k: median([d[k] for d in mlat[c.key]]) for k in lat_fields}
+               for c in lat_cs}
     mthr = {}
     for t in (1, 2):
         mthr[t] = alternate(cs, reps, lambda c, r: micro(
@@ -607,6 +688,21 @@ def main():
                 if k in byk and not (ir_mix.get(k, 0) > 0 and ir_trace.get(k, 0) > 0):
                     sys.exit(f"bench-smoke: no instruction count for {k}: mix {ir_mix.get(k)}, "
                              f"trace {ir_trace.get(k)}")
+        if len(lat_cs) < 4 or any(len(mlat[c.key]) != 1 for c in lat_cs):
+            sys.exit(f"bench-smoke: per-call times for {[c.key for c in lat_cs]} only")
+        for c in lib_cs:
+            if not (mtrace[c.key][0] > 0 and mmix[c.key][0] > 0):
+                sys.exit(f"bench-smoke: {c.label}: no ns/pair: trace {mtrace[c.key]}, mix "
+                         f"{mmix[c.key]}")
+        print("bench-smoke: per-call time (trace replay, ns; p50/p99/p99.9/max, max of min over "
+              f"{lat_passes} passes): " + "; ".join(
+                  f"{c.key} {d['p50_ns']:.0f}/{d['p99_ns']:.0f}/{d['p999_ns']:.0f}/"
+                  f"{d['max_ns']:.0f}, {d['max_of_min_ns']:.0f}"
+                  for c in lat_cs for d in mlat[c.key]))
+        print("bench-smoke: " + ("; ".join(f"{c.label}: trace {mtrace[c.key][0]:.1f}, mix "
+                                           f"{mmix[c.key][0]:.1f} ns/pair" for c in lib_cs)
+                                 or "no micro-only configuration (" + "; ".join(
+                                     skipped.get(k, "") for k in ("rlsf",)) + ")"))
         sh_rows = sum(len(v) for v in sh_res.values())
         if sh_rows < 2 * 4:
             sys.exit(f"bench-smoke: the smallest-heap bisection gave {sh_rows} figures: {sh_res}")
@@ -679,10 +775,13 @@ def main():
     w("")
     w("| name | how | counterpart for ratios |")
     w("|---|---|---|")
-    for c in cs:
+    for c in micro_cs:
         how = {"c": "SQLite's default allocator (mem1)" + (f", `LD_PRELOAD={c.preload}`" if c.preload else ""),
                "memsys5": f"`--heap {HEAP} {HEAP_MIN}` (SQLITE_CONFIG_HEAP)",
-               "sqlalloc": f"`SQLALLOC={c.spec}`"}[c.kind]
+               "sqlalloc": f"`SQLALLOC={c.spec}`",
+               "lib": f"`micro --methods-lib {os.path.basename(c.lib or '')} --lib-heap {HEAP}` "
+                      "(bench/rlsf_shim: `rlsf::Tlsf` over one heap, a spin lock; micro rows "
+                      "only)"}[c.kind]
         w(f"| {c.label} | {how} | {byk[c.counterpart].label if c.counterpart else '—'} |")
     w("")
 
@@ -781,7 +880,7 @@ def main():
     w("")
     w("| configuration | trace ns/pair | ratio | trace Ir/pair | ratio | mix ns/pair | ratio | Δ ns vs mem1 (mix) | Ir/pair (mix) | ΔIr vs mem1 |")
     w("|---|---|---|---|---|---|---|---|---|---|")
-    for c in cs:
+    for c in micro_cs:
         rt = f3(paired_ratio(mtrace, c.key, c.counterpart)) if c.counterpart else "—"
         rm = f3(paired_ratio(mmix, c.key, c.counterpart)) if c.counterpart else "—"
         dn = median([x - y for x, y in zip(mmix[c.key], mmix[mem1])])
@@ -815,6 +914,60 @@ def main():
           "those of a normal run (run.py counts them with `--preload-nomark`). Their ns columns "
           "are normal runs.")
     w("")
+    if lib_cs:
+        w("- rlsf: the Rust crate rlsf's `Tlsf<u32, u64, 28, 64>` (64 second-level lists) over one "
+          f"{HEAP // 1048576} MiB heap behind a test-and-test-and-set spin lock, as a "
+          "`sqlite3_mem_methods` table from bench/rlsf_shim that `micro --methods-lib` installs "
+          "with `SQLITE_CONFIG_MALLOC`; blocks of 8-byte alignment, rlsf's 16-byte header, sizes "
+          "rounded to 32 bytes. No instruction counts (callgrind runs the configurations "
+          "SQLite's own programs can run).")
+        w("")
+    for k in ("rlsf",):
+        if k in skipped:
+            w(f"- {k}: {skipped[k]}")
+            w("")
+
+    # ---- per-call time ---------------------------------------------------------------------
+    w("## Per-call time in the trace replay")
+    w("")
+    any_lat = next((d for c in lat_cs for d in mlat[c.key]), None)
+    if any_lat:
+        clock = ("the TSC (rdtsc between two lfence)" if any_lat["clock"] == "tsc"
+                 else "CLOCK_MONOTONIC")
+        w(f"`micro --trace FILE --latency --latency-passes {lat_passes}`: after the two passes of "
+          "the ns/pair figures (made here too, as the warm-up; their ns/pair is not used), every "
+          f"`xMalloc`, `xFree` and `xRealloc` of {lat_passes} more passes is timed alone "
+          f"({any_lat['calls']:,.0f} calls "
+          "a pass, the final frees of the blocks still live included), in runs of their own "
+          f"alternated like the rest; medians over {reps} rounds. The clock is "
+          f"{clock}, {any_lat['tsc_per_ns']:.3f} ticks per ns against CLOCK_MONOTONIC; an empty timing "
+          f"costs {any_lat['overhead_ns']:.1f} ns on average and is taken off every call. It "
+          f"advances {any_lat['resolution_ns']:.0f} ns at a time here, so the percentiles come in "
+          f"steps of {any_lat['resolution_ns']:.0f} ns.")
+        w("")
+        w(f"| configuration | p50 ns | p99 ns | p99.9 ns | max ns (one pass) | "
+          f"slowest call, each call's min over {lat_passes} passes, ns | that call |")
+        w("|---|---:|---:|---:|---:|---:|---|")
+        for c in lat_cs:
+            d = lat_med[c.key]
+            slow = statistics.mode([x["slowest"] for x in mlat[c.key]])
+            w(f"| {c.label} | {d['p50_ns']:.0f} | {d['p99_ns']:.0f} | "
+              f"{d['p999_ns']:.0f} | {d['max_ns']:,.0f} | {d['max_of_min_ns']:,.0f} | "
+              f"{slow[0]} {slow[1]:,} B |")
+        w("")
+        w("- max (one pass): the slowest call of the first timed pass. On a shared 2-core machine "
+          "it is mostly the machine, not the allocator: a timer interrupt or a preemption that "
+          "lands on some call (microseconds to milliseconds, a different call every run); hence "
+          "the median over rounds, and the next column.")
+        w(f"- each call's min over {lat_passes} passes: the passes replay the same calls on the "
+          "same heap state (the heap is empty between passes), so call *i* does the same work in "
+          "each, while an interruption lands on a different call each pass. The largest of these "
+          "minimums is the allocator's own slowest call; the last column names it (the most "
+          "frequent over rounds: the operation and the size asked, for a free the block's).")
+        w("")
+    else:
+        w("No configuration was measured.")
+        w("")
     w("## Two threads")
     w("")
     w("Aggregate throughput at 1 and 2 threads (wall clock), median, and the scaling 2T / 1T "
@@ -917,6 +1070,21 @@ def main():
             tgt(f"tlsf ≤ 1.00 × C memsys5, speedtest1 {wk}", f3(r), r <= 1.0)
         r = paired_ratio(mtrace, "tlsf", "c-memsys5")
         tgt("tlsf ≤ 0.8 × C memsys5 ns/pair, trace replay", f3(r), r <= 0.8)
+        if "tlsf" in mlat and "c-memsys5" in mlat:
+            lt, lc5 = lat_med["tlsf"], lat_med["c-memsys5"]
+            also = (f"; sqlalloc memsys5 {lat_med['memsys5']['p999_ns']:.0f}"
+                    if "memsys5" in lat_med else "")
+            tgt("tlsf p99.9 per call ≤ C memsys5's, trace replay (median over rounds)",
+                f"{lt['p999_ns']:.0f} vs {lc5['p999_ns']:.0f} ns{also}",
+                lt["p999_ns"] <= lc5["p999_ns"])
+            also = (f"; sqlalloc memsys5 {lat_med['memsys5']['max_ns']:,.0f}"
+                    if "memsys5" in lat_med else "")
+            tgt("tlsf max per call ≤ C memsys5's, trace replay (median over rounds of one pass's "
+                "max)", f"{lt['max_ns']:,.0f} vs {lc5['max_ns']:,.0f} ns{also}",
+                lt["max_ns"] <= lc5["max_ns"])
+            w(f"| (reference) slowest call with interruptions filtered out (each call's min over "
+              f"{lat_passes} passes), tlsf vs C memsys5 | {lt['max_of_min_ns']:,.0f} vs "
+              f"{lc5['max_of_min_ns']:,.0f} ns | — |")
     for spec, (a, c, d, r) in lc["scopes"].items():
         tgt(f"scopes ≤ +5 ns/pair, micro --mix, {spec}", f"{d:+.1f} ns", d <= 5)
         tgt(f"scopes ≤ 1.03 × without, speedtest1 memdb-la0 CPU, {spec}", f3(r), r <= 1.03)
@@ -982,6 +1150,10 @@ def main():
     w(f"LD_PRELOAD={JEMALLOC_SO} build/bench/speedtest1 --size 25 --nosync --lookaside 0 0 /dev/shm/t.db")
     w("LD_PRELOAD=build/bench/libtrace_rec.so SQLALLOC_TRACE=t.trace build/bench/speedtest1 --size 25 --memdb --lookaside 0 0")
     w("build/bench/micro --trace t.trace; build/bench/micro --mix 2000000 --threads 2")
+    w(f"build/bench/micro --heap {HEAP} {HEAP_MIN} --trace t.trace --latency --latency-passes "
+      f"{LAT_PASSES}   # per-call time, C memsys5")
+    w(f"build/bench/micro --methods-lib build/bench/librlsf_shim.so --lib-heap {HEAP} --trace "
+      "t.trace   # the Rust crate rlsf (bench/rlsf_shim)")
     w("LD_PRELOAD=$PRELOAD SQLALLOC=system SQLALLOC_LISTEN=127.0.0.1:9777 build/bench/speedtest1 --size 25 --memdb & sleep 0.2; curl -s http://127.0.0.1:9777/metrics | head")
     w("cargo build --release --example counters_cost && target/release/examples/counters_cost --threads 1   # the counters alone")
     w("build/bench/threads --threads 2 --rounds 60 --rows 2000")
