@@ -54,7 +54,7 @@ import smallest_heap
 HEAP = 64 * 1024 * 1024
 HEAP_MIN = 64
 # sqlalloc configurations whose heap marking for memcheck runs under valgrind (not counted).
-VALGRIND_MARKED = ("memsys5", "memsys5-shards", "memsys3", "tlsf")
+VALGRIND_MARKED = ("memsys5", "memsys5-shards", "memsys3", "tlsf", "tlsf-shards")
 # The scrape endpoint's pair runs this many times --reps rounds.
 EP_ROUNDS = 3
 # Timed passes of each per-call run (micro --latency-passes): the first gives the percentiles and
@@ -134,6 +134,8 @@ def configs(args):
         Config("memsys3", "sqlalloc memsys3", "sqlalloc", f"memsys3:heap={mb}M",
                counterpart="mem1"),
         Config("tlsf", "sqlalloc tlsf", "sqlalloc", f"tlsf:heap={mb}M", counterpart="c-memsys5"),
+        Config("tlsf-shards", "sqlalloc tlsf shards=2", "sqlalloc", f"tlsf:heap={mb}M,shards=2",
+               counterpart="c-memsys5"),
         Config("debug", "sqlalloc debug", "sqlalloc", "debug", counterpart="mem1"),
         Config("limit", "sqlalloc system+limit", "sqlalloc", "system+limit:max=1G",
                counterpart="mem1"),
@@ -672,6 +674,12 @@ def main():
     sh_res, sh_left, sh_workloads = smallest_heap.measure(
         b, args.preload, smoke=tiny, log=lambda m: print(f"bench: {m}", file=sys.stderr))
 
+    # ---- peak RSS with a 400 MB heap (bench/smallest_heap.py's measure_rss) -------------------
+    print("bench: peak RSS with a large heap", file=sys.stderr)
+    rss_res, rss_args = smallest_heap.measure_rss(
+        b, args.preload, smoke=tiny, reps=3,
+        log=lambda m: print(f"bench: {m}", file=sys.stderr))
+
     # ---- the scopes layer and tracked connections (bench/live_costs.py) -----------------------
     lc = live_costs.measure(b, args.preload, 1 if tiny else 21, parts=("scopes", "tracking"),
                             size=size, mix_steps=200_000 if tiny else 5_000_000,
@@ -703,6 +711,8 @@ def main():
                                            f"{mmix[c.key][0]:.1f} ns/pair" for c in lib_cs)
                                  or "no micro-only configuration (" + "; ".join(
                                      skipped.get(k, "") for k in ("rlsf",)) + ")"))
+        if not all(v and v[0] > 0 for v in rss_res.values()):
+            sys.exit(f"bench-smoke: peak RSS incomplete: {rss_res}")
         sh_rows = sum(len(v) for v in sh_res.values())
         if sh_rows < 2 * 4:
             sys.exit(f"bench-smoke: the smallest-heap bisection gave {sh_rows} figures: {sh_res}")
@@ -1013,6 +1023,17 @@ def main():
     for line in smallest_heap.table(sh_res, sh_left, sh_workloads):
         w(line)
     w("")
+    w("## Resident memory with a large heap")
+    w("")
+    w(f"Peak RSS (the child's `ru_maxrss`) of speedtest1 `{' '.join(rss_args)}` with a "
+      f"{smallest_heap.RSS_HEAP:,}-byte heap, median of {len(rss_res['mem1'])} alternated runs "
+      "(bench/smallest_heap.py): a fixed heap should cost only the pages SQLite uses of it. The "
+      "two rows without a heap give what the preload library's own pages add to any process "
+      "(`system` − C mem1); the last column takes that off.")
+    w("")
+    for line in smallest_heap.rss_table(rss_res):
+        w(line)
+    w("")
 
     # ---- scopes and tracking -------------------------------------------------------------------
     w("## The `scopes` layer and tracked connections")
@@ -1092,6 +1113,13 @@ def main():
         tgt(f"100 tracked connections: nothing measurable, speedtest1 --size {ts} --memdb "
             "(|tracked − untracked| within the median A/A spread)",
             f"{d:+.1f} ms (A/A spread {spread:.1f} ms)", abs(d) <= spread)
+    rss_c5 = smallest_heap.median(rss_res["c-memsys5"])
+    rss_lib = smallest_heap.median(rss_res["system"]) - smallest_heap.median(rss_res["mem1"])
+    for k in ("memsys5", "tlsf"):
+        m = smallest_heap.median(rss_res[k])
+        tgt(f"{k}: peak RSS with a {smallest_heap.RSS_HEAP:,}-byte heap ≤ 1.01 × C memsys5's "
+            "(whole process; in parentheses: less the preload library's own pages)",
+            f"{m / rss_c5:.3f} ({(m - rss_lib) / rss_c5:.3f})", m <= 1.01 * rss_c5)
     for wk, label, _ in sh_workloads:
         need, tl = sh_res[wk].get("needed"), sh_res[wk].get("tlsf")
         if need and tl:
@@ -1118,6 +1146,10 @@ def main():
                     f"{scale_sql[k]:.2f} ({eff_sql[k]:.2f})", scale_sql[k] >= 1.8)
                 tgt(f"2-thread aggregate ≥ 1.8 × 1-thread, {byk[k].label}, micro: wall (CPU eff.)",
                     f"{scale_micro[k]:.2f} ({eff_micro[k]:.2f})", scale_micro[k] >= 1.8)
+        if "tlsf-shards" in byk:
+            for name, sc, ef in (("SQLite", scale_sql, eff_sql), ("micro", scale_micro, eff_micro)):
+                tgt(f"tlsf shards=2: 2-thread aggregate ≥ 1.8 × 1-thread, {name}: wall (CPU eff.)",
+                    f"{sc['tlsf-shards']:.2f} ({ef['tlsf-shards']:.2f})", sc["tlsf-shards"] >= 1.8)
         if "memsys5-shards" in byk:
             for name, sc, ef in (("SQLite", scale_sql, eff_sql), ("micro", scale_micro, eff_micro)):
                 tgt(f"memsys5 shards=2: 2-thread aggregate ≥ 1.6 × 1-thread, {name}: wall (CPU eff.)",

@@ -16,7 +16,7 @@ the bracket is within 0.2% (10% with --smoke) of its upper end; the figure is th
 that fits). A row whose spec the preload library refuses (a backend it does not have) is left out,
 with the reason. Every loop is bounded (at most 40 runs per row and workload).
 """
-import argparse, os, subprocess, sys
+import argparse, os, subprocess, sys, tempfile
 
 MIB = 1024 * 1024
 
@@ -140,6 +140,81 @@ def table(res, left_out, workloads):
     for k, why in left_out.items():
         L.append("")
         L.append(f"Left out: {k} ({why}).")
+    return L
+
+
+# ---- resident memory with a large heap (issue 15, part 1) -----------------------------------
+# A fixed heap should cost only the pages SQLite uses of it: speedtest1 with a 400 MB heap, its
+# peak RSS (ru_maxrss) under C memsys5 and under sqlalloc's fixed heaps, and, without any heap,
+# C mem1 against sqlalloc `system`: what the preload library's own pages (code, data) add to a
+# process whatever the backend.
+RSS_HEAP = 400_000_000
+GNU_TIME = "/usr/bin/time"  # Debian package `time` (make deps)
+RSS_ROWS = [
+    Row("mem1", "C mem1, no heap", "c"),
+    Row("system", "sqlalloc system, no heap (the preload library's own pages)", "sqlalloc",
+        "system"),
+    Row("c-memsys5", f"C memsys5 (`--heap {RSS_HEAP} 64`)", "c-memsys5"),
+    Row("memsys5", f"sqlalloc memsys5 (`heap={RSS_HEAP},min=64`)", "sqlalloc",
+        "memsys5:heap={n},min=64"),
+    Row("memsys3", f"sqlalloc memsys3 (`heap={RSS_HEAP}`)", "sqlalloc", "memsys3:heap={n}"),
+    Row("tlsf", f"sqlalloc tlsf (`heap={RSS_HEAP}`)", "sqlalloc", "tlsf:heap={n}"),
+]
+
+
+def peak_rss(row, build, preload, args):
+    """Peak resident bytes of one speedtest1 run: its `ru_maxrss`, reported by GNU time. (Not
+    this process's own wait4: a child forked from Python starts with Python's resident pages,
+    and the kernel keeps that high-water mark across exec; GNU time's child starts small.)"""
+    if row.kind == "c":
+        cmd = [f"{build}/speedtest1"] + args
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SQLALLOC") and k != "LD_PRELOAD"}
+    else:
+        cmd, env = row.cmd_env(build, preload, RSS_HEAP, args)
+    with tempfile.NamedTemporaryFile() as tf:
+        p = subprocess.run([GNU_TIME, "-f", "%M", "-o", tf.name] + cmd, env=env,
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode != 0 or "TOTAL" not in p.stdout:
+            raise RuntimeError(f"{row.key}: speedtest1 failed:\n{p.stdout[-500:]}{p.stderr[-500:]}")
+        kib = open(tf.name).read().split()
+    if not kib or not kib[-1].isdigit():
+        raise RuntimeError(f"{row.key}: GNU time wrote no peak RSS: {kib}")
+    return int(kib[-1]) * 1024
+
+
+def measure_rss(build, preload, smoke=False, reps=5, log=print):
+    """{row key: [peak RSS bytes per round]} and the speedtest1 arguments used. Rounds run the
+    rows forwards, then backwards."""
+    args = ["--size", "2" if smoke else "50", "--memdb", "--lookaside", "0", "0"]
+    res = {r.key: [] for r in RSS_ROWS}
+    for i in range(1 if smoke else reps):
+        for row in (RSS_ROWS if i % 2 == 0 else RSS_ROWS[::-1]):
+            res[row.key].append(peak_rss(row, build, preload, args))
+    for row in RSS_ROWS:
+        log(f"peak RSS: {row.key}: {sorted(res[row.key])[len(res[row.key]) // 2] / MIB:.2f} MiB")
+    return res, args
+
+
+def median(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def rss_table(res):
+    """The markdown lines of the peak-RSS table."""
+    c5, lib = median(res["c-memsys5"]), median(res["system"]) - median(res["mem1"])
+    L = ["| configuration | peak RSS | × C memsys5 | less the library's own pages, × C memsys5 |",
+         "|---|---:|---:|---:|"]
+    for row in RSS_ROWS:
+        m = median(res[row.key])
+        if row.key in ("mem1", "system"):
+            L.append(f"| {row.label} | {m / MIB:.2f} MiB | — | — |")
+        elif row.key == "c-memsys5":
+            L.append(f"| {row.label} | {m / MIB:.2f} MiB | 1 | — |")
+        else:
+            L.append(f"| {row.label} | {m / MIB:.2f} MiB | {m / c5:.3f} | {(m - lib) / c5:.3f} |")
     return L
 
 

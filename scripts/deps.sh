@@ -28,7 +28,8 @@ libjemalloc2:jemalloc as an LD_PRELOAD baseline in the benchmark smoke run
 libmimalloc2.0:mimalloc as an LD_PRELOAD baseline in the benchmark smoke run
 xz-utils:unpacking SQLite's source tarball for the TCL suites and the benchmarks
 prometheus:promtool, which checks every Prometheus exposition the tests make (endpoint, files)
-curl:the HTTP client that scrapes the endpoint in the tests"
+curl:the HTTP client that scrapes the endpoint in the tests
+time:GNU time, the peak RSS of speedtest1 in the benchmarks"
 
 case "$what" in
 demo) list=$demo_pkgs ;;
