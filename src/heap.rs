@@ -28,6 +28,7 @@
 //! Either way every pointer handed out is derived from the buffer's base pointer by an offset;
 //! addresses are only ever turned into offsets, never back into pointers.
 
+use crate::marking;
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
@@ -300,6 +301,72 @@ impl HeapView<'_> {
         // SAFETY: as in `read_u32`.
         unsafe { self.base.add(off).cast::<u32>().as_ptr().write(v) }
     }
+
+    /// Read the allocator's own `u32` at offset `off` of the view (a header word or a free-list
+    /// link inside the pool), with the `span` bytes that hold it, from `off & !(span - 1)`, made
+    /// accessible to valgrind and ASan for the read and no-access again after it (see
+    /// `src/marking.rs`: the pool's metadata is no-access otherwise). `MARK` false: the caller has
+    /// seen that no marking is wanted (`marking::active()` false, which never changes once
+    /// asked), so not even that is asked again.
+    ///
+    /// # Safety
+    /// As [`read_u32`](Self::read_u32); `span` is a power of two of at least 4, and the span's
+    /// bytes lie inside the view and belong to the allocator, not to a block handed out, with the
+    /// pool's lock held (so that no other thread marks them meanwhile).
+    #[inline(always)]
+    pub unsafe fn read_meta_u32<const MARK: bool>(&self, off: usize, span: usize) -> u32 {
+        if !MARK {
+            // SAFETY: forwarded contract.
+            return unsafe { self.read_u32(off) };
+        }
+        debug_assert!(
+            span.is_power_of_two() && span >= 4 && (off & !(span - 1)) + span <= self.len
+        );
+        // SAFETY: the span lies inside the view (caller's contract), so its start does.
+        let at = unsafe { self.ptr(off & !(span - 1)) };
+        // SAFETY: forwarded contract; the marking only changes the tools' shadow memory.
+        marking::with_accessible(at, span, || unsafe { self.read_u32(off) })
+    }
+
+    /// Write the allocator's own `u32` at offset `off` of the view, with its span accessible
+    /// meanwhile, as [`read_meta_u32`](Self::read_meta_u32) reads it.
+    ///
+    /// # Safety
+    /// As [`read_meta_u32`](Self::read_meta_u32), and no other thread may be reading those bytes.
+    #[inline(always)]
+    pub unsafe fn write_meta_u32<const MARK: bool>(&self, off: usize, span: usize, v: u32) {
+        if !MARK {
+            // SAFETY: forwarded contract.
+            return unsafe { self.write_u32(off, v) };
+        }
+        debug_assert!(
+            span.is_power_of_two() && span >= 4 && (off & !(span - 1)) + span <= self.len
+        );
+        // SAFETY: as in `read_meta_u32`.
+        let at = unsafe { self.ptr(off & !(span - 1)) };
+        // SAFETY: forwarded contract.
+        marking::with_accessible(at, span, || unsafe { self.write_u32(off, v) })
+    }
+
+    /// Length of the view in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset of `p` from the start of the view when `p` points into it, else `None` (the
+    /// address is compared, never read).
+    #[inline(always)]
+    pub fn offset_of(&self, p: NonNull<u8>) -> Option<usize> {
+        let off = p.as_ptr().addr().wrapping_sub(self.base.as_ptr().addr());
+        (off < self.len).then_some(off)
+    }
 }
 
 impl Drop for HeapBuf {
@@ -440,12 +507,18 @@ mod tests {
         assert_eq!(h.offset_of(h.ptr(4096)), None);
         let mut x = 0u8;
         assert_eq!(h.offset_of(NonNull::from(&mut x)), None);
+        // SAFETY: the whole buffer.
+        let v = unsafe { h.view_unchecked(0, 4096) };
+        assert_eq!(v.offset_of(h.ptr(8)), Some(8));
+        assert_eq!(v.offset_of(h.ptr(4096)), None);
         // SAFETY: offsets in bounds, aligned, nothing handed out.
         unsafe {
-            h.write_u32(16, 0xdead_beef);
-            assert_eq!(h.read_u32(16), 0xdead_beef);
+            v.write_u32(16, 0xdead_beef);
+            assert_eq!(v.read_u32(16), 0xdead_beef);
             h.copy_within(16, 32, 4);
-            assert_eq!(h.read_u32(32), 0xdead_beef);
+            assert_eq!(v.read_meta_u32::<true>(32, 8), 0xdead_beef);
+            v.write_meta_u32::<true>(36, 4, 7);
+            assert_eq!(v.read_meta_u32::<false>(36, 4), 7);
         }
     }
 
@@ -516,8 +589,9 @@ mod tests {
         }
         // SAFETY: in bounds, 4-aligned, exclusive.
         unsafe {
-            h.write_u32(0, 1);
-            h.write_u32(32 << 20, 2);
+            let v = h.view_unchecked(0, 64 << 20);
+            v.write_u32(0, 1);
+            v.write_u32(32 << 20, 2);
             h.ptr(1 << 20).as_ptr().write_bytes(7, 256 << 10);
         }
         let page = map::page_size();

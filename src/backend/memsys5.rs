@@ -208,9 +208,10 @@
 //! running C's `mem5.c` and this module on the same random call sequences and comparing every
 //! offset; one such trace is a unit test).
 
+use super::fixed::{fixed_heap_api, Fixed};
 use crate::counters::Stats;
-use crate::heap::{HeapBuf, HeapView};
-use crate::lock::{Lock, LockGuard};
+use crate::heap::HeapView;
+use crate::lock::LockGuard;
 use crate::marking;
 use crate::methods::{Held, InitError, MemMethods};
 use std::ptr::NonNull;
@@ -261,8 +262,11 @@ fn geometry(heap: usize, min: usize) -> (u32, usize) {
 
 /// SQLite's memsys5: power-of-two buddy allocator over one fixed heap.
 pub struct Memsys5 {
-    /// The heap: atoms, then one control byte per atom.
-    heap: HeapBuf,
+    /// The heap (atoms, then one control byte per atom) and its shards: the atoms cut into
+    /// independent buddy heaps (one unless `shards=N`), each with its own lock, free lists and
+    /// [`Seen`] figures (`src/backend/fixed.rs`). Inside a shard, atom and block indices
+    /// (free-list links, buddies, alignment) are relative to its first atom.
+    fixed: Fixed<State, Seen>,
     /// log2 of the atom size in bytes (3..=12).
     atom_log: u32,
     /// `atom - 1`: the offset bits below an atom boundary (kept, not recomputed on every call).
@@ -271,25 +275,6 @@ pub struct Memsys5 {
     nblock: usize,
     /// Byte offset of the control bytes (`nblock * atom`).
     ctrl: usize,
-    /// `ceil(2^64 / per_shard)` for the atoms per shard (every shard but the last, which also takes
-    /// the remainder, has `per_shard`), 0 when `per_shard < 2`: `shard_of` divides by multiplying.
-    per_shard_recip: u64,
-    /// The independent buddy heaps the atoms are cut into (one unless `shards=N`).
-    shards: Box<[Shard]>,
-}
-
-/// One buddy heap: atoms `first .. first + n` of the heap, with its own lock and free lists.
-/// Inside a shard, atom and block indices (free-list links, buddies, alignment) are relative to
-/// `first`. Shards are 1 KiB apart, so that the hardware prefetchers do not pull one thread's
-/// shard (its lock and list heads, written on every call) into the core of the thread using the
-/// next (see `Shard` in `src/counters.rs`).
-#[repr(align(1024))]
-struct Shard {
-    first: usize,
-    n: usize,
-    state: Lock<State>,
-    /// What [`footprint`](MemMethods::footprint) reads without the lock.
-    seen: Seen,
 }
 
 /// The part of a shard's state that [`footprint`](MemMethods::footprint) reads, which must not
@@ -329,69 +314,33 @@ impl Memsys5 {
     /// "Shards" in the module documentation). `shards` is clamped to `1..=` the number of atoms.
     pub fn with_shards(heap: usize, min: usize, shards: usize) -> Option<Memsys5> {
         let (atom_log, nblock) = geometry(heap, min);
-        // nblock * (atom + 1) <= heap, so this does not overflow.
-        let ctrl = nblock << atom_log;
-        let buf = HeapBuf::new(heap)?;
-        let shards = shards.clamp(1, nblock.max(1));
-        let per_shard = nblock / shards;
-        let shards = (0..shards)
-            .map(|p| Shard {
-                first: p * per_shard,
-                n: if p + 1 == shards {
-                    nblock - p * per_shard
-                } else {
-                    per_shard
-                },
-                state: Lock::new(State {
-                    free: [NONE; LOGMAX + 1],
-                    live: 0,
-                }),
-                seen: Seen {
-                    used: AtomicUsize::new(0),
-                    nonempty: AtomicU32::new(0),
-                },
-            })
-            .collect();
+        let fixed = Fixed::new(heap, atom_log, nblock, shards, usize::MAX, || {
+            let state = State {
+                free: [NONE; LOGMAX + 1],
+                live: 0,
+            };
+            let seen = Seen {
+                used: AtomicUsize::new(0),
+                nonempty: AtomicU32::new(0),
+            };
+            (state, seen)
+        })?;
         let m = Memsys5 {
-            heap: buf,
+            fixed,
             atom_log,
             atom_mask: (1 << atom_log) - 1,
             nblock,
-            ctrl,
-            per_shard_recip: if per_shard < 2 {
-                0
-            } else {
-                u64::MAX / per_shard as u64 + 1
-            },
-            shards,
+            // nblock * (atom + 1) <= heap (see `geometry`), so this does not overflow.
+            ctrl: nblock << atom_log,
         };
-        m.mark_pool();
-        for p in 0..m.shards.len() {
+        // `size` reads a live block's control byte without the lock (see "valgrind /
+        // AddressSanitizer marking" below).
+        m.fixed.keep_accessible(m.ctrl, nblock);
+        for p in 0..m.fixed.shards() {
             // The buffer is new: every control byte is 0 (`HeapBuf::new`).
             m.lock_shard::<true>(p).layout(true);
         }
         Some(m)
-    }
-
-    /// With `on` false, the shards' locks are never biased to a thread and make no `membarrier`
-    /// or `mprotect` call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
-    pub fn with_bias(mut self, on: bool) -> Memsys5 {
-        if !on {
-            for p in self.shards.iter_mut() {
-                p.state.forbid_bias();
-            }
-        }
-        self
-    }
-
-    /// Whether any shard's lock is biased to a thread now (tests and diagnostics).
-    pub fn lock_is_biased(&self) -> bool {
-        self.shards.iter().any(|p| p.state.is_biased())
-    }
-
-    /// Number of shards (the `shards` option, after clamping).
-    pub fn shards(&self) -> usize {
-        self.shards.len()
     }
 
     /// Size of an atom (the smallest block) in bytes.
@@ -406,66 +355,47 @@ impl Memsys5 {
 
     /// Size in bytes of the largest block the heap can ever hand out (0 when it holds no atom).
     pub fn largest_block(&self) -> usize {
-        let n = self.shards.iter().map(|p| p.n).max().unwrap_or(0);
+        let n = self
+            .fixed
+            .parts()
+            .iter()
+            .map(|p| p.units)
+            .max()
+            .unwrap_or(0);
         match n.checked_ilog2() {
             Some(k) => (self.atom() << k).min(MAX_REQUEST),
             None => 0,
         }
     }
 
-    /// Byte offset of `p` from the start of the heap, when it points into the heap (for tests
-    /// and diagnostics: block placement is the same as C memsys5's for the same calls).
-    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
-        self.heap.offset_of(p)
-    }
-
     /// Lock shard `p`, with the marking for valgrind/ASan (`MARK`: see [`Locked`]).
     #[inline(always)]
     fn lock_shard<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
-        let shard = &self.shards[p];
-        // SAFETY: the shards tile the atoms `0..nblock` (see `with_shards`), so
-        // `first + n <= nblock`: the shard's atoms end at `nblock << atom_log = ctrl` at the
-        // latest and its control bytes at `ctrl + nblock <= heap length` (see `geometry`).
-        let (atoms, ctrls) = unsafe {
-            (
-                self.heap
-                    .view_unchecked(shard.first << self.atom_log, shard.n << self.atom_log),
-                self.heap.view_unchecked(self.ctrl + shard.first, shard.n),
-            )
+        let g = self.fixed.lock(p);
+        // SAFETY: the shards tile the atoms `0..nblock` (the units of `fixed`), so
+        // `first + units <= nblock`: the shard's control bytes end at `ctrl + nblock <= heap
+        // length` at the latest (see `geometry`).
+        let ctrls = unsafe {
+            self.fixed
+                .heap()
+                .view_unchecked(self.ctrl + g.first, g.units)
         };
         Locked {
             m: self,
-            atoms,
+            atoms: g.view,
             ctrls,
             atom_log: self.atom_log,
-            base: shard.first,
-            n: shard.n,
-            seen: &shard.seen,
-            st: shard.state.lock(),
+            base: g.first,
+            n: g.units,
+            seen: g.seen,
+            st: g.st,
         }
-    }
-
-    /// The shard holding global atom `g` (`g < nblock`).
-    #[inline]
-    fn shard_of(&self, g: usize) -> usize {
-        let n = self.shards.len();
-        if n == 1 {
-            return 0;
-        }
-        // g / per_shard without a division instruction (tens of cycles, on every free): for
-        // g, per_shard < 2^32, floor(g * ceil(2^64 / per_shard) / 2^64) is exactly g / per_shard.
-        let q = if self.per_shard_recip == 0 {
-            g
-        } else {
-            ((g as u128 * self.per_shard_recip as u128) >> 64) as usize
-        };
-        q.min(n - 1)
     }
 
     /// Hand out a block of class `k`: from the thread's own shard first, then the others in turn.
     #[inline(always)]
     fn malloc_class(&self, k: usize) -> Option<NonNull<u8>> {
-        if self.shards.len() == 1 && !marking::active() {
+        if self.fixed.shards() == 1 && !marking::active() {
             // SQLite's memsys5, no marking: the path to keep short (the others are calls away,
             // so that this one saves and restores few registers).
             let l = &mut self.lock_shard::<false>(0);
@@ -490,44 +420,16 @@ impl Memsys5 {
     /// [`malloc_class`](Self::malloc_class) with the marking on (`MARK`) or known to be off.
     #[inline(always)]
     fn malloc_class_in<const MARK: bool>(&self, k: usize) -> Option<NonNull<u8>> {
-        let nshards = self.shards.len();
-        let i = if nshards == 1 {
-            // SQLite's memsys5: one heap, atom indices are global.
-            self.lock_shard::<MARK>(0).alloc(k)?
-        } else {
-            let first = self.preferred_part();
-            (0..nshards).find_map(|d| {
-                let p = if first + d < nshards {
-                    first + d
-                } else {
-                    first + d - nshards
-                };
-                let i = self.lock_shard::<MARK>(p).alloc(k)?;
-                Some(self.shards[p].first + i)
-            })?
-        };
-        let p = self.heap.ptr(i << self.atom_log);
+        let i = self.fixed.try_parts(|p| {
+            let mut l = self.lock_shard::<MARK>(p);
+            let i = l.alloc(k)?;
+            Some(l.base + i)
+        })?;
+        let p = self.fixed.heap().ptr(i << self.atom_log);
         if MARK {
-            marking::block_alloc(self.heap.ptr(0), p, self.atom() << k);
+            self.fixed.mark_alloc(p, self.atom() << k);
         }
         Some(p)
-    }
-
-    /// The shard the calling thread tries first: threads are spread over the shards by the slot
-    /// the counters gave them (consecutive threads get consecutive slots).
-    #[inline]
-    fn preferred_part(&self) -> usize {
-        match self.shards.len() {
-            1 => 0,
-            n => {
-                let t = crate::counters::thread_index();
-                if t < n {
-                    t
-                } else {
-                    t % n
-                }
-            }
-        }
     }
 
     /// Size class of a request of `size` bytes, or `None` when it is above 1 GiB.
@@ -545,7 +447,7 @@ impl Memsys5 {
     #[inline(always)]
     fn index_of(&self, p: NonNull<u8>) -> Option<usize> {
         // The atoms are the first `ctrl = nblock << atom_log` bytes of the heap.
-        let off = self.heap.offset_below(p, self.ctrl)?;
+        let off = self.fixed.heap().offset_below(p, self.ctrl)?;
         if off & self.atom_mask != 0 {
             return None;
         }
@@ -563,7 +465,12 @@ impl Memsys5 {
         // SAFETY: the control bytes are `nblock` bytes at `ctrl`, inside the heap (see
         // `geometry`), and `i < nblock`; the control area is never handed out and was
         // initialized at layout; no concurrent writer by the caller's contract.
-        unsafe { self.heap.view_unchecked(self.ctrl, self.nblock).read_u8(i) }
+        unsafe {
+            self.fixed
+                .heap()
+                .view_unchecked(self.ctrl, self.nblock)
+                .read_u8(i)
+        }
     }
 }
 
@@ -636,16 +543,6 @@ impl<const MARK: bool> Locked<'_, MARK> {
         unsafe { self.ctrls.write_u8(i, v) }
     }
 
-    /// Run `f` with the link of free block `i` accessible to the tools.
-    #[inline(always)]
-    fn link_accessible<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
-        if MARK {
-            self.m.link_accessible((self.base + i) << self.atom_log, f)
-        } else {
-            f()
-        }
-    }
-
     /// A link value read from the heap, checked to be [`NONE`] or an atom of the shard: a link is
     /// the one thing in the heap a program can overwrite (by writing into a block it has
     /// freed), and a wild index must stop the allocator rather than let it write outside the
@@ -671,9 +568,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         debug_assert!(i < self.n && w < 2);
         let off = (i << self.atom_log) + 4 * w;
         // SAFETY: `i < n`, so `off + 4 <= (i << atom_log) + 8 <= n << atom_log`, the length of
-        // `atoms` (an atom has at least 8 bytes); `off` is a multiple of 4 from a 64-aligned
-        // heap base; the block is free, so no user accesses it, and the shard's lock is held.
-        let v = self.link_accessible(i, || unsafe { self.atoms.read_u32(off) });
+        // `atoms` (an atom has at least 8 bytes), and so is the link's span (its 8 bytes from
+        // the block's start); `off` is a multiple of 4 from a 64-aligned heap base; the block is
+        // free, so no user accesses it, and the shard's lock is held.
+        let v = unsafe { self.atoms.read_meta_u32::<MARK>(off, LINK_SIZE) };
         self.checked(v)
     }
 
@@ -706,9 +604,9 @@ impl<const MARK: bool> Locked<'_, MARK> {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
         // SAFETY: `i < n`, so `off + 8 <= n << atom_log`, the length of `atoms` (an atom has at
-        // least 8 bytes); `off` is a multiple of 8 from a 64-aligned heap base; the block is
-        // free, so no user accesses it, and the shard's lock is held (`&mut self`).
-        self.link_accessible(i, || unsafe { self.atoms.write_u32(off, next) })
+        // least 8 bytes): the link's span; `off` is a multiple of 8 from a 64-aligned heap base;
+        // the block is free, so no user accesses it, and the shard's lock is held (`&mut self`).
+        unsafe { self.atoms.write_meta_u32::<MARK>(off, LINK_SIZE, next) }
     }
 
     /// Set the `prev` link of free block `i`.
@@ -720,8 +618,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
         // SAFETY: as in `set_next`: `off + 4` is the block's second link word, inside its first
-        // 8 bytes, which belong to the allocator while the block is free.
-        self.link_accessible(i, || unsafe { self.atoms.write_u32(off + 4, prev) })
+        // 8 bytes (the span), which belong to the allocator while the block is free.
+        unsafe { self.atoms.write_meta_u32::<MARK>(off + 4, LINK_SIZE, prev) }
     }
 
     /// Take free block `i` of class `k` off its list.
@@ -783,7 +681,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             // SAFETY: the shard's control bytes (`n` of them from `ctrl + base`, inside the heap:
             // see `lock_shard`), never handed out; the shard's lock is held, so nobody else reads
             // or writes them.
-            unsafe { self.m.heap.zero(self.m.ctrl + self.base, n) };
+            unsafe { self.m.fixed.heap().zero(self.m.ctrl + self.base, n) };
         }
         self.st.free = [NONE; LOGMAX + 1];
         self.set_nonempty(0);
@@ -872,7 +770,7 @@ impl Memsys5 {
         let n = self.atom() << (c & CTRL_LOGSIZE);
         // Marked before `release` writes its links into the block.
         if MARK {
-            marking::block_free(self.heap.ptr(0), ptr, n);
+            self.fixed.mark_free(ptr, n);
         }
         l.release(i);
         n
@@ -884,7 +782,7 @@ impl Memsys5 {
     /// or with the marking on.
     #[inline(never)]
     fn release_other(&self, ptr: NonNull<u8>, g: usize) -> usize {
-        let shard = self.shard_of(g);
+        let shard = self.fixed.part_of_unit(g);
         if marking::active() {
             self.release_in::<true>(ptr, g, shard)
         } else {
@@ -923,7 +821,7 @@ unsafe impl MemMethods for Memsys5 {
         let Some(g) = self.index_of(ptr) else {
             return 0;
         };
-        if self.shards.len() == 1 && !marking::active() {
+        if self.fixed.shards() == 1 && !marking::active() {
             // The short path, as in `malloc_class`.
             return self.release_in::<false>(ptr, g, 0);
         }
@@ -933,19 +831,16 @@ unsafe impl MemMethods for Memsys5 {
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
         // SAFETY: `ptr` is a live block (caller's contract).
         let old = unsafe { self.size(ptr) };
-        let from = self.heap.offset_of(ptr).filter(|_| old != 0)?;
+        if old == 0 {
+            // Not a block of this heap.
+            return None;
+        }
         if new_size <= old {
             return Some(ptr);
         }
-        let q = self.malloc(new_size)?;
-        let to = self.heap.offset_of(q)?;
-        // SAFETY: both are live blocks of this heap, `old` bytes long at least (the new one is
-        // larger), distinct, and owned by this call (the old one by the caller's contract, the
-        // new one just allocated), so nobody else touches them.
-        unsafe { self.heap.copy_within(from, to, old) };
-        // SAFETY: `ptr` is live and, per the realloc contract, no longer used after the call.
-        unsafe { self.free(ptr) };
-        Some(q)
+        // SAFETY: `ptr` is a live block of `self` with `old < new_size` usable bytes; the caller
+        // gives it up on success (realloc's contract).
+        unsafe { self.fixed.realloc_by_copy(self, ptr, old, new_size) }
     }
 
     #[inline(always)]
@@ -963,7 +858,7 @@ unsafe impl MemMethods for Memsys5 {
 
     /// Exact: whether `ptr` points into this heap (the address is compared, never read).
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
-        Some(self.heap.offset_of(ptr).is_some())
+        self.fixed.owns(ptr)
     }
 
     fn roundup(&self, size: usize) -> usize {
@@ -975,18 +870,12 @@ unsafe impl MemMethods for Memsys5 {
     }
 
     fn init(&self) -> Result<(), InitError> {
-        if self.nblock == 0 {
-            return Err(InitError::NoMem);
-        }
-        // Every shard, in order (the only place that holds more than one shard's lock).
-        let mut shards: Vec<Locked<'_, true>> =
-            (0..self.shards.len()).map(|p| self.lock_shard(p)).collect();
-        if shards.iter().all(|l| l.st.live == 0) {
-            for l in shards.iter_mut() {
-                l.layout(false);
-            }
-        }
-        Ok(())
+        self.fixed.init(
+            self.nblock != 0,
+            |p| self.lock_shard::<true>(p),
+            |l| l.st.live == 0,
+            |l| l.layout(false),
+        )
     }
 
     fn shutdown(&self) {}
@@ -994,7 +883,7 @@ unsafe impl MemMethods for Memsys5 {
     /// Read without any lock: see "Footprint" in the module documentation.
     fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
         let (mut used, mut largest) = (0usize, 0u64);
-        for p in self.shards.iter() {
+        for p in self.fixed.parts() {
             used = used.saturating_add(p.seen.used.load(Relaxed));
             if let Some(k) = p.seen.nonempty.load(Relaxed).checked_ilog2() {
                 // atom <= 2^12, k <= 30: at most 2^42.
@@ -1005,7 +894,7 @@ unsafe impl MemMethods for Memsys5 {
         out(Held {
             key: "heap_bytes",
             help: "sqlalloc memsys5: the heap as configured (heap=), control bytes included: each atom of the heap costs its bytes plus one control byte, so atom/(atom+1) of it holds blocks",
-            bytes: self.heap.len() as u64,
+            bytes: self.fixed.heap_len() as u64,
         });
         out(Held {
             key: "free_bytes",
@@ -1040,7 +929,7 @@ impl Memsys5 {
         // A request above 1 GiB fails whatever the heap: the largest that can matter is 1 GiB.
         let n = self.roundup(largest.min(MAX_REQUEST)) as u64 / atom;
         let per_shard = robson_atoms(peak.div_ceil(atom), n);
-        let bytes = per_shard * self.shards.len() as u128 * (u128::from(atom) + 1);
+        let bytes = per_shard * self.fixed.shards() as u128 * (u128::from(atom) + 1);
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 }
@@ -1055,42 +944,25 @@ fn robson_atoms(m: u64, n: u64) -> u128 {
     (m + (m * log_n).div_ceil(2) + 1).saturating_sub(n).max(n)
 }
 
-// ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
+fixed_heap_api!(Memsys5);
+
+// ---- valgrind / AddressSanitizer marking (src/marking.rs, src/backend/fixed.rs) ------------------
 //
 // The atoms are a pool: free blocks (links included) are no-access, a block handed out is
 // addressable for its whole size (`atom << k`; the request size is not kept) with undefined
 // contents. The control bytes stay addressable: `size` reads a live block's control byte without
-// the lock, so they cannot be marked and unmarked around each access; only an overflow past the last
-// atom into them goes unseen. The unused remainder after them is no-access.
-impl Memsys5 {
-    /// Register the heap as a pool and mark it, at creation.
-    fn mark_pool(&self) {
-        marking::pool_create(self.heap.ptr(0), self.heap.len());
-        marking::keep_accessible(self.heap.ptr(self.ctrl), self.nblock);
-    }
-
-    /// Run `f` with the 8-byte link of the free block at byte offset `off` accessible.
-    #[inline(always)]
-    fn link_accessible<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
-        marking::with_accessible(self.heap.ptr(off), LINK_SIZE, f)
-    }
-}
-
-impl Drop for Memsys5 {
-    fn drop(&mut self) {
-        marking::pool_destroy(self.heap.ptr(0), self.heap.len());
-    }
-}
+// the lock, so they cannot be marked and unmarked around each access; only an overflow past the
+// last atom into them goes unseen. The unused remainder after them is no-access.
 
 #[cfg(test)]
 impl Memsys5 {
     /// Check every invariant of the module doc; panics naming the first one broken.
     fn check(&self) {
-        for p in 0..self.shards.len() {
+        for p in 0..self.fixed.shards() {
             self.check_part(p);
         }
         assert_eq!(
-            self.shards.iter().map(|p| p.n).sum::<usize>(),
+            self.fixed.parts().iter().map(|p| p.units).sum::<usize>(),
             self.nblock,
             "the shards cover the atoms"
         );
@@ -1220,7 +1092,10 @@ impl Memsys5 {
 
     /// Offset of `p` in the heap.
     fn off(&self, p: NonNull<u8>) -> usize {
-        self.heap.offset_of(p).expect("pointer into the heap")
+        self.fixed
+            .heap()
+            .offset_of(p)
+            .expect("pointer into the heap")
     }
 }
 
@@ -1328,9 +1203,9 @@ mod tests {
         // 4 shards of 16 atoms of 64 bytes.
         let m = Memsys5::with_shards(64 * 65, 64, 4).unwrap();
         assert_eq!(figures(&m, &none)[1..3], [64 * 64, 16 * 64]);
-        let own = m.preferred_part();
+        let own = m.fixed.preferred_part();
         let p = m.malloc(64).unwrap();
-        assert_eq!(m.shard_of(m.off(p) / 64), own);
+        assert_eq!(m.fixed.part_of_unit(m.off(p) / 64), own);
         // One shard is split, the three others still hold a 16-atom block.
         assert_eq!(figures(&m, &none)[1..3], [63 * 64, 16 * 64]);
         m.check();
@@ -1771,7 +1646,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn a_large_heap_is_touched_only_where_used() {
         let m = Memsys5::new(256 << 20, 64).unwrap();
-        let Some(r0) = m.heap.resident_bytes() else {
+        let Some(r0) = m.fixed.heap().resident_bytes() else {
             eprintln!("the heap is not a mapping here: skipped");
             return;
         };
@@ -1779,13 +1654,13 @@ mod tests {
         let tops = m.atoms().count_ones() as usize;
         assert!(r0 <= 2 * tops * page(), "laid out: {r0} bytes resident");
         m.init().unwrap();
-        let r1 = m.heap.resident_bytes().unwrap();
+        let r1 = m.fixed.heap().resident_bytes().unwrap();
         assert!(r1 <= 2 * tops * page(), "after init: {r1} bytes resident");
         let blocks: Vec<_> = (0..4).map(|_| m.malloc(64 * KIB).unwrap()).collect();
         for &p in &blocks {
             fill(p, 64 * KIB, 0x33);
         }
-        let r2 = m.heap.resident_bytes().unwrap();
+        let r2 = m.fixed.heap().resident_bytes().unwrap();
         // The blocks, plus the links of the halves split off (one page each, at most LOGMAX per
         // malloc) and a page of control bytes.
         assert!(
@@ -1799,7 +1674,10 @@ mod tests {
         }
         m.check();
         // All joined again: one free block per top-level block, one bit per bit of `nblock`.
-        assert_eq!(m.shards[0].seen.nonempty.load(Relaxed) as usize, m.atoms());
+        assert_eq!(
+            m.fixed.parts()[0].seen.nonempty.load(Relaxed) as usize,
+            m.atoms()
+        );
     }
 
     /// `init` lays the heap out again after use by giving the control bytes' pages back, not
@@ -1808,7 +1686,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn relayout_gives_the_control_pages_back() {
         let m = Memsys5::new(8 << 20, 16).unwrap();
-        if m.heap.resident_bytes().is_none() {
+        if m.fixed.heap().resident_bytes().is_none() {
             return;
         }
         let fill_up = || {
@@ -1822,9 +1700,9 @@ mod tests {
             // SAFETY: live blocks, freed once.
             unsafe { m.free(p) };
         }
-        let full = m.heap.resident_bytes().unwrap();
+        let full = m.fixed.heap().resident_bytes().unwrap();
         m.init().unwrap();
-        let after = m.heap.resident_bytes().unwrap();
+        let after = m.fixed.heap().resident_bytes().unwrap();
         // The whole pages of control bytes went back, but for those of the top-level blocks.
         let (from, to) = (
             m.ctrl.next_multiple_of(page()),
@@ -2078,14 +1956,14 @@ mod tests {
         // A block larger than a shard can never be had.
         assert!(m.malloc(16 * 64 + 1).is_none());
         // Every atom can be handed out: the thread's own shard first, then the others.
-        let own = m.preferred_part();
+        let own = m.fixed.preferred_part();
         let mut blocks = Vec::new();
         while let Some(p) = m.malloc(64) {
             blocks.push(p);
             m.check();
         }
         assert_eq!(blocks.len(), 64, "all four shards used");
-        let shard_of = |p: NonNull<u8>| m.shard_of(m.off(p) / 64);
+        let shard_of = |p: NonNull<u8>| m.fixed.part_of_unit(m.off(p) / 64);
         assert!(
             blocks[..16].iter().all(|&p| shard_of(p) == own),
             "the own shard is used first"
@@ -2118,7 +1996,7 @@ mod tests {
         let m = Memsys5::with_shards(100 * 65, 64, 3).unwrap();
         // 100 atoms: 33 + 33 + 34.
         assert_eq!(
-            m.shards.iter().map(|p| p.n).collect::<Vec<_>>(),
+            m.fixed.parts().iter().map(|p| p.units).collect::<Vec<_>>(),
             [33, 33, 34]
         );
         m.check();
@@ -2146,7 +2024,7 @@ mod tests {
         };
         let mut freed = 0;
         for off in rx {
-            let p = m.heap.ptr(off);
+            let p = m.fixed.heap().ptr(off);
             // SAFETY: a live block the producer handed over and no longer uses.
             unsafe { m.free(p) };
             freed += 1;
@@ -2154,39 +2032,6 @@ mod tests {
         producer.join().unwrap();
         assert!(freed > 0);
         m.check();
-        assert!(m.shards.iter().all(|p| p.state.lock().live == 0));
-    }
-
-    #[test]
-    fn shard_of_divides_exactly() {
-        for (heap, shards) in [
-            (100 * 65, 3),
-            (1 << 20, 7),
-            (64 * 65, 4),
-            (10 * 65, 5),
-            (2 * 65, 2),
-        ] {
-            let m = Memsys5::with_shards(heap, 64, shards).unwrap();
-            for g in 0..m.atoms() {
-                let want = (g / m.shards[0].n).min(m.shards() - 1);
-                assert_eq!(
-                    m.shard_of(g),
-                    want,
-                    "atom {g}, heap {heap}, shards {shards}"
-                );
-                let p = &m.shards[want];
-                assert!(
-                    p.first <= g && g < p.first + p.n,
-                    "atom {g} in shard {want}"
-                );
-            }
-        }
-        // The multiply is exact up to 2^31 atoms (the most a heap can have).
-        for d in [2u64, 3, 7, 1000, 65_535, (1 << 31) - 1] {
-            let r = u64::MAX / d + 1;
-            for g in [0u64, 1, d - 1, d, d + 1, (1 << 31) - 1, (1 << 31) - 2] {
-                assert_eq!(((g as u128 * r as u128) >> 64) as u64, g / d, "{g} / {d}");
-            }
-        }
+        assert!((0..2).all(|p| m.lock_shard::<true>(p).st.live == 0));
     }
 }
