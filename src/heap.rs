@@ -172,7 +172,9 @@ impl HeapBuf {
         (off < end).then_some(off)
     }
 
-    /// Read the `u32` at byte offset `off`.
+    /// Read the `u32` at byte offset `off` (for a reader without a part's view: tlsf's `size`
+    /// without the lock, until tlsf reads through its part's [`HeapView`] as the other fixed
+    /// heaps do).
     ///
     /// # Safety
     /// `off` must be a multiple of 4 with `off + 4 <= len`, and no other thread may be writing
@@ -183,17 +185,6 @@ impl HeapBuf {
         // SAFETY: in bounds and aligned (base is 64-aligned, off a multiple of 4) by the caller's
         // contract; no concurrent writer by the same contract.
         unsafe { self.ptr(off).cast::<u32>().as_ptr().read() }
-    }
-
-    /// Write the `u32` at byte offset `off`.
-    ///
-    /// # Safety
-    /// As [`read_u32`](Self::read_u32), and no other thread may be reading those bytes.
-    #[inline]
-    pub unsafe fn write_u32(&self, off: usize, v: u32) {
-        debug_assert!(off % 4 == 0 && off + 4 <= self.len);
-        // SAFETY: as in `read_u32`.
-        unsafe { self.ptr(off).cast::<u32>().as_ptr().write(v) }
     }
 
     /// Copy `n` bytes from offset `from` to offset `to` (the ranges may overlap).

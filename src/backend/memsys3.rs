@@ -155,11 +155,12 @@
 //! alone, cheap to publish, is only a lower bound. Rather than publish an approximation, it is
 //! left out.
 
+use super::fixed::{fixed_heap_api, Fixed};
 use crate::counters::Stats;
-use crate::heap::HeapBuf;
-use crate::lock::{Lock, LockGuard};
-use crate::marking;
+use crate::heap::HeapView;
+use crate::lock::LockGuard;
 use crate::methods::{Held, InitError, MemMethods};
+use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
@@ -220,11 +221,8 @@ fn root_for(size: u32) -> usize {
     }
 }
 
-/// The allocator's state, behind the lock.
+/// The allocator's state, behind the lock (the one part of its [`Fixed`] heap).
 struct State {
-    heap: HeapBuf,
-    /// Pool blocks `P`; 0 when the heap is too small to use.
-    npool: u32,
     /// Index of the key chunk, 0 when there is none.
     key: u32,
     /// Size of the key chunk in blocks, 0 when there is none.
@@ -233,11 +231,38 @@ struct State {
     roots: [u32; N_ROOTS],
     /// Checked-out chunks.
     live: usize,
-    /// Blocks in checked-out chunks (at most `npool`), published in [`Memsys3::used`].
+    /// Blocks in checked-out chunks (at most `npool`), published for `footprint`.
     used: u32,
 }
 
-impl State {
+/// The state with the lock held, and the heap: every method may read and write chunk headers
+/// and the links of free chunks. Derefs to the [`State`].
+struct Locked<'a> {
+    /// The whole heap (the one part).
+    view: HeapView<'a>,
+    /// Pool blocks `P`; 0 when the heap is too small to use.
+    npool: u32,
+    /// [`State::used`] published for `footprint` (see "Footprint").
+    seen: &'a AtomicU32,
+    st: LockGuard<'a, State>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    #[inline(always)]
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
+}
+
+impl Locked<'_> {
     // ---- word access: every heap access goes through these four helpers ----
 
     /// Byte offset of word `half` (0 or 1) of block `blk`, checked against the heap layout.
@@ -256,19 +281,19 @@ impl State {
     #[inline]
     fn rd(&self, blk: u32, half: usize) -> u32 {
         let off = self.word_off(blk, half);
-        // SAFETY: `off` is 4-aligned and `off + 4 <= 8 * (P + 2) <= heap.len()` (word_off). The
-        // lock guarding this State is held (we are reached through its guard), and the
+        // SAFETY: `off` is 4-aligned and `off + 4 <= 8 * (P + 2) <= heap length`, the view's
+        // (word_off), and the word is its own span. The lock is held (`self.st`), and the
         // allocator only touches header words and the link words of free chunks, never the
         // user data of a checked-out chunk (module invariants), so no other thread accesses
-        // these bytes. (`accessible` makes the word accessible to valgrind/ASan meanwhile.)
-        self.accessible(off, || unsafe { self.heap.read_u32(off) })
+        // these bytes.
+        unsafe { self.view.read_meta_u32::<true>(off, 4) }
     }
 
     #[inline]
     fn wr(&mut self, blk: u32, half: usize, v: u32) {
         let off = self.word_off(blk, half);
         // SAFETY: as in `rd`.
-        self.accessible(off, || unsafe { self.heap.write_u32(off, v) })
+        unsafe { self.view.write_meta_u32::<true>(off, 4, v) }
     }
 
     /// `prevSize` in the header of chunk `i`.
@@ -315,6 +340,7 @@ impl State {
         self.roots = [0; N_ROOTS];
         self.live = 0;
         self.used = 0;
+        self.publish();
         if self.npool == 0 {
             self.key = 0;
             self.key_size = 0;
@@ -549,7 +575,7 @@ impl State {
         if self.npool == 0 {
             return None;
         }
-        let off = self.heap.offset_of(p)?;
+        let off = self.view.offset_of(p)?;
         if off % BLOCK != 0 {
             return None;
         }
@@ -566,22 +592,31 @@ impl State {
         Some(i)
     }
 
+    /// User pointer of chunk `i` (`i <= npool`).
     fn ptr(&self, i: u32) -> NonNull<u8> {
-        self.heap.ptr(i as usize * BLOCK)
+        assert!(
+            i <= self.npool,
+            "memsys3: chunk outside the pool (heap corrupt)"
+        );
+        // SAFETY: `8 * i <= 8 * P < 8 * (P + 2) <= heap length`, the view's.
+        unsafe { self.view.ptr(i as usize * BLOCK) }
+    }
+
+    /// Publish `used` for the reader (see "Footprint"): a plain store, with the lock held,
+    /// after every call that may have changed it.
+    #[inline]
+    fn publish(&self) {
+        self.seen.store(self.used, Relaxed);
     }
 }
 
 /// SQLite's memsys3 over one heap; see the [module documentation](self).
 pub struct Memsys3 {
-    state: Lock<State>,
-    /// Address of the heap, read without the lock by [`heap_offset`](Self::heap_offset).
-    base: usize,
-    /// [`State::used`], stored with the lock held after every call that changes it, read by
-    /// [`footprint`](MemMethods::footprint) without the lock (see "Footprint").
-    used: AtomicU32,
-    /// `State::npool` and the heap's length, which never change: for the reader.
+    /// The heap, its one part (all of it) and the lock over [`State`], with the count of used
+    /// blocks published next to it for [`footprint`](MemMethods::footprint).
+    fixed: Fixed<State, AtomicU32>,
+    /// Pool blocks `P`, which never change; 0 when the heap is too small to use.
     npool: u32,
-    heap_len: usize,
 }
 
 impl Memsys3 {
@@ -595,62 +630,22 @@ impl Memsys3 {
         } else {
             heap
         };
-        let buf = HeapBuf::new(len)?;
-        let npool = pool_blocks(len);
-        let mut st = State {
-            heap: buf,
-            npool,
-            key: 0,
-            key_size: 0,
-            roots: [0; N_ROOTS],
-            live: 0,
-            used: 0,
+        let state = || {
+            let st = State {
+                key: 0,
+                key_size: 0,
+                roots: [0; N_ROOTS],
+                live: 0,
+                used: 0,
+            };
+            (st, AtomicU32::new(0))
         };
-        marking::pool_create(st.heap.ptr(0), st.heap.len());
-        st.layout();
-        let base = st.heap.ptr(0).as_ptr().addr();
-        Some(Memsys3 {
-            state: Lock::new(st),
-            base,
-            used: AtomicU32::new(0),
-            npool,
-            heap_len: len,
-        })
-    }
-
-    /// With `on` false, the lock is never biased to a thread and makes no `membarrier` or
-    /// `mprotect` call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
-    pub fn with_bias(mut self, on: bool) -> Memsys3 {
-        if !on {
-            self.state.forbid_bias();
-        }
-        self
-    }
-
-    /// Whether the lock is biased to a thread now (tests and diagnostics).
-    pub fn lock_is_biased(&self) -> bool {
-        self.state.is_biased()
-    }
-
-    /// Bytes of heap actually allocated and managed (the requested size after the cap).
-    pub fn heap_len(&self) -> usize {
-        self.heap_len
-    }
-
-    /// Publish `st.used` for the reader (see "Footprint"): a plain store, with the lock held
-    /// (`st` is its guard), after every call that may have changed it.
-    #[inline]
-    fn publish(&self, st: &State) {
-        self.used.store(st.used, Relaxed);
-    }
-
-    /// Byte offset of `p` from the start of the heap when it points into the heap, without
-    /// taking the lock (the address is compared, never read): the `scopes` layer files blocks in
-    /// a side table by it.
-    #[inline]
-    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
-        let off = p.as_ptr().addr().wrapping_sub(self.base);
-        (off < self.heap_len).then_some(off)
+        let m = Memsys3 {
+            fixed: Fixed::new(len, 0, len, 1, usize::MAX, state)?,
+            npool: pool_blocks(len),
+        };
+        m.lock().layout();
+        Some(m)
     }
 
     /// Number of live (checked-out) blocks.
@@ -658,12 +653,20 @@ impl Memsys3 {
         self.lock().live
     }
 
-    fn lock(&self) -> LockGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while the lock is held can only come from a corrupt-heap assertion, which
         // aborts in the libraries (panic = "abort"); the guard releases the lock on unwinding.
-        self.state.lock()
+        let g = self.fixed.lock(0);
+        Locked {
+            view: g.view,
+            npool: self.npool,
+            seen: g.seen,
+            st: g.st,
+        }
     }
 }
+
+fixed_heap_api!(Memsys3);
 
 // SAFETY:
 // - blocks are disjoint chunks of one heap: a chunk is checked out at most once until freed, its
@@ -683,20 +686,22 @@ unsafe impl MemMethods for Memsys3 {
     }
 
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
-        let mut st = self.lock();
-        let i = st.malloc(size)?;
-        self.publish(&st);
-        st.mark_alloc(i);
-        Some(st.ptr(i))
+        let mut l = self.lock();
+        let i = l.malloc(size)?;
+        l.publish();
+        let p = l.ptr(i);
+        self.fixed.mark_alloc(p, usable(l.size4x(i)));
+        Some(p)
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
-        let mut st = self.lock();
-        match st.chunk_of(ptr) {
+        let mut l = self.lock();
+        match l.chunk_of(ptr) {
             Some(i) => {
-                st.mark_free(i);
-                st.free(i);
-                self.publish(&st);
+                // Marked before `free` writes its links into the chunk.
+                self.fixed.mark_free(ptr, usable(l.size4x(i)));
+                l.free(i);
+                l.publish();
             }
             None => debug_assert!(false, "memsys3: free of a pointer that is not a live block"),
         }
@@ -706,39 +711,33 @@ unsafe impl MemMethods for Memsys3 {
         if new_size > MAX_REQUEST {
             return None;
         }
-        let mut st = self.lock();
-        let Some(i) = st.chunk_of(ptr) else {
-            debug_assert!(
-                false,
-                "memsys3: realloc of a pointer that is not a live block"
-            );
-            return None;
+        let old = {
+            let l = self.lock();
+            let Some(i) = l.chunk_of(ptr) else {
+                debug_assert!(
+                    false,
+                    "memsys3: realloc of a pointer that is not a live block"
+                );
+                return None;
+            };
+            usable(l.size4x(i))
         };
-        let old = usable(st.size4x(i));
         if new_size <= old && new_size.saturating_add(REALLOC_SLACK) >= old {
             return Some(ptr);
         }
-        let j = st.malloc(new_size)?;
-        st.mark_alloc(j);
-        let n = old.min(new_size);
-        // SAFETY: chunk `i` (the caller's live block, `old` usable bytes) and the new chunk `j`
-        // (at least `new_size` usable bytes) are distinct checked-out chunks inside the heap; the
-        // caller does not use `ptr` during the call and the new block is not handed out yet, so
-        // no other thread accesses either range.
+        // SAFETY: `ptr` is a checked-out chunk of this heap with `old` usable bytes, and
+        // `old.min(new_size) <= new_size`; the caller gives it up on success (realloc's
+        // contract).
         unsafe {
-            st.heap
-                .copy_within(i as usize * BLOCK, j as usize * BLOCK, n)
-        };
-        st.mark_free(i);
-        st.free(i);
-        self.publish(&st);
-        Some(st.ptr(j))
+            self.fixed
+                .realloc_by_copy(self, ptr, old.min(new_size), new_size)
+        }
     }
 
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
-        let st = self.lock();
-        match st.chunk_of(ptr) {
-            Some(i) => usable(st.size4x(i)),
+        let l = self.lock();
+        match l.chunk_of(ptr) {
+            Some(i) => usable(l.size4x(i)),
             None => {
                 debug_assert!(false, "memsys3: size of a pointer that is not a live block");
                 0
@@ -746,9 +745,9 @@ unsafe impl MemMethods for Memsys3 {
         }
     }
 
-    /// Exact: whether `ptr` is the start of a checked-out chunk of this heap.
+    /// Exact: whether `ptr` points into this heap (the address is compared, never read).
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
-        Some(self.lock().chunk_of(ptr).is_some())
+        self.fixed.owns(ptr)
     }
 
     fn roundup(&self, size: usize) -> usize {
@@ -763,15 +762,12 @@ unsafe impl MemMethods for Memsys3 {
     }
 
     fn init(&self) -> Result<(), InitError> {
-        let mut st = self.lock();
-        if st.npool == 0 {
-            return Err(InitError::NoMem);
-        }
-        if st.live == 0 {
-            st.layout();
-            self.publish(&st);
-        }
-        Ok(())
+        self.fixed.init(
+            self.npool != 0,
+            |_| self.lock(),
+            |l| l.live == 0,
+            |l| l.layout(),
+        )
     }
 
     fn shutdown(&self) {}
@@ -779,11 +775,12 @@ unsafe impl MemMethods for Memsys3 {
     /// Read without the lock: see "Footprint" in the module documentation.
     fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
         let _ = stats;
-        let free_blocks = self.npool.saturating_sub(self.used.load(Relaxed));
+        let used = self.fixed.parts()[0].seen.load(Relaxed);
+        let free_blocks = self.npool.saturating_sub(used);
         out(Held {
             key: "heap_bytes",
             help: "sqlalloc memsys3: the heap as configured (heap=, at most 8 GiB), all of it: chunk headers (8 bytes per chunk) and 16 bytes set aside included",
-            bytes: self.heap_len as u64,
+            bytes: self.fixed.heap_len() as u64,
         });
         out(Held {
             key: "free_bytes",
@@ -793,39 +790,13 @@ unsafe impl MemMethods for Memsys3 {
     }
 }
 
-// ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
+// ---- valgrind / AddressSanitizer marking (src/marking.rs, src/backend/fixed.rs) ------------------
 //
 // The heap is a pool: everything is no-access except the user area of checked-out chunks (its
 // whole usable size, `8·s − 4` bytes; the request size is not kept), which is addressable with
-// undefined contents. Chunk headers, list links and `prevSize` words are made accessible only for the
-// duration of each access by `rd`/`wr`, with the lock held. A user write past the usable size
+// undefined contents. Chunk headers, list links and `prevSize` words are made accessible only for
+// the duration of each access by `rd`/`wr`, with the lock held. A user write past the usable size
 // hits the next chunk's `size4x` word and is reported.
-impl State {
-    /// Run `f` with the 4-byte word at byte offset `off` accessible.
-    #[inline]
-    fn accessible<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
-        marking::with_accessible(self.heap.ptr(off), 4, f)
-    }
-
-    /// Chunk `i` was just checked out (before its pointer is handed out).
-    fn mark_alloc(&self, i: u32) {
-        let n = usable(self.size4x(i));
-        marking::block_alloc(self.heap.ptr(0), self.ptr(i), n);
-    }
-
-    /// Checked-out chunk `i` is about to be freed (before the allocator writes into it).
-    fn mark_free(&self, i: u32) {
-        let n = usable(self.size4x(i));
-        marking::block_free(self.heap.ptr(0), self.ptr(i), n);
-    }
-}
-
-impl Drop for Memsys3 {
-    fn drop(&mut self) {
-        let st = self.state.get_mut();
-        marking::pool_destroy(st.heap.ptr(0), st.heap.len());
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -849,7 +820,7 @@ mod tests {
         key_touches_free: bool,
     }
 
-    impl State {
+    impl Locked<'_> {
         /// Check every invariant of the module doc; the walk's figures, or what is wrong.
         fn check(&self) -> Result<Walk, String> {
             let mut w = Walk::default();
@@ -985,7 +956,8 @@ mod tests {
 
     fn check(m: &Memsys3) -> Walk {
         let st = m.lock();
-        assert_eq!(m.used.load(Relaxed), st.used, "published used blocks");
+        let published = m.fixed.parts()[0].seen.load(Relaxed);
+        assert_eq!(published, st.used, "published used blocks");
         match st.check() {
             Ok(w) => w,
             Err(e) => panic!("memsys3 invariant broken: {e}"),
@@ -998,7 +970,7 @@ mod tests {
     }
 
     fn npool(m: &Memsys3) -> u32 {
-        m.lock().npool
+        m.npool
     }
 
     use crate::backend::test_support::{fill, holds};
@@ -1233,7 +1205,7 @@ mod tests {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
         let m = Memsys3::new(256 << 20).unwrap();
-        let resident = || m.lock().heap.resident_bytes();
+        let resident = || m.fixed.heap().resident_bytes();
         let Some(r0) = resident() else {
             eprintln!("the heap is not a mapping here: skipped");
             return;
@@ -1596,7 +1568,7 @@ mod tests {
         use std::fmt::Write;
         let m = Memsys3::new(heap).unwrap();
         m.init().unwrap();
-        let off = |p: NonNull<u8>| m.lock().heap.offset_of(p).unwrap();
+        let off = |p: NonNull<u8>| m.heap_offset(p).unwrap();
         let mut rng = Rng(seed);
         let mut live: Vec<NonNull<u8>> = Vec::new();
         let mut out = String::new();
