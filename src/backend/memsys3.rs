@@ -801,7 +801,31 @@ unsafe impl MemMethods for Memsys3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::test_support::{self as ts, fill, holds, Sizes, TestHeap};
+    use crate::heap::HeapBuf;
     use std::sync::Arc;
+
+    impl TestHeap for Memsys3 {
+        /// A whole key chunk one block larger than the request may be handed out.
+        const SLACK: usize = 8;
+        fn check(&self) {
+            check(self);
+        }
+        fn live(&self) -> usize {
+            Memsys3::live(self)
+        }
+        /// No promise: free chunks apart from the key join only in a merge pass, which a request
+        /// for the whole pool skips (see `whole_pool_request_needs_init_after_fragmentation`).
+        fn whole_block(&self) -> Option<usize> {
+            None
+        }
+        fn heap(&self) -> &HeapBuf {
+            self.fixed.heap()
+        }
+        fn biased(&self) -> bool {
+            self.lock_is_biased()
+        }
+    }
 
     /// What the checker saw.
     #[derive(Debug, Default)]
@@ -973,8 +997,6 @@ mod tests {
         m.npool
     }
 
-    use crate::backend::test_support::{fill, holds};
-
     fn sz(m: &Memsys3, p: NonNull<u8>) -> usize {
         // SAFETY: the tests pass live blocks only.
         unsafe { m.size(p) }
@@ -1005,11 +1027,8 @@ mod tests {
 
     /// The footprint's figures, keys checked.
     fn figures(m: &Memsys3) -> [u64; 2] {
-        let mut v = Vec::new();
-        m.footprint(&Stats::default(), &mut |h| v.push(h));
-        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
-        assert_eq!(keys, ["heap_bytes", "free_bytes"]);
-        [v[0].bytes, v[1].bytes]
+        let keys = ["heap_bytes", "free_bytes"];
+        ts::figures(m, &Stats::default(), &keys).try_into().unwrap()
     }
 
     #[test]
@@ -1050,35 +1069,10 @@ mod tests {
     #[test]
     fn footprint_from_another_thread_keeps_the_bias() {
         let m = Arc::new(Memsys3::new(64 << 10).unwrap());
-        let p = m.malloc(100).unwrap();
-        if !m.lock_is_biased() {
-            // No bias here (Miri, a kernel without membarrier): nothing to keep.
-            return;
+        if let Some(seen) = ts::reader_keeps_the_bias(m, &["heap_bytes", "free_bytes"]) {
+            // 100 bytes take (100 + 11) / 8 = 13 blocks.
+            assert_eq!(seen[1], ((64 << 10) / 8 - 2 - 13) * 8);
         }
-        let r = Arc::clone(&m);
-        let free = std::thread::spawn(move || {
-            let mut last = 0;
-            for _ in 0..1000 {
-                last = figures(&r)[1];
-            }
-            last
-        })
-        .join()
-        .unwrap();
-        // 100 bytes take (100 + 11) / 8 = 13 blocks.
-        assert_eq!(free, ((64 << 10) / 8 - 2 - 13) * 8);
-        assert!(m.lock_is_biased(), "the reader revoked the bias");
-        let q = Arc::clone(&m);
-        std::thread::spawn(move || {
-            let b = q.malloc(10).unwrap();
-            // SAFETY: live block of `q`, freed once.
-            unsafe { q.free(b) };
-        })
-        .join()
-        .unwrap();
-        assert!(!m.lock_is_biased(), "another thread allocating revokes it");
-        // SAFETY: live block of `m`, freed once.
-        unsafe { m.free(p) };
     }
 
     #[test]
@@ -1158,17 +1152,7 @@ mod tests {
     fn requests_too_large_fail_cleanly() {
         let m = Memsys3::new(64 << 10).unwrap();
         let p = npool(&m) as usize;
-        for n in [
-            usize::MAX,
-            usize::MAX - 10,
-            MAX_REQUEST + 1,
-            1 << 31,
-            64 << 10,
-            p * 8 - 3,
-        ] {
-            assert!(m.malloc(n).is_none(), "malloc({n})");
-            check(&m);
-        }
+        ts::too_large_requests_fail_cleanly(&m, p * 8 - 3);
         // The whole pool in one block works on a fresh heap.
         let q = m.malloc(p * 8 - 4).unwrap();
         assert_eq!(sz(&m, q), p * 8 - 4);
@@ -1198,36 +1182,13 @@ mod tests {
     }
 
     /// A large heap costs two pages when laid out (the key chunk's header and the sentinel's),
-    /// also after `init`; a few blocks written cost their own pages and little more.
+    /// also after `init`; a few blocks written cost their own pages and a page more each at most
+    /// (each block's header and the key's new header).
     #[test]
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn a_large_heap_is_touched_only_where_used() {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
         let m = Memsys3::new(256 << 20).unwrap();
-        let resident = || m.fixed.heap().resident_bytes();
-        let Some(r0) = resident() else {
-            eprintln!("the heap is not a mapping here: skipped");
-            return;
-        };
-        assert!(r0 <= 2 * page, "laid out: {r0} bytes resident");
-        m.init().unwrap();
-        let r1 = resident().unwrap();
-        assert!(r1 <= 2 * page, "after init: {r1} bytes resident");
-        let blocks: Vec<_> = (0..4).map(|_| m.malloc(64 << 10).unwrap()).collect();
-        for &p in &blocks {
-            fill(p, 64 << 10, 0x33);
-        }
-        let r2 = resident().unwrap();
-        // Each block's header and the key's new header: a page more per block at most.
-        assert!(
-            r2 >= r1 + 4 * (64 << 10) && r2 <= r1 + 4 * (64 << 10) + 8 * page,
-            "four 64 KiB blocks written: {r1} -> {r2} bytes resident"
-        );
-        for p in blocks {
-            assert!(holds(p, 64 << 10, 0x33));
-            free(&m, p);
-        }
+        ts::touched_only_where_used(&m, 2 * ts::page(), 8 * ts::page());
         let w = check(&m);
         assert_eq!((w.used, w.free), (0, 1));
     }
@@ -1463,7 +1424,8 @@ mod tests {
         assert_eq!(m.live(), 0);
     }
 
-    /// xorshift64*: a small deterministic generator for the randomized tests.
+    /// xorshift64*: the generator of the sequences run through C's mem3.c for
+    /// `same_placement_as_c` (the golden hashes depend on it).
     struct Rng(u64);
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -1484,78 +1446,60 @@ mod tests {
         }
     }
 
-    /// Under Miri, keep sizes small: every byte filled and compared is interpreted.
-    fn miri_cap(n: usize) -> usize {
-        if cfg!(miri) {
-            n % 700
+    /// Seeded random sequences of malloc / free / realloc, contents tagged and the invariants
+    /// checked after every step; after every free the key has no free neighbour.
+    #[test]
+    fn randomized_sequence_keeps_invariants() {
+        let steps = if cfg!(miri) { 150 } else { 6_000 };
+        // Under Miri, small sizes: every byte filled and compared is interpreted.
+        let sizes = if cfg!(miri) {
+            Sizes {
+                small: 89,
+                mid: 699,
+                big: 699,
+            }
         } else {
-            n
+            Sizes {
+                small: 89,
+                mid: 1199,
+                big: 11_999,
+            }
+        };
+        for seed in [1u64, 0x9e37_79b9_7f4a_7c15, 42] {
+            let m = Memsys3::new(if cfg!(miri) { 8 << 10 } else { 32 << 10 }).unwrap();
+            let mut merges_seen = 0;
+            let t = ts::random_sequence(&m, seed, steps, &sizes, 60, |m| {
+                let w = check(m);
+                assert!(!w.key_touches_free, "key has a free neighbour after free");
+                merges_seen += usize::from(w.adjacent_free > 0);
+            });
+            if !cfg!(miri) {
+                assert!(
+                    t.failures > 0,
+                    "the heap was never exhausted: test too weak"
+                );
+                assert!(
+                    t.moves > 0 && merges_seen > 0,
+                    "{t:?}, {merges_seen} merges"
+                );
+            }
+            ts::assert_recovered(&m);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ts::proptest_config())]
+        /// Any sequence keeps the invariants and the contents of live blocks.
+        #[test]
+        fn any_sequence(ops in ts::ops(120)) {
+            let m = Memsys3::new(if cfg!(miri) { 4 << 10 } else { 16 << 10 }).unwrap();
+            ts::any_sequence(&m, ops)?;
         }
     }
 
     #[test]
-    fn randomized_sequence_keeps_invariants() {
-        let steps = if cfg!(miri) { 150 } else { 6_000 };
-        for seed in [1u64, 0x9e37_79b9_7f4a_7c15, 42] {
-            let m = Memsys3::new(if cfg!(miri) { 8 << 10 } else { 32 << 10 }).unwrap();
-            let mut rng = Rng(seed);
-            // (pointer, bytes in use, fill byte)
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            let (mut fails, mut merges_seen) = (0, 0);
-            for step in 0..steps {
-                let op = rng.below(10);
-                let tag = (step % 251) as u8;
-                if op < 5 || live.is_empty() {
-                    let n = miri_cap(rng.size());
-                    match m.malloc(n) {
-                        Some(p) => {
-                            assert_eq!(p.as_ptr().addr() % 8, 0);
-                            assert!(sz(&m, p) >= n && sz(&m, p) <= m.roundup(n) + 8);
-                            fill(p, n, tag);
-                            live.push((p, n, tag));
-                        }
-                        None => fails += 1,
-                    }
-                    check(&m);
-                } else if op < 8 {
-                    let k = rng.below(live.len() as u64) as usize;
-                    let (p, n, t) = live.swap_remove(k);
-                    assert!(holds(p, n, t), "seed {seed} step {step}: block overwritten");
-                    free(&m, p);
-                    let w = check(&m);
-                    assert!(!w.key_touches_free, "key has a free neighbour after free");
-                    if w.adjacent_free > 0 {
-                        merges_seen += 1;
-                    }
-                } else {
-                    let k = rng.below(live.len() as u64) as usize;
-                    let (p, n, t) = live[k];
-                    let new = miri_cap(rng.size());
-                    match realloc(&m, p, new) {
-                        Some(q) => {
-                            assert!(holds(q, n.min(new), t));
-                            fill(q, new, tag);
-                            live[k] = (q, new, tag);
-                        }
-                        None => {
-                            assert!(holds(p, n, t), "failed realloc changed the block");
-                            fails += 1;
-                        }
-                    }
-                    check(&m);
-                }
-            }
-            if !cfg!(miri) {
-                assert!(fails > 0, "the heap was never exhausted: test too weak");
-                assert!(merges_seen > 0, "never saw unmerged free chunks");
-            }
-            for (p, n, t) in live {
-                assert!(holds(p, n, t));
-                free(&m, p);
-                check(&m);
-            }
-            assert_eq!(m.live(), 0);
-        }
+    fn init_keeps_live_blocks() {
+        ts::init_keeps_live_blocks(&Memsys3::new(16 << 10).unwrap());
     }
 
     /// Run `n` random operations (sizes 1 and up, as SQLite passes them) on a fresh heap and
@@ -1637,51 +1581,13 @@ mod tests {
 
     #[test]
     fn two_thread_stress() {
-        let m = Arc::new(Memsys3::new(256 << 10).unwrap());
-        let rounds = if cfg!(miri) { 40 } else { 20_000 };
-        let handles: Vec<_> = (0..2u8)
-            .map(|t| {
-                let m = Arc::clone(&m);
-                std::thread::spawn(move || {
-                    let mut rng = Rng(0x1234_5678 + u64::from(t));
-                    let mut mine: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-                    let mut got = 0usize;
-                    for r in 0..rounds {
-                        let tag = t.wrapping_mul(100).wrapping_add((r % 97) as u8);
-                        if rng.below(3) != 0 || mine.is_empty() {
-                            let n = miri_cap(rng.size());
-                            if let Some(p) = m.malloc(n) {
-                                fill(p, n, tag);
-                                mine.push((p, n, tag));
-                                got += 1;
-                            }
-                        } else {
-                            let k = rng.below(mine.len() as u64) as usize;
-                            let (p, n, tg) = mine.swap_remove(k);
-                            assert!(holds(p, n, tg), "thread {t}: block overwritten");
-                            if rng.below(2) == 0 {
-                                free(&m, p);
-                            } else if let Some(q) = realloc(&m, p, miri_cap(rng.size())) {
-                                free(&m, q);
-                            } else {
-                                free(&m, p);
-                            }
-                        }
-                    }
-                    for (p, n, tg) in mine {
-                        assert!(holds(p, n, tg));
-                        free(&m, p);
-                    }
-                    got
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for h in handles {
-            total += h.join().expect("stress thread panicked");
-        }
-        assert!(total > 0);
-        assert_eq!(m.live(), 0);
-        check(&m);
+        let m = Memsys3::new(256 << 10).unwrap();
+        ts::two_threads(Arc::new(m), if cfg!(miri) { 40 } else { 20_000 }, 3000);
+    }
+
+    #[test]
+    fn freed_by_another_thread() {
+        let m = Memsys3::new(if cfg!(miri) { 64 << 10 } else { 4 << 20 }).unwrap();
+        ts::freed_by_another_thread(Arc::new(m), if cfg!(miri) { 100 } else { 2000 });
     }
 }

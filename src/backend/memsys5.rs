@@ -1102,11 +1102,33 @@ impl Memsys5 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::test_support::{self as ts, fill, holds, Rng, Sizes, TestHeap};
+    use crate::heap::HeapBuf;
     use std::sync::Arc;
 
     const KIB: usize = 1024;
 
-    use crate::backend::test_support::{fill, holds, Rng};
+    impl TestHeap for Memsys5 {
+        /// A block is exactly `roundup(n)`.
+        const SLACK: usize = 0;
+        fn check(&self) {
+            Memsys5::check(self);
+        }
+        fn live(&self) -> usize {
+            (0..self.shards())
+                .map(|p| self.lock_shard::<true>(p).st.live)
+                .sum()
+        }
+        fn whole_block(&self) -> Option<usize> {
+            Some(self.largest_block())
+        }
+        fn heap(&self) -> &HeapBuf {
+            self.fixed.heap()
+        }
+        fn biased(&self) -> bool {
+            self.lock_is_biased()
+        }
+    }
 
     #[test]
     fn geometry_matches_c_for_1m_min_64() {
@@ -1136,19 +1158,13 @@ mod tests {
 
     /// The footprint's figures, keys checked.
     fn figures(m: &Memsys5, stats: &Stats) -> [u64; 4] {
-        let mut v = Vec::new();
-        m.footprint(stats, &mut |h| v.push(h));
-        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
-        assert_eq!(
-            keys,
-            [
-                "heap_bytes",
-                "free_bytes",
-                "largest_free_block_bytes",
-                "needed_bytes"
-            ]
-        );
-        [v[0].bytes, v[1].bytes, v[2].bytes, v[3].bytes]
+        let keys = [
+            "heap_bytes",
+            "free_bytes",
+            "largest_free_block_bytes",
+            "needed_bytes",
+        ];
+        ts::figures(m, stats, &keys).try_into().unwrap()
     }
 
     #[test]
@@ -1250,40 +1266,20 @@ mod tests {
         assert_eq!(geometry(97281 * 65, 64), (6, 97281));
     }
 
-    /// The reader must never take a shard's lock: reading the footprint from another thread
-    /// keeps the lock biased to the thread that allocates (and another thread allocating does
-    /// revoke it, so the test can tell).
+    /// The reader must never take a shard's lock (see "Footprint").
     #[test]
     fn footprint_from_another_thread_keeps_the_bias() {
         let m = Arc::new(Memsys5::new(64 * KIB, 64).unwrap());
-        let p = m.malloc(100).unwrap();
-        if !m.lock_is_biased() {
-            // No bias here (Miri, a kernel without membarrier): nothing to keep.
-            return;
+        let keys = [
+            "heap_bytes",
+            "free_bytes",
+            "largest_free_block_bytes",
+            "needed_bytes",
+        ];
+        if let Some(seen) = ts::reader_keeps_the_bias(Arc::clone(&m), &keys) {
+            // The 100-byte request took two atoms.
+            assert_eq!(seen[1], (m.atoms() * 64 - 128) as u64);
         }
-        let r = Arc::clone(&m);
-        let read = std::thread::spawn(move || {
-            let mut last = [0; 4];
-            for _ in 0..1000 {
-                last = figures(&r, &Stats::default());
-            }
-            last
-        })
-        .join()
-        .unwrap();
-        assert_eq!(read[1], (m.atoms() * 64 - 128) as u64);
-        assert!(m.lock_is_biased(), "the reader revoked the bias");
-        let q = Arc::clone(&m);
-        std::thread::spawn(move || {
-            let b = q.malloc(10).unwrap();
-            // SAFETY: live block of `q`, freed once.
-            unsafe { q.free(b) };
-        })
-        .join()
-        .unwrap();
-        assert!(!m.lock_is_biased(), "another thread allocating revokes it");
-        // SAFETY: live block of `m`, freed once.
-        unsafe { m.free(p) };
     }
 
     #[test]
@@ -1381,24 +1377,9 @@ mod tests {
     #[test]
     fn too_large_requests_fail_cleanly() {
         let m = Memsys5::new(64 * KIB, 0).unwrap();
-        let big = m.largest_block();
-        assert_eq!(big, 32 * KIB);
-        assert!(m.malloc(big + 1).is_none());
-        for n in [1 << 30, (1 << 30) + 1, 1 << 31, usize::MAX / 2, usize::MAX] {
-            assert!(m.malloc(n).is_none(), "malloc({n})");
-        }
-        m.check();
-        let p = m.malloc(100).unwrap();
-        fill(p, 100, 7);
-        for n in [big + 1, 1 << 31, usize::MAX] {
-            // SAFETY: `p` is live; a failed realloc leaves it live.
-            assert!(unsafe { m.realloc(p, n) }.is_none());
-            assert!(holds(p, 100, 7));
-        }
-        m.check();
-        // SAFETY: live.
-        unsafe { m.free(p) };
-        m.check();
+        assert_eq!(m.largest_block(), 32 * KIB);
+        ts::too_large_requests_fail_cleanly(&m, m.largest_block() + 1);
+        ts::too_large_requests_fail_cleanly(&m, 1 << 30);
     }
 
     #[test]
@@ -1592,87 +1573,26 @@ mod tests {
     #[test]
     fn reinit_keeps_live_blocks() {
         let m = Memsys5::new(16 * KIB, 64).unwrap();
-        assert_eq!(m.init(), Ok(()));
-        let p = m.malloc(100).unwrap();
-        fill(p, 128, 0x11);
-        m.shutdown();
-        assert!(holds(p, 128, 0x11), "shutdown is not destructive");
-        assert_eq!(m.init(), Ok(()));
-        m.check();
-        let q = m.malloc(100).unwrap();
-        assert_ne!(q, p, "a live block survives re-init");
-        assert!(holds(p, 128, 0x11));
-        // SAFETY: both live, freed once.
-        unsafe {
-            m.free(p);
-            m.free(q);
-        }
-        m.shutdown();
-        assert_eq!(m.init(), Ok(()));
-        m.check();
+        ts::init_keeps_live_blocks(&m);
         assert_eq!(m.malloc(m.largest_block()).map(|b| m.off(b)), Some(0));
     }
 
     #[test]
     fn foreign_pointers_are_ignored() {
-        let m = Memsys5::new(4 * KIB, 0).unwrap();
-        let p = m.malloc(64).unwrap();
-        let mut x = 0u64;
-        let foreign = NonNull::from(&mut x).cast::<u8>();
-        // SAFETY: the calls break the contract on purpose; the allocator must not act on them
-        // (a pointer outside the heap, or one not on an atom boundary).
-        unsafe {
-            assert_eq!(m.size(foreign), 0);
-            m.free(foreign);
-            m.free(NonNull::new_unchecked(p.as_ptr().add(1)));
-            assert_eq!(m.realloc(foreign, 10), None);
-        }
-        m.check();
-        // SAFETY: live.
-        assert_eq!(unsafe { m.size(p) }, 64);
-    }
-
-    /// The page size, for the residency tests.
-    fn page() -> usize {
-        // SAFETY: sysconf has no preconditions.
-        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
+        ts::foreign_pointers_are_ignored(&Memsys5::new(4 * KIB, 0).unwrap());
     }
 
     /// A large heap costs only the pages of its top-level blocks when laid out (C's layout: their
     /// control bytes and links), also after `init`; blocks handed out and written cost their own
-    /// pages and little more; the state is right all along (checked last: `check` reads every
-    /// control byte).
+    /// pages and little more: the links of the halves split off (one page each, at most LOGMAX
+    /// per malloc) and a page of control bytes.
     #[test]
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn a_large_heap_is_touched_only_where_used() {
         let m = Memsys5::new(256 << 20, 64).unwrap();
-        let Some(r0) = m.fixed.heap().resident_bytes() else {
-            eprintln!("the heap is not a mapping here: skipped");
-            return;
-        };
         // One page for the link and one for the control byte of each top-level block, at most.
         let tops = m.atoms().count_ones() as usize;
-        assert!(r0 <= 2 * tops * page(), "laid out: {r0} bytes resident");
-        m.init().unwrap();
-        let r1 = m.fixed.heap().resident_bytes().unwrap();
-        assert!(r1 <= 2 * tops * page(), "after init: {r1} bytes resident");
-        let blocks: Vec<_> = (0..4).map(|_| m.malloc(64 * KIB).unwrap()).collect();
-        for &p in &blocks {
-            fill(p, 64 * KIB, 0x33);
-        }
-        let r2 = m.fixed.heap().resident_bytes().unwrap();
-        // The blocks, plus the links of the halves split off (one page each, at most LOGMAX per
-        // malloc) and a page of control bytes.
-        assert!(
-            r2 >= r1 + 4 * 64 * KIB && r2 <= r1 + 4 * 64 * KIB + (4 * LOGMAX + 1) * page(),
-            "four 64 KiB blocks written: {r1} -> {r2} bytes resident"
-        );
-        for &p in &blocks {
-            assert!(holds(p, 64 * KIB, 0x33));
-            // SAFETY: live blocks, freed once.
-            unsafe { m.free(p) };
-        }
-        m.check();
+        ts::touched_only_where_used(&m, 2 * tops * ts::page(), (4 * LOGMAX + 1) * ts::page());
         // All joined again: one free block per top-level block, one bit per bit of `nblock`.
         assert_eq!(
             m.fixed.parts()[0].seen.nonempty.load(Relaxed) as usize,
@@ -1705,13 +1625,13 @@ mod tests {
         let after = m.fixed.heap().resident_bytes().unwrap();
         // The whole pages of control bytes went back, but for those of the top-level blocks.
         let (from, to) = (
-            m.ctrl.next_multiple_of(page()),
-            (m.ctrl + m.atoms()) / page(),
+            m.ctrl.next_multiple_of(ts::page()),
+            (m.ctrl + m.atoms()) / ts::page(),
         );
-        let gone = (to * page()).saturating_sub(from) / page();
+        let gone = (to * ts::page()).saturating_sub(from) / ts::page();
         let tops = m.atoms().count_ones() as usize;
         assert!(
-            after <= full - (gone - tops) * page(),
+            after <= full - (gone - tops) * ts::page(),
             "init: {full} -> {after} bytes resident ({gone} pages of control bytes)"
         );
         m.check();
@@ -1753,8 +1673,8 @@ mod tests {
         m.check();
     }
 
-    /// A seeded random sequence of malloc / free / realloc with contents tagged and the
-    /// invariants checked after every step.
+    /// Seeded random sequences of malloc / free / realloc, contents tagged and the invariants
+    /// checked after every step, for three minimum requests.
     #[test]
     fn random_sequence() {
         // (steps, heap, medium and large request sizes, most live blocks); smaller under Miri.
@@ -1763,188 +1683,33 @@ mod tests {
         } else {
             (5_000, 64 * KIB, 512, 4 * KIB, 60)
         };
+        let sizes = Sizes {
+            small: 64,
+            mid,
+            big,
+        };
         for (seed, min) in [(1u64, 0usize), (2, 64), (3, 24)] {
             let m = Memsys5::new(heap, min).unwrap();
-            let mut rng = Rng(seed);
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            let (mut failures, mut moves) = (0, 0);
-            for step in 0..steps {
-                let size = match rng.below(10) {
-                    0..=5 => rng.below(65),
-                    6..=8 => rng.below(mid + 1),
-                    _ => rng.below(big + 1),
-                };
-                let tag = step as u8;
-                match rng.below(3) {
-                    0 | 1 if live.len() < cap => match m.malloc(size) {
-                        Some(p) => {
-                            // SAFETY: live.
-                            assert!(unsafe { m.size(p) } >= size);
-                            fill(p, size, tag);
-                            live.push((p, size, tag));
-                        }
-                        None => failures += 1,
-                    },
-                    2 if !live.is_empty() => {
-                        let j = rng.below(live.len());
-                        let (p, n, t) = live[j];
-                        assert!(holds(p, n, t), "contents of a live block");
-                        // SAFETY: `p` is live; on success it is replaced.
-                        match unsafe { m.realloc(p, size) } {
-                            Some(q) => {
-                                moves += usize::from(q != p);
-                                assert!(holds(q, n.min(size), t), "realloc kept contents");
-                                fill(q, size, tag);
-                                live[j] = (q, size, tag);
-                            }
-                            None => {
-                                failures += 1;
-                                assert!(holds(p, n, t), "failed realloc kept the block");
-                            }
-                        }
-                    }
-                    _ if !live.is_empty() => {
-                        let (p, n, t) = live.swap_remove(rng.below(live.len()));
-                        assert!(holds(p, n, t), "contents of a live block");
-                        // SAFETY: live, freed once.
-                        unsafe { m.free(p) };
-                    }
-                    _ => {}
-                }
-                m.check();
-            }
-            // The mix must exercise both outcomes.
-            assert!(failures < steps / 4, "too many failures: {failures}");
-            assert!(
-                failures > 0 && moves > 0,
-                "failures {failures}, moves {moves}"
-            );
-            for (p, n, t) in live.drain(..) {
-                assert!(holds(p, n, t));
-                // SAFETY: live, freed once.
-                unsafe { m.free(p) };
-            }
-            m.check();
-            assert!(
-                m.malloc(m.largest_block()).is_some(),
-                "recovered (seed {seed})"
-            );
+            ts::random_sequence(&m, seed, steps, &sizes, cap, |_| {}).assert_exercised(steps);
+            ts::assert_recovered(&m);
         }
     }
 
-    #[derive(Debug, Clone)]
-    enum Op {
-        Malloc(usize),
-        Free(usize),
-        Realloc(usize, usize),
-    }
-
-    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
-        use proptest::prelude::*;
-        prop_oneof![
-            (0usize..3000).prop_map(Op::Malloc),
-            any::<usize>().prop_map(Op::Free),
-            (any::<usize>(), 0usize..3000).prop_map(|(i, n)| Op::Realloc(i, n)),
-        ]
-    }
-
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: if cfg!(miri) { 4 } else { 200 },
-            failure_persistence: None,
-            ..Default::default()
-        })]
+        #![proptest_config(ts::proptest_config())]
         /// Any sequence keeps the invariants and the contents of live blocks, and everything is
         /// recovered at the end.
         #[test]
-        fn any_sequence(ops in proptest::collection::vec(op(), 1..120), min in 0usize..100) {
+        fn any_sequence(ops in ts::ops(120), min in 0usize..100) {
             let m = Memsys5::new(if cfg!(miri) { 2 * KIB } else { 8 * KIB }, min).unwrap();
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            for (step, o) in ops.into_iter().enumerate() {
-                let tag = step as u8;
-                match o {
-                    Op::Malloc(n) => if let Some(p) = m.malloc(n) {
-                        fill(p, n, tag);
-                        live.push((p, n, tag));
-                    },
-                    Op::Free(i) if !live.is_empty() => {
-                        let (p, n, t) = live.swap_remove(i % live.len());
-                        proptest::prop_assert!(holds(p, n, t));
-                        // SAFETY: live, freed once.
-                        unsafe { m.free(p) };
-                    }
-                    Op::Realloc(i, n) if !live.is_empty() => {
-                        let j = i % live.len();
-                        let (p, old, t) = live[j];
-                        // SAFETY: live; replaced on success.
-                        if let Some(q) = unsafe { m.realloc(p, n) } {
-                            proptest::prop_assert!(holds(q, old.min(n), t));
-                            fill(q, n, tag);
-                            live[j] = (q, n, tag);
-                        } else {
-                            proptest::prop_assert!(holds(p, old, t));
-                        }
-                    }
-                    _ => {}
-                }
-                m.check();
-            }
-            for (p, n, t) in live {
-                proptest::prop_assert!(holds(p, n, t));
-                // SAFETY: live, freed once.
-                unsafe { m.free(p) };
-            }
-            m.check();
-            proptest::prop_assert!(m.malloc(m.largest_block()).is_some());
+            ts::any_sequence(&m, ops)?;
         }
     }
 
     #[test]
     fn two_threads() {
-        let m = Arc::new(Memsys5::new(if cfg!(miri) { 8 * KIB } else { KIB * KIB }, 0).unwrap());
-        let rounds = if cfg!(miri) { 200 } else { 50_000 };
-        let workers: Vec<_> = (0..2u8)
-            .map(|t| {
-                let m = Arc::clone(&m);
-                std::thread::spawn(move || {
-                    let mut rng = Rng(u64::from(t) + 100);
-                    let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
-                    let tag = 0x40 | t;
-                    for round in 0..rounds {
-                        if round % 100 == 99 {
-                            // Consistent at any moment the lock is free.
-                            m.check();
-                        }
-                        if live.len() < 30 && rng.below(2) == 0 {
-                            let n = 1 + rng.below(300);
-                            if let Some(p) = m.malloc(n) {
-                                // SAFETY: live; `size` reads the control byte without the lock
-                                // while the other thread changes its neighbours.
-                                assert_eq!(unsafe { m.size(p) }, m.roundup(n));
-                                fill(p, n, tag);
-                                live.push((p, n));
-                            }
-                        } else if !live.is_empty() {
-                            let (p, n) = live.swap_remove(rng.below(live.len()));
-                            assert!(holds(p, n, tag), "another thread wrote into my block");
-                            // SAFETY: live, owned by this thread, freed once.
-                            unsafe { m.free(p) };
-                        }
-                    }
-                    for (p, n) in live {
-                        assert!(holds(p, n, tag));
-                        // SAFETY: as above.
-                        unsafe { m.free(p) };
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
-        m.check();
-        assert_eq!(m.lock().st.live, 0);
-        assert!(m.malloc(m.largest_block()).is_some());
+        let m = Memsys5::new(if cfg!(miri) { 8 * KIB } else { KIB * KIB }, 0).unwrap();
+        ts::two_threads(Arc::new(m), if cfg!(miri) { 200 } else { 50_000 }, 300);
     }
 
     #[test]
@@ -2007,31 +1772,7 @@ mod tests {
 
     #[test]
     fn shards_with_threads_freeing_each_others_blocks() {
-        let m = Arc::new(Memsys5::with_shards(4 << 20, 64, 2).unwrap());
-        let (tx, rx) = std::sync::mpsc::channel::<usize>();
-        let producer = {
-            let m = Arc::clone(&m);
-            std::thread::spawn(move || {
-                let mut rng = Rng(7);
-                for _ in 0..if cfg!(miri) { 200 } else { 2000 } {
-                    let n = 1 + rng.below(3000);
-                    if let Some(p) = m.malloc(n) {
-                        fill(p, n, 0x5a);
-                        tx.send(m.off(p)).unwrap();
-                    }
-                }
-            })
-        };
-        let mut freed = 0;
-        for off in rx {
-            let p = m.fixed.heap().ptr(off);
-            // SAFETY: a live block the producer handed over and no longer uses.
-            unsafe { m.free(p) };
-            freed += 1;
-        }
-        producer.join().unwrap();
-        assert!(freed > 0);
-        m.check();
-        assert!((0..2).all(|p| m.lock_shard::<true>(p).st.live == 0));
+        let m = Memsys5::with_shards(4 << 20, 64, 2).unwrap();
+        ts::freed_by_another_thread(Arc::new(m), if cfg!(miri) { 200 } else { 2000 });
     }
 }
