@@ -1,5 +1,9 @@
 //! [`HeapBuf`]: the one fixed heap buffer that `memsys3`, `memsys5` and `tlsf` carve blocks
-//! from, and the only place where their pointer arithmetic happens.
+//! from, and the only place where their pointer arithmetic happens; [`HeapView`]: a part of it,
+//! with the one set of byte and word accessors the allocators use (those of their own data inside
+//! the pool marking it accessible to valgrind and ASan around each access). The buffer belongs to
+//! the fixed heap of `src/backend/fixed.rs`, which creates and destroys its pool marking and cuts
+//! it into parts.
 //!
 //! # Where the bytes come from, and what they cost
 //!
@@ -14,8 +18,8 @@
 //! process at a page fault later: a fixed heap promises its memory up front. The
 //! allocators over it are written to match: their layout writes only the bytes it must (see
 //! "Heap layout" in `memsys5` and `memsys3`, "What is touched when" in `tlsf`), relying on
-//! every other byte reading 0, and [`zero`](HeapBuf::zero) gives whole pages back to the kernel rather than writing zeros into
-//! them. The pool marking for valgrind and ASan (`src/marking.rs`) changes only the tools' shadow
+//! every other byte reading 0, and [`zero`](HeapBuf::zero) gives whole pages back to the kernel
+//! rather than writing zeros into them. The pool marking for valgrind and ASan (`src/marking.rs`) changes only the tools' shadow
 //! memory, never the heap's pages.
 //!
 //! When the mapping is refused (a sandbox that forbids `mmap`, an address-space limit) and on
@@ -52,8 +56,8 @@ pub struct HeapBuf {
 }
 
 // SAFETY: HeapBuf owns its buffer like a Box<[u8]>; it has no thread affinity. All access to the
-// bytes goes through `unsafe` methods whose callers provide the synchronization (each backend keeps
-// its HeapBuf behind its own mutex).
+// bytes goes through `unsafe` methods whose callers provide the synchronization (the fixed heap
+// of src/backend/fixed.rs reaches a part's bytes only with the part's lock held).
 unsafe impl Send for HeapBuf {}
 // SAFETY: as above: shared references only read `base`/`len`/`source`, which never change.
 unsafe impl Sync for HeapBuf {}
@@ -226,7 +230,10 @@ impl HeapBuf {
 /// only in debug builds: the caller has already bounded them (typically an atom index checked
 /// against the number of atoms of a part), and the view's `Copy` fields let the compiler keep
 /// base and length in registers across the heap writes of an allocator's critical section,
-/// where `HeapBuf`'s own fields would have to be reloaded after every store.
+/// where `HeapBuf`'s own fields would have to be reloaded after every store. The allocator's own
+/// words inside the pool (headers, free-list links) go through
+/// [`read_meta_u32`](Self::read_meta_u32) and [`write_meta_u32`](Self::write_meta_u32), which
+/// make them accessible to valgrind and ASan around each access (`src/marking.rs`).
 #[derive(Clone, Copy)]
 pub struct HeapView<'a> {
     base: NonNull<u8>,

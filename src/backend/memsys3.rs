@@ -68,9 +68,9 @@
 //!
 //! # What is touched when
 //!
-//! The buffer is fresh zero pages that the system backs with memory only when they are first
-//! written ([`HeapBuf`]: an anonymous mapping on Linux), so the heap costs what is used of it, not
-//! its size. The layout (at creation, and again by `init` when no block is live) writes three
+//! The buffer and its cost (fresh zero pages, backed only when written) are the fixed heap's:
+//! see `src/heap.rs` and `src/backend/fixed.rs`. The layout (at creation, and again by `init`
+//! when no block is live, as the fixed heap's `init` decides) writes three
 //! words, as C's `memsys3Init`: the key chunk's `size4x` in block 0 and the sentinel's
 //! `prevSize` and `size4x` in block `P`: two pages at most. A malloc carved from the key writes
 //! the header of the chunk it returns and the key's new `size4x`; an exact fit writes the chunk's
@@ -80,9 +80,27 @@
 //! wrote: headers of chunks and of the sentinel, links of free chunks. The one exception is the
 //! check of a pointer given to `free`, `size` or `realloc`, which reads the `size4x` word before
 //! it wherever it points: a word never written reads 0, which is refused like the `size4x` of a
-//! free chunk (bit 0 clear). The pool marking for valgrind and ASan
-//! marks the whole buffer at creation in the tools' shadow memory only. Nothing iterates over the
-//! heap but a merge pass, which walks the free lists, and the unit tests' checker.
+//! free chunk (bit 0 clear). The pool marking touches the tools' shadow memory only (see
+//! "Locking and marking"). Nothing iterates over the heap but a merge pass, which walks the free
+//! lists, and the unit tests' checker.
+//!
+//! # Locking and marking
+//!
+//! memsys3 is the one-part case of the fixed heap (`src/backend/fixed.rs`, whose "Locking and
+//! marking rules" it follows): one part, the whole heap, so one lock over all of its state. What
+//! is memsys3's own:
+//!
+//! - `size` takes the lock too: the "previous chunk checked out" bit in a block's header is
+//!   changed by other threads' allocations.
+//! - `realloc` that moves is a malloc, the copy with no lock held, and a free (the fixed heap's
+//!   `realloc_by_copy`); C does all three under its mutex. One thread's sequence of calls places
+//!   blocks as C does either way.
+//! - For valgrind and ASan everything is no-access but the user area of checked-out chunks (its
+//!   whole usable size, `8·s − 4` bytes; the request size is not kept), which is addressable with
+//!   undefined contents. Chunk headers, list links and `prevSize` words are made accessible only
+//!   around each access (a span of 4 bytes; ASan's granules are 8, so it sees them more
+//!   coarsely), with the lock held. A user write past the usable size hits the next chunk's
+//!   `size4x` word and is reported.
 //!
 //! # Invariants (checked after every operation by the unit tests)
 //!
@@ -107,10 +125,9 @@
 //!   to release memory. sqlalloc never calls into SQLite from an allocation path (SQLite may hold
 //!   its own locks there, and the allocator must work without SQLite), so the merge passes run
 //!   exactly as in C but without that call; when they fail the allocation simply fails.
-//! - **Locking:** a lock of this allocator (`src/lock.rs`: test-and-set, released with a plain
-//!   store), not SQLite's `SQLITE_MUTEX_STATIC_MEM`.
-//!   `size` also takes it, because the "previous chunk checked out" bit in a block's header is
-//!   changed by other threads' allocations (C reads it unlocked).
+//! - **Locking:** a lock of this allocator (`src/lock.rs`; see "Locking and marking"), not
+//!   SQLite's `SQLITE_MUTEX_STATIC_MEM`. `size` takes it too (C reads the header unlocked), and
+//!   the copy of a moving `realloc` happens outside it.
 //! - **Heap limits:** C gets its size as an `int` (≤ 2 GiB) and keeps block counts in `u32`, with
 //!   `4·size` in a `u32`. The heap given to [`Memsys3::new`] is **capped** at
 //!   [`MAX_HEAP`] bytes (8 GiB: `4·P` still fits a `u32`); bytes past the cap are not allocated.
@@ -138,11 +155,10 @@
 //! the free chunks (key included), headers included: `8·(P − used)` where `used` is the number
 //! of blocks in checked-out chunks. So `heap_bytes` = `free_bytes` + SQLite's live bytes (the
 //! usable `8·s − 4` of each block) + 4 per live block + the 16 bytes and the `heap mod 8` set
-//! aside. The reader does not take the lock (another thread taking it would revoke its bias for
-//! good, see `src/lock.rs`): the state counts `used` under the lock, and every call that
-//! changes it stores it into an atomic next to the lock before releasing (a plain store, no
-//! locked instruction); the reader loads it relaxed. No heap byte is read, so valgrind's and
-//! ASan's marking of the pool is not involved.
+//! aside. The reader does not take the lock (the fixed heap's rule): the state counts `used`
+//! under the lock, and every call that changes it stores it into the atomic the part publishes
+//! next to the lock before releasing (a plain store, no locked instruction); the reader loads it
+//! relaxed. No heap byte is read, so valgrind's and ASan's marking of the pool is not involved.
 //!
 //! There is no `largest_free_block_bytes`, because it cannot be had exactly without the lock at
 //! a price the allocation path can pay. The largest request memsys3 can serve now is not one
@@ -789,14 +805,6 @@ unsafe impl MemMethods for Memsys3 {
         });
     }
 }
-
-// ---- valgrind / AddressSanitizer marking (src/marking.rs, src/backend/fixed.rs) ------------------
-//
-// The heap is a pool: everything is no-access except the user area of checked-out chunks (its
-// whole usable size, `8·s − 4` bytes; the request size is not kept), which is addressable with
-// undefined contents. Chunk headers, list links and `prevSize` words are made accessible only for
-// the duration of each access by `rd`/`wr`, with the lock held. A user write past the usable size
-// hits the next chunk's `size4x` word and is reported.
 
 #[cfg(test)]
 mod tests {

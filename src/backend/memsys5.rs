@@ -55,14 +55,14 @@
 //! One lock serializes every call, so two threads allocating at once wait on each other (C
 //! memsys5 with memstatus off runs 2 threads at a fraction of 1 thread's throughput). With
 //! `shards=N` the atoms are cut into `N` *shards* (the spec's word; the counters' per-thread
-//! *slots* are another thing), consecutive runs of `nblock / N` atoms (the last
-//! shard takes the remainder), each an independent buddy heap as described above with its own
-//! lock, free lists and top-level blocks; atom indices, buddies and alignment inside a shard are
-//! relative to its first atom. A thread allocates from its own shard (threads are spread over the
-//! shards by their counters slot: consecutive threads, consecutive shards) and, when that shard
-//! cannot serve the request, from the next ones in turn before failing. A block is freed into the
-//! shard its address lies in, whichever thread frees it. The control bytes stay one array, so
-//! `size` is unchanged.
+//! *slots* are another thing), the parts of the fixed heap (`src/backend/fixed.rs`, which owns
+//! the cut, the locks, which shard a thread tries first and the fallback to the others):
+//! consecutive runs of `nblock / N` atoms (the last shard takes the remainder), each an
+//! independent buddy heap as described above with its own lock, free lists and top-level blocks;
+//! atom indices, buddies and alignment inside a shard are relative to its first atom. A thread
+//! allocates from its own shard and, when that shard cannot serve the request, from the next ones
+//! in turn before failing. A block is freed into the shard its address lies in, whichever thread
+//! frees it. The control bytes stay one array, outside the shards, so `size` is unchanged.
 //!
 //! Effect on Robson's bound: it holds *per shard*. A request fails only when no shard can serve it,
 //! so the guarantee above holds for the whole heap when each shard alone satisfies it: with `N`
@@ -90,9 +90,9 @@
 //!
 //! # What is touched when
 //!
-//! The buffer is fresh zero pages that the system backs with memory only when they are first
-//! written ([`HeapBuf`]: an anonymous mapping on Linux), so the heap costs what is used of it,
-//! not its size. The layout writes what C's `memsys5Init` writes and nothing more: the control
+//! The buffer and its cost (fresh zero pages, backed only when written) are the fixed heap's:
+//! see `src/heap.rs` and `src/backend/fixed.rs`. The layout writes what C's `memsys5Init` writes
+//! and nothing more: the control
 //! byte and the free-list link (the first 8 bytes) of each top-level block, at most 31 of each,
 //! every other control byte being already 0, which is the control byte of an atom that starts no
 //! block (see "Control bytes"). So a 400 MB heap costs at most 31 pages of atoms and one or two
@@ -102,11 +102,31 @@
 //! block's body are backed when the program writes them. A heap that SQLite fills to 50 MB
 //! makes the process about 50 MB larger (plus one control byte per atom used), as with C.
 //!
-//! `init` with no live block lays the heap out again: the control bytes are zeroed first by
-//! giving their whole pages back to the system ([`HeapBuf::zero`], `madvise(MADV_DONTNEED)`),
-//! not by writing them. Nothing iterates over the heap: the pool marking for valgrind and ASan
-//! marks the whole buffer at creation in the tools' shadow memory only (see "valgrind /
-//! AddressSanitizer marking" below). Only the unit tests' `check` reads every control byte.
+//! `init` with no live block lays the heap out again (when, and with which locks held: the fixed
+//! heap's `init`): the control bytes are zeroed first by giving their whole pages back to the
+//! system ([`HeapBuf::zero`], `madvise(MADV_DONTNEED)`), not by writing them. Nothing iterates
+//! over the heap; the pool marking touches the tools' shadow memory only (see "Locking and
+//! marking"). Only the unit tests' `check` reads every control byte.
+//!
+//! [`HeapBuf::zero`]: crate::heap::HeapBuf::zero
+//!
+//! # Locking and marking
+//!
+//! The rules are the fixed heap's (`src/backend/fixed.rs`, "Locking and marking rules"): each
+//! shard's state is behind its own lock, held only for list and control-byte updates; the copy of
+//! a moving realloc happens outside it (its `realloc_by_copy`); the pool is created with the heap
+//! and destroyed with it. What is memsys5's own:
+//!
+//! - `size` reads a live block's control byte without the lock (nobody writes it while the block
+//!   lives; see "Control bytes"), so it takes no lock at all.
+//! - For valgrind and ASan the atoms are the pool: free blocks (links included) are no-access; a
+//!   block handed out is addressable for its whole size (`atom << k`: the request size is not
+//!   kept) with undefined contents; a free-list link is made accessible around each access. The
+//!   control bytes stay accessible for good (`size` reads them without the lock, so they cannot
+//!   be marked and unmarked around each access); only an overflow past the last atom into them
+//!   goes unseen. The unused remainder after them is no-access.
+//! - The hot paths are compiled twice (`MARK`): when marking is off (`marking::active()` false,
+//!   which never changes once asked) the one-shard path without it is the short one.
 //!
 //! # Control bytes
 //!
@@ -154,9 +174,9 @@
 //! that it can be given as `heap=` as it is. It inherits the counters' precision: with several
 //! threads allocating at once the peak is within 64 KiB per thread of the true one.
 //!
-//! The reader never takes a shard's lock: a thread other than the owner of a biased lock would
-//! revoke the bias for good, and every later call would pay a locked instruction. Two atomics
-//! next to each shard's lock hold what it needs, written only with the lock held by relaxed
+//! The reader never takes a shard's lock (the fixed heap's rule: a thread other than the owner of
+//! a biased lock would revoke the bias for good). Two atomics next to each shard's lock (its
+//! published figures) hold what it needs, written only with the lock held by relaxed
 //! loads and stores (on x86 an ordinary `add`/`or` on memory, never a locked instruction): the
 //! atoms of the shard's live blocks, updated at the end of every allocation and free, and the
 //! mask of the non-empty free lists itself (the allocator keeps it there rather than in the
@@ -167,11 +187,9 @@
 //!
 //! # Differences from SQLite's `mem5.c`
 //!
-//! - Locking: the state is behind this value's own lock (one per shard; `src/lock.rs`, a
-//!   test-and-set lock released with a plain store and biased to the first thread that takes it
-//!   unless the spec says `bias=off`), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only
-//!   when memstatus is off. The lock is held only for list and control-byte updates; the copy
-//!   of a moving realloc happens outside it, as in C.
+//! - Locking: the state is behind this value's own lock (one per shard; `src/lock.rs`, see
+//!   "Locking and marking"), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only when
+//!   memstatus is off. The copy of a moving realloc happens outside it, as in C.
 //! - Heap sizes: C receives the heap size as an `int`. Here it may be larger; the atom count is
 //!   then capped at `2^31 - 1` (the most atoms the top-level layout can use with `LOGMAX = 30`,
 //!   which keeps every index in a `u32`) and the rest of the buffer is left unused.
@@ -186,7 +204,7 @@
 //!   allocation fail).
 //! - The control byte of a block start has `CTRL_START` set, so that 0 (what an untouched
 //!   byte reads) means "no block starts here" (C's `aCtrl` has no such bit; it reads the same
-//!   bytes). The buffer is fresh zero pages ([`HeapBuf`]); C's is whatever SQLite was given.
+//!   bytes). The buffer is fresh zero pages (`src/heap.rs`); C's is whatever SQLite was given.
 //!   A re-layout by `init` zeroes the control bytes (C leaves them as they were).
 //! - No `SQLITE_DEBUG` statistics, fill patterns or `sqlite3_log` call on failure (an allocation
 //!   path must not call into SQLite); the counters of the stack above provide the statistics.
@@ -333,8 +351,7 @@ impl Memsys5 {
             // nblock * (atom + 1) <= heap (see `geometry`), so this does not overflow.
             ctrl: nblock << atom_log,
         };
-        // `size` reads a live block's control byte without the lock (see "valgrind /
-        // AddressSanitizer marking" below).
+        // `size` reads a live block's control byte without the lock (see "Locking and marking").
         m.fixed.keep_accessible(m.ctrl, nblock);
         for p in 0..m.fixed.shards() {
             // The buffer is new: every control byte is 0 (`HeapBuf::new`).
@@ -673,8 +690,9 @@ impl<const MARK: bool> Locked<'_, MARK> {
 
     /// Lay the shard out as free top-level blocks (forgets every block). `zeroed`: the caller
     /// knows that the shard's control bytes are all 0 (a heap just created); otherwise they are
-    /// zeroed first, by giving their pages back to the system (see [`HeapBuf::zero`]). Writes
-    /// nothing else but the control byte and the free-list link of each top-level block.
+    /// zeroed first, by giving their pages back to the system (see
+    /// [`HeapBuf::zero`](crate::heap::HeapBuf::zero)). Writes nothing else but the control byte
+    /// and the free-list link of each top-level block.
     fn layout(&mut self, zeroed: bool) {
         let n = self.n;
         if !zeroed {
@@ -945,14 +963,6 @@ fn robson_atoms(m: u64, n: u64) -> u128 {
 }
 
 fixed_heap_api!(Memsys5);
-
-// ---- valgrind / AddressSanitizer marking (src/marking.rs, src/backend/fixed.rs) ------------------
-//
-// The atoms are a pool: free blocks (links included) are no-access, a block handed out is
-// addressable for its whole size (`atom << k`; the request size is not kept) with undefined
-// contents. The control bytes stay addressable: `size` reads a live block's control byte without
-// the lock, so they cannot be marked and unmarked around each access; only an overflow past the
-// last atom into them goes unseen. The unused remainder after them is no-access.
 
 #[cfg(test)]
 impl Memsys5 {
