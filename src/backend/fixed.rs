@@ -258,6 +258,10 @@ impl<S, P> Fixed<S, P> {
     )]
     #[inline(always)]
     pub(crate) fn part_of(&self, off: usize) -> usize {
+        // Before the shift: with one part nothing else is needed (the hot case).
+        if self.parts.len() == 1 {
+            return 0;
+        }
         self.part_of_unit(off >> self.unit_log)
     }
 
