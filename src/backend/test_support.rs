@@ -160,7 +160,8 @@ pub(crate) fn random_sequence<M: TestHeap>(
     for step in 0..steps {
         let size = sizes.pick(&mut rng);
         let tag = step as u8;
-        match rng.below(3) {
+        // Half mallocs (frees once `cap` blocks are live), a quarter reallocs, a quarter frees.
+        match rng.below(4) {
             0 | 1 if live.len() < cap => match m.malloc(size) {
                 Some(p) => {
                     assert_sized(m, p, size);

@@ -1478,6 +1478,10 @@ mod tests {
 
     #[test]
     fn realloc_in_place_and_moving() {
+        if marking::active() {
+            // Never resized in place under valgrind or ASan (see "`realloc`").
+            return;
+        }
         let m = Tlsf::new(16 * KIB).unwrap();
         let a = m.malloc(100).unwrap();
         fill(a, 100, 1);
@@ -1689,7 +1693,8 @@ mod tests {
             let m = Tlsf::with_shards(heap, shards).unwrap();
             let t = ts::random_sequence(&m, seed, steps, &sizes, cap, |_| {});
             t.assert_exercised(steps);
-            assert!(t.grown_in_place > 0, "{t:?}");
+            // Never in place under the tools (see "`realloc`").
+            assert!(t.grown_in_place > 0 || marking::active(), "{t:?}");
             for p in 0..m.shards() {
                 assert_eq!(free_blocks(&m, p).len(), 1, "part {p} is one block again");
             }
