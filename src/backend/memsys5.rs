@@ -966,16 +966,15 @@ fixed_heap_api!(Memsys5);
 
 #[cfg(test)]
 impl Memsys5 {
-    /// Check every invariant of the module doc; panics naming the first one broken.
-    fn check(&self) {
-        for p in 0..self.fixed.shards() {
-            self.check_part(p);
-        }
+    /// Check every invariant of the module doc (panics naming the first one broken); the number
+    /// of live blocks.
+    fn check(&self) -> usize {
         assert_eq!(
             self.fixed.parts().iter().map(|p| p.units).sum::<usize>(),
             self.nblock,
             "the shards cover the atoms"
         );
+        (0..self.fixed.shards()).map(|p| self.check_part(p)).sum()
     }
 
     /// Shard 0 locked (the whole heap when it is not sharded).
@@ -983,8 +982,8 @@ impl Memsys5 {
         self.lock_shard(0)
     }
 
-    /// Check the invariants inside shard `p`.
-    fn check_part(&self, p: usize) {
+    /// Check the invariants inside shard `p`; its number of live blocks.
+    fn check_part(&self, p: usize) -> usize {
         let l = self.lock_shard::<true>(p);
         let n = l.n;
         // Top-level blocks, as laid out.
@@ -1085,6 +1084,7 @@ impl Memsys5 {
         if let Some(i) = (0..n).find(|&i| !start[i] && l.ctrl(i) != 0) {
             panic!("ctrl[{i}] = {:#x} starts no block", l.ctrl(i));
         }
+        live
     }
 
     /// Atom indices on free list `k`, in order.
@@ -1121,22 +1121,14 @@ mod tests {
     impl TestHeap for Memsys5 {
         /// A block is exactly `roundup(n)`.
         const SLACK: usize = 0;
-        fn check(&self) {
-            Memsys5::check(self);
-        }
-        fn live(&self) -> usize {
-            (0..self.shards())
-                .map(|p| self.lock_shard::<true>(p).st.live)
-                .sum()
+        fn check(&self) -> usize {
+            Memsys5::check(self)
         }
         fn whole_block(&self) -> Option<usize> {
             Some(self.largest_block())
         }
         fn heap(&self) -> &HeapBuf {
             self.fixed.heap()
-        }
-        fn biased(&self) -> bool {
-            self.lock_is_biased()
         }
     }
 
@@ -1286,7 +1278,9 @@ mod tests {
             "largest_free_block_bytes",
             "needed_bytes",
         ];
-        if let Some(seen) = ts::reader_keeps_the_bias(Arc::clone(&m), &keys) {
+        if let Some(seen) =
+            ts::reader_keeps_the_bias(Arc::clone(&m), Memsys5::lock_is_biased, &keys)
+        {
             // The 100-byte request took two atoms.
             assert_eq!(seen[1], (m.atoms() * 64 - 128) as u64);
         }
