@@ -258,7 +258,7 @@ soak-quick: lib
 FUZZ_TARGETS := system debug memsys3 memsys5 tlsf rust jemalloc mimalloc scopes http
 FUZZ_SECS    ?= 30
 # Miri (nightly component): the pure-Rust cores with strict provenance, sized down by cfg(miri).
-MIRI_LIB_TESTS := spec:: counters:: heap:: lock:: backend::memsys3 backend::memsys5 backend::tlsf stack:: marking::
+MIRI_LIB_TESTS := spec:: counters:: heap:: lock:: backend::fixed backend::memsys3 backend::memsys5 backend::tlsf stack:: marking::
 MIRI_ENV     := MIRIFLAGS="-Zmiri-strict-provenance"
 # The corpus replay of the pure-Rust heap cores only (system and debug call libc, which Miri cannot
 # run); isolation is disabled for these so that the test can read the corpus files.

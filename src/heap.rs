@@ -1,5 +1,9 @@
 //! [`HeapBuf`]: the one fixed heap buffer that `memsys3`, `memsys5` and `tlsf` carve blocks
-//! from, and the only place where their pointer arithmetic happens.
+//! from, and the only place where their pointer arithmetic happens; [`HeapView`]: a part of it,
+//! with the one set of byte and word accessors the allocators use (those of their own data inside
+//! the pool marking it accessible to valgrind and ASan around each access). The buffer belongs to
+//! the fixed heap of `src/backend/fixed.rs`, which creates and destroys its pool marking and cuts
+//! it into parts.
 //!
 //! # Where the bytes come from, and what they cost
 //!
@@ -14,8 +18,8 @@
 //! process at a page fault later: a fixed heap promises its memory up front. The
 //! allocators over it are written to match: their layout writes only the bytes it must (see
 //! "Heap layout" in `memsys5` and `memsys3`, "What is touched when" in `tlsf`), relying on
-//! every other byte reading 0, and [`zero`](HeapBuf::zero) gives whole pages back to the kernel rather than writing zeros into
-//! them. The pool marking for valgrind and ASan (`src/marking.rs`) changes only the tools' shadow
+//! every other byte reading 0, and [`zero`](HeapBuf::zero) gives whole pages back to the kernel
+//! rather than writing zeros into them. The pool marking for valgrind and ASan (`src/marking.rs`) changes only the tools' shadow
 //! memory, never the heap's pages.
 //!
 //! When the mapping is refused (a sandbox that forbids `mmap`, an address-space limit) and on
@@ -28,6 +32,7 @@
 //! Either way every pointer handed out is derived from the buffer's base pointer by an offset;
 //! addresses are only ever turned into offsets, never back into pointers.
 
+use crate::marking;
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
@@ -51,8 +56,8 @@ pub struct HeapBuf {
 }
 
 // SAFETY: HeapBuf owns its buffer like a Box<[u8]>; it has no thread affinity. All access to the
-// bytes goes through `unsafe` methods whose callers provide the synchronization (each backend keeps
-// its HeapBuf behind its own mutex).
+// bytes goes through `unsafe` methods whose callers provide the synchronization (the fixed heap
+// of src/backend/fixed.rs reaches a part's bytes only with the part's lock held).
 unsafe impl Send for HeapBuf {}
 // SAFETY: as above: shared references only read `base`/`len`/`source`, which never change.
 unsafe impl Sync for HeapBuf {}
@@ -171,7 +176,9 @@ impl HeapBuf {
         (off < end).then_some(off)
     }
 
-    /// Read the `u32` at byte offset `off`.
+    /// Read the `u32` at byte offset `off` (for a reader without a part's view: tlsf's `size`
+    /// without the lock, until tlsf reads through its part's [`HeapView`] as the other fixed
+    /// heaps do).
     ///
     /// # Safety
     /// `off` must be a multiple of 4 with `off + 4 <= len`, and no other thread may be writing
@@ -182,17 +189,6 @@ impl HeapBuf {
         // SAFETY: in bounds and aligned (base is 64-aligned, off a multiple of 4) by the caller's
         // contract; no concurrent writer by the same contract.
         unsafe { self.ptr(off).cast::<u32>().as_ptr().read() }
-    }
-
-    /// Write the `u32` at byte offset `off`.
-    ///
-    /// # Safety
-    /// As [`read_u32`](Self::read_u32), and no other thread may be reading those bytes.
-    #[inline]
-    pub unsafe fn write_u32(&self, off: usize, v: u32) {
-        debug_assert!(off % 4 == 0 && off + 4 <= self.len);
-        // SAFETY: as in `read_u32`.
-        unsafe { self.ptr(off).cast::<u32>().as_ptr().write(v) }
     }
 
     /// Copy `n` bytes from offset `from` to offset `to` (the ranges may overlap).
@@ -234,7 +230,10 @@ impl HeapBuf {
 /// only in debug builds: the caller has already bounded them (typically an atom index checked
 /// against the number of atoms of a part), and the view's `Copy` fields let the compiler keep
 /// base and length in registers across the heap writes of an allocator's critical section,
-/// where `HeapBuf`'s own fields would have to be reloaded after every store.
+/// where `HeapBuf`'s own fields would have to be reloaded after every store. The allocator's own
+/// words inside the pool (headers, free-list links) go through
+/// [`read_meta_u32`](Self::read_meta_u32) and [`write_meta_u32`](Self::write_meta_u32), which
+/// make them accessible to valgrind and ASan around each access (`src/marking.rs`).
 #[derive(Clone, Copy)]
 pub struct HeapView<'a> {
     base: NonNull<u8>,
@@ -299,6 +298,72 @@ impl HeapView<'_> {
         debug_assert!(off % 4 == 0 && off + 4 <= self.len);
         // SAFETY: as in `read_u32`.
         unsafe { self.base.add(off).cast::<u32>().as_ptr().write(v) }
+    }
+
+    /// Read the allocator's own `u32` at offset `off` of the view (a header word or a free-list
+    /// link inside the pool), with the `span` bytes that hold it, from `off & !(span - 1)`, made
+    /// accessible to valgrind and ASan for the read and no-access again after it (see
+    /// `src/marking.rs`: the pool's metadata is no-access otherwise). `MARK` false: the caller has
+    /// seen that no marking is wanted (`marking::active()` false, which never changes once
+    /// asked), so not even that is asked again.
+    ///
+    /// # Safety
+    /// As [`read_u32`](Self::read_u32); `span` is a power of two of at least 4, and the span's
+    /// bytes lie inside the view and belong to the allocator, not to a block handed out, with the
+    /// pool's lock held (so that no other thread marks them meanwhile).
+    #[inline(always)]
+    pub unsafe fn read_meta_u32<const MARK: bool>(&self, off: usize, span: usize) -> u32 {
+        if !MARK {
+            // SAFETY: forwarded contract.
+            return unsafe { self.read_u32(off) };
+        }
+        debug_assert!(
+            span.is_power_of_two() && span >= 4 && (off & !(span - 1)) + span <= self.len
+        );
+        // SAFETY: the span lies inside the view (caller's contract), so its start does.
+        let at = unsafe { self.ptr(off & !(span - 1)) };
+        // SAFETY: forwarded contract; the marking only changes the tools' shadow memory.
+        marking::with_accessible(at, span, || unsafe { self.read_u32(off) })
+    }
+
+    /// Write the allocator's own `u32` at offset `off` of the view, with its span accessible
+    /// meanwhile, as [`read_meta_u32`](Self::read_meta_u32) reads it.
+    ///
+    /// # Safety
+    /// As [`read_meta_u32`](Self::read_meta_u32), and no other thread may be reading those bytes.
+    #[inline(always)]
+    pub unsafe fn write_meta_u32<const MARK: bool>(&self, off: usize, span: usize, v: u32) {
+        if !MARK {
+            // SAFETY: forwarded contract.
+            return unsafe { self.write_u32(off, v) };
+        }
+        debug_assert!(
+            span.is_power_of_two() && span >= 4 && (off & !(span - 1)) + span <= self.len
+        );
+        // SAFETY: as in `read_meta_u32`.
+        let at = unsafe { self.ptr(off & !(span - 1)) };
+        // SAFETY: forwarded contract.
+        marking::with_accessible(at, span, || unsafe { self.write_u32(off, v) })
+    }
+
+    /// Length of the view in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset of `p` from the start of the view when `p` points into it, else `None` (the
+    /// address is compared, never read).
+    #[inline(always)]
+    pub fn offset_of(&self, p: NonNull<u8>) -> Option<usize> {
+        let off = p.as_ptr().addr().wrapping_sub(self.base.as_ptr().addr());
+        (off < self.len).then_some(off)
     }
 }
 
@@ -440,12 +505,19 @@ mod tests {
         assert_eq!(h.offset_of(h.ptr(4096)), None);
         let mut x = 0u8;
         assert_eq!(h.offset_of(NonNull::from(&mut x)), None);
+        // SAFETY: the whole buffer.
+        let v = unsafe { h.view_unchecked(0, 4096) };
+        assert_eq!(v.offset_of(h.ptr(8)), Some(8));
+        assert_eq!(v.offset_of(h.ptr(4096)), None);
         // SAFETY: offsets in bounds, aligned, nothing handed out.
         unsafe {
-            h.write_u32(16, 0xdead_beef);
-            assert_eq!(h.read_u32(16), 0xdead_beef);
+            v.write_u32(16, 0xdead_beef);
+            assert_eq!(v.read_u32(16), 0xdead_beef);
             h.copy_within(16, 32, 4);
-            assert_eq!(h.read_u32(32), 0xdead_beef);
+            assert_eq!(v.read_meta_u32::<true>(32, 8), 0xdead_beef);
+            // Marked no-access again after each access when the tools run: read it marked too.
+            v.write_meta_u32::<true>(36, 4, 7);
+            assert_eq!(v.read_meta_u32::<true>(36, 4), 7);
         }
     }
 
@@ -516,8 +588,9 @@ mod tests {
         }
         // SAFETY: in bounds, 4-aligned, exclusive.
         unsafe {
-            h.write_u32(0, 1);
-            h.write_u32(32 << 20, 2);
+            let v = h.view_unchecked(0, 64 << 20);
+            v.write_u32(0, 1);
+            v.write_u32(32 << 20, 2);
             h.ptr(1 << 20).as_ptr().write_bytes(7, 256 << 10);
         }
         let page = map::page_size();

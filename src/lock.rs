@@ -316,11 +316,6 @@ impl<T> Lock<T> {
     pub fn is_biased(&self) -> bool {
         !matches!(self.bias.load(Ordering::Relaxed), UNOWNED | REVOKED)
     }
-
-    /// The data, without locking: `&mut self` proves nobody else holds the lock.
-    pub fn get_mut(&mut self) -> &mut T {
-        self.data.get_mut()
-    }
 }
 
 /// One poll of a waiter that has polled `polls` times: spin (with backoff), yield, or nap.

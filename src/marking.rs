@@ -18,7 +18,11 @@
 //! - a freed block becomes no-access again;
 //! - the allocator's own metadata inside the pool (free-list links inside free blocks, `memsys3`
 //!   chunk headers, `tlsf` block headers) stays no-access and is made accessible only around
-//!   each access, with the pool's lock held ([`with_accessible`]).
+//!   each access, with the pool's lock held ([`with_accessible`], which the heap view's
+//!   `read_meta_u32` / `write_meta_u32` in `src/heap.rs` call).
+//!
+//! Which call happens when, for every fixed heap: `src/backend/fixed.rs`, "Locking and marking
+//! rules" (the pool is created and destroyed with the heap there).
 //!
 //! Marking changes only the tools' shadow memory, never a byte of the heap, and nothing walks the
 //! heap to do it: marking a 400 MB heap no-access at creation backs none of its pages

@@ -200,6 +200,18 @@ impl Raw {
         self.at(off, 0).as_ptr().addr()
     }
 
+    // The accessors below are not folded into `src/heap.rs`'s (`HeapView`), although both read
+    // and write words at offsets from a base pointer, because they promise something else:
+    // - every access is bounds-checked in release builds too (through `at`): this backend exists
+    //   to find programs that write where they must not, so a header it reads back may hold any
+    //   value, and no offset derived from one may reach memory unchecked; a `HeapView` checks
+    //   only in debug builds, so that an allocator's hot path pays for one bound it checked
+    //   itself;
+    // - reads and writes are unaligned, so that no layout assumption about what libc returns or
+    //   about the header's offsets can turn into undefined behaviour;
+    // - the bytes are a libc block owned by this value (freed by `release`), not a part of a
+    //   fixed heap's `HeapBuf`, which a `HeapView` borrows, and no pool marking applies to them.
+
     /// # Safety
     /// No other thread writes these bytes meanwhile (the caller holds the mutex or owns the block).
     unsafe fn read_u32(&self, off: usize) -> u32 {

@@ -68,9 +68,9 @@
 //!
 //! # What is touched when
 //!
-//! The buffer is fresh zero pages that the system backs with memory only when they are first
-//! written ([`HeapBuf`]: an anonymous mapping on Linux), so the heap costs what is used of it, not
-//! its size. The layout (at creation, and again by `init` when no block is live) writes three
+//! The buffer and its cost (fresh zero pages, backed only when written) are the fixed heap's:
+//! see `src/heap.rs` and `src/backend/fixed.rs`. The layout (at creation, and again by `init`
+//! when no block is live, as the fixed heap's `init` decides) writes three
 //! words, as C's `memsys3Init`: the key chunk's `size4x` in block 0 and the sentinel's
 //! `prevSize` and `size4x` in block `P`: two pages at most. A malloc carved from the key writes
 //! the header of the chunk it returns and the key's new `size4x`; an exact fit writes the chunk's
@@ -80,9 +80,27 @@
 //! wrote: headers of chunks and of the sentinel, links of free chunks. The one exception is the
 //! check of a pointer given to `free`, `size` or `realloc`, which reads the `size4x` word before
 //! it wherever it points: a word never written reads 0, which is refused like the `size4x` of a
-//! free chunk (bit 0 clear). The pool marking for valgrind and ASan
-//! marks the whole buffer at creation in the tools' shadow memory only. Nothing iterates over the
-//! heap but a merge pass, which walks the free lists, and the unit tests' checker.
+//! free chunk (bit 0 clear). The pool marking touches the tools' shadow memory only (see
+//! "Locking and marking"). Nothing iterates over the heap but a merge pass, which walks the free
+//! lists, and the unit tests' checker.
+//!
+//! # Locking and marking
+//!
+//! memsys3 is the one-part case of the fixed heap (`src/backend/fixed.rs`, whose "Locking and
+//! marking rules" it follows): one part, the whole heap, so one lock over all of its state. What
+//! is memsys3's own:
+//!
+//! - `size` takes the lock too: the "previous chunk checked out" bit in a block's header is
+//!   changed by other threads' allocations.
+//! - `realloc` that moves is a malloc, the copy with no lock held, and a free (the fixed heap's
+//!   `realloc_by_copy`); C does all three under its mutex. One thread's sequence of calls places
+//!   blocks as C does either way.
+//! - For valgrind and ASan everything is no-access but the user area of checked-out chunks (its
+//!   whole usable size, `8·s − 4` bytes; the request size is not kept), which is addressable with
+//!   undefined contents. Chunk headers, list links and `prevSize` words are made accessible only
+//!   around each access (a span of 4 bytes; ASan's granules are 8, so it sees them more
+//!   coarsely), with the lock held. A user write past the usable size hits the next chunk's
+//!   `size4x` word and is reported.
 //!
 //! # Invariants (checked after every operation by the unit tests)
 //!
@@ -107,10 +125,9 @@
 //!   to release memory. sqlalloc never calls into SQLite from an allocation path (SQLite may hold
 //!   its own locks there, and the allocator must work without SQLite), so the merge passes run
 //!   exactly as in C but without that call; when they fail the allocation simply fails.
-//! - **Locking:** a lock of this allocator (`src/lock.rs`: test-and-set, released with a plain
-//!   store), not SQLite's `SQLITE_MUTEX_STATIC_MEM`.
-//!   `size` also takes it, because the "previous chunk checked out" bit in a block's header is
-//!   changed by other threads' allocations (C reads it unlocked).
+//! - **Locking:** a lock of this allocator (`src/lock.rs`; see "Locking and marking"), not
+//!   SQLite's `SQLITE_MUTEX_STATIC_MEM`. `size` takes it too (C reads the header unlocked), and
+//!   the copy of a moving `realloc` happens outside it.
 //! - **Heap limits:** C gets its size as an `int` (≤ 2 GiB) and keeps block counts in `u32`, with
 //!   `4·size` in a `u32`. The heap given to [`Memsys3::new`] is **capped** at
 //!   [`MAX_HEAP`] bytes (8 GiB: `4·P` still fits a `u32`); bytes past the cap are not allocated.
@@ -138,11 +155,10 @@
 //! the free chunks (key included), headers included: `8·(P − used)` where `used` is the number
 //! of blocks in checked-out chunks. So `heap_bytes` = `free_bytes` + SQLite's live bytes (the
 //! usable `8·s − 4` of each block) + 4 per live block + the 16 bytes and the `heap mod 8` set
-//! aside. The reader does not take the lock (another thread taking it would revoke its bias for
-//! good, see `src/lock.rs`): the state counts `used` under the lock, and every call that
-//! changes it stores it into an atomic next to the lock before releasing (a plain store, no
-//! locked instruction); the reader loads it relaxed. No heap byte is read, so valgrind's and
-//! ASan's marking of the pool is not involved.
+//! aside. The reader does not take the lock (the fixed heap's rule): the state counts `used`
+//! under the lock, and every call that changes it stores it into the atomic the part publishes
+//! next to the lock before releasing (a plain store, no locked instruction); the reader loads it
+//! relaxed. No heap byte is read, so valgrind's and ASan's marking of the pool is not involved.
 //!
 //! There is no `largest_free_block_bytes`, because it cannot be had exactly without the lock at
 //! a price the allocation path can pay. The largest request memsys3 can serve now is not one
@@ -155,11 +171,12 @@
 //! alone, cheap to publish, is only a lower bound. Rather than publish an approximation, it is
 //! left out.
 
+use super::fixed::{fixed_heap_api, Fixed};
 use crate::counters::Stats;
-use crate::heap::HeapBuf;
-use crate::lock::{Lock, LockGuard};
-use crate::marking;
+use crate::heap::HeapView;
+use crate::lock::LockGuard;
 use crate::methods::{Held, InitError, MemMethods};
+use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
@@ -220,11 +237,8 @@ fn root_for(size: u32) -> usize {
     }
 }
 
-/// The allocator's state, behind the lock.
+/// The allocator's state, behind the lock (the one part of its [`Fixed`] heap).
 struct State {
-    heap: HeapBuf,
-    /// Pool blocks `P`; 0 when the heap is too small to use.
-    npool: u32,
     /// Index of the key chunk, 0 when there is none.
     key: u32,
     /// Size of the key chunk in blocks, 0 when there is none.
@@ -233,11 +247,38 @@ struct State {
     roots: [u32; N_ROOTS],
     /// Checked-out chunks.
     live: usize,
-    /// Blocks in checked-out chunks (at most `npool`), published in [`Memsys3::used`].
+    /// Blocks in checked-out chunks (at most `npool`), published for `footprint`.
     used: u32,
 }
 
-impl State {
+/// The state with the lock held, and the heap: every method may read and write chunk headers
+/// and the links of free chunks. Derefs to the [`State`].
+struct Locked<'a> {
+    /// The whole heap (the one part).
+    view: HeapView<'a>,
+    /// Pool blocks `P`; 0 when the heap is too small to use.
+    npool: u32,
+    /// [`State::used`] published for `footprint` (see "Footprint").
+    seen: &'a AtomicU32,
+    st: LockGuard<'a, State>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    #[inline(always)]
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
+}
+
+impl Locked<'_> {
     // ---- word access: every heap access goes through these four helpers ----
 
     /// Byte offset of word `half` (0 or 1) of block `blk`, checked against the heap layout.
@@ -256,19 +297,19 @@ impl State {
     #[inline]
     fn rd(&self, blk: u32, half: usize) -> u32 {
         let off = self.word_off(blk, half);
-        // SAFETY: `off` is 4-aligned and `off + 4 <= 8 * (P + 2) <= heap.len()` (word_off). The
-        // lock guarding this State is held (we are reached through its guard), and the
+        // SAFETY: `off` is 4-aligned and `off + 4 <= 8 * (P + 2) <= heap length`, the view's
+        // (word_off), and the word is its own span. The lock is held (`self.st`), and the
         // allocator only touches header words and the link words of free chunks, never the
         // user data of a checked-out chunk (module invariants), so no other thread accesses
-        // these bytes. (`accessible` makes the word accessible to valgrind/ASan meanwhile.)
-        self.accessible(off, || unsafe { self.heap.read_u32(off) })
+        // these bytes.
+        unsafe { self.view.read_meta_u32::<true>(off, 4) }
     }
 
     #[inline]
     fn wr(&mut self, blk: u32, half: usize, v: u32) {
         let off = self.word_off(blk, half);
         // SAFETY: as in `rd`.
-        self.accessible(off, || unsafe { self.heap.write_u32(off, v) })
+        unsafe { self.view.write_meta_u32::<true>(off, 4, v) }
     }
 
     /// `prevSize` in the header of chunk `i`.
@@ -315,6 +356,7 @@ impl State {
         self.roots = [0; N_ROOTS];
         self.live = 0;
         self.used = 0;
+        self.publish();
         if self.npool == 0 {
             self.key = 0;
             self.key_size = 0;
@@ -549,7 +591,7 @@ impl State {
         if self.npool == 0 {
             return None;
         }
-        let off = self.heap.offset_of(p)?;
+        let off = self.view.offset_of(p)?;
         if off % BLOCK != 0 {
             return None;
         }
@@ -566,22 +608,31 @@ impl State {
         Some(i)
     }
 
+    /// User pointer of chunk `i` (`i <= npool`).
     fn ptr(&self, i: u32) -> NonNull<u8> {
-        self.heap.ptr(i as usize * BLOCK)
+        assert!(
+            i <= self.npool,
+            "memsys3: chunk outside the pool (heap corrupt)"
+        );
+        // SAFETY: `8 * i <= 8 * P < 8 * (P + 2) <= heap length`, the view's.
+        unsafe { self.view.ptr(i as usize * BLOCK) }
+    }
+
+    /// Publish `used` for the reader (see "Footprint"): a plain store, with the lock held,
+    /// after every call that may have changed it.
+    #[inline]
+    fn publish(&self) {
+        self.seen.store(self.used, Relaxed);
     }
 }
 
 /// SQLite's memsys3 over one heap; see the [module documentation](self).
 pub struct Memsys3 {
-    state: Lock<State>,
-    /// Address of the heap, read without the lock by [`heap_offset`](Self::heap_offset).
-    base: usize,
-    /// [`State::used`], stored with the lock held after every call that changes it, read by
-    /// [`footprint`](MemMethods::footprint) without the lock (see "Footprint").
-    used: AtomicU32,
-    /// `State::npool` and the heap's length, which never change: for the reader.
+    /// The heap, its one part (all of it) and the lock over [`State`], with the count of used
+    /// blocks published next to it for [`footprint`](MemMethods::footprint).
+    fixed: Fixed<State, AtomicU32>,
+    /// Pool blocks `P`, which never change; 0 when the heap is too small to use.
     npool: u32,
-    heap_len: usize,
 }
 
 impl Memsys3 {
@@ -595,62 +646,22 @@ impl Memsys3 {
         } else {
             heap
         };
-        let buf = HeapBuf::new(len)?;
-        let npool = pool_blocks(len);
-        let mut st = State {
-            heap: buf,
-            npool,
-            key: 0,
-            key_size: 0,
-            roots: [0; N_ROOTS],
-            live: 0,
-            used: 0,
+        let state = || {
+            let st = State {
+                key: 0,
+                key_size: 0,
+                roots: [0; N_ROOTS],
+                live: 0,
+                used: 0,
+            };
+            (st, AtomicU32::new(0))
         };
-        marking::pool_create(st.heap.ptr(0), st.heap.len());
-        st.layout();
-        let base = st.heap.ptr(0).as_ptr().addr();
-        Some(Memsys3 {
-            state: Lock::new(st),
-            base,
-            used: AtomicU32::new(0),
-            npool,
-            heap_len: len,
-        })
-    }
-
-    /// With `on` false, the lock is never biased to a thread and makes no `membarrier` or
-    /// `mprotect` call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
-    pub fn with_bias(mut self, on: bool) -> Memsys3 {
-        if !on {
-            self.state.forbid_bias();
-        }
-        self
-    }
-
-    /// Whether the lock is biased to a thread now (tests and diagnostics).
-    pub fn lock_is_biased(&self) -> bool {
-        self.state.is_biased()
-    }
-
-    /// Bytes of heap actually allocated and managed (the requested size after the cap).
-    pub fn heap_len(&self) -> usize {
-        self.heap_len
-    }
-
-    /// Publish `st.used` for the reader (see "Footprint"): a plain store, with the lock held
-    /// (`st` is its guard), after every call that may have changed it.
-    #[inline]
-    fn publish(&self, st: &State) {
-        self.used.store(st.used, Relaxed);
-    }
-
-    /// Byte offset of `p` from the start of the heap when it points into the heap, without
-    /// taking the lock (the address is compared, never read): the `scopes` layer files blocks in
-    /// a side table by it.
-    #[inline]
-    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
-        let off = p.as_ptr().addr().wrapping_sub(self.base);
-        (off < self.heap_len).then_some(off)
+        let m = Memsys3 {
+            fixed: Fixed::new(len, 0, len, 1, usize::MAX, state)?,
+            npool: pool_blocks(len),
+        };
+        m.lock().layout();
+        Some(m)
     }
 
     /// Number of live (checked-out) blocks.
@@ -658,12 +669,20 @@ impl Memsys3 {
         self.lock().live
     }
 
-    fn lock(&self) -> LockGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while the lock is held can only come from a corrupt-heap assertion, which
         // aborts in the libraries (panic = "abort"); the guard releases the lock on unwinding.
-        self.state.lock()
+        let g = self.fixed.lock(0);
+        Locked {
+            view: g.view,
+            npool: self.npool,
+            seen: g.seen,
+            st: g.st,
+        }
     }
 }
+
+fixed_heap_api!(Memsys3);
 
 // SAFETY:
 // - blocks are disjoint chunks of one heap: a chunk is checked out at most once until freed, its
@@ -683,20 +702,22 @@ unsafe impl MemMethods for Memsys3 {
     }
 
     fn malloc(&self, size: usize) -> Option<NonNull<u8>> {
-        let mut st = self.lock();
-        let i = st.malloc(size)?;
-        self.publish(&st);
-        st.mark_alloc(i);
-        Some(st.ptr(i))
+        let mut l = self.lock();
+        let i = l.malloc(size)?;
+        l.publish();
+        let p = l.ptr(i);
+        self.fixed.mark_alloc(p, usable(l.size4x(i)));
+        Some(p)
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
-        let mut st = self.lock();
-        match st.chunk_of(ptr) {
+        let mut l = self.lock();
+        match l.chunk_of(ptr) {
             Some(i) => {
-                st.mark_free(i);
-                st.free(i);
-                self.publish(&st);
+                // Marked before `free` writes its links into the chunk.
+                self.fixed.mark_free(ptr, usable(l.size4x(i)));
+                l.free(i);
+                l.publish();
             }
             None => debug_assert!(false, "memsys3: free of a pointer that is not a live block"),
         }
@@ -706,39 +727,33 @@ unsafe impl MemMethods for Memsys3 {
         if new_size > MAX_REQUEST {
             return None;
         }
-        let mut st = self.lock();
-        let Some(i) = st.chunk_of(ptr) else {
-            debug_assert!(
-                false,
-                "memsys3: realloc of a pointer that is not a live block"
-            );
-            return None;
+        let old = {
+            let l = self.lock();
+            let Some(i) = l.chunk_of(ptr) else {
+                debug_assert!(
+                    false,
+                    "memsys3: realloc of a pointer that is not a live block"
+                );
+                return None;
+            };
+            usable(l.size4x(i))
         };
-        let old = usable(st.size4x(i));
         if new_size <= old && new_size.saturating_add(REALLOC_SLACK) >= old {
             return Some(ptr);
         }
-        let j = st.malloc(new_size)?;
-        st.mark_alloc(j);
-        let n = old.min(new_size);
-        // SAFETY: chunk `i` (the caller's live block, `old` usable bytes) and the new chunk `j`
-        // (at least `new_size` usable bytes) are distinct checked-out chunks inside the heap; the
-        // caller does not use `ptr` during the call and the new block is not handed out yet, so
-        // no other thread accesses either range.
+        // SAFETY: `ptr` is a checked-out chunk of this heap with `old` usable bytes, and
+        // `old.min(new_size) <= new_size`; the caller gives it up on success (realloc's
+        // contract).
         unsafe {
-            st.heap
-                .copy_within(i as usize * BLOCK, j as usize * BLOCK, n)
-        };
-        st.mark_free(i);
-        st.free(i);
-        self.publish(&st);
-        Some(st.ptr(j))
+            self.fixed
+                .realloc_by_copy(self, ptr, old.min(new_size), new_size)
+        }
     }
 
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
-        let st = self.lock();
-        match st.chunk_of(ptr) {
-            Some(i) => usable(st.size4x(i)),
+        let l = self.lock();
+        match l.chunk_of(ptr) {
+            Some(i) => usable(l.size4x(i)),
             None => {
                 debug_assert!(false, "memsys3: size of a pointer that is not a live block");
                 0
@@ -746,9 +761,9 @@ unsafe impl MemMethods for Memsys3 {
         }
     }
 
-    /// Exact: whether `ptr` is the start of a checked-out chunk of this heap.
+    /// Exact: whether `ptr` points into this heap (the address is compared, never read).
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
-        Some(self.lock().chunk_of(ptr).is_some())
+        self.fixed.owns(ptr)
     }
 
     fn roundup(&self, size: usize) -> usize {
@@ -763,15 +778,12 @@ unsafe impl MemMethods for Memsys3 {
     }
 
     fn init(&self) -> Result<(), InitError> {
-        let mut st = self.lock();
-        if st.npool == 0 {
-            return Err(InitError::NoMem);
-        }
-        if st.live == 0 {
-            st.layout();
-            self.publish(&st);
-        }
-        Ok(())
+        self.fixed.init(
+            self.npool != 0,
+            |_| self.lock(),
+            |l| l.live == 0,
+            |l| l.layout(),
+        )
     }
 
     fn shutdown(&self) {}
@@ -779,11 +791,12 @@ unsafe impl MemMethods for Memsys3 {
     /// Read without the lock: see "Footprint" in the module documentation.
     fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
         let _ = stats;
-        let free_blocks = self.npool.saturating_sub(self.used.load(Relaxed));
+        let used = self.fixed.parts()[0].seen.load(Relaxed);
+        let free_blocks = self.npool.saturating_sub(used);
         out(Held {
             key: "heap_bytes",
             help: "sqlalloc memsys3: the heap as configured (heap=, at most 8 GiB), all of it: chunk headers (8 bytes per chunk) and 16 bytes set aside included",
-            bytes: self.heap_len as u64,
+            bytes: self.fixed.heap_len() as u64,
         });
         out(Held {
             key: "free_bytes",
@@ -793,44 +806,28 @@ unsafe impl MemMethods for Memsys3 {
     }
 }
 
-// ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
-//
-// The heap is a pool: everything is no-access except the user area of checked-out chunks (its
-// whole usable size, `8·s − 4` bytes; the request size is not kept), which is addressable with
-// undefined contents. Chunk headers, list links and `prevSize` words are made accessible only for the
-// duration of each access by `rd`/`wr`, with the lock held. A user write past the usable size
-// hits the next chunk's `size4x` word and is reported.
-impl State {
-    /// Run `f` with the 4-byte word at byte offset `off` accessible.
-    #[inline]
-    fn accessible<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
-        marking::with_accessible(self.heap.ptr(off), 4, f)
-    }
-
-    /// Chunk `i` was just checked out (before its pointer is handed out).
-    fn mark_alloc(&self, i: u32) {
-        let n = usable(self.size4x(i));
-        marking::block_alloc(self.heap.ptr(0), self.ptr(i), n);
-    }
-
-    /// Checked-out chunk `i` is about to be freed (before the allocator writes into it).
-    fn mark_free(&self, i: u32) {
-        let n = usable(self.size4x(i));
-        marking::block_free(self.heap.ptr(0), self.ptr(i), n);
-    }
-}
-
-impl Drop for Memsys3 {
-    fn drop(&mut self) {
-        let st = self.state.get_mut();
-        marking::pool_destroy(st.heap.ptr(0), st.heap.len());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::test_support::{self as ts, fill, holds, Sizes, TestHeap};
+    use crate::heap::HeapBuf;
     use std::sync::Arc;
+
+    impl TestHeap for Memsys3 {
+        /// A whole key chunk one block larger than the request may be handed out.
+        const SLACK: usize = 8;
+        fn check(&self) -> usize {
+            check(self).used
+        }
+        /// No promise: free chunks apart from the key join only in a merge pass, which a request
+        /// for the whole pool skips (see `whole_pool_request_needs_init_after_fragmentation`).
+        fn whole_block(&self) -> Option<usize> {
+            None
+        }
+        fn heap(&self) -> &HeapBuf {
+            self.fixed.heap()
+        }
+    }
 
     /// What the checker saw.
     #[derive(Debug, Default)]
@@ -849,7 +846,7 @@ mod tests {
         key_touches_free: bool,
     }
 
-    impl State {
+    impl Locked<'_> {
         /// Check every invariant of the module doc; the walk's figures, or what is wrong.
         fn check(&self) -> Result<Walk, String> {
             let mut w = Walk::default();
@@ -985,7 +982,8 @@ mod tests {
 
     fn check(m: &Memsys3) -> Walk {
         let st = m.lock();
-        assert_eq!(m.used.load(Relaxed), st.used, "published used blocks");
+        let published = m.fixed.parts()[0].seen.load(Relaxed);
+        assert_eq!(published, st.used, "published used blocks");
         match st.check() {
             Ok(w) => w,
             Err(e) => panic!("memsys3 invariant broken: {e}"),
@@ -998,10 +996,8 @@ mod tests {
     }
 
     fn npool(m: &Memsys3) -> u32 {
-        m.lock().npool
+        m.npool
     }
-
-    use crate::backend::test_support::{fill, holds};
 
     fn sz(m: &Memsys3, p: NonNull<u8>) -> usize {
         // SAFETY: the tests pass live blocks only.
@@ -1033,11 +1029,8 @@ mod tests {
 
     /// The footprint's figures, keys checked.
     fn figures(m: &Memsys3) -> [u64; 2] {
-        let mut v = Vec::new();
-        m.footprint(&Stats::default(), &mut |h| v.push(h));
-        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
-        assert_eq!(keys, ["heap_bytes", "free_bytes"]);
-        [v[0].bytes, v[1].bytes]
+        let keys = ["heap_bytes", "free_bytes"];
+        ts::figures(m, &Stats::default(), &keys).try_into().unwrap()
     }
 
     #[test]
@@ -1078,35 +1071,11 @@ mod tests {
     #[test]
     fn footprint_from_another_thread_keeps_the_bias() {
         let m = Arc::new(Memsys3::new(64 << 10).unwrap());
-        let p = m.malloc(100).unwrap();
-        if !m.lock_is_biased() {
-            // No bias here (Miri, a kernel without membarrier): nothing to keep.
-            return;
+        let keys = ["heap_bytes", "free_bytes"];
+        if let Some(seen) = ts::reader_keeps_the_bias(m, Memsys3::lock_is_biased, &keys) {
+            // 100 bytes take (100 + 11) / 8 = 13 blocks.
+            assert_eq!(seen[1], ((64 << 10) / 8 - 2 - 13) * 8);
         }
-        let r = Arc::clone(&m);
-        let free = std::thread::spawn(move || {
-            let mut last = 0;
-            for _ in 0..1000 {
-                last = figures(&r)[1];
-            }
-            last
-        })
-        .join()
-        .unwrap();
-        // 100 bytes take (100 + 11) / 8 = 13 blocks.
-        assert_eq!(free, ((64 << 10) / 8 - 2 - 13) * 8);
-        assert!(m.lock_is_biased(), "the reader revoked the bias");
-        let q = Arc::clone(&m);
-        std::thread::spawn(move || {
-            let b = q.malloc(10).unwrap();
-            // SAFETY: live block of `q`, freed once.
-            unsafe { q.free(b) };
-        })
-        .join()
-        .unwrap();
-        assert!(!m.lock_is_biased(), "another thread allocating revokes it");
-        // SAFETY: live block of `m`, freed once.
-        unsafe { m.free(p) };
     }
 
     #[test]
@@ -1186,17 +1155,7 @@ mod tests {
     fn requests_too_large_fail_cleanly() {
         let m = Memsys3::new(64 << 10).unwrap();
         let p = npool(&m) as usize;
-        for n in [
-            usize::MAX,
-            usize::MAX - 10,
-            MAX_REQUEST + 1,
-            1 << 31,
-            64 << 10,
-            p * 8 - 3,
-        ] {
-            assert!(m.malloc(n).is_none(), "malloc({n})");
-            check(&m);
-        }
+        ts::too_large_requests_fail_cleanly(&m, p * 8 - 3);
         // The whole pool in one block works on a fresh heap.
         let q = m.malloc(p * 8 - 4).unwrap();
         assert_eq!(sz(&m, q), p * 8 - 4);
@@ -1226,36 +1185,13 @@ mod tests {
     }
 
     /// A large heap costs two pages when laid out (the key chunk's header and the sentinel's),
-    /// also after `init`; a few blocks written cost their own pages and little more.
+    /// also after `init`; a few blocks written cost their own pages and a page more each at most
+    /// (each block's header and the key's new header).
     #[test]
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn a_large_heap_is_touched_only_where_used() {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
         let m = Memsys3::new(256 << 20).unwrap();
-        let resident = || m.lock().heap.resident_bytes();
-        let Some(r0) = resident() else {
-            eprintln!("the heap is not a mapping here: skipped");
-            return;
-        };
-        assert!(r0 <= 2 * page, "laid out: {r0} bytes resident");
-        m.init().unwrap();
-        let r1 = resident().unwrap();
-        assert!(r1 <= 2 * page, "after init: {r1} bytes resident");
-        let blocks: Vec<_> = (0..4).map(|_| m.malloc(64 << 10).unwrap()).collect();
-        for &p in &blocks {
-            fill(p, 64 << 10, 0x33);
-        }
-        let r2 = resident().unwrap();
-        // Each block's header and the key's new header: a page more per block at most.
-        assert!(
-            r2 >= r1 + 4 * (64 << 10) && r2 <= r1 + 4 * (64 << 10) + 8 * page,
-            "four 64 KiB blocks written: {r1} -> {r2} bytes resident"
-        );
-        for p in blocks {
-            assert!(holds(p, 64 << 10, 0x33));
-            free(&m, p);
-        }
+        ts::touched_only_where_used(&m, 2 * ts::page(), 8 * ts::page());
         let w = check(&m);
         assert_eq!((w.used, w.free), (0, 1));
     }
@@ -1491,7 +1427,8 @@ mod tests {
         assert_eq!(m.live(), 0);
     }
 
-    /// xorshift64*: a small deterministic generator for the randomized tests.
+    /// xorshift64*: the generator of the sequences run through C's mem3.c for
+    /// `same_placement_as_c` (the golden hashes depend on it).
     struct Rng(u64);
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -1512,78 +1449,60 @@ mod tests {
         }
     }
 
-    /// Under Miri, keep sizes small: every byte filled and compared is interpreted.
-    fn miri_cap(n: usize) -> usize {
-        if cfg!(miri) {
-            n % 700
+    /// Seeded random sequences of malloc / free / realloc, contents tagged and the invariants
+    /// checked after every step; after every free the key has no free neighbour.
+    #[test]
+    fn randomized_sequence_keeps_invariants() {
+        let steps = if cfg!(miri) { 150 } else { 6_000 };
+        // Under Miri, small sizes: every byte filled and compared is interpreted.
+        let sizes = if cfg!(miri) {
+            Sizes {
+                small: 89,
+                mid: 699,
+                big: 699,
+            }
         } else {
-            n
+            Sizes {
+                small: 89,
+                mid: 1199,
+                big: 11_999,
+            }
+        };
+        for seed in [1u64, 0x9e37_79b9_7f4a_7c15, 42] {
+            let m = Memsys3::new(if cfg!(miri) { 8 << 10 } else { 32 << 10 }).unwrap();
+            let mut merges_seen = 0;
+            let t = ts::random_sequence(&m, seed, steps, &sizes, 60, |m| {
+                let w = check(m);
+                assert!(!w.key_touches_free, "key has a free neighbour after free");
+                merges_seen += usize::from(w.adjacent_free > 0);
+            });
+            if !cfg!(miri) {
+                assert!(
+                    t.failures > 0,
+                    "the heap was never exhausted: test too weak"
+                );
+                assert!(
+                    t.moves > 0 && merges_seen > 0,
+                    "{t:?}, {merges_seen} merges"
+                );
+            }
+            ts::assert_recovered(&m);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ts::proptest_config())]
+        /// Any sequence keeps the invariants and the contents of live blocks.
+        #[test]
+        fn any_sequence(ops in ts::ops(120)) {
+            let m = Memsys3::new(if cfg!(miri) { 4 << 10 } else { 16 << 10 }).unwrap();
+            ts::any_sequence(&m, ops)?;
         }
     }
 
     #[test]
-    fn randomized_sequence_keeps_invariants() {
-        let steps = if cfg!(miri) { 150 } else { 6_000 };
-        for seed in [1u64, 0x9e37_79b9_7f4a_7c15, 42] {
-            let m = Memsys3::new(if cfg!(miri) { 8 << 10 } else { 32 << 10 }).unwrap();
-            let mut rng = Rng(seed);
-            // (pointer, bytes in use, fill byte)
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            let (mut fails, mut merges_seen) = (0, 0);
-            for step in 0..steps {
-                let op = rng.below(10);
-                let tag = (step % 251) as u8;
-                if op < 5 || live.is_empty() {
-                    let n = miri_cap(rng.size());
-                    match m.malloc(n) {
-                        Some(p) => {
-                            assert_eq!(p.as_ptr().addr() % 8, 0);
-                            assert!(sz(&m, p) >= n && sz(&m, p) <= m.roundup(n) + 8);
-                            fill(p, n, tag);
-                            live.push((p, n, tag));
-                        }
-                        None => fails += 1,
-                    }
-                    check(&m);
-                } else if op < 8 {
-                    let k = rng.below(live.len() as u64) as usize;
-                    let (p, n, t) = live.swap_remove(k);
-                    assert!(holds(p, n, t), "seed {seed} step {step}: block overwritten");
-                    free(&m, p);
-                    let w = check(&m);
-                    assert!(!w.key_touches_free, "key has a free neighbour after free");
-                    if w.adjacent_free > 0 {
-                        merges_seen += 1;
-                    }
-                } else {
-                    let k = rng.below(live.len() as u64) as usize;
-                    let (p, n, t) = live[k];
-                    let new = miri_cap(rng.size());
-                    match realloc(&m, p, new) {
-                        Some(q) => {
-                            assert!(holds(q, n.min(new), t));
-                            fill(q, new, tag);
-                            live[k] = (q, new, tag);
-                        }
-                        None => {
-                            assert!(holds(p, n, t), "failed realloc changed the block");
-                            fails += 1;
-                        }
-                    }
-                    check(&m);
-                }
-            }
-            if !cfg!(miri) {
-                assert!(fails > 0, "the heap was never exhausted: test too weak");
-                assert!(merges_seen > 0, "never saw unmerged free chunks");
-            }
-            for (p, n, t) in live {
-                assert!(holds(p, n, t));
-                free(&m, p);
-                check(&m);
-            }
-            assert_eq!(m.live(), 0);
-        }
+    fn init_keeps_live_blocks() {
+        ts::init_keeps_live_blocks(&Memsys3::new(16 << 10).unwrap());
     }
 
     /// Run `n` random operations (sizes 1 and up, as SQLite passes them) on a fresh heap and
@@ -1596,7 +1515,7 @@ mod tests {
         use std::fmt::Write;
         let m = Memsys3::new(heap).unwrap();
         m.init().unwrap();
-        let off = |p: NonNull<u8>| m.lock().heap.offset_of(p).unwrap();
+        let off = |p: NonNull<u8>| m.heap_offset(p).unwrap();
         let mut rng = Rng(seed);
         let mut live: Vec<NonNull<u8>> = Vec::new();
         let mut out = String::new();
@@ -1665,51 +1584,13 @@ mod tests {
 
     #[test]
     fn two_thread_stress() {
-        let m = Arc::new(Memsys3::new(256 << 10).unwrap());
-        let rounds = if cfg!(miri) { 40 } else { 20_000 };
-        let handles: Vec<_> = (0..2u8)
-            .map(|t| {
-                let m = Arc::clone(&m);
-                std::thread::spawn(move || {
-                    let mut rng = Rng(0x1234_5678 + u64::from(t));
-                    let mut mine: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-                    let mut got = 0usize;
-                    for r in 0..rounds {
-                        let tag = t.wrapping_mul(100).wrapping_add((r % 97) as u8);
-                        if rng.below(3) != 0 || mine.is_empty() {
-                            let n = miri_cap(rng.size());
-                            if let Some(p) = m.malloc(n) {
-                                fill(p, n, tag);
-                                mine.push((p, n, tag));
-                                got += 1;
-                            }
-                        } else {
-                            let k = rng.below(mine.len() as u64) as usize;
-                            let (p, n, tg) = mine.swap_remove(k);
-                            assert!(holds(p, n, tg), "thread {t}: block overwritten");
-                            if rng.below(2) == 0 {
-                                free(&m, p);
-                            } else if let Some(q) = realloc(&m, p, miri_cap(rng.size())) {
-                                free(&m, q);
-                            } else {
-                                free(&m, p);
-                            }
-                        }
-                    }
-                    for (p, n, tg) in mine {
-                        assert!(holds(p, n, tg));
-                        free(&m, p);
-                    }
-                    got
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for h in handles {
-            total += h.join().expect("stress thread panicked");
-        }
-        assert!(total > 0);
-        assert_eq!(m.live(), 0);
-        check(&m);
+        let m = Memsys3::new(256 << 10).unwrap();
+        ts::two_threads(Arc::new(m), if cfg!(miri) { 40 } else { 20_000 }, 3000);
+    }
+
+    #[test]
+    fn freed_by_another_thread() {
+        let m = Memsys3::new(if cfg!(miri) { 64 << 10 } else { 4 << 20 }).unwrap();
+        ts::freed_by_another_thread(Arc::new(m), if cfg!(miri) { 100 } else { 2000 });
     }
 }

@@ -55,14 +55,14 @@
 //! One lock serializes every call, so two threads allocating at once wait on each other (C
 //! memsys5 with memstatus off runs 2 threads at a fraction of 1 thread's throughput). With
 //! `shards=N` the atoms are cut into `N` *shards* (the spec's word; the counters' per-thread
-//! *slots* are another thing), consecutive runs of `nblock / N` atoms (the last
-//! shard takes the remainder), each an independent buddy heap as described above with its own
-//! lock, free lists and top-level blocks; atom indices, buddies and alignment inside a shard are
-//! relative to its first atom. A thread allocates from its own shard (threads are spread over the
-//! shards by their counters slot: consecutive threads, consecutive shards) and, when that shard
-//! cannot serve the request, from the next ones in turn before failing. A block is freed into the
-//! shard its address lies in, whichever thread frees it. The control bytes stay one array, so
-//! `size` is unchanged.
+//! *slots* are another thing), the parts of the fixed heap (`src/backend/fixed.rs`, which owns
+//! the cut, the locks, which shard a thread tries first and the fallback to the others):
+//! consecutive runs of `nblock / N` atoms (the last shard takes the remainder), each an
+//! independent buddy heap as described above with its own lock, free lists and top-level blocks;
+//! atom indices, buddies and alignment inside a shard are relative to its first atom. A thread
+//! allocates from its own shard and, when that shard cannot serve the request, from the next ones
+//! in turn before failing. A block is freed into the shard its address lies in, whichever thread
+//! frees it. The control bytes stay one array, outside the shards, so `size` is unchanged.
 //!
 //! Effect on Robson's bound: it holds *per shard*. A request fails only when no shard can serve it,
 //! so the guarantee above holds for the whole heap when each shard alone satisfies it: with `N`
@@ -90,9 +90,9 @@
 //!
 //! # What is touched when
 //!
-//! The buffer is fresh zero pages that the system backs with memory only when they are first
-//! written ([`HeapBuf`]: an anonymous mapping on Linux), so the heap costs what is used of it,
-//! not its size. The layout writes what C's `memsys5Init` writes and nothing more: the control
+//! The buffer and its cost (fresh zero pages, backed only when written) are the fixed heap's:
+//! see `src/heap.rs` and `src/backend/fixed.rs`. The layout writes what C's `memsys5Init` writes
+//! and nothing more: the control
 //! byte and the free-list link (the first 8 bytes) of each top-level block, at most 31 of each,
 //! every other control byte being already 0, which is the control byte of an atom that starts no
 //! block (see "Control bytes"). So a 400 MB heap costs at most 31 pages of atoms and one or two
@@ -102,11 +102,31 @@
 //! block's body are backed when the program writes them. A heap that SQLite fills to 50 MB
 //! makes the process about 50 MB larger (plus one control byte per atom used), as with C.
 //!
-//! `init` with no live block lays the heap out again: the control bytes are zeroed first by
-//! giving their whole pages back to the system ([`HeapBuf::zero`], `madvise(MADV_DONTNEED)`),
-//! not by writing them. Nothing iterates over the heap: the pool marking for valgrind and ASan
-//! marks the whole buffer at creation in the tools' shadow memory only (see "valgrind /
-//! AddressSanitizer marking" below). Only the unit tests' `check` reads every control byte.
+//! `init` with no live block lays the heap out again (when, and with which locks held: the fixed
+//! heap's `init`): the control bytes are zeroed first by giving their whole pages back to the
+//! system ([`HeapBuf::zero`], `madvise(MADV_DONTNEED)`), not by writing them. Nothing iterates
+//! over the heap; the pool marking touches the tools' shadow memory only (see "Locking and
+//! marking"). Only the unit tests' `check` reads every control byte.
+//!
+//! [`HeapBuf::zero`]: crate::heap::HeapBuf::zero
+//!
+//! # Locking and marking
+//!
+//! The rules are the fixed heap's (`src/backend/fixed.rs`, "Locking and marking rules"): each
+//! shard's state is behind its own lock, held only for list and control-byte updates; the copy of
+//! a moving realloc happens outside it (its `realloc_by_copy`); the pool is created with the heap
+//! and destroyed with it. What is memsys5's own:
+//!
+//! - `size` reads a live block's control byte without the lock (nobody writes it while the block
+//!   lives; see "Control bytes"), so it takes no lock at all.
+//! - For valgrind and ASan the atoms are the pool: free blocks (links included) are no-access; a
+//!   block handed out is addressable for its whole size (`atom << k`: the request size is not
+//!   kept) with undefined contents; a free-list link is made accessible around each access. The
+//!   control bytes stay accessible for good (`size` reads them without the lock, so they cannot
+//!   be marked and unmarked around each access); only an overflow past the last atom into them
+//!   goes unseen. The unused remainder after them is no-access.
+//! - The hot paths are compiled twice (`MARK`): when marking is off (`marking::active()` false,
+//!   which never changes once asked) the one-shard path without it is the short one.
 //!
 //! # Control bytes
 //!
@@ -154,9 +174,9 @@
 //! that it can be given as `heap=` as it is. It inherits the counters' precision: with several
 //! threads allocating at once the peak is within 64 KiB per thread of the true one.
 //!
-//! The reader never takes a shard's lock: a thread other than the owner of a biased lock would
-//! revoke the bias for good, and every later call would pay a locked instruction. Two atomics
-//! next to each shard's lock hold what it needs, written only with the lock held by relaxed
+//! The reader never takes a shard's lock (the fixed heap's rule: a thread other than the owner of
+//! a biased lock would revoke the bias for good). Two atomics next to each shard's lock (its
+//! published figures) hold what it needs, written only with the lock held by relaxed
 //! loads and stores (on x86 an ordinary `add`/`or` on memory, never a locked instruction): the
 //! atoms of the shard's live blocks, updated at the end of every allocation and free, and the
 //! mask of the non-empty free lists itself (the allocator keeps it there rather than in the
@@ -167,11 +187,9 @@
 //!
 //! # Differences from SQLite's `mem5.c`
 //!
-//! - Locking: the state is behind this value's own lock (one per shard; `src/lock.rs`, a
-//!   test-and-set lock released with a plain store and biased to the first thread that takes it
-//!   unless the spec says `bias=off`), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only
-//!   when memstatus is off. The lock is held only for list and control-byte updates; the copy
-//!   of a moving realloc happens outside it, as in C.
+//! - Locking: the state is behind this value's own lock (one per shard; `src/lock.rs`, see
+//!   "Locking and marking"), always, instead of `SQLITE_MUTEX_STATIC_MEM` taken only when
+//!   memstatus is off. The copy of a moving realloc happens outside it, as in C.
 //! - Heap sizes: C receives the heap size as an `int`. Here it may be larger; the atom count is
 //!   then capped at `2^31 - 1` (the most atoms the top-level layout can use with `LOGMAX = 30`,
 //!   which keeps every index in a `u32`) and the rest of the buffer is left unused.
@@ -186,7 +204,7 @@
 //!   allocation fail).
 //! - The control byte of a block start has `CTRL_START` set, so that 0 (what an untouched
 //!   byte reads) means "no block starts here" (C's `aCtrl` has no such bit; it reads the same
-//!   bytes). The buffer is fresh zero pages ([`HeapBuf`]); C's is whatever SQLite was given.
+//!   bytes). The buffer is fresh zero pages (`src/heap.rs`); C's is whatever SQLite was given.
 //!   A re-layout by `init` zeroes the control bytes (C leaves them as they were).
 //! - No `SQLITE_DEBUG` statistics, fill patterns or `sqlite3_log` call on failure (an allocation
 //!   path must not call into SQLite); the counters of the stack above provide the statistics.
@@ -208,9 +226,10 @@
 //! running C's `mem5.c` and this module on the same random call sequences and comparing every
 //! offset; one such trace is a unit test).
 
+use super::fixed::{fixed_heap_api, Fixed};
 use crate::counters::Stats;
-use crate::heap::{HeapBuf, HeapView};
-use crate::lock::{Lock, LockGuard};
+use crate::heap::HeapView;
+use crate::lock::LockGuard;
 use crate::marking;
 use crate::methods::{Held, InitError, MemMethods};
 use std::ptr::NonNull;
@@ -261,8 +280,11 @@ fn geometry(heap: usize, min: usize) -> (u32, usize) {
 
 /// SQLite's memsys5: power-of-two buddy allocator over one fixed heap.
 pub struct Memsys5 {
-    /// The heap: atoms, then one control byte per atom.
-    heap: HeapBuf,
+    /// The heap (atoms, then one control byte per atom) and its shards: the atoms cut into
+    /// independent buddy heaps (one unless `shards=N`), each with its own lock, free lists and
+    /// [`Seen`] figures (`src/backend/fixed.rs`). Inside a shard, atom and block indices
+    /// (free-list links, buddies, alignment) are relative to its first atom.
+    fixed: Fixed<State, Seen>,
     /// log2 of the atom size in bytes (3..=12).
     atom_log: u32,
     /// `atom - 1`: the offset bits below an atom boundary (kept, not recomputed on every call).
@@ -271,25 +293,6 @@ pub struct Memsys5 {
     nblock: usize,
     /// Byte offset of the control bytes (`nblock * atom`).
     ctrl: usize,
-    /// `ceil(2^64 / per_shard)` for the atoms per shard (every shard but the last, which also takes
-    /// the remainder, has `per_shard`), 0 when `per_shard < 2`: `shard_of` divides by multiplying.
-    per_shard_recip: u64,
-    /// The independent buddy heaps the atoms are cut into (one unless `shards=N`).
-    shards: Box<[Shard]>,
-}
-
-/// One buddy heap: atoms `first .. first + n` of the heap, with its own lock and free lists.
-/// Inside a shard, atom and block indices (free-list links, buddies, alignment) are relative to
-/// `first`. Shards are 1 KiB apart, so that the hardware prefetchers do not pull one thread's
-/// shard (its lock and list heads, written on every call) into the core of the thread using the
-/// next (see `Shard` in `src/counters.rs`).
-#[repr(align(1024))]
-struct Shard {
-    first: usize,
-    n: usize,
-    state: Lock<State>,
-    /// What [`footprint`](MemMethods::footprint) reads without the lock.
-    seen: Seen,
 }
 
 /// The part of a shard's state that [`footprint`](MemMethods::footprint) reads, which must not
@@ -329,69 +332,32 @@ impl Memsys5 {
     /// "Shards" in the module documentation). `shards` is clamped to `1..=` the number of atoms.
     pub fn with_shards(heap: usize, min: usize, shards: usize) -> Option<Memsys5> {
         let (atom_log, nblock) = geometry(heap, min);
-        // nblock * (atom + 1) <= heap, so this does not overflow.
-        let ctrl = nblock << atom_log;
-        let buf = HeapBuf::new(heap)?;
-        let shards = shards.clamp(1, nblock.max(1));
-        let per_shard = nblock / shards;
-        let shards = (0..shards)
-            .map(|p| Shard {
-                first: p * per_shard,
-                n: if p + 1 == shards {
-                    nblock - p * per_shard
-                } else {
-                    per_shard
-                },
-                state: Lock::new(State {
-                    free: [NONE; LOGMAX + 1],
-                    live: 0,
-                }),
-                seen: Seen {
-                    used: AtomicUsize::new(0),
-                    nonempty: AtomicU32::new(0),
-                },
-            })
-            .collect();
+        let fixed = Fixed::new(heap, atom_log, nblock, shards, usize::MAX, || {
+            let state = State {
+                free: [NONE; LOGMAX + 1],
+                live: 0,
+            };
+            let seen = Seen {
+                used: AtomicUsize::new(0),
+                nonempty: AtomicU32::new(0),
+            };
+            (state, seen)
+        })?;
         let m = Memsys5 {
-            heap: buf,
+            fixed,
             atom_log,
             atom_mask: (1 << atom_log) - 1,
             nblock,
-            ctrl,
-            per_shard_recip: if per_shard < 2 {
-                0
-            } else {
-                u64::MAX / per_shard as u64 + 1
-            },
-            shards,
+            // nblock * (atom + 1) <= heap (see `geometry`), so this does not overflow.
+            ctrl: nblock << atom_log,
         };
-        m.mark_pool();
-        for p in 0..m.shards.len() {
+        // `size` reads a live block's control byte without the lock (see "Locking and marking").
+        m.fixed.keep_accessible(m.ctrl, nblock);
+        for p in 0..m.fixed.shards() {
             // The buffer is new: every control byte is 0 (`HeapBuf::new`).
             m.lock_shard::<true>(p).layout(true);
         }
         Some(m)
-    }
-
-    /// With `on` false, the shards' locks are never biased to a thread and make no `membarrier`
-    /// or `mprotect` call (spec key `bias=off`; see "Turning the bias off" in `src/lock.rs`).
-    pub fn with_bias(mut self, on: bool) -> Memsys5 {
-        if !on {
-            for p in self.shards.iter_mut() {
-                p.state.forbid_bias();
-            }
-        }
-        self
-    }
-
-    /// Whether any shard's lock is biased to a thread now (tests and diagnostics).
-    pub fn lock_is_biased(&self) -> bool {
-        self.shards.iter().any(|p| p.state.is_biased())
-    }
-
-    /// Number of shards (the `shards` option, after clamping).
-    pub fn shards(&self) -> usize {
-        self.shards.len()
     }
 
     /// Size of an atom (the smallest block) in bytes.
@@ -406,66 +372,47 @@ impl Memsys5 {
 
     /// Size in bytes of the largest block the heap can ever hand out (0 when it holds no atom).
     pub fn largest_block(&self) -> usize {
-        let n = self.shards.iter().map(|p| p.n).max().unwrap_or(0);
+        let n = self
+            .fixed
+            .parts()
+            .iter()
+            .map(|p| p.units)
+            .max()
+            .unwrap_or(0);
         match n.checked_ilog2() {
             Some(k) => (self.atom() << k).min(MAX_REQUEST),
             None => 0,
         }
     }
 
-    /// Byte offset of `p` from the start of the heap, when it points into the heap (for tests
-    /// and diagnostics: block placement is the same as C memsys5's for the same calls).
-    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
-        self.heap.offset_of(p)
-    }
-
     /// Lock shard `p`, with the marking for valgrind/ASan (`MARK`: see [`Locked`]).
     #[inline(always)]
     fn lock_shard<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
-        let shard = &self.shards[p];
-        // SAFETY: the shards tile the atoms `0..nblock` (see `with_shards`), so
-        // `first + n <= nblock`: the shard's atoms end at `nblock << atom_log = ctrl` at the
-        // latest and its control bytes at `ctrl + nblock <= heap length` (see `geometry`).
-        let (atoms, ctrls) = unsafe {
-            (
-                self.heap
-                    .view_unchecked(shard.first << self.atom_log, shard.n << self.atom_log),
-                self.heap.view_unchecked(self.ctrl + shard.first, shard.n),
-            )
+        let g = self.fixed.lock(p);
+        // SAFETY: the shards tile the atoms `0..nblock` (the units of `fixed`), so
+        // `first + units <= nblock`: the shard's control bytes end at `ctrl + nblock <= heap
+        // length` at the latest (see `geometry`).
+        let ctrls = unsafe {
+            self.fixed
+                .heap()
+                .view_unchecked(self.ctrl + g.first, g.units)
         };
         Locked {
             m: self,
-            atoms,
+            atoms: g.view,
             ctrls,
             atom_log: self.atom_log,
-            base: shard.first,
-            n: shard.n,
-            seen: &shard.seen,
-            st: shard.state.lock(),
+            base: g.first,
+            n: g.units,
+            seen: g.seen,
+            st: g.st,
         }
-    }
-
-    /// The shard holding global atom `g` (`g < nblock`).
-    #[inline]
-    fn shard_of(&self, g: usize) -> usize {
-        let n = self.shards.len();
-        if n == 1 {
-            return 0;
-        }
-        // g / per_shard without a division instruction (tens of cycles, on every free): for
-        // g, per_shard < 2^32, floor(g * ceil(2^64 / per_shard) / 2^64) is exactly g / per_shard.
-        let q = if self.per_shard_recip == 0 {
-            g
-        } else {
-            ((g as u128 * self.per_shard_recip as u128) >> 64) as usize
-        };
-        q.min(n - 1)
     }
 
     /// Hand out a block of class `k`: from the thread's own shard first, then the others in turn.
     #[inline(always)]
     fn malloc_class(&self, k: usize) -> Option<NonNull<u8>> {
-        if self.shards.len() == 1 && !marking::active() {
+        if self.fixed.shards() == 1 && !marking::active() {
             // SQLite's memsys5, no marking: the path to keep short (the others are calls away,
             // so that this one saves and restores few registers).
             let l = &mut self.lock_shard::<false>(0);
@@ -490,44 +437,16 @@ impl Memsys5 {
     /// [`malloc_class`](Self::malloc_class) with the marking on (`MARK`) or known to be off.
     #[inline(always)]
     fn malloc_class_in<const MARK: bool>(&self, k: usize) -> Option<NonNull<u8>> {
-        let nshards = self.shards.len();
-        let i = if nshards == 1 {
-            // SQLite's memsys5: one heap, atom indices are global.
-            self.lock_shard::<MARK>(0).alloc(k)?
-        } else {
-            let first = self.preferred_part();
-            (0..nshards).find_map(|d| {
-                let p = if first + d < nshards {
-                    first + d
-                } else {
-                    first + d - nshards
-                };
-                let i = self.lock_shard::<MARK>(p).alloc(k)?;
-                Some(self.shards[p].first + i)
-            })?
-        };
-        let p = self.heap.ptr(i << self.atom_log);
+        let i = self.fixed.try_parts(|p| {
+            let mut l = self.lock_shard::<MARK>(p);
+            let i = l.alloc(k)?;
+            Some(l.base + i)
+        })?;
+        let p = self.fixed.heap().ptr(i << self.atom_log);
         if MARK {
-            marking::block_alloc(self.heap.ptr(0), p, self.atom() << k);
+            self.fixed.mark_alloc(p, self.atom() << k);
         }
         Some(p)
-    }
-
-    /// The shard the calling thread tries first: threads are spread over the shards by the slot
-    /// the counters gave them (consecutive threads get consecutive slots).
-    #[inline]
-    fn preferred_part(&self) -> usize {
-        match self.shards.len() {
-            1 => 0,
-            n => {
-                let t = crate::counters::thread_index();
-                if t < n {
-                    t
-                } else {
-                    t % n
-                }
-            }
-        }
     }
 
     /// Size class of a request of `size` bytes, or `None` when it is above 1 GiB.
@@ -545,7 +464,7 @@ impl Memsys5 {
     #[inline(always)]
     fn index_of(&self, p: NonNull<u8>) -> Option<usize> {
         // The atoms are the first `ctrl = nblock << atom_log` bytes of the heap.
-        let off = self.heap.offset_below(p, self.ctrl)?;
+        let off = self.fixed.heap().offset_below(p, self.ctrl)?;
         if off & self.atom_mask != 0 {
             return None;
         }
@@ -563,7 +482,12 @@ impl Memsys5 {
         // SAFETY: the control bytes are `nblock` bytes at `ctrl`, inside the heap (see
         // `geometry`), and `i < nblock`; the control area is never handed out and was
         // initialized at layout; no concurrent writer by the caller's contract.
-        unsafe { self.heap.view_unchecked(self.ctrl, self.nblock).read_u8(i) }
+        unsafe {
+            self.fixed
+                .heap()
+                .view_unchecked(self.ctrl, self.nblock)
+                .read_u8(i)
+        }
     }
 }
 
@@ -636,16 +560,6 @@ impl<const MARK: bool> Locked<'_, MARK> {
         unsafe { self.ctrls.write_u8(i, v) }
     }
 
-    /// Run `f` with the link of free block `i` accessible to the tools.
-    #[inline(always)]
-    fn link_accessible<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
-        if MARK {
-            self.m.link_accessible((self.base + i) << self.atom_log, f)
-        } else {
-            f()
-        }
-    }
-
     /// A link value read from the heap, checked to be [`NONE`] or an atom of the shard: a link is
     /// the one thing in the heap a program can overwrite (by writing into a block it has
     /// freed), and a wild index must stop the allocator rather than let it write outside the
@@ -671,9 +585,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         debug_assert!(i < self.n && w < 2);
         let off = (i << self.atom_log) + 4 * w;
         // SAFETY: `i < n`, so `off + 4 <= (i << atom_log) + 8 <= n << atom_log`, the length of
-        // `atoms` (an atom has at least 8 bytes); `off` is a multiple of 4 from a 64-aligned
-        // heap base; the block is free, so no user accesses it, and the shard's lock is held.
-        let v = self.link_accessible(i, || unsafe { self.atoms.read_u32(off) });
+        // `atoms` (an atom has at least 8 bytes), and so is the link's span (its 8 bytes from
+        // the block's start); `off` is a multiple of 4 from a 64-aligned heap base; the block is
+        // free, so no user accesses it, and the shard's lock is held.
+        let v = unsafe { self.atoms.read_meta_u32::<MARK>(off, LINK_SIZE) };
         self.checked(v)
     }
 
@@ -706,9 +621,9 @@ impl<const MARK: bool> Locked<'_, MARK> {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
         // SAFETY: `i < n`, so `off + 8 <= n << atom_log`, the length of `atoms` (an atom has at
-        // least 8 bytes); `off` is a multiple of 8 from a 64-aligned heap base; the block is
-        // free, so no user accesses it, and the shard's lock is held (`&mut self`).
-        self.link_accessible(i, || unsafe { self.atoms.write_u32(off, next) })
+        // least 8 bytes): the link's span; `off` is a multiple of 8 from a 64-aligned heap base;
+        // the block is free, so no user accesses it, and the shard's lock is held (`&mut self`).
+        unsafe { self.atoms.write_meta_u32::<MARK>(off, LINK_SIZE, next) }
     }
 
     /// Set the `prev` link of free block `i`.
@@ -720,8 +635,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
         debug_assert!(i < self.n);
         let off = i << self.atom_log;
         // SAFETY: as in `set_next`: `off + 4` is the block's second link word, inside its first
-        // 8 bytes, which belong to the allocator while the block is free.
-        self.link_accessible(i, || unsafe { self.atoms.write_u32(off + 4, prev) })
+        // 8 bytes (the span), which belong to the allocator while the block is free.
+        unsafe { self.atoms.write_meta_u32::<MARK>(off + 4, LINK_SIZE, prev) }
     }
 
     /// Take free block `i` of class `k` off its list.
@@ -775,15 +690,16 @@ impl<const MARK: bool> Locked<'_, MARK> {
 
     /// Lay the shard out as free top-level blocks (forgets every block). `zeroed`: the caller
     /// knows that the shard's control bytes are all 0 (a heap just created); otherwise they are
-    /// zeroed first, by giving their pages back to the system (see [`HeapBuf::zero`]). Writes
-    /// nothing else but the control byte and the free-list link of each top-level block.
+    /// zeroed first, by giving their pages back to the system (see
+    /// [`HeapBuf::zero`](crate::heap::HeapBuf::zero)). Writes nothing else but the control byte
+    /// and the free-list link of each top-level block.
     fn layout(&mut self, zeroed: bool) {
         let n = self.n;
         if !zeroed {
             // SAFETY: the shard's control bytes (`n` of them from `ctrl + base`, inside the heap:
             // see `lock_shard`), never handed out; the shard's lock is held, so nobody else reads
             // or writes them.
-            unsafe { self.m.heap.zero(self.m.ctrl + self.base, n) };
+            unsafe { self.m.fixed.heap().zero(self.m.ctrl + self.base, n) };
         }
         self.st.free = [NONE; LOGMAX + 1];
         self.set_nonempty(0);
@@ -872,7 +788,7 @@ impl Memsys5 {
         let n = self.atom() << (c & CTRL_LOGSIZE);
         // Marked before `release` writes its links into the block.
         if MARK {
-            marking::block_free(self.heap.ptr(0), ptr, n);
+            self.fixed.mark_free(ptr, n);
         }
         l.release(i);
         n
@@ -884,7 +800,7 @@ impl Memsys5 {
     /// or with the marking on.
     #[inline(never)]
     fn release_other(&self, ptr: NonNull<u8>, g: usize) -> usize {
-        let shard = self.shard_of(g);
+        let shard = self.fixed.part_of_unit(g);
         if marking::active() {
             self.release_in::<true>(ptr, g, shard)
         } else {
@@ -923,7 +839,7 @@ unsafe impl MemMethods for Memsys5 {
         let Some(g) = self.index_of(ptr) else {
             return 0;
         };
-        if self.shards.len() == 1 && !marking::active() {
+        if self.fixed.shards() == 1 && !marking::active() {
             // The short path, as in `malloc_class`.
             return self.release_in::<false>(ptr, g, 0);
         }
@@ -933,19 +849,16 @@ unsafe impl MemMethods for Memsys5 {
     unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Option<NonNull<u8>> {
         // SAFETY: `ptr` is a live block (caller's contract).
         let old = unsafe { self.size(ptr) };
-        let from = self.heap.offset_of(ptr).filter(|_| old != 0)?;
+        if old == 0 {
+            // Not a block of this heap.
+            return None;
+        }
         if new_size <= old {
             return Some(ptr);
         }
-        let q = self.malloc(new_size)?;
-        let to = self.heap.offset_of(q)?;
-        // SAFETY: both are live blocks of this heap, `old` bytes long at least (the new one is
-        // larger), distinct, and owned by this call (the old one by the caller's contract, the
-        // new one just allocated), so nobody else touches them.
-        unsafe { self.heap.copy_within(from, to, old) };
-        // SAFETY: `ptr` is live and, per the realloc contract, no longer used after the call.
-        unsafe { self.free(ptr) };
-        Some(q)
+        // SAFETY: `ptr` is a live block of `self` with `old < new_size` usable bytes; the caller
+        // gives it up on success (realloc's contract).
+        unsafe { self.fixed.realloc_by_copy(self, ptr, old, new_size) }
     }
 
     #[inline(always)]
@@ -963,7 +876,7 @@ unsafe impl MemMethods for Memsys5 {
 
     /// Exact: whether `ptr` points into this heap (the address is compared, never read).
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
-        Some(self.heap.offset_of(ptr).is_some())
+        self.fixed.owns(ptr)
     }
 
     fn roundup(&self, size: usize) -> usize {
@@ -975,18 +888,12 @@ unsafe impl MemMethods for Memsys5 {
     }
 
     fn init(&self) -> Result<(), InitError> {
-        if self.nblock == 0 {
-            return Err(InitError::NoMem);
-        }
-        // Every shard, in order (the only place that holds more than one shard's lock).
-        let mut shards: Vec<Locked<'_, true>> =
-            (0..self.shards.len()).map(|p| self.lock_shard(p)).collect();
-        if shards.iter().all(|l| l.st.live == 0) {
-            for l in shards.iter_mut() {
-                l.layout(false);
-            }
-        }
-        Ok(())
+        self.fixed.init(
+            self.nblock != 0,
+            |p| self.lock_shard::<true>(p),
+            |l| l.st.live == 0,
+            |l| l.layout(false),
+        )
     }
 
     fn shutdown(&self) {}
@@ -994,7 +901,7 @@ unsafe impl MemMethods for Memsys5 {
     /// Read without any lock: see "Footprint" in the module documentation.
     fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
         let (mut used, mut largest) = (0usize, 0u64);
-        for p in self.shards.iter() {
+        for p in self.fixed.parts() {
             used = used.saturating_add(p.seen.used.load(Relaxed));
             if let Some(k) = p.seen.nonempty.load(Relaxed).checked_ilog2() {
                 // atom <= 2^12, k <= 30: at most 2^42.
@@ -1005,7 +912,7 @@ unsafe impl MemMethods for Memsys5 {
         out(Held {
             key: "heap_bytes",
             help: "sqlalloc memsys5: the heap as configured (heap=), control bytes included: each atom of the heap costs its bytes plus one control byte, so atom/(atom+1) of it holds blocks",
-            bytes: self.heap.len() as u64,
+            bytes: self.fixed.heap_len() as u64,
         });
         out(Held {
             key: "free_bytes",
@@ -1040,7 +947,7 @@ impl Memsys5 {
         // A request above 1 GiB fails whatever the heap: the largest that can matter is 1 GiB.
         let n = self.roundup(largest.min(MAX_REQUEST)) as u64 / atom;
         let per_shard = robson_atoms(peak.div_ceil(atom), n);
-        let bytes = per_shard * self.shards.len() as u128 * (u128::from(atom) + 1);
+        let bytes = per_shard * self.fixed.shards() as u128 * (u128::from(atom) + 1);
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 }
@@ -1055,45 +962,19 @@ fn robson_atoms(m: u64, n: u64) -> u128 {
     (m + (m * log_n).div_ceil(2) + 1).saturating_sub(n).max(n)
 }
 
-// ---- valgrind / AddressSanitizer marking (src/marking.rs) ----------------------------------------
-//
-// The atoms are a pool: free blocks (links included) are no-access, a block handed out is
-// addressable for its whole size (`atom << k`; the request size is not kept) with undefined
-// contents. The control bytes stay addressable: `size` reads a live block's control byte without
-// the lock, so they cannot be marked and unmarked around each access; only an overflow past the last
-// atom into them goes unseen. The unused remainder after them is no-access.
-impl Memsys5 {
-    /// Register the heap as a pool and mark it, at creation.
-    fn mark_pool(&self) {
-        marking::pool_create(self.heap.ptr(0), self.heap.len());
-        marking::keep_accessible(self.heap.ptr(self.ctrl), self.nblock);
-    }
-
-    /// Run `f` with the 8-byte link of the free block at byte offset `off` accessible.
-    #[inline(always)]
-    fn link_accessible<R>(&self, off: usize, f: impl FnOnce() -> R) -> R {
-        marking::with_accessible(self.heap.ptr(off), LINK_SIZE, f)
-    }
-}
-
-impl Drop for Memsys5 {
-    fn drop(&mut self) {
-        marking::pool_destroy(self.heap.ptr(0), self.heap.len());
-    }
-}
+fixed_heap_api!(Memsys5);
 
 #[cfg(test)]
 impl Memsys5 {
-    /// Check every invariant of the module doc; panics naming the first one broken.
-    fn check(&self) {
-        for p in 0..self.shards.len() {
-            self.check_part(p);
-        }
+    /// Check every invariant of the module doc (panics naming the first one broken); the number
+    /// of live blocks.
+    fn check(&self) -> usize {
         assert_eq!(
-            self.shards.iter().map(|p| p.n).sum::<usize>(),
+            self.fixed.parts().iter().map(|p| p.units).sum::<usize>(),
             self.nblock,
             "the shards cover the atoms"
         );
+        (0..self.fixed.shards()).map(|p| self.check_part(p)).sum()
     }
 
     /// Shard 0 locked (the whole heap when it is not sharded).
@@ -1101,8 +982,8 @@ impl Memsys5 {
         self.lock_shard(0)
     }
 
-    /// Check the invariants inside shard `p`.
-    fn check_part(&self, p: usize) {
+    /// Check the invariants inside shard `p`; its number of live blocks.
+    fn check_part(&self, p: usize) -> usize {
         let l = self.lock_shard::<true>(p);
         let n = l.n;
         // Top-level blocks, as laid out.
@@ -1203,6 +1084,7 @@ impl Memsys5 {
         if let Some(i) = (0..n).find(|&i| !start[i] && l.ctrl(i) != 0) {
             panic!("ctrl[{i}] = {:#x} starts no block", l.ctrl(i));
         }
+        live
     }
 
     /// Atom indices on free list `k`, in order.
@@ -1220,18 +1102,35 @@ impl Memsys5 {
 
     /// Offset of `p` in the heap.
     fn off(&self, p: NonNull<u8>) -> usize {
-        self.heap.offset_of(p).expect("pointer into the heap")
+        self.fixed
+            .heap()
+            .offset_of(p)
+            .expect("pointer into the heap")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::test_support::{self as ts, fill, holds, Rng, Sizes, TestHeap};
+    use crate::heap::HeapBuf;
     use std::sync::Arc;
 
     const KIB: usize = 1024;
 
-    use crate::backend::test_support::{fill, holds, Rng};
+    impl TestHeap for Memsys5 {
+        /// A block is exactly `roundup(n)`.
+        const SLACK: usize = 0;
+        fn check(&self) -> usize {
+            Memsys5::check(self)
+        }
+        fn whole_block(&self) -> Option<usize> {
+            Some(self.largest_block())
+        }
+        fn heap(&self) -> &HeapBuf {
+            self.fixed.heap()
+        }
+    }
 
     #[test]
     fn geometry_matches_c_for_1m_min_64() {
@@ -1261,19 +1160,13 @@ mod tests {
 
     /// The footprint's figures, keys checked.
     fn figures(m: &Memsys5, stats: &Stats) -> [u64; 4] {
-        let mut v = Vec::new();
-        m.footprint(stats, &mut |h| v.push(h));
-        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
-        assert_eq!(
-            keys,
-            [
-                "heap_bytes",
-                "free_bytes",
-                "largest_free_block_bytes",
-                "needed_bytes"
-            ]
-        );
-        [v[0].bytes, v[1].bytes, v[2].bytes, v[3].bytes]
+        let keys = [
+            "heap_bytes",
+            "free_bytes",
+            "largest_free_block_bytes",
+            "needed_bytes",
+        ];
+        ts::figures(m, stats, &keys).try_into().unwrap()
     }
 
     #[test]
@@ -1328,9 +1221,9 @@ mod tests {
         // 4 shards of 16 atoms of 64 bytes.
         let m = Memsys5::with_shards(64 * 65, 64, 4).unwrap();
         assert_eq!(figures(&m, &none)[1..3], [64 * 64, 16 * 64]);
-        let own = m.preferred_part();
+        let own = m.fixed.preferred_part();
         let p = m.malloc(64).unwrap();
-        assert_eq!(m.shard_of(m.off(p) / 64), own);
+        assert_eq!(m.fixed.part_of_unit(m.off(p) / 64), own);
         // One shard is split, the three others still hold a 16-atom block.
         assert_eq!(figures(&m, &none)[1..3], [63 * 64, 16 * 64]);
         m.check();
@@ -1375,40 +1268,22 @@ mod tests {
         assert_eq!(geometry(97281 * 65, 64), (6, 97281));
     }
 
-    /// The reader must never take a shard's lock: reading the footprint from another thread
-    /// keeps the lock biased to the thread that allocates (and another thread allocating does
-    /// revoke it, so the test can tell).
+    /// The reader must never take a shard's lock (see "Footprint").
     #[test]
     fn footprint_from_another_thread_keeps_the_bias() {
         let m = Arc::new(Memsys5::new(64 * KIB, 64).unwrap());
-        let p = m.malloc(100).unwrap();
-        if !m.lock_is_biased() {
-            // No bias here (Miri, a kernel without membarrier): nothing to keep.
-            return;
+        let keys = [
+            "heap_bytes",
+            "free_bytes",
+            "largest_free_block_bytes",
+            "needed_bytes",
+        ];
+        if let Some(seen) =
+            ts::reader_keeps_the_bias(Arc::clone(&m), Memsys5::lock_is_biased, &keys)
+        {
+            // The 100-byte request took two atoms.
+            assert_eq!(seen[1], (m.atoms() * 64 - 128) as u64);
         }
-        let r = Arc::clone(&m);
-        let read = std::thread::spawn(move || {
-            let mut last = [0; 4];
-            for _ in 0..1000 {
-                last = figures(&r, &Stats::default());
-            }
-            last
-        })
-        .join()
-        .unwrap();
-        assert_eq!(read[1], (m.atoms() * 64 - 128) as u64);
-        assert!(m.lock_is_biased(), "the reader revoked the bias");
-        let q = Arc::clone(&m);
-        std::thread::spawn(move || {
-            let b = q.malloc(10).unwrap();
-            // SAFETY: live block of `q`, freed once.
-            unsafe { q.free(b) };
-        })
-        .join()
-        .unwrap();
-        assert!(!m.lock_is_biased(), "another thread allocating revokes it");
-        // SAFETY: live block of `m`, freed once.
-        unsafe { m.free(p) };
     }
 
     #[test]
@@ -1506,24 +1381,9 @@ mod tests {
     #[test]
     fn too_large_requests_fail_cleanly() {
         let m = Memsys5::new(64 * KIB, 0).unwrap();
-        let big = m.largest_block();
-        assert_eq!(big, 32 * KIB);
-        assert!(m.malloc(big + 1).is_none());
-        for n in [1 << 30, (1 << 30) + 1, 1 << 31, usize::MAX / 2, usize::MAX] {
-            assert!(m.malloc(n).is_none(), "malloc({n})");
-        }
-        m.check();
-        let p = m.malloc(100).unwrap();
-        fill(p, 100, 7);
-        for n in [big + 1, 1 << 31, usize::MAX] {
-            // SAFETY: `p` is live; a failed realloc leaves it live.
-            assert!(unsafe { m.realloc(p, n) }.is_none());
-            assert!(holds(p, 100, 7));
-        }
-        m.check();
-        // SAFETY: live.
-        unsafe { m.free(p) };
-        m.check();
+        assert_eq!(m.largest_block(), 32 * KIB);
+        ts::too_large_requests_fail_cleanly(&m, m.largest_block() + 1);
+        ts::too_large_requests_fail_cleanly(&m, 1 << 30);
     }
 
     #[test]
@@ -1717,89 +1577,31 @@ mod tests {
     #[test]
     fn reinit_keeps_live_blocks() {
         let m = Memsys5::new(16 * KIB, 64).unwrap();
-        assert_eq!(m.init(), Ok(()));
-        let p = m.malloc(100).unwrap();
-        fill(p, 128, 0x11);
-        m.shutdown();
-        assert!(holds(p, 128, 0x11), "shutdown is not destructive");
-        assert_eq!(m.init(), Ok(()));
-        m.check();
-        let q = m.malloc(100).unwrap();
-        assert_ne!(q, p, "a live block survives re-init");
-        assert!(holds(p, 128, 0x11));
-        // SAFETY: both live, freed once.
-        unsafe {
-            m.free(p);
-            m.free(q);
-        }
-        m.shutdown();
-        assert_eq!(m.init(), Ok(()));
-        m.check();
+        ts::init_keeps_live_blocks(&m);
         assert_eq!(m.malloc(m.largest_block()).map(|b| m.off(b)), Some(0));
     }
 
     #[test]
     fn foreign_pointers_are_ignored() {
-        let m = Memsys5::new(4 * KIB, 0).unwrap();
-        let p = m.malloc(64).unwrap();
-        let mut x = 0u64;
-        let foreign = NonNull::from(&mut x).cast::<u8>();
-        // SAFETY: the calls break the contract on purpose; the allocator must not act on them
-        // (a pointer outside the heap, or one not on an atom boundary).
-        unsafe {
-            assert_eq!(m.size(foreign), 0);
-            m.free(foreign);
-            m.free(NonNull::new_unchecked(p.as_ptr().add(1)));
-            assert_eq!(m.realloc(foreign, 10), None);
-        }
-        m.check();
-        // SAFETY: live.
-        assert_eq!(unsafe { m.size(p) }, 64);
-    }
-
-    /// The page size, for the residency tests.
-    fn page() -> usize {
-        // SAFETY: sysconf has no preconditions.
-        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
+        ts::foreign_pointers_are_ignored(&Memsys5::new(4 * KIB, 0).unwrap());
     }
 
     /// A large heap costs only the pages of its top-level blocks when laid out (C's layout: their
     /// control bytes and links), also after `init`; blocks handed out and written cost their own
-    /// pages and little more; the state is right all along (checked last: `check` reads every
-    /// control byte).
+    /// pages and little more: the links of the halves split off (one page each, at most LOGMAX
+    /// per malloc) and a page of control bytes.
     #[test]
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn a_large_heap_is_touched_only_where_used() {
         let m = Memsys5::new(256 << 20, 64).unwrap();
-        let Some(r0) = m.heap.resident_bytes() else {
-            eprintln!("the heap is not a mapping here: skipped");
-            return;
-        };
         // One page for the link and one for the control byte of each top-level block, at most.
         let tops = m.atoms().count_ones() as usize;
-        assert!(r0 <= 2 * tops * page(), "laid out: {r0} bytes resident");
-        m.init().unwrap();
-        let r1 = m.heap.resident_bytes().unwrap();
-        assert!(r1 <= 2 * tops * page(), "after init: {r1} bytes resident");
-        let blocks: Vec<_> = (0..4).map(|_| m.malloc(64 * KIB).unwrap()).collect();
-        for &p in &blocks {
-            fill(p, 64 * KIB, 0x33);
-        }
-        let r2 = m.heap.resident_bytes().unwrap();
-        // The blocks, plus the links of the halves split off (one page each, at most LOGMAX per
-        // malloc) and a page of control bytes.
-        assert!(
-            r2 >= r1 + 4 * 64 * KIB && r2 <= r1 + 4 * 64 * KIB + (4 * LOGMAX + 1) * page(),
-            "four 64 KiB blocks written: {r1} -> {r2} bytes resident"
-        );
-        for &p in &blocks {
-            assert!(holds(p, 64 * KIB, 0x33));
-            // SAFETY: live blocks, freed once.
-            unsafe { m.free(p) };
-        }
-        m.check();
+        ts::touched_only_where_used(&m, 2 * tops * ts::page(), (4 * LOGMAX + 1) * ts::page());
         // All joined again: one free block per top-level block, one bit per bit of `nblock`.
-        assert_eq!(m.shards[0].seen.nonempty.load(Relaxed) as usize, m.atoms());
+        assert_eq!(
+            m.fixed.parts()[0].seen.nonempty.load(Relaxed) as usize,
+            m.atoms()
+        );
     }
 
     /// `init` lays the heap out again after use by giving the control bytes' pages back, not
@@ -1808,7 +1610,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn relayout_gives_the_control_pages_back() {
         let m = Memsys5::new(8 << 20, 16).unwrap();
-        if m.heap.resident_bytes().is_none() {
+        if m.fixed.heap().resident_bytes().is_none() {
             return;
         }
         let fill_up = || {
@@ -1822,18 +1624,18 @@ mod tests {
             // SAFETY: live blocks, freed once.
             unsafe { m.free(p) };
         }
-        let full = m.heap.resident_bytes().unwrap();
+        let full = m.fixed.heap().resident_bytes().unwrap();
         m.init().unwrap();
-        let after = m.heap.resident_bytes().unwrap();
+        let after = m.fixed.heap().resident_bytes().unwrap();
         // The whole pages of control bytes went back, but for those of the top-level blocks.
         let (from, to) = (
-            m.ctrl.next_multiple_of(page()),
-            (m.ctrl + m.atoms()) / page(),
+            m.ctrl.next_multiple_of(ts::page()),
+            (m.ctrl + m.atoms()) / ts::page(),
         );
-        let gone = (to * page()).saturating_sub(from) / page();
+        let gone = (to * ts::page()).saturating_sub(from) / ts::page();
         let tops = m.atoms().count_ones() as usize;
         assert!(
-            after <= full - (gone - tops) * page(),
+            after <= full - (gone - tops) * ts::page(),
             "init: {full} -> {after} bytes resident ({gone} pages of control bytes)"
         );
         m.check();
@@ -1875,8 +1677,8 @@ mod tests {
         m.check();
     }
 
-    /// A seeded random sequence of malloc / free / realloc with contents tagged and the
-    /// invariants checked after every step.
+    /// Seeded random sequences of malloc / free / realloc, contents tagged and the invariants
+    /// checked after every step, for three minimum requests.
     #[test]
     fn random_sequence() {
         // (steps, heap, medium and large request sizes, most live blocks); smaller under Miri.
@@ -1885,188 +1687,33 @@ mod tests {
         } else {
             (5_000, 64 * KIB, 512, 4 * KIB, 60)
         };
+        let sizes = Sizes {
+            small: 64,
+            mid,
+            big,
+        };
         for (seed, min) in [(1u64, 0usize), (2, 64), (3, 24)] {
             let m = Memsys5::new(heap, min).unwrap();
-            let mut rng = Rng(seed);
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            let (mut failures, mut moves) = (0, 0);
-            for step in 0..steps {
-                let size = match rng.below(10) {
-                    0..=5 => rng.below(65),
-                    6..=8 => rng.below(mid + 1),
-                    _ => rng.below(big + 1),
-                };
-                let tag = step as u8;
-                match rng.below(3) {
-                    0 | 1 if live.len() < cap => match m.malloc(size) {
-                        Some(p) => {
-                            // SAFETY: live.
-                            assert!(unsafe { m.size(p) } >= size);
-                            fill(p, size, tag);
-                            live.push((p, size, tag));
-                        }
-                        None => failures += 1,
-                    },
-                    2 if !live.is_empty() => {
-                        let j = rng.below(live.len());
-                        let (p, n, t) = live[j];
-                        assert!(holds(p, n, t), "contents of a live block");
-                        // SAFETY: `p` is live; on success it is replaced.
-                        match unsafe { m.realloc(p, size) } {
-                            Some(q) => {
-                                moves += usize::from(q != p);
-                                assert!(holds(q, n.min(size), t), "realloc kept contents");
-                                fill(q, size, tag);
-                                live[j] = (q, size, tag);
-                            }
-                            None => {
-                                failures += 1;
-                                assert!(holds(p, n, t), "failed realloc kept the block");
-                            }
-                        }
-                    }
-                    _ if !live.is_empty() => {
-                        let (p, n, t) = live.swap_remove(rng.below(live.len()));
-                        assert!(holds(p, n, t), "contents of a live block");
-                        // SAFETY: live, freed once.
-                        unsafe { m.free(p) };
-                    }
-                    _ => {}
-                }
-                m.check();
-            }
-            // The mix must exercise both outcomes.
-            assert!(failures < steps / 4, "too many failures: {failures}");
-            assert!(
-                failures > 0 && moves > 0,
-                "failures {failures}, moves {moves}"
-            );
-            for (p, n, t) in live.drain(..) {
-                assert!(holds(p, n, t));
-                // SAFETY: live, freed once.
-                unsafe { m.free(p) };
-            }
-            m.check();
-            assert!(
-                m.malloc(m.largest_block()).is_some(),
-                "recovered (seed {seed})"
-            );
+            ts::random_sequence(&m, seed, steps, &sizes, cap, |_| {}).assert_exercised(steps);
+            ts::assert_recovered(&m);
         }
     }
 
-    #[derive(Debug, Clone)]
-    enum Op {
-        Malloc(usize),
-        Free(usize),
-        Realloc(usize, usize),
-    }
-
-    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
-        use proptest::prelude::*;
-        prop_oneof![
-            (0usize..3000).prop_map(Op::Malloc),
-            any::<usize>().prop_map(Op::Free),
-            (any::<usize>(), 0usize..3000).prop_map(|(i, n)| Op::Realloc(i, n)),
-        ]
-    }
-
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: if cfg!(miri) { 4 } else { 200 },
-            failure_persistence: None,
-            ..Default::default()
-        })]
+        #![proptest_config(ts::proptest_config())]
         /// Any sequence keeps the invariants and the contents of live blocks, and everything is
         /// recovered at the end.
         #[test]
-        fn any_sequence(ops in proptest::collection::vec(op(), 1..120), min in 0usize..100) {
+        fn any_sequence(ops in ts::ops(120), min in 0usize..100) {
             let m = Memsys5::new(if cfg!(miri) { 2 * KIB } else { 8 * KIB }, min).unwrap();
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            for (step, o) in ops.into_iter().enumerate() {
-                let tag = step as u8;
-                match o {
-                    Op::Malloc(n) => if let Some(p) = m.malloc(n) {
-                        fill(p, n, tag);
-                        live.push((p, n, tag));
-                    },
-                    Op::Free(i) if !live.is_empty() => {
-                        let (p, n, t) = live.swap_remove(i % live.len());
-                        proptest::prop_assert!(holds(p, n, t));
-                        // SAFETY: live, freed once.
-                        unsafe { m.free(p) };
-                    }
-                    Op::Realloc(i, n) if !live.is_empty() => {
-                        let j = i % live.len();
-                        let (p, old, t) = live[j];
-                        // SAFETY: live; replaced on success.
-                        if let Some(q) = unsafe { m.realloc(p, n) } {
-                            proptest::prop_assert!(holds(q, old.min(n), t));
-                            fill(q, n, tag);
-                            live[j] = (q, n, tag);
-                        } else {
-                            proptest::prop_assert!(holds(p, old, t));
-                        }
-                    }
-                    _ => {}
-                }
-                m.check();
-            }
-            for (p, n, t) in live {
-                proptest::prop_assert!(holds(p, n, t));
-                // SAFETY: live, freed once.
-                unsafe { m.free(p) };
-            }
-            m.check();
-            proptest::prop_assert!(m.malloc(m.largest_block()).is_some());
+            ts::any_sequence(&m, ops)?;
         }
     }
 
     #[test]
     fn two_threads() {
-        let m = Arc::new(Memsys5::new(if cfg!(miri) { 8 * KIB } else { KIB * KIB }, 0).unwrap());
-        let rounds = if cfg!(miri) { 200 } else { 50_000 };
-        let workers: Vec<_> = (0..2u8)
-            .map(|t| {
-                let m = Arc::clone(&m);
-                std::thread::spawn(move || {
-                    let mut rng = Rng(u64::from(t) + 100);
-                    let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
-                    let tag = 0x40 | t;
-                    for round in 0..rounds {
-                        if round % 100 == 99 {
-                            // Consistent at any moment the lock is free.
-                            m.check();
-                        }
-                        if live.len() < 30 && rng.below(2) == 0 {
-                            let n = 1 + rng.below(300);
-                            if let Some(p) = m.malloc(n) {
-                                // SAFETY: live; `size` reads the control byte without the lock
-                                // while the other thread changes its neighbours.
-                                assert_eq!(unsafe { m.size(p) }, m.roundup(n));
-                                fill(p, n, tag);
-                                live.push((p, n));
-                            }
-                        } else if !live.is_empty() {
-                            let (p, n) = live.swap_remove(rng.below(live.len()));
-                            assert!(holds(p, n, tag), "another thread wrote into my block");
-                            // SAFETY: live, owned by this thread, freed once.
-                            unsafe { m.free(p) };
-                        }
-                    }
-                    for (p, n) in live {
-                        assert!(holds(p, n, tag));
-                        // SAFETY: as above.
-                        unsafe { m.free(p) };
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
-        m.check();
-        assert_eq!(m.lock().st.live, 0);
-        assert!(m.malloc(m.largest_block()).is_some());
+        let m = Memsys5::new(if cfg!(miri) { 8 * KIB } else { KIB * KIB }, 0).unwrap();
+        ts::two_threads(Arc::new(m), if cfg!(miri) { 200 } else { 50_000 }, 300);
     }
 
     #[test]
@@ -2078,14 +1725,14 @@ mod tests {
         // A block larger than a shard can never be had.
         assert!(m.malloc(16 * 64 + 1).is_none());
         // Every atom can be handed out: the thread's own shard first, then the others.
-        let own = m.preferred_part();
+        let own = m.fixed.preferred_part();
         let mut blocks = Vec::new();
         while let Some(p) = m.malloc(64) {
             blocks.push(p);
             m.check();
         }
         assert_eq!(blocks.len(), 64, "all four shards used");
-        let shard_of = |p: NonNull<u8>| m.shard_of(m.off(p) / 64);
+        let shard_of = |p: NonNull<u8>| m.fixed.part_of_unit(m.off(p) / 64);
         assert!(
             blocks[..16].iter().all(|&p| shard_of(p) == own),
             "the own shard is used first"
@@ -2118,7 +1765,7 @@ mod tests {
         let m = Memsys5::with_shards(100 * 65, 64, 3).unwrap();
         // 100 atoms: 33 + 33 + 34.
         assert_eq!(
-            m.shards.iter().map(|p| p.n).collect::<Vec<_>>(),
+            m.fixed.parts().iter().map(|p| p.units).collect::<Vec<_>>(),
             [33, 33, 34]
         );
         m.check();
@@ -2129,64 +1776,7 @@ mod tests {
 
     #[test]
     fn shards_with_threads_freeing_each_others_blocks() {
-        let m = Arc::new(Memsys5::with_shards(4 << 20, 64, 2).unwrap());
-        let (tx, rx) = std::sync::mpsc::channel::<usize>();
-        let producer = {
-            let m = Arc::clone(&m);
-            std::thread::spawn(move || {
-                let mut rng = Rng(7);
-                for _ in 0..if cfg!(miri) { 200 } else { 2000 } {
-                    let n = 1 + rng.below(3000);
-                    if let Some(p) = m.malloc(n) {
-                        fill(p, n, 0x5a);
-                        tx.send(m.off(p)).unwrap();
-                    }
-                }
-            })
-        };
-        let mut freed = 0;
-        for off in rx {
-            let p = m.heap.ptr(off);
-            // SAFETY: a live block the producer handed over and no longer uses.
-            unsafe { m.free(p) };
-            freed += 1;
-        }
-        producer.join().unwrap();
-        assert!(freed > 0);
-        m.check();
-        assert!(m.shards.iter().all(|p| p.state.lock().live == 0));
-    }
-
-    #[test]
-    fn shard_of_divides_exactly() {
-        for (heap, shards) in [
-            (100 * 65, 3),
-            (1 << 20, 7),
-            (64 * 65, 4),
-            (10 * 65, 5),
-            (2 * 65, 2),
-        ] {
-            let m = Memsys5::with_shards(heap, 64, shards).unwrap();
-            for g in 0..m.atoms() {
-                let want = (g / m.shards[0].n).min(m.shards() - 1);
-                assert_eq!(
-                    m.shard_of(g),
-                    want,
-                    "atom {g}, heap {heap}, shards {shards}"
-                );
-                let p = &m.shards[want];
-                assert!(
-                    p.first <= g && g < p.first + p.n,
-                    "atom {g} in shard {want}"
-                );
-            }
-        }
-        // The multiply is exact up to 2^31 atoms (the most a heap can have).
-        for d in [2u64, 3, 7, 1000, 65_535, (1 << 31) - 1] {
-            let r = u64::MAX / d + 1;
-            for g in [0u64, 1, d - 1, d, d + 1, (1 << 31) - 1, (1 << 31) - 2] {
-                assert_eq!(((g as u128 * r as u128) >> 64) as u64, g / d, "{g} / {d}");
-            }
-        }
+        let m = Memsys5::with_shards(4 << 20, 64, 2).unwrap();
+        ts::freed_by_another_thread(Arc::new(m), if cfg!(miri) { 200 } else { 2000 });
     }
 }

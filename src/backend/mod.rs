@@ -5,6 +5,7 @@
 //! (the program's `#[global_allocator]`) is always built.
 
 pub mod debug;
+mod fixed;
 #[cfg(feature = "jemalloc")]
 pub mod jemalloc;
 pub mod memsys3;

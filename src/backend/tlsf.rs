@@ -1248,11 +1248,27 @@ impl Tlsf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::test_support::{self as ts, fill, holds, Sizes, TestHeap};
     use std::sync::Arc;
 
     const KIB: usize = 1024;
 
-    use crate::backend::test_support::{fill, holds, Rng};
+    impl TestHeap for Tlsf {
+        /// A remainder too small to split stays with the block (see "`size` and `roundup`").
+        const SLACK: usize = 8;
+        fn check(&self) -> usize {
+            Tlsf::check(self);
+            (0..self.shards())
+                .map(|p| self.lock_part::<true>(p).st.live)
+                .sum()
+        }
+        fn whole_block(&self) -> Option<usize> {
+            Some(self.largest_block())
+        }
+        fn heap(&self) -> &HeapBuf {
+            &self.heap
+        }
+    }
 
     fn sz(m: &Tlsf, p: NonNull<u8>) -> usize {
         // SAFETY: tests pass live blocks of `m`.
@@ -1457,6 +1473,10 @@ mod tests {
 
     #[test]
     fn realloc_in_place_and_moving() {
+        if marking::active() {
+            // Never resized in place under valgrind or ASan (see "`realloc`").
+            return;
+        }
         let m = Tlsf::new(16 * KIB).unwrap();
         let a = m.malloc(100).unwrap();
         fill(a, 100, 1);
@@ -1517,21 +1537,15 @@ mod tests {
     #[test]
     fn pointers_that_are_not_blocks_are_ignored() {
         let m = Tlsf::new(4 * KIB).unwrap();
-        let p = m.malloc(64).unwrap();
-        let mut x = 0u64;
-        let outside = NonNull::from(&mut x).cast::<u8>();
-        assert_eq!(m.owns(outside), Some(false));
-        assert_eq!(m.owns(p), Some(true));
-        assert_eq!(sz(&m, outside), 0);
-        free(&m, outside);
-        // The heap's first byte: no block's user bytes start there.
-        free(&m, m.heap.ptr(0));
-        m.check();
-        free(&m, p);
-        // Freed twice: the header says free, ignored.
-        free(&m, p);
-        m.check();
+        ts::foreign_pointers_are_ignored(&m);
         assert_eq!(free_blocks(&m, 0), [(0, 4 * KIB)]);
+    }
+
+    #[test]
+    fn too_large_requests_fail_cleanly() {
+        let m = Tlsf::with_shards(64 * KIB, 2).unwrap();
+        ts::too_large_requests_fail_cleanly(&m, m.largest_block() + 1);
+        ts::too_large_requests_fail_cleanly(&m, MAX_REQUEST + 1);
     }
 
     #[test]
@@ -1567,16 +1581,15 @@ mod tests {
         assert_eq!(free_blocks(&m, 0), [(0, 8 * KIB)]);
     }
 
+    #[test]
+    fn init_keeps_live_blocks() {
+        ts::init_keeps_live_blocks(&Tlsf::with_shards(8 * KIB, 3).unwrap());
+    }
+
     /// The footprint's figures, keys checked.
     fn figures(m: &Tlsf) -> [u64; 3] {
-        let mut v = Vec::new();
-        m.footprint(&Stats::default(), &mut |h| v.push(h));
-        let keys: Vec<&str> = v.iter().map(|h| h.key).collect();
-        assert_eq!(
-            keys,
-            ["heap_bytes", "free_bytes", "largest_free_block_bytes"]
-        );
-        [v[0].bytes, v[1].bytes, v[2].bytes]
+        let keys = ["heap_bytes", "free_bytes", "largest_free_block_bytes"];
+        ts::figures(m, &Stats::default(), &keys).try_into().unwrap()
     }
 
     #[test]
@@ -1595,6 +1608,17 @@ mod tests {
         free(&m, b);
         assert_eq!(figures(&m)[1], 64 * 1024);
         m.check();
+    }
+
+    /// The footprint's reader never takes a part's lock.
+    #[test]
+    fn footprint_from_another_thread_keeps_the_bias() {
+        let m = Arc::new(Tlsf::new(64 * KIB).unwrap());
+        let keys = ["heap_bytes", "free_bytes", "largest_free_block_bytes"];
+        if let Some(seen) = ts::reader_keeps_the_bias(m, Tlsf::lock_is_biased, &keys) {
+            // 100 bytes: a block of 104 usable bytes and its header.
+            assert_eq!(seen[1], (64 * KIB - 112) as u64);
+        }
     }
 
     #[test]
@@ -1646,8 +1670,8 @@ mod tests {
         let _ = m.malloc(64);
     }
 
-    /// A seeded random sequence of malloc / free / realloc with contents tagged and the
-    /// invariants checked after every step.
+    /// Seeded random sequences of malloc / free / realloc, contents tagged and the invariants
+    /// checked after every step, on one part and on three.
     #[test]
     fn random_sequence() {
         let (steps, heap, mid, big, cap) = if cfg!(miri) {
@@ -1655,184 +1679,39 @@ mod tests {
         } else {
             (5_000, 20 * KIB, 600, 8 * KIB, 60)
         };
+        let sizes = Sizes {
+            small: 64,
+            mid,
+            big,
+        };
         for (seed, shards) in [(1u64, 1usize), (2, 1), (3, 3)] {
             let m = Tlsf::with_shards(heap, shards).unwrap();
-            let mut rng = Rng(seed);
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            let (mut failures, mut moves, mut in_place) = (0, 0, 0);
-            for step in 0..steps {
-                let size = match rng.below(10) {
-                    0..=5 => rng.below(65),
-                    6..=8 => rng.below(mid + 1),
-                    _ => rng.below(big + 1),
-                };
-                let tag = step as u8;
-                match rng.below(3) {
-                    0 | 1 if live.len() < cap => match m.malloc(size) {
-                        Some(p) => {
-                            assert!(sz(&m, p) >= size && sz(&m, p) <= m.roundup(size) + 8);
-                            fill(p, size, tag);
-                            live.push((p, size, tag));
-                        }
-                        None => failures += 1,
-                    },
-                    2 if !live.is_empty() => {
-                        let j = rng.below(live.len());
-                        let (p, n, t) = live[j];
-                        assert!(holds(p, n, t), "contents of a live block");
-                        // SAFETY: `p` is live; on success it is replaced.
-                        match unsafe { m.realloc(p, size) } {
-                            Some(q) => {
-                                if q == p {
-                                    in_place += usize::from(size > n);
-                                } else {
-                                    moves += 1;
-                                }
-                                assert!(holds(q, n.min(size), t), "realloc kept contents");
-                                assert!(sz(&m, q) >= size);
-                                fill(q, size, tag);
-                                live[j] = (q, size, tag);
-                            }
-                            None => {
-                                failures += 1;
-                                assert!(holds(p, n, t), "failed realloc kept the block");
-                            }
-                        }
-                    }
-                    _ if !live.is_empty() => {
-                        let (p, n, t) = live.swap_remove(rng.below(live.len()));
-                        assert!(holds(p, n, t), "contents of a live block");
-                        free(&m, p);
-                    }
-                    _ => {}
-                }
-                m.check();
-            }
-            assert!(failures < steps / 4, "too many failures: {failures}");
-            assert!(
-                failures > 0 && moves > 0 && in_place > 0,
-                "failures {failures}, moves {moves}, grown in place {in_place}"
-            );
-            for (p, n, t) in live.drain(..) {
-                assert!(holds(p, n, t));
-                free(&m, p);
-            }
-            m.check();
+            let t = ts::random_sequence(&m, seed, steps, &sizes, cap, |_| {});
+            t.assert_exercised(steps);
+            // Never in place under the tools (see "`realloc`").
+            assert!(t.grown_in_place > 0 || marking::active(), "{t:?}");
             for p in 0..m.shards() {
                 assert_eq!(free_blocks(&m, p).len(), 1, "part {p} is one block again");
             }
-            assert!(m.malloc(m.largest_block()).is_some(), "recovered");
+            ts::assert_recovered(&m);
         }
     }
 
-    #[derive(Debug, Clone)]
-    enum Op {
-        Malloc(usize),
-        Free(usize),
-        Realloc(usize, usize),
-    }
-
-    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
-        use proptest::prelude::*;
-        prop_oneof![
-            (0usize..3000).prop_map(Op::Malloc),
-            any::<usize>().prop_map(Op::Free),
-            (any::<usize>(), 0usize..3000).prop_map(|(i, n)| Op::Realloc(i, n)),
-        ]
-    }
-
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: if cfg!(miri) { 4 } else { 200 },
-            failure_persistence: None,
-            ..Default::default()
-        })]
+        #![proptest_config(ts::proptest_config())]
         /// Any sequence keeps the invariants and the contents of live blocks, and everything is
         /// recovered at the end.
         #[test]
-        fn any_sequence(
-            ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 40 } else { 120 }),
-            shards in 1usize..4,
-        ) {
+        fn any_sequence(ops in ts::ops(if cfg!(miri) { 40 } else { 120 }), shards in 1usize..4) {
             let m = Tlsf::with_shards(if cfg!(miri) { 4 * KIB } else { 16 * KIB }, shards).unwrap();
-            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
-            for (step, o) in ops.into_iter().enumerate() {
-                let tag = step as u8;
-                match o {
-                    Op::Malloc(n) => if let Some(p) = m.malloc(n) {
-                        fill(p, n, tag);
-                        live.push((p, n, tag));
-                    },
-                    Op::Free(i) if !live.is_empty() => {
-                        let (p, n, t) = live.swap_remove(i % live.len());
-                        proptest::prop_assert!(holds(p, n, t));
-                        free(&m, p);
-                    }
-                    Op::Realloc(i, n) if !live.is_empty() => {
-                        let j = i % live.len();
-                        let (p, old, t) = live[j];
-                        // SAFETY: live; replaced on success.
-                        if let Some(q) = unsafe { m.realloc(p, n) } {
-                            proptest::prop_assert!(holds(q, old.min(n), t));
-                            fill(q, n, tag);
-                            live[j] = (q, n, tag);
-                        } else {
-                            proptest::prop_assert!(holds(p, old, t));
-                        }
-                    }
-                    _ => {}
-                }
-                m.check();
-            }
-            for (p, n, t) in live {
-                proptest::prop_assert!(holds(p, n, t));
-                free(&m, p);
-            }
-            m.check();
-            proptest::prop_assert!(m.malloc(m.largest_block()).is_some());
+            ts::any_sequence(&m, ops)?;
         }
     }
 
     #[test]
     fn two_threads() {
-        let m = Arc::new(Tlsf::new(if cfg!(miri) { 16 * KIB } else { KIB * KIB }).unwrap());
-        let rounds = if cfg!(miri) { 150 } else { 50_000 };
-        let workers: Vec<_> = (0..2u8)
-            .map(|t| {
-                let m = Arc::clone(&m);
-                std::thread::spawn(move || {
-                    let mut rng = Rng(u64::from(t) + 100);
-                    let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
-                    let tag = 0x40 | t;
-                    for round in 0..rounds {
-                        if round % 100 == 99 {
-                            m.check();
-                        }
-                        if live.len() < 30 && rng.below(2) == 0 {
-                            let n = 1 + rng.below(300);
-                            if let Some(p) = m.malloc(n) {
-                                assert!(sz(&m, p) >= m.roundup(n));
-                                fill(p, n, tag);
-                                live.push((p, n));
-                            }
-                        } else if !live.is_empty() {
-                            let (p, n) = live.swap_remove(rng.below(live.len()));
-                            assert!(holds(p, n, tag), "another thread wrote into my block");
-                            free(&m, p);
-                        }
-                    }
-                    for (p, n) in live {
-                        assert!(holds(p, n, tag));
-                        free(&m, p);
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
-        m.check();
-        assert_eq!(free_blocks(&m, 0).len(), 1);
+        let m = Tlsf::new(if cfg!(miri) { 16 * KIB } else { KIB * KIB }).unwrap();
+        ts::two_threads(Arc::new(m), if cfg!(miri) { 150 } else { 50_000 }, 300);
     }
 
     #[test]
@@ -1874,31 +1753,8 @@ mod tests {
 
     #[test]
     fn shards_with_threads_freeing_each_others_blocks() {
-        let m =
-            Arc::new(Tlsf::with_shards(if cfg!(miri) { 64 * KIB } else { 4 << 20 }, 2).unwrap());
-        let (tx, rx) = std::sync::mpsc::channel::<usize>();
-        let producer = {
-            let m = Arc::clone(&m);
-            std::thread::spawn(move || {
-                let mut rng = Rng(7);
-                for _ in 0..if cfg!(miri) { 100 } else { 2000 } {
-                    let n = 1 + rng.below(3000);
-                    if let Some(p) = m.malloc(n) {
-                        fill(p, n, 0x5a);
-                        tx.send(m.off(p)).unwrap();
-                    }
-                }
-            })
-        };
-        let mut freed = 0;
-        for off in rx {
-            free(&m, m.heap.ptr(off));
-            freed += 1;
-        }
-        producer.join().unwrap();
-        assert!(freed > 0);
-        m.check();
-        assert!(m.parts.iter().all(|p| p.state.lock().live == 0));
+        let m = Tlsf::with_shards(if cfg!(miri) { 64 * KIB } else { 4 << 20 }, 2).unwrap();
+        ts::freed_by_another_thread(Arc::new(m), if cfg!(miri) { 100 } else { 2000 });
     }
 
     #[test]
@@ -1909,16 +1765,12 @@ mod tests {
         assert!(!m.lock_is_biased());
     }
 
-    /// A large heap costs only what is used: laying it out writes one header.
+    /// A large heap costs only what is used: laying it out writes one header per part, blocks
+    /// written cost their own pages (loose bounds: a huge page may back a whole 2 MiB).
     #[test]
     #[cfg_attr(miri, ignore = "no mapping under Miri")]
     fn a_large_heap_is_not_touched() {
         let m = Tlsf::with_shards(256 << 20, 4).unwrap();
-        let Some(r) = m.heap.resident_bytes() else {
-            return;
-        };
-        assert!(r <= 4 * 2 * (2 << 20), "{r} bytes resident after layout");
-        m.init().unwrap();
-        assert!(m.heap.resident_bytes().unwrap() <= 4 * 2 * (2 << 20));
+        ts::touched_only_where_used(&m, 4 * 2 * (2 << 20), 4 * (2 << 20));
     }
 }
