@@ -249,13 +249,6 @@ impl<S, P> Fixed<S, P> {
     }
 
     /// The part holding byte `off` of the heap (when `off` is in no part, the nearest below).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "tlsf's `locate` (issue 15: tlsf adopts `Fixed` next)"
-        )
-    )]
     #[inline(always)]
     pub(crate) fn part_of(&self, off: usize) -> usize {
         // Before the shift: with one part nothing else is needed (the hot case).

@@ -123,16 +123,17 @@
 //!
 //! # Shards (`tlsf:shards=N`)
 //!
-//! As in `memsys5`: the heap is cut into `N` consecutive parts of `heap / N` bytes (rounded down
-//! to 8; the last takes the remainder), each an independent TLSF heap with its own lock, lists and
-//! bitmaps. A thread allocates from the part of its counters slot (`thread_index() % N`) and,
-//! when that part cannot serve the request, from the next ones in turn. A block is freed into
-//! the part its address lies in. Requests larger than a part fail. `N` is clamped so that every
-//! part has at least 64 bytes.
+//! The heap is cut into parts by the fixed heap that `memsys5` and `memsys3` use too
+//! (`src/backend/fixed.rs`, in 8-byte units): `N` consecutive parts of `heap / N` bytes (rounded
+//! down to 8; the last takes the remainder), each an independent TLSF heap with its own lock,
+//! lists and bitmaps. A thread allocates from the part of its counters slot
+//! (`thread_index() % N`) and, when that part cannot serve the request, from the next ones in
+//! turn. A block is freed into the part its address lies in. Requests larger than a part fail.
+//! `N` is clamped so that every part has at least 64 bytes.
 //!
 //! # What is touched when
 //!
-//! The buffer is fresh zero pages backed only when written ([`HeapBuf`]). Laying a part out
+//! The buffer is fresh zero pages backed only when written (`src/heap.rs`). Laying a part out
 //! writes the 16 bytes of header and links of its one free block; nothing else. A malloc writes
 //! the header of the block it returns, of the remainder it splits off (and its links) and
 //! word 0 of the next block; a free the headers and links of the blocks it joins and word 0 of
@@ -183,13 +184,19 @@
 //!
 //! # Locking and marking
 //!
-//! Each part's state is behind its own lock (`src/lock.rs`: biased to the first thread that takes
-//! it unless the spec says `bias=off`), taken by every call that reads or writes the part's
-//! headers, `size` included; the copy of a moving realloc happens outside it. Nothing on an
-//! allocation path allocates. For valgrind and ASan (`src/marking.rs`) the heap is a pool: a
-//! block in use is addressable for its usable size; headers and links stay no-access and are made
-//! accessible around each access, with the lock held. A write past a block's usable size hits the
-//! next block's header and is reported.
+//! tlsf follows the fixed heap's "Locking and marking rules" (`src/backend/fixed.rs`): each part's
+//! state behind its own lock (biased to the first thread that takes it unless the spec says
+//! `bias=off`), the pool marking for valgrind and ASan, `init`'s re-layout when no block is live,
+//! and the copy of a moving realloc with no lock held. What is tlsf's own:
+//!
+//! - Whether the tools are marking is asked once per call (`Locked<MARK>`); with them, a block in
+//!   use is addressable for its usable size, and headers and links stay no-access, made
+//!   accessible around each access with the lock held. A write past a block's usable size hits
+//!   the next block's header and is reported.
+//! - `size` reads the block's header without the lock when nothing is marked (word 1 of a live
+//!   block changes only through calls on that block), and under the lock when the tools are
+//!   marking (another thread's call on the previous block marks the header's word 0 around its
+//!   write).
 //!
 //! A pointer given to `free`, `size` or `realloc` that is plainly not a live block (outside the
 //! heap's parts, misaligned, or whose header is not that of a block in use that fits in its part)
@@ -197,9 +204,8 @@
 //! writing into a block it freed) stops the process with a panic rather than letting the
 //! allocator write outside its part.
 
+use super::fixed::{fixed_heap_api, Fixed, PartGuard};
 use crate::counters::Stats;
-use crate::heap::{HeapBuf, HeapView};
-use crate::lock::{Lock, LockGuard};
 use crate::marking;
 use crate::methods::{round8, Held, InitError, MemMethods};
 use std::ptr::NonNull;
@@ -277,27 +283,14 @@ fn round_class(n: usize) -> Option<usize> {
 
 /// A Two-Level Segregated Fit allocator over one fixed heap.
 pub struct Tlsf {
-    /// The heap: the parts one after another, then an unused remainder (under 8 bytes, or
-    /// beyond `shards × MAX_PART`).
-    heap: HeapBuf,
-    /// Bytes of every part but the last (the divisor of `part_of`).
-    part_len: usize,
-    /// The independent TLSF heaps the buffer is cut into (one unless `shards=N`).
-    parts: Box<[Part]>,
+    /// The heap cut into parts of 8-byte units (one unless `shards=N`), each an independent
+    /// TLSF heap with its own lock, state and published figures (`src/backend/fixed.rs`). A
+    /// part's bytes past [`MAX_PART`] and the heap's last bytes under 8 are left unused.
+    fixed: Fixed<State, Seen>,
 }
 
-/// One TLSF heap: bytes `start .. start + len` of the buffer, with its own lock. Parts are 1 KiB
-/// apart for the reason given for `memsys5`'s shards (prefetchers pulling a neighbour's lock).
-#[repr(align(1024))]
-struct Part {
-    /// First byte of the part in the heap (a multiple of 8).
-    start: usize,
-    /// Length of the part in bytes (a multiple of 8, at most [`MAX_PART`]).
-    len: usize,
-    state: Lock<State>,
-    /// What [`footprint`](MemMethods::footprint) reads without the lock.
-    seen: Seen,
-}
+/// A part of the heap with its lock held (see [`Locked`]).
+type Guard<'a> = PartGuard<'a, State, Seen>;
 
 /// Figures of a part published for `footprint`: written with the part's lock held by relaxed
 /// stores, read by relaxed loads without the lock (see "Footprint").
@@ -350,113 +343,38 @@ impl Tlsf {
     /// As [`new`](Self::new), with the heap cut into `shards` independent parts (see "Shards");
     /// `shards` is clamped to `1..=` the number of 64-byte pieces of the heap.
     pub fn with_shards(heap: usize, shards: usize) -> Option<Tlsf> {
-        let buf = HeapBuf::new(heap)?;
         let n = shards.clamp(1, (heap / MIN_SHARD).max(1));
-        let part_len = (heap / n) & !7;
-        let parts = (0..n)
-            .map(|p| {
-                let start = p * part_len;
-                let len = if p + 1 == n {
-                    (heap - start) & !7
-                } else {
-                    part_len
-                };
-                Part {
-                    start,
-                    len: len.min(MAX_PART),
-                    state: Lock::new(State::empty()),
-                    seen: Seen {
-                        used: AtomicUsize::new(0),
-                        largest: AtomicUsize::new(0),
-                    },
-                }
-            })
-            .collect();
-        let t = Tlsf {
-            heap: buf,
-            part_len,
-            parts,
-        };
-        marking::pool_create(t.heap.ptr(0), t.heap.len());
-        for p in 0..t.parts.len() {
+        let fixed = Fixed::new(heap, 3, heap >> 3, n, MAX_PART, || {
+            let seen = Seen {
+                used: AtomicUsize::new(0),
+                largest: AtomicUsize::new(0),
+            };
+            (State::empty(), seen)
+        })?;
+        let t = Tlsf { fixed };
+        for p in 0..t.fixed.shards() {
             t.lock_part::<true>(p).layout();
         }
         Some(t)
     }
 
-    /// With `on` false, the parts' locks are never biased to a thread (spec key `bias=off`; see
-    /// "Turning the bias off" in `src/lock.rs`).
-    pub fn with_bias(mut self, on: bool) -> Tlsf {
-        if !on {
-            for p in self.parts.iter_mut() {
-                p.state.forbid_bias();
-            }
-        }
-        self
-    }
-
-    /// Whether any part's lock is biased to a thread now (tests and diagnostics).
-    pub fn lock_is_biased(&self) -> bool {
-        self.parts.iter().any(|p| p.state.is_biased())
-    }
-
-    /// Number of parts (the `shards` option, after clamping).
-    pub fn shards(&self) -> usize {
-        self.parts.len()
-    }
-
-    /// Length of the heap buffer in bytes.
-    pub fn heap_len(&self) -> usize {
-        self.heap.len()
-    }
-
     /// The largest request an empty heap can serve (0 when no part can hold a block).
     pub fn largest_block(&self) -> usize {
-        let len = self.parts.iter().map(|p| p.len).max().unwrap_or(0);
+        let len = self.fixed.parts().iter().map(|p| p.len).max().unwrap_or(0);
         if len < MIN_BLOCK {
             return 0;
         }
         class_start(class_of(len - HEADER)).min(MAX_REQUEST)
     }
 
-    /// Byte offset of `p` from the start of the heap, when it points into the heap (compared,
-    /// never read).
-    pub fn heap_offset(&self, p: NonNull<u8>) -> Option<usize> {
-        self.heap.offset_of(p)
-    }
-
     /// Lock part `p`, with the tools' marking of headers and links when `MARK`
     /// (`marking::active()`; see "Locking and marking").
     #[inline(always)]
     fn lock_part<const MARK: bool>(&self, p: usize) -> Locked<'_, MARK> {
-        let part = &self.parts[p];
-        // SAFETY: the parts lie one after another inside the buffer: `start + len <= heap`
-        // (see `with_shards`: `len` is at most what is left of the buffer from `start`).
-        let view = unsafe { self.heap.view_unchecked(part.start, part.len) };
+        let g = self.fixed.lock(p);
         Locked {
-            view,
-            len: part.len,
-            seen: &part.seen,
-            st: part.state.lock(),
-        }
-    }
-
-    /// The part holding heap offset `off`.
-    #[inline]
-    fn part_of(&self, off: usize) -> usize {
-        let n = self.parts.len();
-        if n == 1 || self.part_len == 0 {
-            return 0;
-        }
-        (off / self.part_len).min(n - 1)
-    }
-
-    /// The part the calling thread tries first.
-    #[inline]
-    fn preferred_part(&self) -> usize {
-        match self.parts.len() {
-            1 => 0,
-            n => crate::counters::thread_index() % n,
+            len: g.view.len(),
+            g,
         }
     }
 
@@ -464,9 +382,9 @@ impl Tlsf {
     /// user bytes could start.
     #[inline(always)]
     fn locate(&self, ptr: NonNull<u8>) -> Option<(usize, usize)> {
-        let off = self.heap.offset_of(ptr)?;
-        let p = self.part_of(off);
-        let part = &self.parts[p];
+        let off = self.fixed.heap_offset(ptr)?;
+        let p = self.fixed.part_of(off);
+        let part = &self.fixed.parts()[p];
         let rel = off.checked_sub(part.start)?.checked_sub(HEADER)?;
         (rel % 8 == 0 && rel + MIN_BLOCK <= part.len).then_some((p, rel))
     }
@@ -474,13 +392,13 @@ impl Tlsf {
     /// Serve a request of class-rounded usable size `r`: the pointer and its usable size.
     #[inline(always)]
     fn alloc(&self, r: usize) -> Option<(NonNull<u8>, usize)> {
-        if self.parts.len() == 1 && !marking::active() {
+        if self.fixed.shards() == 1 && !marking::active() {
             // One part, no marking: the path to keep short (the others are a call away).
             let l = &mut self.lock_part::<false>(0);
             let (o, s) = l.alloc(r)?;
             // SAFETY: `alloc` returns a block offset `o` with `o + s <= len` (checked when the
             // block was taken off its list), so `o + HEADER < len`.
-            return Some((unsafe { l.view.ptr(o + HEADER) }, s - HEADER));
+            return Some((unsafe { l.g.view.ptr(o + HEADER) }, s - HEADER));
         }
         self.alloc_other(r)
     }
@@ -496,20 +414,16 @@ impl Tlsf {
     }
 
     fn alloc_in<const MARK: bool>(&self, r: usize) -> Option<(NonNull<u8>, usize)> {
-        let n = self.parts.len();
-        let first = self.preferred_part();
-        let (p, o, s) = (0..n).find_map(|d| {
-            let p = if first + d < n {
-                first + d
-            } else {
-                first + d - n
-            };
+        let (p, o, s) = self.fixed.try_parts(|p| {
             let (o, s) = self.lock_part::<MARK>(p).alloc(r)?;
             Some((p, o, s))
         })?;
-        let ptr = self.heap.ptr(self.parts[p].start + o + HEADER);
+        let ptr = self
+            .fixed
+            .heap()
+            .ptr(self.fixed.parts()[p].start + o + HEADER);
         if MARK {
-            marking::block_alloc(self.heap.ptr(0), ptr, s - HEADER);
+            self.fixed.mark_alloc(ptr, s - HEADER);
         }
         Some((ptr, s - HEADER))
     }
@@ -524,7 +438,7 @@ impl Tlsf {
         };
         if MARK {
             // Marked before `release` writes links into the block.
-            marking::block_free(self.heap.ptr(0), ptr, s - HEADER);
+            self.fixed.mark_free(ptr, s - HEADER);
         }
         l.release(b, s);
         s - HEADER
@@ -568,13 +482,11 @@ impl Tlsf {
 /// A part with its lock held: every method may read and write the part's headers and links.
 /// With `MARK`, every header or link word is made accessible to valgrind/ASan around its access.
 struct Locked<'a, const MARK: bool> {
-    /// The part's bytes (offset `o` of the part is byte `o` of the view). A copy, so that base
-    /// and length stay in registers across the heap writes.
-    view: HeapView<'a>,
+    /// The part's lock, bytes (offset `o` of the part is byte `o` of `g.view`), state (`g.st`)
+    /// and published figures (`g.seen`).
+    g: Guard<'a>,
     /// The part's length (the view's).
     len: usize,
-    seen: &'a Seen,
-    st: LockGuard<'a, State>,
 }
 
 /// A block place in the part of the [`Locked`] that made it: an offset `o`, a multiple of 8,
@@ -610,10 +522,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         // multiple of 8 from a 64-aligned base); it is allocator metadata (a header or a free
         // block's link, never a live block's user bytes), and the part's lock is held
         // (`self.st`), so nobody writes it meanwhile.
-        let read = || unsafe { self.view.read_u32(off) };
+        let read = || unsafe { self.g.view.read_u32(off) };
         if MARK {
             // SAFETY: `off & !7 <= off < len`.
-            let at = unsafe { self.view.ptr(off & !7) };
+            let at = unsafe { self.g.view.ptr(off & !7) };
             marking::with_accessible(at, 8, read)
         } else {
             read()
@@ -626,10 +538,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         const { assert!(W < 4) };
         let off = b.0 + 4 * W;
         // SAFETY: as in `word`; the lock is held, so nobody reads or writes the word meanwhile.
-        let write = || unsafe { self.view.write_u32(off, v) };
+        let write = || unsafe { self.g.view.write_u32(off, v) };
         if MARK {
             // SAFETY: `off & !7 <= off < len`.
-            let at = unsafe { self.view.ptr(off & !7) };
+            let at = unsafe { self.g.view.ptr(off & !7) };
             marking::with_accessible(at, 8, write)
         } else {
             write()
@@ -678,33 +590,39 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// The list of class `c` is not empty now.
     #[inline(always)]
     fn mark_class(&mut self, c: usize) {
-        self.st.words[c >> 6] |= 1 << (c & 63);
+        self.g.st.words[c >> 6] |= 1 << (c & 63);
         let w = c >> 6;
-        self.st.summary[w >> 6] |= 1 << (w & 63);
-        if c >= self.st.top {
-            self.st.top = c + 1;
-            self.seen.largest.store(largest_of(self.st.top), Relaxed);
+        self.g.st.summary[w >> 6] |= 1 << (w & 63);
+        if c >= self.g.st.top {
+            self.g.st.top = c + 1;
+            self.g
+                .seen
+                .largest
+                .store(largest_of(self.g.st.top), Relaxed);
         }
     }
 
     /// The list of class `c` is empty now.
     #[inline(always)]
     fn unmark_class(&mut self, c: usize) {
-        let w = &mut self.st.words[c >> 6];
+        let w = &mut self.g.st.words[c >> 6];
         *w &= !(1 << (c & 63));
         if *w == 0 {
             let w = c >> 6;
-            self.st.summary[w >> 6] &= !(1 << (w & 63));
+            self.g.st.summary[w >> 6] &= !(1 << (w & 63));
         }
-        if c + 1 == self.st.top {
-            self.st.top = (0..SUMMARY)
+        if c + 1 == self.g.st.top {
+            self.g.st.top = (0..SUMMARY)
                 .rev()
                 .find_map(|i| {
-                    let w = (i << 6) + self.st.summary[i].checked_ilog2()? as usize;
-                    Some((w << 6) + self.st.words[w].ilog2() as usize + 1)
+                    let w = (i << 6) + self.g.st.summary[i].checked_ilog2()? as usize;
+                    Some((w << 6) + self.g.st.words[w].ilog2() as usize + 1)
                 })
                 .unwrap_or(0);
-            self.seen.largest.store(largest_of(self.st.top), Relaxed);
+            self.g
+                .seen
+                .largest
+                .store(largest_of(self.g.st.top), Relaxed);
         }
     }
 
@@ -712,14 +630,14 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn insert(&mut self, b: Blk, size: usize) {
         let c = class_of(size - HEADER);
-        let head = self.st.heads[c];
+        let head = self.g.st.heads[c];
         self.set_word::<2>(b, head);
         self.set_word::<3>(b, NONE);
         if head != NONE {
             let h = self.place(head as usize);
             self.set_word::<3>(h, b.0 as u32);
         }
-        self.st.heads[c] = b.0 as u32;
+        self.g.st.heads[c] = b.0 as u32;
         self.mark_class(c);
     }
 
@@ -730,10 +648,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let prev = self.word::<3>(b);
         if prev == NONE {
             assert_eq!(
-                self.st.heads[c], b.0 as u32,
+                self.g.st.heads[c], b.0 as u32,
                 "tlsf: corrupt free list (was a freed block written to?)"
             );
-            self.st.heads[c] = next;
+            self.g.st.heads[c] = next;
             if next == NONE {
                 self.unmark_class(c);
             }
@@ -751,7 +669,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn remove_head(&mut self, c: usize, b: Blk) {
         let next = self.word::<2>(b);
-        self.st.heads[c] = next;
+        self.g.st.heads[c] = next;
         if next == NONE {
             self.unmark_class(c);
         } else {
@@ -764,20 +682,20 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn find(&self, c: usize) -> Option<usize> {
         let w = c >> 6;
-        let here = self.st.words[w] & (u64::MAX << (c & 63));
+        let here = self.g.st.words[w] & (u64::MAX << (c & 63));
         if here != 0 {
             return Some((w << 6) + here.trailing_zeros() as usize);
         }
         // The summary bits of the words above `w`: at most SUMMARY (two) summary words.
         let w1 = w + 1;
         for i in (w1 >> 6)..SUMMARY {
-            let mut above = self.st.summary[i];
+            let mut above = self.g.st.summary[i];
             if i == w1 >> 6 {
                 above &= u64::MAX << (w1 & 63);
             }
             if above != 0 {
                 let w = (i << 6) + above.trailing_zeros() as usize;
-                return Some((w << 6) + self.st.words[w].trailing_zeros() as usize);
+                return Some((w << 6) + self.g.st.words[w].trailing_zeros() as usize);
             }
         }
         None
@@ -787,13 +705,13 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// changes, by `mark_class` and `unmark_class`).
     #[inline(always)]
     fn publish(&self) {
-        self.seen.used.store(self.st.used, Relaxed);
+        self.g.seen.used.store(self.g.st.used, Relaxed);
     }
 
     /// Lay the part out as one free block (forgets every block). Writes 16 bytes.
     fn layout(&mut self) {
-        *self.st = State::empty();
-        self.seen.largest.store(0, Relaxed);
+        *self.g.st = State::empty();
+        self.g.seen.largest.store(0, Relaxed);
         if self.len >= MIN_BLOCK {
             let (len, b) = (self.len, self.place(0));
             self.set_prev(b, b, false);
@@ -808,7 +726,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     fn alloc(&mut self, r: usize) -> Option<(usize, usize)> {
         let want = r + HEADER;
         let c = self.find(class_of(r))?;
-        let b = self.place(self.st.heads[c] as usize);
+        let b = self.place(self.g.st.heads[c] as usize);
         let (s, free) = self.size_of(b);
         assert!(
             free && s >= want,
@@ -831,8 +749,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
             s
         };
         self.set_size(b, size, false);
-        self.st.live += 1;
-        self.st.used += size;
+        self.g.st.live += 1;
+        self.g.st.used += size;
         self.publish();
         Some((b.0, size))
     }
@@ -851,8 +769,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Free the live block `b` of size `s`, joining it with its free neighbours.
     #[inline(always)]
     fn release(&mut self, b: Blk, s: usize) {
-        self.st.live -= 1;
-        self.st.used -= s;
+        self.g.st.live -= 1;
+        self.g.st.used -= s;
         let (mut at, mut size) = (b, s);
         let w0 = self.word::<0>(b);
         if w0 & PREV_FREE != 0 {
@@ -909,7 +827,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             if s >= want + MIN_BLOCK {
                 self.set_size(b, want, false);
                 self.free_tail(b, b.0 + want, s - want);
-                self.st.used -= s - want;
+                self.g.st.used -= s - want;
                 self.publish();
             }
             return true;
@@ -939,7 +857,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             total
         };
         self.set_size(b, size, false);
-        self.st.used += size - s;
+        self.g.st.used += size - s;
         self.publish();
         true
     }
@@ -987,7 +905,7 @@ unsafe impl MemMethods for Tlsf {
         let Some((p, o)) = self.locate(ptr) else {
             return 0;
         };
-        if self.parts.len() == 1 && !marking::active() {
+        if self.fixed.shards() == 1 && !marking::active() {
             // The short path, as in `alloc`.
             return self.release_in::<false>(ptr, 0, o);
         }
@@ -1007,16 +925,9 @@ unsafe impl MemMethods for Tlsf {
             Ok(false) => return None,
             Err(old) => old,
         };
-        let (q, _) = self.alloc(r)?;
-        let from = self.heap.offset_of(ptr)?;
-        let to = self.heap.offset_of(q)?;
-        // SAFETY: both are live blocks of this heap, distinct, the old one `old` usable bytes
-        // long and the new one longer (`new_size > old`); the caller owns the old one and this
-        // call the new one, so nobody else touches them.
-        unsafe { self.heap.copy_within(from, to, old) };
-        // SAFETY: `ptr` is live and, per the realloc contract, not used after the call.
-        unsafe { self.free(ptr) };
-        Some(q)
+        // SAFETY: `ptr` is a live block of this allocator with `old` usable bytes, and
+        // `old < new_size` (it did not fit in place); the caller does not use it meanwhile.
+        unsafe { self.fixed.realloc_by_copy(self, ptr, old, new_size) }
     }
 
     /// Without the marking, read without the lock: word 1 of a live block changes only through
@@ -1035,11 +946,11 @@ unsafe impl MemMethods for Tlsf {
                 .live_size(o)
                 .map_or(0, |(_, s)| s - HEADER);
         }
-        let part = &self.parts[p];
+        let part = &self.fixed.parts()[p];
         // SAFETY: `locate` checked `o + MIN_BLOCK <= len` with `o` a multiple of 8, so the word
         // at `start + o + 4` is inside the part, 4-aligned; it is word 1 of the live block the
         // caller owns, which nobody writes meanwhile (see above).
-        let w = unsafe { self.heap.read_u32(part.start + o + 4) };
+        let w = unsafe { self.fixed.heap().read_u32(part.start + o + 4) };
         let s = (w & !7) as usize;
         if w & FREE != 0 || s < MIN_BLOCK || o + s > part.len {
             return 0;
@@ -1049,26 +960,21 @@ unsafe impl MemMethods for Tlsf {
 
     /// Exact: whether `ptr` points into this heap (the address is compared, never read).
     fn owns(&self, ptr: NonNull<u8>) -> Option<bool> {
-        Some(self.heap.offset_of(ptr).is_some())
+        self.fixed.owns(ptr)
     }
 
     fn roundup(&self, size: usize) -> usize {
         round_class(size).unwrap_or(size)
     }
 
+    /// Lays every part out again when no block is live in any (`Fixed::init`).
     fn init(&self) -> Result<(), InitError> {
-        if self.largest_block() == 0 {
-            return Err(InitError::NoMem);
-        }
-        // Every part, in order (the only place that holds more than one part's lock).
-        let mut parts: Vec<Locked<'_, true>> =
-            (0..self.parts.len()).map(|p| self.lock_part(p)).collect();
-        if parts.iter().all(|l| l.st.live == 0) {
-            for l in parts.iter_mut() {
-                l.layout();
-            }
-        }
-        Ok(())
+        self.fixed.init(
+            self.largest_block() != 0,
+            |p| self.lock_part::<true>(p),
+            |l| l.g.st.live == 0,
+            |l| l.layout(),
+        )
     }
 
     fn shutdown(&self) {}
@@ -1077,7 +983,7 @@ unsafe impl MemMethods for Tlsf {
     fn footprint(&self, stats: &Stats, out: &mut dyn FnMut(Held)) {
         let _ = stats;
         let (mut free, mut largest) = (0u64, 0u64);
-        for p in self.parts.iter() {
+        for p in self.fixed.parts().iter() {
             let len = if p.len >= MIN_BLOCK { p.len } else { 0 };
             free += len.saturating_sub(p.seen.used.load(Relaxed)) as u64;
             largest = largest.max(p.seen.largest.load(Relaxed) as u64);
@@ -1085,7 +991,7 @@ unsafe impl MemMethods for Tlsf {
         out(Held {
             key: "heap_bytes",
             help: "sqlalloc tlsf: the heap as configured (heap=), block headers (8 bytes per block) included",
-            bytes: self.heap.len() as u64,
+            bytes: self.fixed.heap_len() as u64,
         });
         out(Held {
             key: "free_bytes",
@@ -1100,23 +1006,24 @@ unsafe impl MemMethods for Tlsf {
     }
 }
 
-impl Drop for Tlsf {
-    fn drop(&mut self) {
-        marking::pool_destroy(self.heap.ptr(0), self.heap.len());
-    }
-}
+fixed_heap_api!(Tlsf);
 
 #[cfg(test)]
 impl Tlsf {
     /// Check every invariant of the module doc; panics naming the first one broken.
     fn check(&self) {
-        for p in 0..self.parts.len() {
+        for p in 0..self.shards() {
             self.check_part(p);
         }
-        for (i, p) in self.parts.iter().enumerate() {
-            assert_eq!(p.start, i * self.part_len, "part {i} starts in its place");
+        let parts = self.fixed.parts();
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(
+                p.start,
+                i * parts[0].units * 8,
+                "part {i} starts in its place"
+            );
             assert!(p.len % 8 == 0 && p.len <= MAX_PART, "part {i} length");
-            let end = self.parts.get(i + 1).map_or(self.heap.len(), |q| q.start);
+            let end = parts.get(i + 1).map_or(self.heap_len(), |q| q.start);
             assert!(p.start + p.len <= end, "part {i} overlaps the next");
         }
     }
@@ -1167,22 +1074,22 @@ impl Tlsf {
                 want[c >> 6] |= 1 << (c & 63);
             }
         }
-        assert_eq!(l.st.words, want, "class bitmap");
+        assert_eq!(l.g.st.words, want, "class bitmap");
         for (w, &bits) in want.iter().enumerate() {
-            let bit = l.st.summary[w >> 6] & (1 << (w & 63)) != 0;
+            let bit = l.g.st.summary[w >> 6] & (1 << (w & 63)) != 0;
             assert_eq!(bit, bits != 0, "summary bit {w}");
         }
-        let past = (WORDS..SUMMARY * 64).filter(|&w| l.st.summary[w >> 6] & (1 << (w & 63)) != 0);
+        let past = (WORDS..SUMMARY * 64).filter(|&w| l.g.st.summary[w >> 6] & (1 << (w & 63)) != 0);
         assert_eq!(past.count(), 0, "summary bits past the last word");
         let top = (0..CLASSES)
             .rev()
             .find(|&c| want[c >> 6] & (1 << (c & 63)) != 0);
         assert_eq!(
-            l.st.top,
+            l.g.st.top,
             top.map_or(0, |c| c + 1),
             "highest non-empty class"
         );
-        let mut heads = l.st.heads;
+        let mut heads = l.g.st.heads;
         let mut listed = 0;
         for (w, &bits) in want.iter().enumerate() {
             let mut bits = bits;
@@ -1220,7 +1127,7 @@ impl Tlsf {
         );
         // 5. The counts.
         assert_eq!(
-            (l.st.live, l.st.used),
+            (l.g.st.live, l.g.st.used),
             (live, used),
             "live count and used bytes"
         );
@@ -1229,19 +1136,19 @@ impl Tlsf {
             if len >= MIN_BLOCK { len } else { 0 },
             "free bytes"
         );
-        assert_eq!(l.seen.used.load(Relaxed), used, "published used bytes");
+        assert_eq!(l.g.seen.used.load(Relaxed), used, "published used bytes");
         let largest = blocks
             .iter()
             .filter(|b| b.2)
             .map(|b| class_start(class_of(b.1 - HEADER)).min(MAX_REQUEST))
             .max()
             .unwrap_or(0);
-        assert_eq!(l.seen.largest.load(Relaxed), largest, "published largest");
+        assert_eq!(l.g.seen.largest.load(Relaxed), largest, "published largest");
     }
 
     /// Offset of `p` in the heap.
     fn off(&self, p: NonNull<u8>) -> usize {
-        self.heap.offset_of(p).expect("pointer into the heap")
+        self.heap_offset(p).expect("pointer into the heap")
     }
 }
 
@@ -1249,6 +1156,7 @@ impl Tlsf {
 mod tests {
     use super::*;
     use crate::backend::test_support::{self as ts, fill, holds, Sizes, TestHeap};
+    use crate::heap::HeapBuf;
     use std::sync::Arc;
 
     const KIB: usize = 1024;
@@ -1259,14 +1167,14 @@ mod tests {
         fn check(&self) -> usize {
             Tlsf::check(self);
             (0..self.shards())
-                .map(|p| self.lock_part::<true>(p).st.live)
+                .map(|p| self.lock_part::<true>(p).g.st.live)
                 .sum()
         }
         fn whole_block(&self) -> Option<usize> {
             Some(self.largest_block())
         }
         fn heap(&self) -> &HeapBuf {
-            &self.heap
+            self.fixed.heap()
         }
     }
 
@@ -1636,14 +1544,14 @@ mod tests {
             l.set_size(o, 16, true);
             l.insert(o, 16);
             l.set_prev(b16, o, true);
-            l.st.live -= 1;
-            l.st.used -= 16;
+            l.g.st.live -= 1;
+            l.g.st.used -= 16;
             // The free rest after `_b` stays; now make `_b` free too.
             l.set_size(b16, 16, true);
             l.insert(b16, 16);
             l.set_prev(b32, b16, true);
-            l.st.live -= 1;
-            l.st.used -= 16;
+            l.g.st.live -= 1;
+            l.g.st.used -= 16;
             l.publish();
         }
         m.check();
@@ -1654,7 +1562,7 @@ mod tests {
     fn checker_catches_a_wrong_count() {
         let m = Tlsf::new(4 * KIB).unwrap();
         let _a = m.malloc(8).unwrap();
-        m.lock_part::<true>(0).st.live += 1;
+        m.lock_part::<true>(0).g.st.live += 1;
         m.check();
     }
 
@@ -1721,7 +1629,7 @@ mod tests {
         m.check();
         assert_eq!(m.largest_block(), KIB - 8);
         assert!(m.malloc(KIB).is_none(), "larger than a part");
-        let own = m.preferred_part();
+        let own = m.fixed.preferred_part();
         let mut blocks = Vec::new();
         while let Some(p) = m.malloc(56) {
             blocks.push(p);
@@ -1729,7 +1637,9 @@ mod tests {
         }
         assert_eq!(blocks.len(), 64, "all four parts used");
         assert!(
-            blocks[..16].iter().all(|&p| m.part_of(m.off(p)) == own),
+            blocks[..16]
+                .iter()
+                .all(|&p| m.fixed.part_of(m.off(p)) == own),
             "the own part is used first"
         );
         for p in blocks {
@@ -1746,7 +1656,7 @@ mod tests {
         // Clamped so that every part has at least 64 bytes; the last takes the remainder.
         let m = Tlsf::with_shards(200, 64).unwrap();
         assert_eq!(m.shards(), 3);
-        let lens: Vec<usize> = m.parts.iter().map(|p| p.len).collect();
+        let lens: Vec<usize> = m.fixed.parts().iter().map(|p| p.len).collect();
         assert_eq!(lens, [64, 64, 72]);
         m.check();
     }
