@@ -1683,7 +1683,7 @@ mod tests {
     fn random_sequence() {
         // (steps, heap, medium and large request sizes, most live blocks); smaller under Miri.
         let (steps, heap, mid, big, cap) = if cfg!(miri) {
-            (200, 4 * KIB, 256, KIB, 12)
+            (200, 4 * KIB, 256, 2 * KIB, 12)
         } else {
             (5_000, 64 * KIB, 512, 4 * KIB, 60)
         };

@@ -194,7 +194,6 @@ pub(crate) fn random_sequence<M: TestHeap>(
                 assert!(holds(p, n, tag0), "contents of a live block");
                 release(m, p);
                 t.frees += 1;
-                m.check();
                 after_free(m);
             }
             _ => {}
