@@ -176,21 +176,6 @@ impl HeapBuf {
         (off < end).then_some(off)
     }
 
-    /// Read the `u32` at byte offset `off` (for a reader without a part's view: tlsf's `size`
-    /// without the lock, until tlsf reads through its part's [`HeapView`] as the other fixed
-    /// heaps do).
-    ///
-    /// # Safety
-    /// `off` must be a multiple of 4 with `off + 4 <= len`, and no other thread may be writing
-    /// those bytes (they must not belong to a block handed out to a user).
-    #[inline]
-    pub unsafe fn read_u32(&self, off: usize) -> u32 {
-        debug_assert!(off % 4 == 0 && off + 4 <= self.len);
-        // SAFETY: in bounds and aligned (base is 64-aligned, off a multiple of 4) by the caller's
-        // contract; no concurrent writer by the same contract.
-        unsafe { self.ptr(off).cast::<u32>().as_ptr().read() }
-    }
-
     /// Copy `n` bytes from offset `from` to offset `to` (the ranges may overlap).
     ///
     /// # Safety

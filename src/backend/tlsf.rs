@@ -518,18 +518,11 @@ impl<const MARK: bool> Locked<'_, MARK> {
         const { assert!(W < 4) };
         let off = b.0 + 4 * W;
         // SAFETY: `b` is a place of this part (`b.0 + 16 <= len`, `b.0` a multiple of 8; see
-        // `Blk`) and `W < 4`, so the word is inside the view, 4-aligned (the view starts at a
-        // multiple of 8 from a 64-aligned base); it is allocator metadata (a header or a free
-        // block's link, never a live block's user bytes), and the part's lock is held
-        // (`self.st`), so nobody writes it meanwhile.
-        let read = || unsafe { self.g.view.read_u32(off) };
-        if MARK {
-            // SAFETY: `off & !7 <= off < len`.
-            let at = unsafe { self.g.view.ptr(off & !7) };
-            marking::with_accessible(at, 8, read)
-        } else {
-            read()
-        }
+        // `Blk`) and `W < 4`, so the word and its 8-byte span are inside the view, 4-aligned
+        // (the view starts at a multiple of 8 from a 64-aligned base); they are allocator
+        // metadata (a header or a free block's link, never a live block's user bytes), and the
+        // part's lock is held (`self.g`), so nobody writes or marks them meanwhile.
+        unsafe { self.g.view.read_meta_u32::<MARK>(off, 8) }
     }
 
     /// Write word `W` of block `b`.
@@ -538,14 +531,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         const { assert!(W < 4) };
         let off = b.0 + 4 * W;
         // SAFETY: as in `word`; the lock is held, so nobody reads or writes the word meanwhile.
-        let write = || unsafe { self.g.view.write_u32(off, v) };
-        if MARK {
-            // SAFETY: `off & !7 <= off < len`.
-            let at = unsafe { self.g.view.ptr(off & !7) };
-            marking::with_accessible(at, 8, write)
-        } else {
-            write()
-        }
+        unsafe { self.g.view.write_meta_u32::<MARK>(off, 8, v) }
     }
 
     /// Size (header included) and free flag of block `b`, checked to be a block size that fits
@@ -947,10 +933,12 @@ unsafe impl MemMethods for Tlsf {
                 .map_or(0, |(_, s)| s - HEADER);
         }
         let part = &self.fixed.parts()[p];
+        // SAFETY: the part lies inside the heap (`Fixed`: `start + len <= heap length`).
+        let view = unsafe { self.fixed.heap().view_unchecked(part.start, part.len) };
         // SAFETY: `locate` checked `o + MIN_BLOCK <= len` with `o` a multiple of 8, so the word
-        // at `start + o + 4` is inside the part, 4-aligned; it is word 1 of the live block the
-        // caller owns, which nobody writes meanwhile (see above).
-        let w = unsafe { self.fixed.heap().read_u32(part.start + o + 4) };
+        // at `o + 4` is inside the view, 4-aligned; it is word 1 of the live block the caller
+        // owns, which nobody writes meanwhile (see above).
+        let w = unsafe { view.read_u32(o + 4) };
         let s = (w & !7) as usize;
         if w & FREE != 0 || s < MIN_BLOCK || o + s > part.len {
             return 0;
