@@ -1113,10 +1113,10 @@ def main():
         tgt(f"100 tracked connections: nothing measurable, speedtest1 --size {ts} --memdb "
             "(|tracked − untracked| within the median A/A spread)",
             f"{d:+.1f} ms (A/A spread {spread:.1f} ms)", abs(d) <= spread)
-    rss_c5 = smallest_heap.median(rss_res["c-memsys5"])
-    rss_lib = smallest_heap.median(rss_res["system"]) - smallest_heap.median(rss_res["mem1"])
+    rss_c5 = median(rss_res["c-memsys5"])
+    rss_lib = median(rss_res["system"]) - median(rss_res["mem1"])
     for k in ("memsys5", "tlsf"):
-        m = smallest_heap.median(rss_res[k])
+        m = median(rss_res[k])
         tgt(f"{k}: peak RSS with a {smallest_heap.RSS_HEAP:,}-byte heap ≤ 1.01 × C memsys5's "
             "(whole process; in parentheses: less the preload library's own pages)",
             f"{m / rss_c5:.3f} ({(m - rss_lib) / rss_c5:.3f})", m <= 1.01 * rss_c5)

@@ -17,6 +17,7 @@ that fits). A row whose spec the preload library refuses (a backend it does not 
 with the reason. Every loop is bounded (at most 40 runs per row and workload).
 """
 import argparse, os, subprocess, sys, tempfile
+from statistics import median
 
 MIB = 1024 * 1024
 
@@ -192,14 +193,8 @@ def measure_rss(build, preload, smoke=False, reps=5, log=print):
         for row in (RSS_ROWS if i % 2 == 0 else RSS_ROWS[::-1]):
             res[row.key].append(peak_rss(row, build, preload, args))
     for row in RSS_ROWS:
-        log(f"peak RSS: {row.key}: {sorted(res[row.key])[len(res[row.key]) // 2] / MIB:.2f} MiB")
+        log(f"peak RSS: {row.key}: {median(res[row.key]) / MIB:.2f} MiB")
     return res, args
-
-
-def median(v):
-    v = sorted(v)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def rss_table(res):
