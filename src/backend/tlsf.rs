@@ -573,7 +573,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         (end + MIN_BLOCK <= self.len).then_some(Blk(end))
     }
 
-    /// The list of class `c` is not empty now.
+    /// The list of class `c` is not empty now (it was empty).
     #[inline(always)]
     fn mark_class(&mut self, c: usize) {
         self.g.st.words[c >> 6] |= 1 << (c & 63);
@@ -619,17 +619,24 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let head = self.g.st.heads[c];
         self.set_word::<2>(b, head);
         self.set_word::<3>(b, NONE);
+        self.g.st.heads[c] = b.0 as u32;
         if head != NONE {
             let h = self.place(head as usize);
             self.set_word::<3>(h, b.0 as u32);
+        } else {
+            // A list that was not empty has its bits set already, and `top` above it.
+            self.mark_class(c);
         }
-        self.g.st.heads[c] = b.0 as u32;
-        self.mark_class(c);
     }
 
     /// Take free block `b` of size `size` off the list of its class.
+    #[inline(always)]
     fn remove(&mut self, b: Blk, size: usize) {
-        let c = class_of(size - HEADER);
+        self.unlink(class_of(size - HEADER), b);
+    }
+
+    /// Take free block `b` off the list of class `c`, which holds it.
+    fn unlink(&mut self, c: usize, b: Blk) {
         let next = self.word::<2>(b);
         let prev = self.word::<3>(b);
         if prev == NONE {
@@ -651,6 +658,33 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
     }
 
+    /// Put free block `new` in the place of free block `old` on the list of class `c`, which
+    /// holds `old` and is the class of `new` too: `new` takes `old`'s links, and `old`'s
+    /// neighbours (or the head) point to `new`. No bitmap changes: the list keeps its length.
+    /// `old`'s and `new`'s link words must not overlap (distinct blocks, or `new` a part of
+    /// `old` at least 16 bytes in).
+    #[inline(always)]
+    fn replace(&mut self, c: usize, old: Blk, new: Blk) {
+        let next = self.word::<2>(old);
+        let prev = self.word::<3>(old);
+        self.set_word::<2>(new, next);
+        self.set_word::<3>(new, prev);
+        if prev == NONE {
+            assert_eq!(
+                self.g.st.heads[c], old.0 as u32,
+                "tlsf: corrupt free list (was a freed block written to?)"
+            );
+            self.g.st.heads[c] = new.0 as u32;
+        } else {
+            let p = self.place(prev as usize);
+            self.set_word::<2>(p, new.0 as u32);
+        }
+        if next != NONE {
+            let n = self.place(next as usize);
+            self.set_word::<3>(n, new.0 as u32);
+        }
+    }
+
     /// Take block `b`, the head of the list of class `c`, off that list.
     #[inline(always)]
     fn remove_head(&mut self, c: usize, b: Blk) {
@@ -661,6 +695,20 @@ impl<const MARK: bool> Locked<'_, MARK> {
         } else {
             let n = self.place(next as usize);
             self.set_word::<3>(n, NONE);
+        }
+    }
+
+    /// Put free block `new` in the place of block `b`, the head of the list of class `c` (the
+    /// class of `new` too), with no bitmap change: [`replace`](Self::replace) for a head.
+    #[inline(always)]
+    fn replace_head(&mut self, c: usize, b: Blk, new: Blk) {
+        let next = self.word::<2>(b);
+        self.set_word::<2>(new, next);
+        self.set_word::<3>(new, NONE);
+        self.g.st.heads[c] = new.0 as u32;
+        if next != NONE {
+            let n = self.place(next as usize);
+            self.set_word::<3>(n, new.0 as u32);
         }
     }
 
@@ -718,17 +766,24 @@ impl<const MARK: bool> Locked<'_, MARK> {
             free && s >= want,
             "tlsf: corrupt free list (was a freed block written to?)"
         );
-        self.remove_head(c, b);
         let size = if s - want >= MIN_BLOCK {
-            let rest = self.place(b.0 + want);
+            let (rest, rs) = (self.place(b.0 + want), s - want);
             self.set_prev(rest, b, false);
-            self.set_size(rest, s - want, true);
-            self.insert(rest, s - want);
+            self.set_size(rest, rs, true);
+            if class_of(rs - HEADER) == c {
+                // The rest stays in `b`'s class (a large block cut from): it takes `b`'s place at
+                // the head of the list, and the bitmaps do not change.
+                self.replace_head(c, b, rest);
+            } else {
+                self.remove_head(c, b);
+                self.insert(rest, rs);
+            }
             if let Some(n) = self.next_after(b, s) {
                 self.set_prev(n, rest, true);
             }
             want
         } else {
+            self.remove_head(c, b);
             if let Some(n) = self.next_after(b, s) {
                 self.set_prev(n, b, false);
             }
@@ -757,31 +812,55 @@ impl<const MARK: bool> Locked<'_, MARK> {
     fn release(&mut self, b: Blk, s: usize) {
         self.g.st.live -= 1;
         self.g.st.used -= s;
-        let (mut at, mut size) = (b, s);
         let w0 = self.word::<0>(b);
-        if w0 & PREV_FREE != 0 {
+        let next = match self.next_after(b, s) {
+            Some(n) => match self.size_of(n) {
+                (ns, true) => Some((n, ns)),
+                _ => None,
+            },
+            None => None,
+        };
+        // Where the freed block is filed: joined with a free neighbour whose class the join does
+        // not change, it keeps that neighbour's place on its list (the common case of a block
+        // freed next to a large free block) and the bitmaps are not touched.
+        let (at, size) = if w0 & PREV_FREE != 0 {
             let prev = self.place((w0 & !7) as usize);
             let (ps, pf) = self.size_of(prev);
             assert!(
                 pf && prev.0 + ps == b.0,
                 "tlsf: corrupt block header (was a freed block written to?)"
             );
-            self.remove(prev, ps);
-            at = prev;
-            size += ps;
-        }
-        if let Some(next) = self.next_after(b, s) {
-            let (ns, nf) = self.size_of(next);
-            if nf {
-                self.remove(next, ns);
+            let mut size = ps + s;
+            if let Some((n, ns)) = next {
+                self.remove(n, ns);
                 size += ns;
             }
-        }
-        self.set_size(at, size, true);
+            self.set_size(prev, size, true);
+            let pc = class_of(ps - HEADER);
+            if class_of(size - HEADER) != pc {
+                self.unlink(pc, prev);
+                self.insert(prev, size);
+            }
+            (prev, size)
+        } else if let Some((n, ns)) = next {
+            let size = s + ns;
+            self.set_size(b, size, true);
+            let nc = class_of(ns - HEADER);
+            if class_of(size - HEADER) == nc {
+                self.replace(nc, n, b);
+            } else {
+                self.unlink(nc, n);
+                self.insert(b, size);
+            }
+            (b, size)
+        } else {
+            self.set_size(b, s, true);
+            self.insert(b, s);
+            (b, s)
+        };
         if let Some(n) = self.next_after(at, size) {
             self.set_prev(n, at, true);
         }
-        self.insert(at, size);
         self.publish();
     }
 
