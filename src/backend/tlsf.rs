@@ -148,11 +148,12 @@
 //!    the first block).
 //! 3. No two adjacent blocks are free.
 //! 4. A block is free exactly when it is on the list of the class of its usable size, once;
-//!    list links are symmetric and the head's `prev` is none; bit `(fl, sl)` of the bitmaps is
-//!    set exactly when list `(fl, sl)` is not empty, bit `fl` of the first-level map exactly when
-//!    some list of `fl` is.
-//! 5. The counts of live blocks, of bytes in live blocks and in free blocks kept in the state are
-//!    exact, and the figures published for `footprint` are the state's.
+//!    list links are symmetric and the head's `prev` is none; bit `c` of the class bitmap is set
+//!    exactly when list `c` is not empty, bit `w` of the summary exactly when word `w` of the
+//!    class bitmap is not 0; `top` is one more than the highest class whose bit is set (0: none).
+//! 5. The bytes of live blocks recorded for the part (`Seen::used`, which `footprint` reads) are
+//!    exact, so they are 0 exactly when no block is live (what `init` asks); the published
+//!    largest request is the lower boundary of the class `top - 1`.
 //!
 //! # Fragmentation
 //!
@@ -295,7 +296,9 @@ type Guard<'a> = PartGuard<'a, State, Seen>;
 /// Figures of a part published for `footprint`: written with the part's lock held by relaxed
 /// stores, read by relaxed loads without the lock (see "Footprint").
 struct Seen {
-    /// Bytes of the part's live blocks, headers included.
+    /// Bytes of the part's live blocks, headers included: the part's only record of them
+    /// (written under the lock, so its relaxed load and store there are exact), 0 exactly when no
+    /// block is live; the rest of the part, once laid out with a block, is in free blocks.
     used: AtomicUsize,
     /// The largest request the part can serve now, in bytes (0: none).
     largest: AtomicUsize,
@@ -313,11 +316,6 @@ struct State {
     /// One more than the highest class whose list is not empty (0: none); the figure published
     /// as `largest` is its lower boundary, stored when it changes.
     top: usize,
-    /// Blocks in use.
-    live: usize,
-    /// Bytes of blocks in use, headers included (the rest of the part, once laid out with a
-    /// block, is in free blocks).
-    used: usize,
 }
 
 impl State {
@@ -327,8 +325,6 @@ impl State {
             words: [0; WORDS],
             heads: [NONE; CLASSES],
             top: 0,
-            live: 0,
-            used: 0,
         }
     }
 }
@@ -636,6 +632,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     }
 
     /// Take free block `b` off the list of class `c`, which holds it.
+    #[inline(always)]
     fn unlink(&mut self, c: usize, b: Blk) {
         let next = self.word::<2>(b);
         let prev = self.word::<3>(b);
@@ -735,11 +732,17 @@ impl<const MARK: bool> Locked<'_, MARK> {
         None
     }
 
-    /// Publish the bytes in use, read by `footprint` (the largest request is published when it
-    /// changes, by `mark_class` and `unmark_class`).
+    /// Bytes of the part's live blocks (see `Seen::used`).
     #[inline(always)]
-    fn publish(&self) {
-        self.g.seen.used.store(self.g.st.used, Relaxed);
+    fn used(&self) -> usize {
+        self.g.seen.used.load(Relaxed)
+    }
+
+    /// Set the bytes of the part's live blocks, which `footprint` reads (the largest request is
+    /// published when it changes, by `mark_class` and `unmark_class`).
+    #[inline(always)]
+    fn set_used(&mut self, used: usize) {
+        self.g.seen.used.store(used, Relaxed);
     }
 
     /// Lay the part out as one free block (forgets every block). Writes 16 bytes.
@@ -752,7 +755,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             self.set_size(b, len, true);
             self.insert(b, len);
         }
-        self.publish();
+        self.set_used(0);
     }
 
     /// Hand out a block of usable size at least `r` (a class boundary): its offset and size.
@@ -790,9 +793,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             s
         };
         self.set_size(b, size, false);
-        self.g.st.live += 1;
-        self.g.st.used += size;
-        self.publish();
+        self.set_used(self.used() + size);
         Some((b.0, size))
     }
 
@@ -810,8 +811,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Free the live block `b` of size `s`, joining it with its free neighbours.
     #[inline(always)]
     fn release(&mut self, b: Blk, s: usize) {
-        self.g.st.live -= 1;
-        self.g.st.used -= s;
+        self.set_used(self.used() - s);
         let w0 = self.word::<0>(b);
         let next = match self.next_after(b, s) {
             Some(n) => match self.size_of(n) {
@@ -861,7 +861,6 @@ impl<const MARK: bool> Locked<'_, MARK> {
         if let Some(n) = self.next_after(at, size) {
             self.set_prev(n, at, true);
         }
-        self.publish();
     }
 
     /// Make the `n` bytes after live block `live` (`n >= MIN_BLOCK`, starting at `o`) a free
@@ -892,8 +891,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             if s >= want + MIN_BLOCK {
                 self.set_size(b, want, false);
                 self.free_tail(b, b.0 + want, s - want);
-                self.g.st.used -= s - want;
-                self.publish();
+                self.set_used(self.used() - (s - want));
             }
             return true;
         }
@@ -922,8 +920,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             total
         };
         self.set_size(b, size, false);
-        self.g.st.used += size - s;
-        self.publish();
+        self.set_used(self.used() + (size - s));
         true
     }
 }
@@ -1039,7 +1036,7 @@ unsafe impl MemMethods for Tlsf {
         self.fixed.init(
             self.largest_block() != 0,
             |p| self.lock_part::<true>(p),
-            |l| l.g.st.live == 0,
+            |l| l.used() == 0,
             |l| l.layout(),
         )
     }
@@ -1077,11 +1074,10 @@ fixed_heap_api!(Tlsf);
 
 #[cfg(test)]
 impl Tlsf {
-    /// Check every invariant of the module doc; panics naming the first one broken.
-    fn check(&self) {
-        for p in 0..self.shards() {
-            self.check_part(p);
-        }
+    /// Check every invariant of the module doc; panics naming the first one broken. Returns the
+    /// number of live blocks (found by walking the parts).
+    fn check(&self) -> usize {
+        let live = (0..self.shards()).map(|p| self.check_part(p)).sum();
         let parts = self.fixed.parts();
         for (i, p) in parts.iter().enumerate() {
             assert_eq!(
@@ -1093,10 +1089,11 @@ impl Tlsf {
             let end = parts.get(i + 1).map_or(self.heap_len(), |q| q.start);
             assert!(p.start + p.len <= end, "part {i} overlaps the next");
         }
+        live
     }
 
-    /// Check the invariants inside part `p`.
-    fn check_part(&self, p: usize) {
+    /// Check the invariants inside part `p`; its number of live blocks.
+    fn check_part(&self, p: usize) -> usize {
         let l = self.lock_part::<true>(p);
         let len = l.len;
         let mut blocks = Vec::new();
@@ -1207,17 +1204,12 @@ impl Tlsf {
             "every free block listed once"
         );
         // 5. The counts.
-        assert_eq!(
-            (l.g.st.live, l.g.st.used),
-            (live, used),
-            "live count and used bytes"
-        );
+        assert_eq!(l.used(), used, "used bytes");
         assert_eq!(
             used + free,
             if len >= MIN_BLOCK { len } else { 0 },
             "free bytes"
         );
-        assert_eq!(l.g.seen.used.load(Relaxed), used, "published used bytes");
         let largest = blocks
             .iter()
             .filter(|b| b.2)
@@ -1225,6 +1217,7 @@ impl Tlsf {
             .max()
             .unwrap_or(0);
         assert_eq!(l.g.seen.largest.load(Relaxed), largest, "published largest");
+        live
     }
 
     /// Offset of `p` in the heap.
@@ -1246,10 +1239,7 @@ mod tests {
         /// A remainder too small to split stays with the block (see "`size` and `roundup`").
         const SLACK: usize = 8;
         fn check(&self) -> usize {
-            Tlsf::check(self);
-            (0..self.shards())
-                .map(|p| self.lock_part::<true>(p).g.st.live)
-                .sum()
+            Tlsf::check(self)
         }
         fn whole_block(&self) -> Option<usize> {
             Some(self.largest_block())
@@ -1625,25 +1615,24 @@ mod tests {
             l.set_size(o, 16, true);
             l.insert(o, 16);
             l.set_prev(b16, o, true);
-            l.g.st.live -= 1;
-            l.g.st.used -= 16;
+            l.set_used(l.used() - 16);
             // The free rest after `_b` stays; now make `_b` free too.
             l.set_size(b16, 16, true);
             l.insert(b16, 16);
             l.set_prev(b32, b16, true);
-            l.g.st.live -= 1;
-            l.g.st.used -= 16;
-            l.publish();
+            l.set_used(l.used() - 16);
         }
         m.check();
     }
 
     #[test]
-    #[should_panic(expected = "live count")]
+    #[should_panic(expected = "used bytes")]
     fn checker_catches_a_wrong_count() {
         let m = Tlsf::new(4 * KIB).unwrap();
         let _a = m.malloc(8).unwrap();
-        m.lock_part::<true>(0).g.st.live += 1;
+        let mut l = m.lock_part::<true>(0);
+        l.set_used(l.used() + 8);
+        drop(l);
         m.check();
     }
 
