@@ -108,8 +108,9 @@
 //! - word 1: the block's size in bytes (header included, a multiple of 8, at least 16), bit 0
 //!   (`F`, `FREE`) set when the block is free. Word 1 of a block in use changes only through an
 //!   operation on that block itself (free, realloc), which its owner calls.
-//! - in a free block, bytes 8–15: the offsets of the next and previous blocks on its free list,
-//!   `u32::MAX` for none.
+//! - in a free block, bytes 8–15: the next and previous blocks on its free list, as *links*:
+//!   offset / 8 (so that a link read from the heap needs only a bound check), `u32::MAX` for
+//!   none. The list heads are links too.
 //!
 //! The pointer handed out is `o + 8` from the part's start: 8-aligned (the heap base is
 //! 64-aligned, parts start at multiples of 8). The last block ends at the end of its part; there
@@ -237,6 +238,12 @@ const PREV_FREE: u32 = 1;
 const FREE: u32 = 1;
 /// "No block" in a free-list link.
 const NONE: u32 = u32::MAX;
+
+/// The free-list link of block `b`: its offset / 8 (offsets are multiples of 8 below 4 GiB).
+#[inline(always)]
+fn link(b: Blk) -> u32 {
+    (b.0 >> 3) as u32
+}
 /// Largest part: offsets and sizes fit in a `u32` with the low bits for flags.
 const MAX_PART: usize = (u32::MAX as usize) & !7;
 /// Largest request served.
@@ -311,7 +318,7 @@ struct State {
     summary: [u64; SUMMARY],
     /// Bit `c & 63` of `words[c >> 6]` set when the list of class `c` is not empty.
     words: [u64; WORDS],
-    /// Head of the free list of each class: a block offset, or [`NONE`].
+    /// Head of the free list of each class: a block's link (its offset / 8), or [`NONE`].
     heads: [u32; CLASSES],
     /// One more than the highest class whose list is not empty (0: none); the figure published
     /// as `largest` is its lower boundary, stored when it changes.
@@ -507,6 +514,19 @@ impl<const MARK: bool> Locked<'_, MARK> {
         Blk(o)
     }
 
+    /// The block place of link `l` (a free-list link or head: the block's offset / 8, not
+    /// [`NONE`]); panics when it is not one (a corrupt heap, as in `place`). Kept in units of 8,
+    /// a link needs no alignment check.
+    #[inline(always)]
+    fn at_link(&self, l: u32) -> Blk {
+        let o = (l as usize) << 3;
+        assert!(
+            o + MIN_BLOCK <= self.len,
+            "tlsf: corrupt free-list link (was a freed block written to?)"
+        );
+        Blk(o)
+    }
+
     /// Word `W` of block `b` (0 and 1: the header; 2 and 3: a free block's links), made
     /// accessible to the tools meanwhile when `MARK`.
     #[inline(always)]
@@ -615,10 +635,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let head = self.g.st.heads[c];
         self.set_word::<2>(b, head);
         self.set_word::<3>(b, NONE);
-        self.g.st.heads[c] = b.0 as u32;
+        self.g.st.heads[c] = link(b);
         if head != NONE {
-            let h = self.place(head as usize);
-            self.set_word::<3>(h, b.0 as u32);
+            let h = self.at_link(head);
+            self.set_word::<3>(h, link(b));
         } else {
             // A list that was not empty has its bits set already, and `top` above it.
             self.mark_class(c);
@@ -638,7 +658,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let prev = self.word::<3>(b);
         if prev == NONE {
             assert_eq!(
-                self.g.st.heads[c], b.0 as u32,
+                self.g.st.heads[c], link(b),
                 "tlsf: corrupt free list (was a freed block written to?)"
             );
             self.g.st.heads[c] = next;
@@ -646,11 +666,11 @@ impl<const MARK: bool> Locked<'_, MARK> {
                 self.unmark_class(c);
             }
         } else {
-            let p = self.place(prev as usize);
+            let p = self.at_link(prev);
             self.set_word::<2>(p, next);
         }
         if next != NONE {
-            let n = self.place(next as usize);
+            let n = self.at_link(next);
             self.set_word::<3>(n, prev);
         }
     }
@@ -668,17 +688,17 @@ impl<const MARK: bool> Locked<'_, MARK> {
         self.set_word::<3>(new, prev);
         if prev == NONE {
             assert_eq!(
-                self.g.st.heads[c], old.0 as u32,
+                self.g.st.heads[c], link(old),
                 "tlsf: corrupt free list (was a freed block written to?)"
             );
-            self.g.st.heads[c] = new.0 as u32;
+            self.g.st.heads[c] = link(new);
         } else {
-            let p = self.place(prev as usize);
-            self.set_word::<2>(p, new.0 as u32);
+            let p = self.at_link(prev);
+            self.set_word::<2>(p, link(new));
         }
         if next != NONE {
-            let n = self.place(next as usize);
-            self.set_word::<3>(n, new.0 as u32);
+            let n = self.at_link(next);
+            self.set_word::<3>(n, link(new));
         }
     }
 
@@ -690,7 +710,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         if next == NONE {
             self.unmark_class(c);
         } else {
-            let n = self.place(next as usize);
+            let n = self.at_link(next);
             self.set_word::<3>(n, NONE);
         }
     }
@@ -702,10 +722,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let next = self.word::<2>(b);
         self.set_word::<2>(new, next);
         self.set_word::<3>(new, NONE);
-        self.g.st.heads[c] = new.0 as u32;
+        self.g.st.heads[c] = link(new);
         if next != NONE {
-            let n = self.place(next as usize);
-            self.set_word::<3>(n, new.0 as u32);
+            let n = self.at_link(next);
+            self.set_word::<3>(n, link(new));
         }
     }
 
@@ -763,7 +783,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     fn alloc(&mut self, r: usize) -> Option<(usize, usize)> {
         let want = r + HEADER;
         let c = self.find(class_of(r))?;
-        let b = self.place(self.g.st.heads[c] as usize);
+        let b = self.at_link(self.g.st.heads[c]);
         let (s, free) = self.size_of(b);
         assert!(
             free && s >= want,
@@ -1181,7 +1201,7 @@ impl Tlsf {
                 bits &= bits - 1;
                 let (mut before, mut cur, mut n) = (NONE, heads[c], 0);
                 while cur != NONE {
-                    let o = cur as usize;
+                    let o = (cur as usize) << 3;
                     let i = blocks
                         .binary_search_by_key(&o, |b| b.0)
                         .unwrap_or_else(|_| panic!("list {c} holds {o}, not a block"));
@@ -1190,6 +1210,7 @@ impl Tlsf {
                     assert_eq!(class_of(s - HEADER), c, "block {o} on a wrong list");
                     let b = l.place(o);
                     assert_eq!(l.word::<3>(b), before, "prev link of {o}");
+                    assert_eq!(l.at_link(cur), b, "link of {o}");
                     (before, cur) = (cur, l.word::<2>(b));
                     n += 1;
                     assert!(n <= blocks.len(), "list {c} loops");
