@@ -206,7 +206,7 @@
 //! writing into a block it freed) stops the process with a panic rather than letting the
 //! allocator write outside its part.
 
-use super::fixed::{fixed_heap_api, Fixed, PartGuard};
+use super::fixed::{fixed_heap_api, Fixed, Part, PartGuard};
 use crate::counters::Stats;
 use crate::marking;
 use crate::methods::{round8, Held, InitError, MemMethods};
@@ -385,11 +385,24 @@ impl Tlsf {
     /// user bytes could start.
     #[inline(always)]
     fn locate(&self, ptr: NonNull<u8>) -> Option<(usize, usize)> {
+        self.locate_in(ptr).map(|(p, _, o)| (p, o))
+    }
+
+    /// [`locate`](Self::locate), with the part itself.
+    #[inline(always)]
+    fn locate_in(&self, ptr: NonNull<u8>) -> Option<(usize, &Part<State, Seen>, usize)> {
         let off = self.fixed.heap_offset(ptr)?;
-        let p = self.fixed.part_of(off);
-        let part = &self.fixed.parts()[p];
-        let rel = off.checked_sub(part.start)?.checked_sub(HEADER)?;
-        (rel % 8 == 0 && rel + MIN_BLOCK <= part.len).then_some((p, rel))
+        let parts = self.fixed.parts();
+        // One part: its index a constant, so no bounds check or index arithmetic (`xSize` asks
+        // this about twice per malloc+free pair).
+        let (p, part) = if parts.len() == 1 {
+            (0, &parts[0])
+        } else {
+            let p = self.fixed.part_of(off);
+            (p, &parts[p])
+        };
+        let rel = off.checked_sub(part.start + HEADER)?;
+        (rel % 8 == 0 && rel + MIN_BLOCK <= part.len).then_some((p, part, rel))
     }
 
     /// Serve a request of class-rounded usable size `r`: the pointer and its usable size.
@@ -823,9 +836,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn live_size(&self, o: usize) -> Option<(Blk, usize)> {
         let b = self.place(o);
-        let w = self.word::<1>(b);
-        let s = (w & !7) as usize;
-        (w & FREE == 0 && s >= MIN_BLOCK && o + s <= self.len).then_some((b, s))
+        Some((b, live_block_size(self.word::<1>(b), o, self.len)?))
     }
 
     /// Free the live block `b` of size `s`, joining it with its free neighbours.
@@ -945,6 +956,17 @@ impl<const MARK: bool> Locked<'_, MARK> {
     }
 }
 
+/// The size of the block at offset `o` (`o + MIN_BLOCK <= len`) of a part of `len` bytes whose
+/// word 1 is `w`, when `w` is the header of a block in use that fits in the part: `None` for a
+/// free block or a header no block has. Word 1 of a block in use is its size itself (`FREE`
+/// clear, bits 1 and 2 always 0), so one test of the low bits and one comparison
+/// (`MIN_BLOCK <= s <= len - o`, wrapping below `MIN_BLOCK`) decide it.
+#[inline(always)]
+fn live_block_size(w: u32, o: usize, len: usize) -> Option<usize> {
+    let s = w as usize;
+    (s % 8 == 0 && s.wrapping_sub(MIN_BLOCK) <= len - MIN_BLOCK - o).then_some(s)
+}
+
 /// The largest request served by a part whose highest non-empty class is `top - 1` (none for
 /// `top == 0`): that class's lower boundary, which every block on its list reaches.
 #[inline(always)]
@@ -1019,7 +1041,7 @@ unsafe impl MemMethods for Tlsf {
     /// accessible and no-access again around its write, which would race with the marking here.
     #[inline(always)]
     unsafe fn size(&self, ptr: NonNull<u8>) -> usize {
-        let Some((p, o)) = self.locate(ptr) else {
+        let Some((p, part, o)) = self.locate_in(ptr) else {
             return 0;
         };
         if marking::active() {
@@ -1028,18 +1050,13 @@ unsafe impl MemMethods for Tlsf {
                 .live_size(o)
                 .map_or(0, |(_, s)| s - HEADER);
         }
-        let part = &self.fixed.parts()[p];
         // SAFETY: the part lies inside the heap (`Fixed`: `start + len <= heap length`).
         let view = unsafe { self.fixed.heap().view_unchecked(part.start, part.len) };
         // SAFETY: `locate` checked `o + MIN_BLOCK <= len` with `o` a multiple of 8, so the word
         // at `o + 4` is inside the view, 4-aligned; it is word 1 of the live block the caller
         // owns, which nobody writes meanwhile (see above).
         let w = unsafe { view.read_u32(o + 4) };
-        let s = (w & !7) as usize;
-        if w & FREE != 0 || s < MIN_BLOCK || o + s > part.len {
-            return 0;
-        }
-        s - HEADER
+        live_block_size(w, o, part.len).map_or(0, |s| s - HEADER)
     }
 
     /// Exact: whether `ptr` points into this heap (the address is compared, never read).
