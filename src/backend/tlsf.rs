@@ -759,7 +759,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
             }
             if above != 0 {
                 let w = (i << 6) + above.trailing_zeros() as usize;
-                return Some((w << 6) + self.g.st.words[w].trailing_zeros() as usize);
+                // `& 63`: a summary bit is set only for a word that is not 0; the mask keeps the
+                // index inside `heads` without a check (were the bit wrong, the head found is
+                // still checked by `alloc`: its link, its size against the request).
+                return Some((w << 6) + (self.g.st.words[w].trailing_zeros() as usize & 63));
             }
         }
         None
@@ -803,7 +806,10 @@ impl<const MARK: bool> Locked<'_, MARK> {
             "tlsf: corrupt free list (was a freed block written to?)"
         );
         let size = if s - want >= MIN_BLOCK {
-            let (rest, rs) = (self.place(b.0 + want), s - want);
+            // A place by construction: `want` is a multiple of 8 (`r` is a class boundary) and
+            // the rest, at least MIN_BLOCK bytes, ends where `b` ends, inside the part.
+            debug_assert!(want % 8 == 0 && b.0 + s <= self.len);
+            let (rest, rs) = (Blk(b.0 + want), s - want);
             self.set_prev(rest, b, false);
             self.set_size(rest, rs, true);
             if class_of(rs - HEADER) == c {
