@@ -671,7 +671,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let prev = self.word::<3>(b);
         if prev == NONE {
             assert_eq!(
-                self.g.st.heads[c], link(b),
+                self.g.st.heads[c],
+                link(b),
                 "tlsf: corrupt free list (was a freed block written to?)"
             );
             self.g.st.heads[c] = next;
@@ -701,7 +702,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
         self.set_word::<3>(new, prev);
         if prev == NONE {
             assert_eq!(
-                self.g.st.heads[c], link(old),
+                self.g.st.heads[c],
+                link(old),
                 "tlsf: corrupt free list (was a freed block written to?)"
             );
             self.g.st.heads[c] = link(new);
