@@ -658,6 +658,16 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
     }
 
+    /// Set the `prev` link of the block whose link is `l` to `v`, when `l` is a block (not
+    /// [`NONE`]: the end of a list).
+    #[inline(always)]
+    fn set_prev_link(&mut self, l: u32, v: u32) {
+        if l != NONE {
+            let b = self.at_link(l);
+            self.set_word::<3>(b, v);
+        }
+    }
+
     /// Take free block `b` of size `size` off the list of its class.
     #[inline(always)]
     fn remove(&mut self, b: Blk, size: usize) {
@@ -683,10 +693,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             let p = self.at_link(prev);
             self.set_word::<2>(p, next);
         }
-        if next != NONE {
-            let n = self.at_link(next);
-            self.set_word::<3>(n, prev);
-        }
+        self.set_prev_link(next, prev);
     }
 
     /// Put free block `new` in the place of free block `old` on the list of class `c`, which
@@ -711,10 +718,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
             let p = self.at_link(prev);
             self.set_word::<2>(p, link(new));
         }
-        if next != NONE {
-            let n = self.at_link(next);
-            self.set_word::<3>(n, link(new));
-        }
+        self.set_prev_link(next, link(new));
     }
 
     /// Take block `b`, the head of the list of class `c`, off that list.
@@ -724,10 +728,8 @@ impl<const MARK: bool> Locked<'_, MARK> {
         self.g.st.heads[c] = next;
         if next == NONE {
             self.unmark_class(c);
-        } else {
-            let n = self.at_link(next);
-            self.set_word::<3>(n, NONE);
         }
+        self.set_prev_link(next, NONE);
     }
 
     /// Put free block `new` in the place of block `b`, the head of the list of class `c` (the
@@ -738,10 +740,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         self.set_word::<2>(new, next);
         self.set_word::<3>(new, NONE);
         self.g.st.heads[c] = link(new);
-        if next != NONE {
-            let n = self.at_link(next);
-            self.set_word::<3>(n, link(new));
-        }
+        self.set_prev_link(next, link(new));
     }
 
     /// The first class at or above `c` whose list is not empty.
