@@ -238,12 +238,6 @@ const PREV_FREE: u32 = 1;
 const FREE: u32 = 1;
 /// "No block" in a free-list link.
 const NONE: u32 = u32::MAX;
-
-/// The free-list link of block `b`: its offset / 8 (offsets are multiples of 8 below 4 GiB).
-#[inline(always)]
-fn link(b: Blk) -> u32 {
-    (b.0 >> 3) as u32
-}
 /// Largest part: offsets and sizes fit in a `u32` with the low bits for flags.
 const MAX_PART: usize = (u32::MAX as usize) & !7;
 /// Largest request served.
@@ -513,6 +507,12 @@ struct Locked<'a, const MARK: bool> {
 /// need no check of their own.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Blk(usize);
+
+/// The free-list link of block `b`: its offset / 8 (offsets are multiples of 8 below 4 GiB).
+#[inline(always)]
+fn link(b: Blk) -> u32 {
+    (b.0 >> 3) as u32
+}
 
 impl<const MARK: bool> Locked<'_, MARK> {
     /// `o` as a block place of this part; panics when it is not one (an offset read from a
