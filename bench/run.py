@@ -640,7 +640,7 @@ def main():
     # difference between runs of 3 and 2 passes.
     ir_trace = {}
     for c in cg_cs:
-        if c.key not in ("mem1", "c-memsys5", "system", "memsys5", "memsys5-shards"):
+        if c.key not in ("mem1", "c-memsys5", "system", "memsys5", "memsys5-shards", "tlsf"):
             continue
         irs = [callgrind_ir([f"{b}/micro"] + c.heap_args() + ["--trace", trace, "--passes",
                                                               str(n)],
@@ -1091,6 +1091,10 @@ def main():
             tgt(f"tlsf ≤ 1.00 × C memsys5, speedtest1 {wk}", f3(r), r <= 1.0)
         r = paired_ratio(mtrace, "tlsf", "c-memsys5")
         tgt("tlsf ≤ 0.8 × C memsys5 ns/pair, trace replay", f3(r), r <= 0.8)
+        if "tlsf" in ir_trace and "c-memsys5" in ir_trace:
+            w(f"| (instructions) tlsf / C memsys5, trace replay, Ir per pair | "
+              f"{ir_trace['tlsf']:.1f} / {ir_trace['c-memsys5']:.1f} = "
+              f"{ir_trace['tlsf'] / ir_trace['c-memsys5']:.3f} | — |")
         if "tlsf" in mlat and "c-memsys5" in mlat:
             lt, lc5 = lat_med["tlsf"], lat_med["c-memsys5"]
             also = (f"; sqlalloc memsys5 {lat_med['memsys5']['p999_ns']:.0f}"
