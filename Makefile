@@ -196,14 +196,14 @@ NOMARK_PRELOAD := $(NOMARK_TARGET)/release/libsqlalloc_preload.so
 # what `make deps` installs.
 bench-deps: deps
 
-bench: lib bench-deps
+bench: lib preload bench-deps
 	CARGO_TARGET_DIR=$(BENCH_TARGET) $(CARGO) build --release -p sqlalloc_preload --features jemalloc,mimalloc
 	CARGO_TARGET_DIR=$(NOMARK_TARGET) $(CARGO) build --release -p sqlalloc_preload --features no-valgrind-marking
 	bench/build.sh $(BENCH_DIR) $(LIBA)
 	$(CARGO) build --release --example counters_cost
 	python3 bench/run.py --build $(BENCH_DIR) --preload $(BENCH_PRELOAD) \
 	  --preload-nomark $(NOMARK_PRELOAD) --counters-cost $(RELEASE)/examples/counters_cost \
-	  --out docs/BENCHMARKS.md --chart docs/benchmarks.svg
+	  --preload-rss $(PRELOAD_SO) --out docs/BENCHMARKS.md --chart docs/benchmarks.svg
 
 # bench-live: the live-telemetry costs of issues 13 and 14, alternated in one run (about 3 min):
 # the endpoint scraped 10x/s, the scopes layer, 100 tracked connections (bench/live_costs.py).
