@@ -501,10 +501,11 @@ struct Locked<'a, const MARK: bool> {
 
 /// A block place in the part of the [`Locked`] that made it: an offset `o`, a multiple of 8,
 /// with `o + MIN_BLOCK <= len`, so that the block's two header words (`o`, `o + 4`) and two link
-/// words (`o + 8`, `o + 12`) lie inside the part. Made by [`Locked::place`], which checks it
-/// (every offset read out of the heap, or computed from a request, goes through that check), and
-/// by [`Locked::next_after`] from the end of a block whose size was checked; the word accessors
-/// need no check of their own.
+/// words (`o + 8`, `o + 12`) lie inside the part. Made by [`Locked::place`] and
+/// [`Locked::at_link`], which check it (every offset or link read out of the heap goes through
+/// one of them), by [`Locked::next_after`] from the end of a block whose size was checked, and by
+/// `alloc` for the rest of a split (8-aligned, at least MIN_BLOCK bytes ending where the checked
+/// block ends); the word accessors need no check of their own.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Blk(usize);
 
