@@ -645,7 +645,12 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Put free block `b` of size `size` on the list of its class.
     #[inline(always)]
     fn insert(&mut self, b: Blk, size: usize) {
-        let c = class_of(size - HEADER);
+        self.insert_in(class_of(size - HEADER), b);
+    }
+
+    /// Put free block `b` on the list of class `c`, its class.
+    #[inline(always)]
+    fn insert_in(&mut self, c: usize, b: Blk) {
         let head = self.g.st.heads[c];
         self.set_word::<2>(b, head);
         self.set_word::<3>(b, NONE);
@@ -814,13 +819,14 @@ impl<const MARK: bool> Locked<'_, MARK> {
             let (rest, rs) = (Blk(b.0 + want), s - want);
             self.set_prev(rest, b, false);
             self.set_size(rest, rs, true);
-            if class_of(rs - HEADER) == c {
+            let rc = class_of(rs - HEADER);
+            if rc == c {
                 // The rest stays in `b`'s class (a large block cut from): it takes `b`'s place at
                 // the head of the list, and the bitmaps do not change.
                 self.replace_head(c, b, rest);
             } else {
                 self.remove_head(c, b);
-                self.insert(rest, rs);
+                self.insert_in(rc, rest);
             }
             if let Some(n) = self.next_after(b, s) {
                 self.set_prev(n, rest, true);
@@ -875,21 +881,21 @@ impl<const MARK: bool> Locked<'_, MARK> {
                 size += ns;
             }
             self.set_size(prev, size, true);
-            let pc = class_of(ps - HEADER);
-            if class_of(size - HEADER) != pc {
+            let (pc, c) = (class_of(ps - HEADER), class_of(size - HEADER));
+            if c != pc {
                 self.unlink(pc, prev);
-                self.insert(prev, size);
+                self.insert_in(c, prev);
             }
             (prev, size)
         } else if let Some((n, ns)) = next {
             let size = s + ns;
             self.set_size(b, size, true);
-            let nc = class_of(ns - HEADER);
-            if class_of(size - HEADER) == nc {
+            let (nc, c) = (class_of(ns - HEADER), class_of(size - HEADER));
+            if c == nc {
                 self.replace(nc, n, b);
             } else {
                 self.unlink(nc, n);
-                self.insert(b, size);
+                self.insert_in(c, b);
             }
             (b, size)
         } else {
