@@ -133,6 +133,12 @@ UNREACHED_DIR := $(abspath $(BUILD))/unreached
 preload:
 	$(CARGO) build --release -p sqlalloc_preload
 
+# The list of the preload library's running code, which preload/build.rs groups at the start of
+# its text (docs/preload.md, "What the library itself costs a process"). Needs valgrind.
+.PHONY: hot-text
+hot-text: preload
+	scripts/hot-text.py --so $(PRELOAD_SO)
+
 # The tests run Debian's sqlite3 command-line program (`make deps` installs it), a C program
 # that dlopens SQLite, and a C program linked with $(LIBA), all in cargo's release directory.
 preload-test: deps lib preload

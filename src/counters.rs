@@ -359,8 +359,9 @@ struct Slot {
     bytes: AtomicI64,
     frees: AtomicU64,
     largest: AtomicU64,
-    /// `STATE` as this slot's owner last saw it (`u64::MAX`: never): while `STATE` still has
-    /// this value, `hw_rel` and the bounds below are up to date.
+    /// `STATE` as this slot's owner last saw it (0: never; `STATE` is never 0 while a slot is
+    /// owned, since it counts the owners): while `STATE` still has this value, `hw_rel` and the
+    /// bounds below are up to date.
     seen_state: AtomicU64,
     /// A malloc or realloc that takes `bytes` above this takes the slow path
     /// (`min(hw_rel, at_flush + PEAK_FLUSH_BYTES - 1)`): a new high-water mark or a flush is due.
@@ -388,6 +389,15 @@ struct Slot {
 }
 
 impl Slot {
+    /// A slot never used: every field 0, so that counters can come from zeroed memory, whose
+    /// pages stay untouched until a thread uses a slot on them (see
+    /// [`Counters::new_leaked`]). What 0 means where it is not a count:
+    /// - `seen_state` 0 never equals `STATE` as an owner reads it (the owner count is at least
+    ///   1), so an owner's first malloc takes the slow path, which sets `hw_rel`, `hw` and the
+    ///   bounds before it reads them;
+    /// - `limit_lo` 0 sends a free before that to the slow path, which is always correct;
+    /// - `hw` 0 with `hw_epoch` 0 adds 0 to the peak a reader computes, which never lowers it
+    ///   (the peak starts at 0 and only grows).
     const fn new() -> Slot {
         Slot {
             bytes: AtomicI64::new(0),
@@ -398,17 +408,47 @@ impl Slot {
             failed_mallocs: AtomicU64::new(0),
             failed_reallocs: AtomicU64::new(0),
             at_flush: AtomicI64::new(0),
-            seen_state: AtomicU64::new(u64::MAX),
-            // The first malloc takes the slow path anyway (`seen_state`); a free before it
-            // flushes at the usual threshold.
-            limit_hi: AtomicI64::new(i64::MIN),
-            limit_lo: AtomicI64::new(-PEAK_FLUSH_BYTES),
-            hw_rel: AtomicI64::new(i64::MAX),
+            seen_state: AtomicU64::new(0),
+            limit_hi: AtomicI64::new(0),
+            limit_lo: AtomicI64::new(0),
+            hw_rel: AtomicI64::new(0),
             offset: AtomicI64::new(0),
-            hw: AtomicI64::new(i64::MIN),
+            hw: AtomicI64::new(0),
             hw_epoch: AtomicU64::new(0),
         }
     }
+}
+
+/// A `T` in a fresh anonymous mapping of its own, never unmapped: zero-filled pages that cost
+/// nothing until written. `None` when the mapping is refused (the caller falls back to the heap).
+///
+/// # Safety
+/// All-zero bytes must be a valid `T`.
+#[cfg(all(target_os = "linux", not(miri)))]
+unsafe fn leaked_zeroed_mapping<T>() -> Option<&'static T> {
+    const PAGE: usize = 4096;
+    let len = std::mem::size_of::<T>();
+    if len == 0 || std::mem::align_of::<T>() > PAGE {
+        return None;
+    }
+    // SAFETY: a new private anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: the mapping is `len` bytes, readable and writable, page-aligned (so aligned for
+    // `T`, whose alignment is at most a page), zero-filled (a valid `T` by the caller's contract),
+    // never unmapped (so valid for `'static`), and referenced from here only.
+    Some(unsafe { &*p.cast::<T>() })
 }
 
 /// Adds to a counter of a slot: a plain load and store when the slot is owned by the calling
@@ -514,9 +554,24 @@ impl Counters {
     /// are leaked on purpose, 64 KiB per install. Out of line, so that the leak checkers'
     /// suppressions (c-tests/valgrind.supp, c-tests/lsan.supp) can name this function whatever
     /// its callers inline.
+    ///
+    /// From zeroed memory, which is what [`Counters::new`] is: on Linux a fresh anonymous
+    /// mapping, whose pages stay untouched (not resident) until a thread uses a slot on them, so
+    /// the 64 KiB cost a page or two. (`Box::new(Counters::new())` built the 64 KiB on the stack
+    /// and copied them: 128 KiB resident in every process that installed an allocator. A zeroed
+    /// heap allocation is no better here: the global allocator zeroes an allocation aligned
+    /// above 16 bytes itself, touching every page.)
     #[inline(never)]
     pub fn new_leaked() -> &'static Counters {
-        Box::leak(Box::new(Counters::new()))
+        #[cfg(all(target_os = "linux", not(miri)))]
+        // SAFETY: all-zero bytes are a valid `Counters`, as below.
+        if let Some(c) = unsafe { leaked_zeroed_mapping::<Counters>() } {
+            return c;
+        }
+        // SAFETY: every field of `Counters` is an atomic integer (or an array or an aligned
+        // wrapper of them), for which all-zero bytes are a valid value, and all-zero is what
+        // `Counters::new()` makes (`new_is_all_zero` checks that); padding bytes need no value.
+        Box::leak(unsafe { Box::<Counters>::new_zeroed().assume_init() })
     }
 
     #[inline(always)]
@@ -633,7 +688,7 @@ impl Counters {
         self.fold_hw(s);
         self.flush(s);
         // The next owner of this slot starts with a slow path (resync or not).
-        s.seen_state.store(u64::MAX, Relaxed);
+        s.seen_state.store(0, Relaxed);
         s.hw_rel.store(i64::MAX, Relaxed);
         Self::set_limits(s);
     }
@@ -815,6 +870,79 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `new_leaked` takes zeroed memory for `Counters::new()`: every field of it must be 0.
+    #[test]
+    fn new_is_all_zero() {
+        let c = Counters::new();
+        for s in c.slots.iter() {
+            let ints = [
+                s.bytes.load(Relaxed),
+                s.at_flush.load(Relaxed),
+                s.limit_hi.load(Relaxed),
+                s.limit_lo.load(Relaxed),
+                s.offset.load(Relaxed),
+                s.hw_rel.load(Relaxed),
+                s.hw.load(Relaxed),
+            ];
+            let uints = [
+                s.frees.load(Relaxed),
+                s.largest.load(Relaxed),
+                s.seen_state.load(Relaxed),
+                s.reallocs.load(Relaxed),
+                s.failed_mallocs.load(Relaxed),
+                s.failed_reallocs.load(Relaxed),
+                s.hw_epoch.load(Relaxed),
+            ];
+            assert!(ints.iter().all(|&v| v == 0) && uints.iter().all(|&v| v == 0));
+            assert!(s.hist.iter().all(|h| h.load(Relaxed) == 0));
+        }
+        assert_eq!(c.flushed.0.load(Relaxed), 0);
+        assert_eq!(c.peak.0.load(Relaxed), 0);
+        assert_eq!(c.reset_epoch.load(Relaxed), 0);
+    }
+
+    /// Counters from `new_leaked` count like those of `new`, on this thread's slot and across
+    /// threads.
+    #[test]
+    fn leaked_counters_count_like_new_ones() {
+        let a = Counters::new();
+        let b = Counters::new_leaked();
+        for c in [&a, b] {
+            c.on_malloc(100, Some(112));
+            c.on_malloc(5000, Some(5008));
+            c.on_free(112);
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    c.on_malloc(70_000, Some(70_008));
+                    c.on_free(70_008);
+                });
+            });
+        }
+        // The peak is exact only while one thread allocates (the test harness runs others), and
+        // within the flush threshold otherwise: it is checked for bounds, the rest for equality.
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(
+            Stats {
+                peak_bytes: 0,
+                ..sa
+            },
+            Stats {
+                peak_bytes: 0,
+                ..sb
+            }
+        );
+        assert_eq!(
+            (sb.current_bytes, sb.malloc_calls, sb.free_calls),
+            (5008, 3, 2)
+        );
+        for st in [sa, sb] {
+            assert!(
+                (5008..=112 + 5008 + 70_008).contains(&st.peak_bytes),
+                "{st:?}"
+            );
+        }
+    }
 
     #[test]
     fn buckets() {

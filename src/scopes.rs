@@ -277,7 +277,12 @@ impl Scopes {
             gen: NEXT_GEN.fetch_add(1, Relaxed).max(1),
             count: AtomicUsize::new(1),
             caps: [const { AtomicU64::new(0) }; MAX_SCOPES],
-            heads: Box::new([const { Head::new() }; MAX_SCOPES]),
+            // Built in place: `Box::new([..])` builds the array on the stack and copies it.
+            heads: (0..MAX_SCOPES)
+                .map(|_| Head::new())
+                .collect::<Box<[Head]>>()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("MAX_SCOPES heads were made")),
             rows,
             names: Mutex::new(vec![DEFAULT_NAME.to_string()]),
         }

@@ -328,6 +328,15 @@ impl State {
             top: 0,
         }
     }
+
+    /// Back to [`empty`](Self::empty), in place (a new value would be built on the stack and
+    /// copied: tens of KiB).
+    fn reset(&mut self) {
+        self.summary.fill(0);
+        self.words.fill(0);
+        self.heads.fill(NONE);
+        self.top = 0;
+    }
 }
 
 impl Tlsf {
@@ -339,6 +348,9 @@ impl Tlsf {
 
     /// As [`new`](Self::new), with the heap cut into `shards` independent parts (see "Shards");
     /// `shards` is clamped to `1..=` the number of 64-byte pieces of the heap.
+    // Out of line: a part's state is built on the stack before it moves into the part, and a
+    // caller's frame should not carry (and probe) those pages.
+    #[inline(never)]
     pub fn with_shards(heap: usize, shards: usize) -> Option<Tlsf> {
         let n = shards.clamp(1, (heap / MIN_SHARD).max(1));
         let fixed = Fixed::new(heap, 3, heap >> 3, n, MAX_PART, || {
@@ -790,7 +802,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
 
     /// Lay the part out as one free block (forgets every block). Writes 16 bytes.
     fn layout(&mut self) {
-        *self.g.st = State::empty();
+        self.g.st.reset();
         self.g.seen.largest.store(0, Relaxed);
         if self.len >= MIN_BLOCK {
             let (len, b) = (self.len, self.place(0));
