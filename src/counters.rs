@@ -568,10 +568,17 @@ impl Counters {
         if let Some(c) = unsafe { leaked_zeroed_mapping::<Counters>() } {
             return c;
         }
-        // SAFETY: every field of `Counters` is an atomic integer (or an array or an aligned
-        // wrapper of them), for which all-zero bytes are a valid value, and all-zero is what
-        // `Counters::new()` makes (`new_is_all_zero` checks that); padding bytes need no value.
-        Box::leak(unsafe { Box::<Counters>::new_zeroed().assume_init() })
+        let layout = std::alloc::Layout::new::<Counters>();
+        // SAFETY: the layout has a non-zero size (64 slots of 1 KiB).
+        let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Counters>();
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: `p` is a fresh allocation with the layout of `Counters`, all bytes zero, which
+        // is a valid `Counters` (every field an atomic integer, or an array or an aligned wrapper
+        // of them, and all-zero is what `Counters::new()` makes: `new_is_all_zero`); the box
+        // owns it (and is leaked).
+        Box::leak(unsafe { Box::from_raw(p) })
     }
 
     #[inline(always)]
