@@ -26,6 +26,12 @@
  *                    probability 2% grows the slot's block with xRealloc. Sizes: 50% 8-64 bytes,
  *                    43% 257-512, 5% 4096-8192 (page buffers), 2% 65-256.
  *   --trace FILE     replays a trace written by libtrace_rec.so (see bench/trace_rec.c).
+ *   --touch          with --trace: replays as a program that uses its blocks would, writing the
+ *                    first 8 bytes of each block it gets (xMalloc, xRealloc) and reading them
+ *                    before it gives the block back (xFree, xRealloc). Without it the replay
+ *                    touches no block, so every allocator metadata kept inside the blocks
+ *                    (boundary tags, free-list links) is read cold, as it rarely is in a program.
+ *                    (The timed calls of --latency do not touch.)
  *   --passes P       replays the trace P times (default 2, at least 1) and times the last: the
  *                    instruction count of one pass is the difference between P = 3 and P = 2.
  *   --threads T      runs the mix in T threads at once, each on its own slots, and reports the
@@ -396,6 +402,23 @@ static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_
  *   header: "SQATRC01", u32 number of records, u32 number of ids (most blocks live at once)
  *   records: u32 (op << 30 | id), u32 size; op 0 = xMalloc into id, 1 = xFree id,
  *            2 = xRealloc id to size. */
+/* --touch (see the top): the first 8 bytes of a block are written when it is handed out and read
+ * back before it is given back; the reads go into `touch_sink`, so none is optimized away. */
+static int touch;
+static volatile uint64_t touch_sink;
+
+static inline void touch_new(void *p, uint64_t v) {
+  if (touch && p) memcpy(p, &v, 8);
+}
+
+static inline void touch_old(const void *p) {
+  if (touch && p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    touch_sink += v;
+  }
+}
+
 static int replay(const char *path, int passes, int lat_passes) {
   FILE *f = fopen(path, "rb");
   if (!f) die("cannot open trace %s", path);
@@ -427,21 +450,28 @@ static int replay(const char *path, int passes, int lat_passes) {
         case 0:
           slot[id] = M.xMalloc(sz);
           if (!slot[id]) failed++;
+          touch_new(slot[id], i);
           break;
         case 1:
+          touch_old(slot[id]);
           M.xFree(slot[id]);
           slot[id] = NULL;
           break;
         default: {
+          touch_old(slot[id]);
           void *q = slot[id] ? M.xRealloc(slot[id], sz) : M.xMalloc(sz);
           if (q) slot[id] = q;
           else failed++;
+          touch_new(q, i);
         }
       }
     }
     /* Blocks the program never freed (live at exit) are freed here, inside the timing. */
     for (uint32_t i = 0; i <= nid; i++)
-      if (slot[i]) M.xFree(slot[i]);
+      if (slot[i]) {
+        touch_old(slot[i]);
+        M.xFree(slot[i]);
+      }
     for (uint32_t i = 0; i <= nid; i++) slot[i] = NULL;
     cpu = now_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
   }
@@ -474,6 +504,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(argv[i], "--passes") && i + 1 < argc) {
       passes = atoi(argv[++i]);
       if (passes < 1) die("--passes must be at least 1, not '%s'", argv[i]);
+    } else if (!strcmp(argv[i], "--touch")) {
+      touch = 1;
     } else if (!strcmp(argv[i], "--latency")) {
       latency = 1;
     } else if (!strcmp(argv[i], "--latency-passes") && i + 1 < argc) {
@@ -491,6 +523,7 @@ int main(int argc, char **argv) {
   }
   if (!trace && steps <= 0) die("%s", "give --mix STEPS (> 0) or --trace FILE");
   if (latency && !trace) die("%s", "--latency times the calls of a trace replay: give --trace");
+  if (touch && !trace) die("%s", "--touch applies to a trace replay: give --trace");
   if (methods_lib && heap > 0) die("%s", "--methods-lib and --heap each set the allocator");
   if (sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK) die("%s", "MEMSTATUS refused");
   if (methods_lib) {
