@@ -420,35 +420,22 @@ impl Slot {
 }
 
 /// A `T` in a fresh anonymous mapping of its own, never unmapped: zero-filled pages that cost
-/// nothing until written. `None` when the mapping is refused (the caller falls back to the heap).
+/// nothing until written (`heap::map_zeroed_forever`). `None` where there is no such mapping
+/// (the caller falls back to the heap).
 ///
 /// # Safety
 /// All-zero bytes must be a valid `T`.
-#[cfg(all(target_os = "linux", not(miri)))]
 unsafe fn leaked_zeroed_mapping<T>() -> Option<&'static T> {
     const PAGE: usize = 4096;
     let len = std::mem::size_of::<T>();
     if len == 0 || std::mem::align_of::<T>() > PAGE {
         return None;
     }
-    // SAFETY: a new private anonymous mapping; no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
+    let p = crate::heap::map_zeroed_forever(len)?;
     // SAFETY: the mapping is `len` bytes, readable and writable, page-aligned (so aligned for
     // `T`, whose alignment is at most a page), zero-filled (a valid `T` by the caller's contract),
     // never unmapped (so valid for `'static`), and referenced from here only.
-    Some(unsafe { &*p.cast::<T>() })
+    Some(unsafe { p.cast::<T>().as_ref() })
 }
 
 /// Adds to a counter of a slot: a plain load and store when the slot is owned by the calling
@@ -563,7 +550,6 @@ impl Counters {
     /// above 16 bytes itself, touching every page.)
     #[inline(never)]
     pub fn new_leaked() -> &'static Counters {
-        #[cfg(all(target_os = "linux", not(miri)))]
         // SAFETY: all-zero bytes are a valid `Counters`, as below.
         if let Some(c) = unsafe { leaked_zeroed_mapping::<Counters>() } {
             return c;

@@ -370,6 +370,15 @@ impl Drop for HeapBuf {
     }
 }
 
+/// A new anonymous private mapping of `len > 0` bytes, read-write, page-aligned, reading as
+/// zeros and backed by memory only where written; never unmapped by anyone (for memory kept for
+/// the rest of the process, as the counters of an installed allocator are). `None` where heap
+/// buffers are not mapped either (see [`HeapBuf`]: off Linux, under Miri, with the `asan`
+/// feature) or when the system refuses.
+pub(crate) fn map_zeroed_forever(len: usize) -> Option<NonNull<u8>> {
+    map::map(len)
+}
+
 /// The anonymous mapping behind a [`HeapBuf`] on Linux; elsewhere, under Miri and with the `asan`
 /// feature, `map` says no and the buffer comes from the global allocator.
 #[cfg(all(
