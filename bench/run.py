@@ -919,22 +919,6 @@ def main():
           f"{rm} | {dn:+.2f} | {irs} |")
     w("")
 
-    if touch_cs:
-        w("The trace replay touches no block, so an allocator that keeps its metadata inside the "
-          "blocks (tlsf's boundary tags, every free-list link) may read it from lines a program "
-          "that uses its memory would have touched just before. `micro --trace FILE --touch` "
-          "replays as such a program would: it writes the first 8 bytes of each block it gets and "
-          "reads them before it gives the block back (the driver's own cost, the same for every "
-          "row, is in the figures). Where a ratio here equals the plain replay's, it does not come "
-          "from cold metadata.")
-        w("")
-        w("| configuration | trace ns/pair, blocks touched | ratio |")
-        w("|---|---|---|")
-        for c in touch_cs:
-            cp = c.counterpart if c.counterpart in mtouch else None
-            w(f"| {c.label} | {f2(median(mtouch[c.key]))} | "
-              f"{f3(paired_ratio(mtouch, c.key, cp)) if cp else '—'} |")
-        w("")
     w("- trace Ir/pair: instructions per pair of one replay of the trace, counted by callgrind "
       "(Ir of `micro --trace FILE --passes 3` − Ir of `--passes 2`, over the pairs of one pass), "
       "driver loop included; for the rows of the targets. Repeatable where ns are not, but blind "
@@ -964,6 +948,23 @@ def main():
         if k in skipped:
             w(f"- {k}: {skipped[k]}")
             w("")
+
+    if touch_cs:
+        w("The trace replay touches no block, so an allocator that keeps its metadata inside the "
+          "blocks (tlsf's boundary tags, every free-list link) may read it from lines a program "
+          "that uses its memory would have touched just before. `micro --trace FILE --touch` "
+          "replays as such a program would: it writes the first 8 bytes of each block it gets and "
+          "reads them before it gives the block back (the driver's own cost, the same for every "
+          "row, is in the figures). Where a ratio here equals the plain replay's, it does not come "
+          "from cold metadata.")
+        w("")
+        w("| configuration | trace ns/pair, blocks touched | ratio |")
+        w("|---|---|---|")
+        for c in touch_cs:
+            cp = c.counterpart if c.counterpart in mtouch else None
+            w(f"| {c.label} | {f2(median(mtouch[c.key]))} | "
+              f"{f3(paired_ratio(mtouch, c.key, cp)) if cp else '—'} |")
+        w("")
 
     # ---- per-call time ---------------------------------------------------------------------
     w("## Per-call time in the trace replay")
