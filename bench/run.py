@@ -1045,7 +1045,8 @@ def main():
     w("")
     w("The smallest heap (or cap) with which speedtest1 `--size "
       f"{'1' if tiny else '25'}` runs to its end, found by bisection to "
-      f"{'10' if tiny else '0.2'}% (bench/smallest_heap.py): what a fixed-heap user must reserve. "
+      f"{'10' if tiny else '0.05'}% of its upper end, which is the figure "
+      "(bench/smallest_heap.py): what a fixed-heap user must reserve. "
       "\"Really needed\" is the smallest `system+limit:max=N`, the peak of what SQLite counts "
       "(`xSize` of its live blocks).")
     w("")

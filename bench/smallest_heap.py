@@ -12,7 +12,7 @@ For each workload (speedtest1 `--size 25 --memdb`, and a tmpfs file with `--nosy
 - sqlalloc memsys5 `heap=N,min=64`, memsys3 `heap=N`, tlsf `heap=N`.
 
 A run "fits" when speedtest1 exits 0, prints its TOTAL line and no SQL error. Bisection stops when
-the bracket is within 0.2% (10% with --smoke) of its upper end; the figure is the upper end (a heap
+the bracket is within 0.05% (10% with --smoke) of its upper end; the figure is the upper end (a heap
 that fits). A row whose spec the preload library refuses (a backend it does not have) is left out,
 with the reason. Every loop is bounded (at most 40 runs per row and workload).
 """
@@ -91,7 +91,7 @@ def smallest(row, build, preload, args, shm, tol, start):
 def measure(build, preload, smoke=False, log=print):
     """{workload: {row key: bytes or None}}, {row key: why it was left out}, the workloads."""
     size = "1" if smoke else "25"
-    tol = 0.10 if smoke else 0.002
+    tol = 0.10 if smoke else 0.0005
     shm = f"/dev/shm/sqlalloc-smallest-{os.getpid()}.db"
     workloads = [
         ("memdb", "`--memdb`", ["--size", size, "--memdb"]),

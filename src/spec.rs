@@ -15,7 +15,7 @@
 //! | `debug` | `backtrace=N` frames kept per block (0–64, default 0) |
 //! | `memsys3` | `heap=SIZE` (default 16M), `bias=on\|off` (default `on`: the lock is biased to the first thread that takes it, revoked with `membarrier` or, when a seccomp filter forbids it, an `mprotect` TLB shootdown; `off`: never, and no `membarrier` or `mprotect` system call, for sandboxes that forbid both or programs that want neither; see `src/lock.rs`) |
 //! | `memsys5` | `heap=SIZE` (default 64M), `min=SIZE` smallest block, rounded up to a power of two (default 0: 8 bytes, as `SQLITE_CONFIG_HEAP` with a minimum of 0), `shards=N` independent buddy heaps cut from the one heap, 1–64 (default 1: SQLite's memsys5; see [`crate::backend::Memsys5`]), `bias=on\|off` (as for `memsys3`) |
-//! | `tlsf` | `heap=SIZE` (default 64M), `shards=N` independent TLSF heaps cut from the one heap, 1–64 (default 1), `bias=on\|off` (as for `memsys3`); Two-Level Segregated Fit, requests rounded up by less than 1/256 (see [`crate::backend::Tlsf`]) |
+//! | `tlsf` | `heap=SIZE` (default 64M), `shards=N` independent TLSF heaps cut from the one heap, 1–64 (default 1), `bias=on\|off` (as for `memsys3`), `cache=N` freed blocks under 1 KiB kept per size class for the next request of their size, 0–64 (default 16; 0: every free joined at once); Two-Level Segregated Fit, requests rounded up by less than 1/256 (see [`crate::backend::Tlsf`]) |
 //! | `jemalloc` | none (cargo feature `jemalloc`) |
 //! | `mimalloc` | none (cargo feature `mimalloc`) |
 //! | `rust` | none: the program's `#[global_allocator]` |
@@ -82,6 +82,9 @@ pub enum Backend {
         shards: usize,
         /// Whether the parts' locks may be biased to one thread (`bias=`, default on).
         bias: bool,
+        /// Freed blocks under 1 KiB kept unjoined per size class for the next request of the
+        /// same size (`cache=`, 0–64, default 16; 0: every free joined at once).
+        cache: usize,
     },
     /// `jemalloc`: jemalloc's sized API (cargo feature `jemalloc`).
     Jemalloc,
@@ -110,6 +113,9 @@ fn built_in(part: &str, name: &str, on: bool) -> Result<(), SpecError> {
 
 /// Most frames of backtrace the debug backend keeps per block.
 pub const MAX_BACKTRACE: usize = 64;
+
+/// Most blocks a `tlsf` quick cache may hold per size class (`cache=`).
+pub const MAX_CACHE: usize = crate::backend::tlsf::MAX_CACHE;
 
 /// The value of a `bias=` key (absent: on).
 fn bias(part: &str, v: Option<&str>) -> Result<bool, SpecError> {
@@ -459,6 +465,19 @@ impl Spec {
                 heap: o.usize("heap", Some(64 << 20))?,
                 shards: shards(part, o.take("shards"))?,
                 bias: bias(part, o.take("bias"))?,
+                cache: match o.take("cache") {
+                    None => crate::backend::tlsf::DEFAULT_CACHE,
+                    Some(v) => v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n <= MAX_CACHE)
+                        .ok_or_else(|| {
+                            err(
+                                part,
+                                format!("cache must be a number of blocks from 0 to {MAX_CACHE}, not '{v}'"),
+                            )
+                        })?,
+                },
             },
             "jemalloc" => {
                 built_in(part, name, cfg!(feature = "jemalloc"))?;
@@ -586,7 +605,8 @@ mod tests {
             Backend::Tlsf {
                 heap: 64 << 20,
                 shards: 1,
-                bias: true
+                bias: true,
+                cache: 16
             }
         );
         assert_eq!(
@@ -596,9 +616,23 @@ mod tests {
             Backend::Tlsf {
                 heap: 3 << 20,
                 shards: 4,
-                bias: false
+                bias: false,
+                cache: 16
             }
         );
+        assert_eq!(
+            Spec::parse("tlsf:cache=0").unwrap().backend,
+            Backend::Tlsf {
+                heap: 64 << 20,
+                shards: 1,
+                bias: true,
+                cache: 0
+            }
+        );
+        assert!(matches!(
+            Spec::parse("tlsf:cache=64,heap=1M").unwrap().backend,
+            Backend::Tlsf { cache: 64, .. }
+        ));
         assert_eq!(
             Spec::parse("tlsf:bias=on").unwrap().backend,
             Spec::parse("tlsf:heap=64M").unwrap().backend
@@ -800,6 +834,18 @@ mod tests {
                 "shards must be a whole number from 1 to 64, not '0'",
             ),
             ("tlsf:shards=65", "tlsf:shards=65", "from 1 to 64"),
+            (
+                "tlsf:cache=65",
+                "tlsf:cache=65",
+                "cache must be a number of blocks from 0 to 64, not '65'",
+            ),
+            ("tlsf:cache=-1", "tlsf:cache=-1", "from 0 to 64"),
+            ("tlsf:cache=4K", "tlsf:cache=4K", "from 0 to 64"),
+            (
+                "memsys5:cache=4",
+                "memsys5:cache=4",
+                "unknown option 'cache'",
+            ),
             ("tlsf:min=8", "tlsf:min=8", "unknown option 'min'"),
             (
                 "tlsf:bias=yes",

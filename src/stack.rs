@@ -298,8 +298,13 @@ impl Stack {
                     Some(sc) => Lower::ScopedMemsys5(Scoped::with_table(m, sc.clone())),
                 }
             }
-            Backend::Tlsf { heap, shards, bias } => {
-                let m = backend::Tlsf::with_shards(heap, shards)
+            Backend::Tlsf {
+                heap,
+                shards,
+                bias,
+                cache,
+            } => {
+                let m = backend::Tlsf::with_cache(heap, shards, cache)
                     .ok_or(Error::HeapUnavailable { bytes: heap })?
                     .with_bias(bias);
                 match &scopes {

@@ -238,6 +238,14 @@ const PREV_FREE: u32 = 1;
 const FREE: u32 = 1;
 /// "No block" in a free-list link.
 const NONE: u32 = u32::MAX;
+/// Flag in word 1: this block is in a quick cache (freed by its owner, not joined, on no list).
+const QUICK: u32 = 2;
+/// Classes with a quick cache: usable sizes below `QUICK_CLASSES * 8` (1 KiB).
+const QUICK_CLASSES: usize = 128;
+/// Blocks a quick cache of one class holds by default (`tlsf:cache=N`).
+pub const DEFAULT_CACHE: usize = 16;
+/// Most blocks a quick cache of one class may hold (`cache=` is checked against it).
+pub const MAX_CACHE: usize = 64;
 /// Largest part: offsets and sizes fit in a `u32` with the low bits for flags.
 const MAX_PART: usize = (u32::MAX as usize) & !7;
 /// Largest request served.
@@ -317,25 +325,41 @@ struct State {
     /// One more than the highest class whose list is not empty (0: none); the figure published
     /// as `largest` is its lower boundary, stored when it changes.
     top: usize,
+    /// Head of the quick cache of each class below [`QUICK_CLASSES`]: a block's link, or
+    /// [`NONE`]; the blocks of a cache are linked through word 2.
+    quick: [u32; QUICK_CLASSES],
+    /// Blocks in each quick cache.
+    quick_n: [u8; QUICK_CLASSES],
+    /// Bit `c & 63` of `quick_bits[c >> 6]` set when the quick cache of class `c` is not empty.
+    quick_bits: [u64; QUICK_CLASSES / 64],
+    /// Blocks a quick cache holds at most (`cache=`; 0: no caching). Kept by `reset`.
+    cap: u8,
 }
 
 impl State {
-    fn empty() -> State {
+    fn empty(cap: u8) -> State {
         State {
             summary: [0; SUMMARY],
             words: [0; WORDS],
             heads: [NONE; CLASSES],
             top: 0,
+            quick: [NONE; QUICK_CLASSES],
+            quick_n: [0; QUICK_CLASSES],
+            quick_bits: [0; QUICK_CLASSES / 64],
+            cap,
         }
     }
 
-    /// Back to [`empty`](Self::empty), in place (a new value would be built on the stack and
-    /// copied: tens of KiB).
+    /// Back to [`empty`](Self::empty) with the same `cap`, in place (a new value would be built
+    /// on the stack and copied: tens of KiB).
     fn reset(&mut self) {
         self.summary.fill(0);
         self.words.fill(0);
         self.heads.fill(NONE);
         self.top = 0;
+        self.quick.fill(NONE);
+        self.quick_n.fill(0);
+        self.quick_bits.fill(0);
     }
 }
 
@@ -346,19 +370,27 @@ impl Tlsf {
         Tlsf::with_shards(heap, 1)
     }
 
-    /// As [`new`](Self::new), with the heap cut into `shards` independent parts (see "Shards");
-    /// `shards` is clamped to `1..=` the number of 64-byte pieces of the heap.
+    /// As [`with_cache`](Self::with_cache) with quick caches of [`DEFAULT_CACHE`] blocks.
+    pub fn with_shards(heap: usize, shards: usize) -> Option<Tlsf> {
+        Tlsf::with_cache(heap, shards, DEFAULT_CACHE)
+    }
+
+    /// As [`new`](Self::new), with the heap cut into `shards` independent parts (see "Shards")
+    /// and quick caches of at most `cache` blocks per class (see "Quick caches"; 0: none, every
+    /// free joined at once). `shards` is clamped to `1..=` the number of 64-byte pieces of the
+    /// heap, `cache` to [`MAX_CACHE`].
     // Out of line: a part's state is built on the stack before it moves into the part, and a
     // caller's frame should not carry (and probe) those pages.
     #[inline(never)]
-    pub fn with_shards(heap: usize, shards: usize) -> Option<Tlsf> {
+    pub fn with_cache(heap: usize, shards: usize, cache: usize) -> Option<Tlsf> {
+        let cap = cache.min(MAX_CACHE) as u8;
         let n = shards.clamp(1, (heap / MIN_SHARD).max(1));
         let fixed = Fixed::new(heap, 3, heap >> 3, n, MAX_PART, || {
             let seen = Seen {
                 used: AtomicUsize::new(0),
                 largest: AtomicUsize::new(0),
             };
-            (State::empty(), seen)
+            (State::empty(cap), seen)
         })?;
         let t = Tlsf { fixed };
         for p in 0..t.fixed.shards() {
@@ -817,7 +849,22 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn alloc(&mut self, r: usize) -> Option<(usize, usize)> {
         let want = r + HEADER;
-        let c = self.find(class_of(r))?;
+        let rc = class_of(r);
+        if rc < QUICK_CLASSES && self.g.st.quick[rc] != NONE {
+            // An exact fit: a block of class `rc` is `r + HEADER` bytes (classes below 2 KiB
+            // are one multiple of 8 each).
+            let (b, s) = self.pop_quick(rc);
+            return Some((b.0, s));
+        }
+        let c = match self.find(rc) {
+            Some(c) => c,
+            None => {
+                if !self.flush_quick() {
+                    return None;
+                }
+                self.find(rc)?
+            }
+        };
         let b = self.at_link(self.g.st.heads[c]);
         let (s, free) = self.size_of(b);
         assert!(
@@ -865,9 +912,124 @@ impl<const MARK: bool> Locked<'_, MARK> {
         Some((b, live_block_size(self.word::<1>(b), o, self.len)?))
     }
 
-    /// Free the live block `b` of size `s`, joining it with its free neighbours.
+    /// Free the live block `b` of size `s`: into its class's quick cache when the part has room
+    /// and the cache is not full, else into the lists, joined with its free neighbours (and,
+    /// near full, one cached block with it).
     #[inline(always)]
     fn release(&mut self, b: Blk, s: usize) {
+        let qc = class_of(s - HEADER);
+        if self.used() < self.len - (self.len >> 3) {
+            if qc < QUICK_CLASSES && self.g.st.quick_n[qc] < self.g.st.cap {
+                self.push_quick(qc, b, s);
+                return;
+            }
+        } else if self.g.st.quick_bits != [0; QUICK_CLASSES / 64] {
+            self.drain_one();
+        }
+        self.join_free(b, s);
+    }
+
+    /// Put live block `b` of size `s`, of class `c` (below [`QUICK_CLASSES`]), at the head of
+    /// class `c`'s quick cache, which is not full. It counts as free from now on.
+    #[inline(always)]
+    fn push_quick(&mut self, c: usize, b: Blk, s: usize) {
+        self.set_used(self.used() - s);
+        self.set_word::<1>(b, s as u32 | QUICK);
+        let head = self.g.st.quick[c];
+        self.set_word::<2>(b, head);
+        if head != NONE {
+            // The old head's `prev` (a head's own is never read: see `uncache`).
+            let h = self.at_link(head);
+            self.set_word::<3>(h, link(b));
+        }
+        self.g.st.quick[c] = link(b);
+        self.g.st.quick_n[c] += 1;
+        self.g.st.quick_bits[c >> 6] |= 1 << (c & 63);
+    }
+
+    /// Take the head of class `c`'s quick cache, which is not empty: the block, in use again,
+    /// and its size. Panics when the head is not a cached block of class `c` (a corrupt heap).
+    #[inline(always)]
+    fn pop_quick(&mut self, c: usize) -> (Blk, usize) {
+        let b = self.at_link(self.g.st.quick[c]);
+        let w = self.word::<1>(b);
+        let s = (w & !7) as usize;
+        assert!(
+            w & (QUICK | FREE) == QUICK && s == class_start(c) + HEADER && b.0 + s <= self.len,
+            "tlsf: corrupt quick cache (was a freed block written to?)"
+        );
+        self.g.st.quick[c] = self.word::<2>(b);
+        self.g.st.quick_n[c] -= 1;
+        if self.g.st.quick_n[c] == 0 {
+            self.g.st.quick_bits[c >> 6] &= !(1 << (c & 63));
+        }
+        self.set_word::<1>(b, s as u32);
+        self.set_used(self.used() + s);
+        (b, s)
+    }
+
+    /// Free one cached block, of the smallest class that has one, into the lists, joined.
+    #[inline(never)]
+    fn drain_one(&mut self) {
+        let Some(i) = self.g.st.quick_bits.iter().position(|&w| w != 0) else {
+            return;
+        };
+        let c = (i << 6) + self.g.st.quick_bits[i].trailing_zeros() as usize;
+        let (b, s) = self.pop_quick(c);
+        self.join_free(b, s);
+    }
+
+    /// Free every cached block into the lists, joined; whether there was one. At most
+    /// `QUICK_CLASSES * cap` blocks: the one operation that is not O(1), taken only when a
+    /// request finds no free block large enough.
+    #[cold]
+    #[inline(never)]
+    fn flush_quick(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.g.st.quick_bits.len() {
+            while self.g.st.quick_bits[i] != 0 {
+                let c = (i << 6) + self.g.st.quick_bits[i].trailing_zeros() as usize;
+                let (b, s) = self.pop_quick(c);
+                self.join_free(b, s);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Take cached block `b` out of its quick cache and free it into the lists, joined.
+    #[cold]
+    #[inline(never)]
+    fn uncache(&mut self, b: Blk) {
+        let s = (self.word::<1>(b) & !7) as usize;
+        let c = class_of(s - HEADER);
+        assert!(
+            c < QUICK_CLASSES && self.g.st.quick[c] != NONE,
+            "tlsf: corrupt quick cache (was a freed block written to?)"
+        );
+        if self.g.st.quick[c] != link(b) {
+            // Not the head: its `prev` is exact. Unlink it and put it at the head, to pop it.
+            let (prev, next) = (self.word::<3>(b), self.word::<2>(b));
+            let p = self.at_link(prev);
+            assert!(
+                self.word::<2>(p) == link(b),
+                "tlsf: corrupt quick cache (was a freed block written to?)"
+            );
+            self.set_word::<2>(p, next);
+            self.set_prev_link(next, prev);
+            let head = self.g.st.quick[c];
+            self.set_word::<2>(b, head);
+            let h = self.at_link(head);
+            self.set_word::<3>(h, link(b));
+            self.g.st.quick[c] = link(b);
+        }
+        let (b, s) = self.pop_quick(c);
+        self.join_free(b, s);
+    }
+
+    /// Free the live block `b` of size `s` into the lists, joined with its free neighbours.
+    #[inline(always)]
+    fn join_free(&mut self, b: Blk, s: usize) {
         self.set_used(self.used() - s);
         let w0 = self.word::<0>(b);
         let next = match self.next_after(b, s) {
@@ -955,6 +1117,22 @@ impl<const MARK: bool> Locked<'_, MARK> {
         let Some(next) = self.next_after(b, s) else {
             return false;
         };
+        // Cached blocks after `b` would have been joined at their free (and with each other):
+        // take them out of their caches and join them now, as far as the growth needs.
+        if self.word::<1>(next) & QUICK != 0 {
+            self.uncache(next);
+        }
+        loop {
+            let (ns, nf) = self.size_of(next);
+            if !nf || s + ns >= want {
+                break;
+            }
+            match self.next_after(next, ns) {
+                // Joined into `next`, its free previous block.
+                Some(after) if self.word::<1>(after) & QUICK != 0 => self.uncache(after),
+                _ => break,
+            }
+        }
         let (ns, nf) = self.size_of(next);
         if !nf || s + ns < want {
             return false;
@@ -1163,11 +1341,17 @@ impl Tlsf {
         // 1.–3. The physical chain.
         let (mut o, mut prev, mut prev_free) = (0usize, 0usize, false);
         let (mut live, mut used, mut free) = (0, 0, 0);
+        let mut cached = Vec::new();
         while len >= MIN_BLOCK && o < len {
             let b = l.place(o);
             let w1 = l.word::<1>(b);
             let (s, f) = ((w1 & !7) as usize, w1 & FREE != 0);
-            assert!(s >= MIN_BLOCK && w1 & 6 == 0, "block at {o} has size {s}");
+            assert!(s >= MIN_BLOCK && w1 & 4 == 0, "block at {o} has size {s}");
+            assert!(!(f && w1 & QUICK != 0), "block at {o} free and cached");
+            if w1 & QUICK != 0 {
+                cached.push((o, class_of(s - HEADER)));
+                free += s;
+            }
             assert!(
                 o + s <= len,
                 "block at {o} of {s} bytes passes the end {len}"
@@ -1181,7 +1365,7 @@ impl Tlsf {
             assert!(!(f && prev_free), "adjacent free blocks {prev} and {o}");
             if f {
                 free += s;
-            } else {
+            } else if w1 & QUICK == 0 {
                 live += 1;
                 used += s;
             }
@@ -1269,6 +1453,28 @@ impl Tlsf {
         );
         // 5. The counts.
         assert_eq!(l.used(), used, "used bytes");
+        // 6. The quick caches hold exactly the blocks marked cached, each once, in the cache of
+        // its class, at most `cap` each; their counts and bits agree.
+        let mut in_caches = Vec::new();
+        for c in 0..QUICK_CLASSES {
+            let (mut cur, mut n, mut prev) = (l.g.st.quick[c], 0, NONE);
+            while cur != NONE {
+                in_caches.push(((cur as usize) << 3, c));
+                let b = l.at_link(cur);
+                if prev != NONE {
+                    assert_eq!(l.word::<3>(b), prev, "quick cache {c}: prev link");
+                }
+                prev = cur;
+                cur = l.word::<2>(b);
+                n += 1;
+                assert!(n <= l.g.st.cap as usize, "quick cache {c} too long");
+            }
+            assert_eq!(n, l.g.st.quick_n[c] as usize, "quick cache {c} count");
+            let bit = l.g.st.quick_bits[c >> 6] >> (c & 63) & 1;
+            assert_eq!(bit == 1, n > 0, "quick cache {c} bit");
+        }
+        in_caches.sort_unstable();
+        assert_eq!(in_caches, cached, "quick caches");
         assert_eq!(
             used + free,
             if len >= MIN_BLOCK { len } else { 0 },
@@ -1321,6 +1527,11 @@ mod tests {
     fn free(m: &Tlsf, p: NonNull<u8>) {
         // SAFETY: tests pass live blocks of `m`, freed once.
         unsafe { m.free(p) }
+    }
+
+    /// A one-part heap of `heap` bytes with no quick caches: every free joins at once.
+    fn joining(heap: usize) -> Tlsf {
+        Tlsf::with_cache(heap, 1, 0).unwrap()
     }
 
     /// Free blocks of part `p`: (offset, size) in address order.
@@ -1474,7 +1685,7 @@ mod tests {
 
     #[test]
     fn free_joins_both_neighbours() {
-        let m = Tlsf::new(8 * KIB).unwrap();
+        let m = joining(8 * KIB);
         let v: Vec<_> = (0..4).map(|_| m.malloc(100).unwrap()).collect();
         free(&m, v[0]);
         free(&m, v[2]);
@@ -1490,6 +1701,199 @@ mod tests {
         free(&m, v[3]);
         m.check();
         assert_eq!(free_blocks(&m, 0), [(0, 8 * KIB)], "and with the rest");
+    }
+
+    /// The number of blocks in the quick cache of the class of usable size `u`, in part 0.
+    fn cached(m: &Tlsf, u: usize) -> usize {
+        m.lock_part::<true>(0).g.st.quick_n[class_of(u)] as usize
+    }
+
+    #[test]
+    fn a_small_block_freed_is_cached_and_given_back() {
+        let m = Tlsf::new(8 * KIB).unwrap();
+        let v: Vec<_> = (0..4).map(|_| m.malloc(100).unwrap()).collect();
+        free(&m, v[1]);
+        free(&m, v[2]);
+        m.check();
+        // Not joined: only the rest of the heap is free.
+        assert_eq!(free_blocks(&m, 0), [(4 * 112, 8 * KIB - 4 * 112)]);
+        assert_eq!(cached(&m, 104), 2);
+        assert_eq!(
+            figures(&m)[1],
+            (8 * KIB - 2 * 112) as u64,
+            "cached bytes count as free"
+        );
+        // Last in, first out; a different class is not served from that cache.
+        assert_eq!(m.malloc(100), Some(v[2]));
+        assert_ne!(m.malloc(90), Some(v[1]));
+        assert_eq!(m.malloc(97), Some(v[1]), "97 rounds to 104 too");
+        assert_eq!(cached(&m, 104), 0);
+        m.check();
+        // A double free of a cached block is ignored like any pointer that is not live.
+        let w = m.malloc(100).unwrap();
+        free(&m, w);
+        free(&m, w);
+        assert_eq!(cached(&m, 104), 1);
+        m.check();
+        // Blocks of 1 KiB and more are never cached.
+        let big = m.malloc(1024).unwrap();
+        let after = m.malloc(8).unwrap();
+        let before = free_blocks(&m, 0).len();
+        free(&m, big);
+        assert_eq!(free_blocks(&m, 0).len(), before + 1, "freed at once");
+        free(&m, after);
+        m.check();
+    }
+
+    #[test]
+    fn a_cache_holds_at_most_cap_blocks() {
+        for cache in [0, 1, 5, DEFAULT_CACHE, MAX_CACHE, MAX_CACHE + 10] {
+            let m = Tlsf::with_cache(64 * KIB, 1, cache).unwrap();
+            let v: Vec<_> = (0..80).map(|_| m.malloc(24).unwrap()).collect();
+            // Every other one, so that no two freed blocks are neighbours.
+            for &p in v.iter().step_by(2) {
+                free(&m, p);
+            }
+            m.check();
+            let held = cache.min(MAX_CACHE).min(40);
+            assert_eq!(cached(&m, 24), held, "cache={cache}");
+            assert_eq!(
+                free_blocks(&m, 0).len(),
+                40 - held + 1,
+                "the rest freed at once"
+            );
+            for &p in v.iter().skip(1).step_by(2) {
+                free(&m, p);
+            }
+            ts::assert_recovered(&m);
+        }
+    }
+
+    #[test]
+    fn a_request_that_finds_nothing_flushes_the_caches() {
+        let m = Tlsf::new(16 * KIB).unwrap();
+        let mut v = Vec::new();
+        for n in [8, 24, 100, 500] {
+            for _ in 0..8 {
+                v.push(m.malloc(n).unwrap());
+            }
+        }
+        let big = m.malloc(m.largest_block() / 2).unwrap();
+        for &p in &v {
+            free(&m, p);
+        }
+        m.check();
+        assert_eq!(cached(&m, 104), 8);
+        free(&m, big);
+        // The whole heap: found only once the cached blocks are joined with the rest.
+        let all = m
+            .malloc(m.largest_block())
+            .expect("the caches were flushed");
+        assert_eq!(cached(&m, 104), 0);
+        m.check();
+        free(&m, all);
+        assert_eq!(free_blocks(&m, 0), [(0, 16 * KIB)]);
+    }
+
+    #[test]
+    fn near_full_frees_join_and_drain_the_caches() {
+        let m = Tlsf::new(4 * KIB).unwrap();
+        // 33 blocks of 112 bytes fill 3696 of 4096: 7/8 of the heap is 3584, so the part is
+        // full enough that frees join at once (the second leaves 3584: still full enough).
+        let v: Vec<_> = (0..33).map(|_| m.malloc(104).unwrap()).collect();
+        free(&m, v[0]);
+        free(&m, v[2]);
+        m.check();
+        assert_eq!(cached(&m, 104), 0, "near full: joined at once");
+        assert_eq!(free_blocks(&m, 0).len(), 3);
+        // With room again, frees are cached; once near full again, each free drains one.
+        for i in [4, 6, 8] {
+            free(&m, v[i]);
+        }
+        assert_eq!(cached(&m, 104), 3, "room: cached");
+        let w: Vec<_> = (0..8).map(|_| m.malloc(104).unwrap()).collect();
+        assert_eq!(cached(&m, 104), 0, "the cached blocks are given back first");
+        free(&m, w[0]);
+        m.check();
+        assert_eq!(cached(&m, 104), 0);
+        for &p in v.iter().skip(1).step_by(2).chain(&w[1..]) {
+            free(&m, p);
+            m.check();
+        }
+        for &p in v.iter().skip(10).step_by(2) {
+            free(&m, p);
+            m.check();
+        }
+        ts::assert_recovered(&m);
+    }
+
+    #[test]
+    fn near_full_a_free_drains_one_cached_block() {
+        let m = Tlsf::new(4 * KIB).unwrap();
+        let v: Vec<_> = (0..30).map(|_| m.malloc(104).unwrap()).collect();
+        // 30 · 112 = 3360 live: room. Cache two.
+        free(&m, v[0]);
+        free(&m, v[2]);
+        assert_eq!(cached(&m, 104), 2);
+        // Fill past 7/8: 3360 - 224 + 3 · 112 = 3472, + a 200-byte block = 3680.
+        let more: Vec<_> = (0..3).map(|_| m.malloc(200).unwrap()).collect();
+        assert_eq!(cached(&m, 104), 2);
+        free(&m, v[10]);
+        m.check();
+        assert_eq!(cached(&m, 104), 1, "a free near full drains one");
+        for p in more {
+            free(&m, p);
+        }
+        for (i, &p) in v.iter().enumerate() {
+            if ![0, 2, 10].contains(&i) {
+                free(&m, p);
+            }
+        }
+        ts::assert_recovered(&m);
+    }
+
+    #[test]
+    fn realloc_grows_into_a_cached_neighbour() {
+        if marking::active() {
+            return;
+        }
+        let m = Tlsf::new(8 * KIB).unwrap();
+        let a = m.malloc(100).unwrap();
+        let b = m.malloc(100).unwrap();
+        let c = m.malloc(100).unwrap();
+        let _d = m.malloc(100).unwrap();
+        free(&m, b);
+        free(&m, c);
+        assert_eq!(cached(&m, 104), 2);
+        fill(a, 100, 9);
+        // SAFETY: `a` is live; replaced by the result.
+        let a2 = unsafe { m.realloc(a, 200) }.unwrap();
+        assert_eq!(a2, a, "grown in place over b");
+        assert!(holds(a, 100, 9));
+        assert_eq!(
+            cached(&m, 104),
+            1,
+            "b taken out of its cache (not its head)"
+        );
+        m.check();
+        assert_eq!(m.malloc(100), Some(c));
+        m.check();
+        // Two cached neighbours in a row, one of them a cache's head: both joined, in place.
+        let v: Vec<_> = (0..5).map(|_| m.malloc(100).unwrap()).collect();
+        free(&m, v[2]);
+        free(&m, v[4]);
+        free(&m, v[1]);
+        assert_eq!(cached(&m, 104), 3);
+        // SAFETY: `v[0]` is live; replaced by the result.
+        assert_eq!(
+            unsafe { m.realloc(v[0], 300) },
+            Some(v[0]),
+            "grown over v[1] and v[2]"
+        );
+        assert_eq!(cached(&m, 104), 1);
+        m.check();
+        assert_eq!(m.malloc(100), Some(v[4]));
+        m.check();
     }
 
     #[test]
@@ -1520,7 +1924,7 @@ mod tests {
             // Never resized in place under valgrind or ASan (see "`realloc`").
             return;
         }
-        let m = Tlsf::new(16 * KIB).unwrap();
+        let m = joining(16 * KIB);
         let a = m.malloc(100).unwrap();
         fill(a, 100, 1);
         // Grows into the free rest of the heap, in place.
@@ -1609,7 +2013,7 @@ mod tests {
 
     #[test]
     fn init_lays_out_again_only_when_empty() {
-        let m = Tlsf::new(8 * KIB).unwrap();
+        let m = joining(8 * KIB);
         let a = m.malloc(100).unwrap();
         let b = m.malloc(100).unwrap();
         free(&m, a);
@@ -1703,12 +2107,26 @@ mod tests {
     #[test]
     #[should_panic(expected = "corrupt")]
     fn a_freed_block_written_to_stops_the_allocator() {
-        let m = Tlsf::new(4 * KIB).unwrap();
+        let m = joining(4 * KIB);
         let a = m.malloc(64).unwrap();
         let _b = m.malloc(64).unwrap();
         free(&m, a);
         // Use after free: overwrite the links of the free block.
         fill(a, 8, 0x77);
+        let _ = m.malloc(64);
+    }
+
+    #[test]
+    #[should_panic(expected = "corrupt")]
+    fn a_cached_block_written_to_stops_the_allocator() {
+        let m = Tlsf::new(4 * KIB).unwrap();
+        let a = m.malloc(64).unwrap();
+        let _b = m.malloc(64).unwrap();
+        free(&m, a);
+        // Use after free: overwrite the cache's link in the cached block.
+        fill(a, 8, 0x77);
+        assert_eq!(m.malloc(64), Some(a), "the cached block comes back");
+        // The cache's head is now the overwritten link.
         let _ = m.malloc(64);
     }
 
@@ -1726,14 +2144,16 @@ mod tests {
             mid,
             big,
         };
-        for (seed, shards) in [(1u64, 1usize), (2, 1), (3, 3)] {
-            let m = Tlsf::with_shards(heap, shards).unwrap();
+        for (seed, shards, cache) in [(1u64, 1usize, 0), (2, 1, 16), (3, 3, 0), (4, 3, 2)] {
+            let m = Tlsf::with_cache(heap, shards, cache).unwrap();
             let t = ts::random_sequence(&m, seed, steps, &sizes, cap, |_| {});
             t.assert_exercised(steps);
             // Never in place under the tools (see "`realloc`").
             assert!(t.grown_in_place > 0 || marking::active(), "{t:?}");
-            for p in 0..m.shards() {
-                assert_eq!(free_blocks(&m, p).len(), 1, "part {p} is one block again");
+            if cache == 0 {
+                for p in 0..m.shards() {
+                    assert_eq!(free_blocks(&m, p).len(), 1, "part {p} is one block again");
+                }
             }
             ts::assert_recovered(&m);
         }
@@ -1744,8 +2164,13 @@ mod tests {
         /// Any sequence keeps the invariants and the contents of live blocks, and everything is
         /// recovered at the end.
         #[test]
-        fn any_sequence(ops in ts::ops(if cfg!(miri) { 40 } else { 120 }), shards in 1usize..4) {
-            let m = Tlsf::with_shards(if cfg!(miri) { 4 * KIB } else { 16 * KIB }, shards).unwrap();
+        fn any_sequence(
+            ops in ts::ops(if cfg!(miri) { 40 } else { 120 }),
+            shards in 1usize..4,
+            cache in proptest::sample::select(&[0usize, 1, 3, DEFAULT_CACHE][..]),
+        ) {
+            let heap = if cfg!(miri) { 4 * KIB } else { 16 * KIB };
+            let m = Tlsf::with_cache(heap, shards, cache).unwrap();
             ts::any_sequence(&m, ops)?;
         }
     }
@@ -1758,7 +2183,7 @@ mod tests {
 
     #[test]
     fn shards_cut_the_heap_and_fall_back() {
-        let m = Tlsf::with_shards(4 * KIB, 4).unwrap();
+        let m = Tlsf::with_cache(4 * KIB, 4, 0).unwrap();
         assert_eq!(m.shards(), 4);
         m.check();
         assert_eq!(m.largest_block(), KIB - 8);
