@@ -62,9 +62,11 @@ pub fn spec(target: &str, cfg: u8) -> String {
             [1, 8, 16, 24, 64, 100, 256, 4096][usize::from(cfg >> 2) & 7]
         ),
         "tlsf" => format!(
-            "tlsf:heap={},shards={}",
+            "tlsf:heap={},shards={},cache={}",
             ["8K", "64K", "300K", "2M"][usize::from(cfg & 3)],
-            [1, 1, 2, 3][usize::from(cfg >> 2) & 3]
+            [1, 1, 2, 3][usize::from(cfg >> 2) & 3],
+            // Bit 4, and bit 5 when there is no limit (which takes bits 5 and 6).
+            [16, 0, 1, 64][usize::from((cfg >> 4) & if cfg & 0x80 != 0 { 1 } else { 3 })]
         ),
         "debug" if cfg & 4 != 0 => "debug:backtrace=2".to_string(),
         // The `scopes` layer over each place it keeps a block's scope in: a side table (memsys5

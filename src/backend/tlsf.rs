@@ -35,8 +35,12 @@
 //! - Freeing a block joins it at once with its physical neighbours when they are free (the
 //!   previous one is found through the offset kept in the header, the next one by adding the
 //!   size), and files the result. So no two free blocks are ever adjacent.
+//! - In front of that core, one change of ours: freed blocks under 1 KiB are first kept, unjoined,
+//!   in small per-class *quick caches* for the next request of the same size (see "Quick
+//!   caches"; `cache=0` turns them off).
 //! - Every operation is O(1): a bounded number of bitmap and list operations, no loop over blocks
-//!   or lists.
+//!   or lists; with the quick caches, all but one: the flush of the caches by a request that
+//!   finds no free block large enough (at most `128 × cache` blocks joined).
 //!
 //! **The change: requests rounded to their class boundary.** Plain TLSF rounds a request only
 //! to the next class when searching, so that any block found is large enough, and then hands out
@@ -70,6 +74,40 @@
 //! header, and up to 8 more bytes when a split would leave less than a minimal block (see
 //! `roundup` below).
 //!
+//! # Quick caches (`tlsf:cache=N`)
+//!
+//! Why: SQLite frees and allocates small blocks of the same few sizes over and over. With every
+//! free joined at once, most of TLSF's time goes to joining a freed block with its free
+//! neighbours and, at the next request of that size, to splitting the same bytes off again:
+//! replaying speedtest1's calls (`bench/micro.c --trace`), a build whose free never joins takes
+//! 0.67 × C memsys5's time, plain TLSF 0.94–1.1 × (bench/notes.md, 2026-12-06). The caches are
+//! the answer of glibc's and jemalloc's thread caches, kept here inside each part (under its
+//! lock, not per thread) and bounded.
+//!
+//! - Each class below 1 KiB of usable size (128 classes of 8 bytes) has a cache: a LIFO stack of
+//!   at most `N` blocks (`cache=N`, default 16, at most 64; 0: no caching). A cached block keeps
+//!   its place and size; it is on no free list, its neighbours are not joined with it, and it
+//!   counts as free in the part's figures (`used`, `free_bytes`).
+//! - `free` of a block under 1 KiB pushes it on its class's cache when the cache is not full and
+//!   the part's live bytes are below 7/8 of its length. Otherwise the block is joined at once,
+//!   as in plain TLSF; and when the part is that full, one cached block (of the smallest class
+//!   that has one) is joined too, so that the caches drain as the part fills up.
+//! - `malloc` of a class that has a cached block pops the one cached last: an exact fit (a class
+//!   below 2 KiB holds one size), with no bitmap search, no split and no list change.
+//! - A request that finds no free block large enough first joins every cached block (the
+//!   flush) and searches again: a request fails only when no free block is large enough with
+//!   every free block joined. The flush is the one operation that is not O(1): up to
+//!   `128 × N` blocks (2048 by default; none while the part has room, see above). With
+//!   `cache=0` every call is O(1).
+//! - A `realloc` that would grow into a cached next neighbour takes it out of its cache and joins
+//!   it first (and the cached blocks after it, as far as the growth needs), so a block grows in
+//!   place whenever it would have with every free joined at once.
+//!
+//! Measured (`make bench`, docs/BENCHMARKS.md; by hand, bench/notes.md): the trace replay in
+//! about 0.75 × C memsys5's time with the caches, 0.94–1.1 × without; the smallest heap that runs
+//! speedtest1 `--size 25` on a file is 4.384 MiB with them, 4.381 MiB without (bisection to
+//! 0.05%): the caches change where later blocks are placed, not how much the heap must hold.
+//!
 //! # `size` and `roundup`
 //!
 //! `size` is the block's usable size, read from its header: exact. `roundup(n)` is the class
@@ -99,7 +137,8 @@
 //!  o         o+4        o+8                                              o+s
 //!  | prev|P  | size|F   | user bytes (usable size s - 8) ...............|   in use
 //!  | prev|P  | size|F   | next free | prev free | (unused) ............|   free
-//!    word 0    word 1     o+8         o+12
+//!  | prev|P  | size|Q   | next cached | prev cached | (unused) ........|   cached
+//!    word 0    word 1     o+8           o+12
 //! ```
 //!
 //! - word 0: the offset of the previous physical block (0 for the first block), bit 0 (`P`,
@@ -111,6 +150,11 @@
 //! - in a free block, bytes 8–15: the next and previous blocks on its free list, as *links*:
 //!   offset / 8 (so that a link read from the heap needs only a bound check), `u32::MAX` for
 //!   none. The list heads are links too.
+//! - a cached block (see "Quick caches") has bit 1 (`Q`, `QUICK`) of word 1 set and `F` clear:
+//!   to its neighbours it is a block in use (their `P` flag is clear, nothing joins with it), to
+//!   `free`, `size` and `realloc` it is not a live block (a double free of it is ignored). Bytes
+//!   8–15: the next and previous blocks in its cache, as links; the `prev` of a cache's head is
+//!   not kept (it is never read).
 //!
 //! The pointer handed out is `o + 8` from the part's start: 8-aligned (the heap base is
 //! 64-aligned, parts start at multiples of 8). The last block ends at the end of its part; there
@@ -137,9 +181,11 @@
 //! The buffer is fresh zero pages backed only when written (`src/heap.rs`). Laying a part out
 //! writes the 16 bytes of header and links of its one free block; nothing else. A malloc writes
 //! the header of the block it returns, of the remainder it splits off (and its links) and
-//! word 0 of the next block; a free the headers and links of the blocks it joins and word 0 of
-//! the next block. `init` with no block live lays every part out again (16 bytes each; old
-//! headers in the heap are unreachable and need not be cleared).
+//! word 0 of the next block (from a quick cache: word 1 of the block); a free the headers and
+//! links of the blocks it joins and word 0 of the next block (into a quick cache: words 1–3 of
+//! the block, and word 3 of the cache's previous head). `init` with no block live lays every
+//! part out again (16 bytes each; old headers in the heap are unreachable and need not be
+//! cleared).
 //!
 //! # Invariants (checked after every operation of the unit tests by `check`)
 //!
@@ -155,11 +201,20 @@
 //! 5. The bytes of live blocks recorded for the part (`Seen::used`, which `footprint` reads) are
 //!    exact, so they are 0 exactly when no block is live (what `init` asks); the published
 //!    largest request is the lower boundary of the class `top - 1`.
+//! 6. A block is cached exactly when it is in the quick cache of the class of its usable size
+//!    (below 1 KiB), once; a cache holds at most `cache` blocks, its count and the part's total
+//!    of cached blocks agree with the caches, and the `prev` link of every block but a cache's
+//!    head is the block above it. No block is both free and cached. The room below which frees
+//!    are cached is 7/8 of the part.
 //!
 //! # Fragmentation
 //!
 //! Internal: the 8-byte header, the class rounding (under 1/256 of the request, 8-byte
 //! granularity below 4 KiB), and at most 8 bytes of a remainder too small to split.
+//!
+//! The quick caches hold freed blocks back from joining, but never make a request fail: they
+//! are flushed before one would. What they change is where later blocks go (see "Quick
+//! caches" for the measured cost: under 0.1% of the smallest heap).
 //!
 //! External: TLSF joins free neighbours at once and takes the first block of the smallest
 //! non-empty class that fits (good fit, close to best fit). Masmano et al. measure low
@@ -178,11 +233,13 @@
 //!
 //! [`footprint`](MemMethods::footprint) reports `heap_bytes` (the buffer of `heap=`),
 //! `free_bytes` (bytes of free blocks, their headers included: the parts' lengths minus the
-//! sizes of the live blocks, headers included) and `largest_free_block_bytes` (the largest
-//! request that can be served now: the lower boundary of the highest non-empty class of any part,
-//! which every block on that list reaches, and which a request above it would exceed since it is
-//! rounded to a higher class). As in `memsys5`, both are published under each part's lock with
-//! relaxed stores of two atomics next to it and read without any lock.
+//! sizes of the live blocks, headers included; cached blocks count as free) and
+//! `largest_free_block_bytes` (the largest request that can be served now: the lower boundary
+//! of the highest non-empty class of any part, which every block on that list reaches, and
+//! which a request above it would exceed since it is rounded to a higher class; cached blocks,
+//! each under 1 KiB, are left out of it, so it can be low by what a flush would join). As in
+//! `memsys5`, both are published under each part's lock with relaxed stores of two atomics next
+//! to it and read without any lock.
 //!
 //! # Locking and marking
 //!
@@ -193,8 +250,9 @@
 //!
 //! - Whether the tools are marking is asked once per call (`Locked<MARK>`); with them, a block in
 //!   use is addressable for its usable size, and headers and links stay no-access, made
-//!   accessible around each access with the lock held. A write past a block's usable size hits
-//!   the next block's header and is reported.
+//!   accessible around each access with the lock held. A cached block is a freed chunk to the
+//!   tools (it is marked free before it is cached): a use after free of it is reported. A write
+//!   past a block's usable size hits the next block's header and is reported.
 //! - `size` reads the block's header without the lock when nothing is marked (word 1 of a live
 //!   block changes only through calls on that block), and under the lock when the tools are
 //!   marking (another thread's call on the previous block marks the header's word 0 around its
@@ -240,8 +298,11 @@ const FREE: u32 = 1;
 const NONE: u32 = u32::MAX;
 /// Flag in word 1: this block is in a quick cache (freed by its owner, not joined, on no list).
 const QUICK: u32 = 2;
-/// Classes with a quick cache: usable sizes below `QUICK_CLASSES * 8` (1 KiB).
+/// Classes with a quick cache: usable sizes below [`QUICK_BELOW`] (1 KiB), one multiple of 8
+/// each, class `u / 8`.
 const QUICK_CLASSES: usize = 128;
+/// Usable sizes below this are cached.
+const QUICK_BELOW: usize = QUICK_CLASSES << 3;
 /// Blocks a quick cache of one class holds by default (`tlsf:cache=N`).
 pub const DEFAULT_CACHE: usize = 16;
 /// Most blocks a quick cache of one class may hold (`cache=` is checked against it).
@@ -326,14 +387,17 @@ struct State {
     /// as `largest` is its lower boundary, stored when it changes.
     top: usize,
     /// Head of the quick cache of each class below [`QUICK_CLASSES`]: a block's link, or
-    /// [`NONE`]; the blocks of a cache are linked through word 2.
+    /// [`NONE`]; the blocks of a cache are linked through words 2 (next) and 3 (prev).
     quick: [u32; QUICK_CLASSES],
     /// Blocks in each quick cache.
     quick_n: [u8; QUICK_CLASSES],
-    /// Bit `c & 63` of `quick_bits[c >> 6]` set when the quick cache of class `c` is not empty.
-    quick_bits: [u64; QUICK_CLASSES / 64],
+    /// Blocks in all quick caches.
+    cached: usize,
     /// Blocks a quick cache holds at most (`cache=`; 0: no caching). Kept by `reset`.
     cap: u8,
+    /// Frees are cached only while the part's live bytes are below this: 7/8 of its length
+    /// (set by `layout`).
+    room: usize,
 }
 
 impl State {
@@ -345,8 +409,9 @@ impl State {
             top: 0,
             quick: [NONE; QUICK_CLASSES],
             quick_n: [0; QUICK_CLASSES],
-            quick_bits: [0; QUICK_CLASSES / 64],
+            cached: 0,
             cap,
+            room: 0,
         }
     }
 
@@ -359,7 +424,7 @@ impl State {
         self.top = 0;
         self.quick.fill(NONE);
         self.quick_n.fill(0);
-        self.quick_bits.fill(0);
+        self.cached = 0;
     }
 }
 
@@ -835,6 +900,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Lay the part out as one free block (forgets every block). Writes 16 bytes.
     fn layout(&mut self) {
         self.g.st.reset();
+        self.g.st.room = self.len - (self.len >> 3);
         self.g.seen.largest.store(0, Relaxed);
         if self.len >= MIN_BLOCK {
             let (len, b) = (self.len, self.place(0));
@@ -849,13 +915,12 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn alloc(&mut self, r: usize) -> Option<(usize, usize)> {
         let want = r + HEADER;
-        let rc = class_of(r);
-        if rc < QUICK_CLASSES && self.g.st.quick[rc] != NONE {
-            // An exact fit: a block of class `rc` is `r + HEADER` bytes (classes below 2 KiB
-            // are one multiple of 8 each).
-            let (b, s) = self.pop_quick(rc);
+        // An exact fit: a cached block of class `r / 8` is `r + HEADER` bytes.
+        if r < QUICK_BELOW && self.g.st.quick[r >> 3] != NONE {
+            let (b, s) = self.pop_quick(r >> 3);
             return Some((b.0, s));
         }
+        let rc = class_of(r);
         let c = match self.find(rc) {
             Some(c) => c,
             None => {
@@ -917,13 +982,13 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// near full, one cached block with it).
     #[inline(always)]
     fn release(&mut self, b: Blk, s: usize) {
-        let qc = class_of(s - HEADER);
-        if self.used() < self.len - (self.len >> 3) {
-            if qc < QUICK_CLASSES && self.g.st.quick_n[qc] < self.g.st.cap {
-                self.push_quick(qc, b, s);
+        let u = s - HEADER;
+        if self.used() < self.g.st.room {
+            if u < QUICK_BELOW && self.g.st.quick_n[u >> 3] < self.g.st.cap {
+                self.push_quick(u >> 3, b, s);
                 return;
             }
-        } else if self.g.st.quick_bits != [0; QUICK_CLASSES / 64] {
+        } else if self.g.st.cached != 0 {
             self.drain_one();
         }
         self.join_free(b, s);
@@ -944,7 +1009,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
         }
         self.g.st.quick[c] = link(b);
         self.g.st.quick_n[c] += 1;
-        self.g.st.quick_bits[c >> 6] |= 1 << (c & 63);
+        self.g.st.cached += 1;
     }
 
     /// Take the head of class `c`'s quick cache, which is not empty: the block, in use again,
@@ -952,17 +1017,14 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[inline(always)]
     fn pop_quick(&mut self, c: usize) -> (Blk, usize) {
         let b = self.at_link(self.g.st.quick[c]);
-        let w = self.word::<1>(b);
-        let s = (w & !7) as usize;
+        let s = (c << 3) + HEADER;
         assert!(
-            w & (QUICK | FREE) == QUICK && s == class_start(c) + HEADER && b.0 + s <= self.len,
+            self.word::<1>(b) == s as u32 | QUICK && b.0 + s <= self.len,
             "tlsf: corrupt quick cache (was a freed block written to?)"
         );
         self.g.st.quick[c] = self.word::<2>(b);
         self.g.st.quick_n[c] -= 1;
-        if self.g.st.quick_n[c] == 0 {
-            self.g.st.quick_bits[c >> 6] &= !(1 << (c & 63));
-        }
+        self.g.st.cached -= 1;
         self.set_word::<1>(b, s as u32);
         self.set_used(self.used() + s);
         (b, s)
@@ -971,10 +1033,9 @@ impl<const MARK: bool> Locked<'_, MARK> {
     /// Free one cached block, of the smallest class that has one, into the lists, joined.
     #[inline(never)]
     fn drain_one(&mut self) {
-        let Some(i) = self.g.st.quick_bits.iter().position(|&w| w != 0) else {
+        let Some(c) = self.g.st.quick_n.iter().position(|&n| n != 0) else {
             return;
         };
-        let c = (i << 6) + self.g.st.quick_bits[i].trailing_zeros() as usize;
         let (b, s) = self.pop_quick(c);
         self.join_free(b, s);
     }
@@ -985,13 +1046,11 @@ impl<const MARK: bool> Locked<'_, MARK> {
     #[cold]
     #[inline(never)]
     fn flush_quick(&mut self) -> bool {
-        let mut any = false;
-        for i in 0..self.g.st.quick_bits.len() {
-            while self.g.st.quick_bits[i] != 0 {
-                let c = (i << 6) + self.g.st.quick_bits[i].trailing_zeros() as usize;
+        let any = self.g.st.cached != 0;
+        for c in 0..QUICK_CLASSES {
+            while self.g.st.quick_n[c] != 0 {
                 let (b, s) = self.pop_quick(c);
                 self.join_free(b, s);
-                any = true;
             }
         }
         any
@@ -1470,11 +1529,11 @@ impl Tlsf {
                 assert!(n <= l.g.st.cap as usize, "quick cache {c} too long");
             }
             assert_eq!(n, l.g.st.quick_n[c] as usize, "quick cache {c} count");
-            let bit = l.g.st.quick_bits[c >> 6] >> (c & 63) & 1;
-            assert_eq!(bit == 1, n > 0, "quick cache {c} bit");
         }
         in_caches.sort_unstable();
         assert_eq!(in_caches, cached, "quick caches");
+        assert_eq!(l.g.st.cached, cached.len(), "cached blocks");
+        assert_eq!(l.g.st.room, len - (len >> 3), "room");
         assert_eq!(
             used + free,
             if len >= MIN_BLOCK { len } else { 0 },
