@@ -101,7 +101,8 @@
 //!   `cache=0` every call is O(1).
 //! - A `realloc` that would grow into a cached next neighbour takes it out of its cache and joins
 //!   it first (and the cached blocks after it, as far as the growth needs), so a block grows in
-//!   place whenever it would have with every free joined at once.
+//!   place whenever it would have with every free joined at once. Finding a cached block in its
+//!   cache is a walk of at most `N` links, taken only there.
 //!
 //! Measured (`make bench`, docs/BENCHMARKS.md; by hand, bench/notes.md): the trace replay in
 //! about 0.75 × C memsys5's time with the caches, 0.94–1.1 × without; the smallest heap that runs
@@ -137,7 +138,7 @@
 //!  o         o+4        o+8                                              o+s
 //!  | prev|P  | size|F   | user bytes (usable size s - 8) ...............|   in use
 //!  | prev|P  | size|F   | next free | prev free | (unused) ............|   free
-//!  | prev|P  | size|Q   | next cached | prev cached | (unused) ........|   cached
+//!  | prev|P  | size|Q   | next cached | (unused) .....................|   cached
 //!    word 0    word 1     o+8           o+12
 //! ```
 //!
@@ -153,8 +154,9 @@
 //! - a cached block (see "Quick caches") has bit 1 (`Q`, `QUICK`) of word 1 set and `F` clear:
 //!   to its neighbours it is a block in use (their `P` flag is clear, nothing joins with it), to
 //!   `free`, `size` and `realloc` it is not a live block (a double free of it is ignored). Bytes
-//!   8–15: the next and previous blocks in its cache, as links; the `prev` of a cache's head is
-//!   not kept (it is never read).
+//!   8–11: the next block in its cache, as a link (a cache is singly linked: a free into it
+//!   writes only the block's own line; a cached block is looked for down its cache only when a
+//!   `realloc` grows into it).
 //!
 //! The pointer handed out is `o + 8` from the part's start: 8-aligned (the heap base is
 //! 64-aligned, parts start at multiples of 8). The last block ends at the end of its part; there
@@ -182,8 +184,8 @@
 //! writes the 16 bytes of header and links of its one free block; nothing else. A malloc writes
 //! the header of the block it returns, of the remainder it splits off (and its links) and
 //! word 0 of the next block (from a quick cache: word 1 of the block); a free the headers and
-//! links of the blocks it joins and word 0 of the next block (into a quick cache: words 1–3 of
-//! the block, and word 3 of the cache's previous head). `init` with no block live lays every
+//! links of the blocks it joins and word 0 of the next block (into a quick cache: words 1 and 2
+//! of the block). `init` with no block live lays every
 //! part out again (16 bytes each; old headers in the heap are unreachable and need not be
 //! cleared).
 //!
@@ -202,10 +204,9 @@
 //!    exact, so they are 0 exactly when no block is live (what `init` asks); the published
 //!    largest request is the lower boundary of the class `top - 1`.
 //! 6. A block is cached exactly when it is in the quick cache of the class of its usable size
-//!    (below 1 KiB), once; a cache holds at most `cache` blocks, its count and the part's total
-//!    of cached blocks agree with the caches, and the `prev` link of every block but a cache's
-//!    head is the block above it. No block is both free and cached. The room below which frees
-//!    are cached is 7/8 of the part.
+//!    (below 1 KiB), once; a cache holds at most `cache` blocks, and its count and the part's
+//!    total of cached blocks agree with the caches. No block is both free and cached. The room
+//!    below which frees are cached is 7/8 of the part.
 //!
 //! # Fragmentation
 //!
@@ -387,7 +388,7 @@ struct State {
     /// as `largest` is its lower boundary, stored when it changes.
     top: usize,
     /// Head of the quick cache of each class below [`QUICK_CLASSES`]: a block's link, or
-    /// [`NONE`]; the blocks of a cache are linked through words 2 (next) and 3 (prev).
+    /// [`NONE`]; the blocks of a cache are linked through word 2.
     quick: [u32; QUICK_CLASSES],
     /// Blocks in each quick cache.
     quick_n: [u8; QUICK_CLASSES],
@@ -1000,13 +1001,7 @@ impl<const MARK: bool> Locked<'_, MARK> {
     fn push_quick(&mut self, c: usize, b: Blk, s: usize) {
         self.set_used(self.used() - s);
         self.set_word::<1>(b, s as u32 | QUICK);
-        let head = self.g.st.quick[c];
-        self.set_word::<2>(b, head);
-        if head != NONE {
-            // The old head's `prev` (a head's own is never read: see `uncache`).
-            let h = self.at_link(head);
-            self.set_word::<3>(h, link(b));
-        }
+        self.set_word::<2>(b, self.g.st.quick[c]);
         self.g.st.quick[c] = link(b);
         self.g.st.quick_n[c] += 1;
         self.g.st.cached += 1;
@@ -1067,19 +1062,24 @@ impl<const MARK: bool> Locked<'_, MARK> {
             "tlsf: corrupt quick cache (was a freed block written to?)"
         );
         if self.g.st.quick[c] != link(b) {
-            // Not the head: its `prev` is exact. Unlink it and put it at the head, to pop it.
-            let (prev, next) = (self.word::<3>(b), self.word::<2>(b));
-            let p = self.at_link(prev);
-            assert!(
-                self.word::<2>(p) == link(b),
-                "tlsf: corrupt quick cache (was a freed block written to?)"
-            );
-            self.set_word::<2>(p, next);
-            self.set_prev_link(next, prev);
-            let head = self.g.st.quick[c];
-            self.set_word::<2>(b, head);
-            let h = self.at_link(head);
-            self.set_word::<3>(h, link(b));
+            // Not the head: found by a walk from the head (at most `cap` blocks), unlinked, and
+            // put at the head, to pop it.
+            let (mut p, mut n) = (self.at_link(self.g.st.quick[c]), 1);
+            loop {
+                let next = self.word::<2>(p);
+                if next == link(b) {
+                    break;
+                }
+                n += 1;
+                assert!(
+                    next != NONE && n < self.g.st.cap as usize,
+                    "tlsf: corrupt quick cache (was a freed block written to?)"
+                );
+                p = self.at_link(next);
+            }
+            let after = self.word::<2>(b);
+            self.set_word::<2>(p, after);
+            self.set_word::<2>(b, self.g.st.quick[c]);
             self.g.st.quick[c] = link(b);
         }
         let (b, s) = self.pop_quick(c);
@@ -1516,15 +1516,10 @@ impl Tlsf {
         // its class, at most `cap` each; their counts and bits agree.
         let mut in_caches = Vec::new();
         for c in 0..QUICK_CLASSES {
-            let (mut cur, mut n, mut prev) = (l.g.st.quick[c], 0, NONE);
+            let (mut cur, mut n) = (l.g.st.quick[c], 0);
             while cur != NONE {
                 in_caches.push(((cur as usize) << 3, c));
-                let b = l.at_link(cur);
-                if prev != NONE {
-                    assert_eq!(l.word::<3>(b), prev, "quick cache {c}: prev link");
-                }
-                prev = cur;
-                cur = l.word::<2>(b);
+                cur = l.word::<2>(l.at_link(cur));
                 n += 1;
                 assert!(n <= l.g.st.cap as usize, "quick cache {c} too long");
             }
