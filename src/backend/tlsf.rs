@@ -1861,13 +1861,14 @@ mod tests {
         m.check();
         assert_eq!(cached(&m, 104), 0, "near full: joined at once");
         assert_eq!(free_blocks(&m, 0).len(), 3);
-        // With room again, frees are cached; once near full again, each free drains one.
+        // With room again, frees are cached, and the next mallocs of that size take them first.
         for i in [4, 6, 8] {
             free(&m, v[i]);
         }
         assert_eq!(cached(&m, 104), 3, "room: cached");
         let w: Vec<_> = (0..8).map(|_| m.malloc(104).unwrap()).collect();
         assert_eq!(cached(&m, 104), 0, "the cached blocks are given back first");
+        // Near full again: joined at once.
         free(&m, w[0]);
         m.check();
         assert_eq!(cached(&m, 104), 0);
@@ -1890,7 +1891,7 @@ mod tests {
         free(&m, v[0]);
         free(&m, v[2]);
         assert_eq!(cached(&m, 104), 2);
-        // Fill past 7/8: 3360 - 224 + 3 · 112 = 3472, + a 200-byte block = 3680.
+        // Past 7/8 (3584): 3136 live, and three 200-byte blocks of 216 bytes make 3784.
         let more: Vec<_> = (0..3).map(|_| m.malloc(200).unwrap()).collect();
         assert_eq!(cached(&m, 104), 2);
         free(&m, v[10]);
