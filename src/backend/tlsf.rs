@@ -1027,7 +1027,11 @@ impl<const MARK: bool> Locked<'_, MARK> {
     }
 
     /// Free one cached block, of the smallest class that has one, into the lists, joined.
-    #[inline(never)]
+    ///
+    /// Inlined although rarely taken, as `flush_quick`: a call that takes the `Locked` by
+    /// reference makes the compiler keep the guard's fields in memory on every path of `xMalloc`
+    /// and `xFree` (eight stores a call; both inlined: 355 → 335 instructions per trace pair).
+    #[inline(always)]
     fn drain_one(&mut self) {
         let Some(c) = self.g.st.quick_n.iter().position(|&n| n != 0) else {
             return;
@@ -1038,9 +1042,9 @@ impl<const MARK: bool> Locked<'_, MARK> {
 
     /// Free every cached block into the lists, joined; whether there was one. At most
     /// `QUICK_CLASSES * cap` blocks: the one operation that is not O(1), taken only when a
-    /// request finds no free block large enough.
+    /// request finds no free block large enough. Inlined for the reason `drain_one` is.
     #[cold]
-    #[inline(never)]
+    #[inline(always)]
     fn flush_quick(&mut self) -> bool {
         let any = self.g.st.cached != 0;
         for c in 0..QUICK_CLASSES {
