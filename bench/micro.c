@@ -41,11 +41,15 @@
  *                    and one more line:
  *                      RESULT workload=trace-latency calls=.. failed=.. passes=K clock=tsc
  *                        tsc_per_ns=.. resolution_ns=.. overhead_ns=.. mean_ns=.. p50_ns=..
- *                        p99_ns=.. p999_ns=.. max_ns=.. [max_of_min_ns=.. slowest_op=..
- *                        slowest_size=..]
+ *                        p99_ns=.. p999_ns=.. max_ns=.. tail=16 counts [max_of_min_ns=..
+ *                        slowest_op=.. slowest_size=..]
  *                    mean, p50/p99/p99.9 (nearest rank) and max are over every call of the first
  *                    of these passes, all operations together, in ns with the timer's own cost
- *                    taken off (at least 0).
+ *                    taken off (at least 0). tail=.. says which calls took the p99.9 time or
+ *                    longer in that pass: 16 counts, for malloc, free, realloc and the final
+ *                    frees (in that order), each by the size asked (for a free, the block's):
+ *                    at most 1 KiB, at most 4 KiB, at most 8 KiB (a page-cache line of a
+ *                    4 KiB page is 4360 bytes), larger.
  *   --latency-passes K  (default 1) K timed passes; with K >= 2 also max_of_min_ns: the largest,
  *                    over the calls of a pass, of each call's smallest time over the K passes.
  *                    The replay is the same every pass (the heap is empty between passes), so
@@ -291,6 +295,11 @@ static double quantile_ns(const uint32_t *sorted, long n, double q, double over,
   return ticks_ns(sorted[k - 1], over, tpn);
 }
 
+/* The size band of a call for tail= (see --latency at the top): 0..3. */
+static int size_band(uint32_t size) {
+  return size <= 1024 ? 0 : size <= 4096 ? 1 : size <= 8192 ? 2 : 3;
+}
+
 /* K passes of the trace with every call timed alone (see --latency at the top). `cap` is the
  * most calls a pass can make: one per record, and one xFree per block left live at the end. */
 static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_t nid, int passes,
@@ -303,13 +312,23 @@ static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_
   /* first[k]: call k of the first pass; least[k]: call k's smallest time over the passes. */
   uint32_t *first = calloc(cap, sizeof(uint32_t));
   uint32_t *least = passes > 1 ? calloc(cap, sizeof(uint32_t)) : NULL;
-  if (!first || (passes > 1 && !least)) die("%s", "out of memory for the latency arrays");
+  /* kind[k]: call k's operation * 4 + size band (for tail=); bsize[id]: the size last asked for
+   * block id (a free's band is its block's). */
+  uint8_t *kind = calloc(cap, 1);
+  uint32_t *bsize = calloc((size_t)nid + 1, sizeof(uint32_t));
+  if (!first || (passes > 1 && !least) || !kind || !bsize)
+    die("%s", "out of memory for the latency arrays");
   /* Fault the arrays' pages in now: calloc's fresh pages would otherwise be faulted by the first
    * pass's stores, one every 1024 calls, each fault evicting what the next timed call needs (as
    * many calls as the p99.9 ranks above). Not zeros, which the compiler may drop after calloc;
    * every element is written before it is read. */
   memset(first, 0xff, cap * sizeof(uint32_t));
   if (least) memset(least, 0xff, cap * sizeof(uint32_t));
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t op = rec[2 * i] >> 30, id = rec[2 * i] & 0x3fffffff;
+    if (op != 1) bsize[id] = rec[2 * i + 1];
+    kind[i] = (uint8_t)(op * 4 + size_band(bsize[id]));
+  }
   long calls = 0;
 #define KEEP(t)                                         \
   do {                                                  \
@@ -358,6 +377,7 @@ static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_
       M.xFree(slot[i]);
       t1 = tick();
       KEEP(clamp32(t1 - t0));
+      if (pass == 0) kind[k] = (uint8_t)(3 * 4 + size_band(bsize[i]));
       k++;
       slot[i] = NULL;
     }
@@ -369,7 +389,19 @@ static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_
 #undef KEEP
   double total = 0;
   for (long i = 0; i < calls; i++) total += first[i];
-  qsort(first, (size_t)calls, sizeof(uint32_t), cmp_u32);
+  /* The p99.9 duration (nearest rank, as quantile_ns), then the calls that took it or longer. */
+  uint32_t *sorted = malloc((size_t)calls * sizeof(uint32_t));
+  if (!sorted) die("%s", "out of memory for the latency arrays");
+  memcpy(sorted, first, (size_t)calls * sizeof(uint32_t));
+  qsort(sorted, (size_t)calls, sizeof(uint32_t), cmp_u32);
+  long k999 = (long)(0.999 * (double)calls + 0.999999);
+  if (k999 < 1) k999 = 1;
+  if (k999 > calls) k999 = calls;
+  long tail[16] = {0};
+  for (long i = 0; i < calls; i++)
+    if (first[i] >= sorted[k999 - 1]) tail[kind[i]]++;
+  memcpy(first, sorted, (size_t)calls * sizeof(uint32_t));
+  free(sorted);
   printf("RESULT workload=trace-latency calls=%ld failed=%ld passes=%d clock=%s tsc_per_ns=%.4f "
          "resolution_ns=%.1f overhead_ns=%.1f mean_ns=%.2f p50_ns=%.1f p99_ns=%.1f p999_ns=%.1f "
          "max_ns=%.1f",
@@ -377,6 +409,8 @@ static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_
          (total / (double)calls - over) / tpn, quantile_ns(first, calls, 0.50, over, tpn),
          quantile_ns(first, calls, 0.99, over, tpn), quantile_ns(first, calls, 0.999, over, tpn),
          quantile_ns(first, calls, 1.0, over, tpn));
+  printf(" tail=");
+  for (int i = 0; i < 16; i++) printf("%s%ld", i ? "," : "", tail[i]);
   if (least) {
     /* The slowest call once interference is filtered out, and which record it was (an index
      * past the records is one of the final frees). */
@@ -402,6 +436,8 @@ static void replay_latency(const uint32_t *rec, uint32_t n, void **slot, uint32_
   printf("\n");
   free(first);
   free(least);
+  free(kind);
+  free(bsize);
 }
 
 /* Trace format (written by trace_rec.c), little-endian:

@@ -62,6 +62,10 @@ EP_ROUNDS = 3
 LAT_PASSES = 5
 # The fixed-heap configurations whose calls are timed one by one.
 LAT_KEYS = ("c-memsys5", "memsys5", "memsys3", "tlsf", "rlsf")
+# micro's tail= counts, in its order: operation-major, then the size asked (for a free, the
+# block's) by band (bench/micro.c, --latency).
+TAIL_KINDS = tuple(f"{op} {band}" for op in ("malloc", "free", "realloc", "final free")
+                   for band in ("≤ 1 KiB", "1–4 KiB", "4–8 KiB", "> 8 KiB"))
 JEMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 MIMALLOC_SO = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
@@ -584,6 +588,11 @@ def main():
             sys.exit(f"bench: micro --latency under {c.label}: no clock or slowest call in:\n"
                      f"{line}")
         d["clock"], d["slowest"] = m.group(1), (m.group(2), int(m.group(3)))
+        t = re.search(r"\btail=([0-9,]+)", line)
+        d["tail"] = [int(x) for x in t.group(1).split(",")] if t else []
+        if len(d["tail"]) != len(TAIL_KINDS) or sum(d["tail"]) < 1:
+            sys.exit(f"bench: micro --latency under {c.label}: no tail= of {len(TAIL_KINDS)} "
+                     f"counts in:\n{line}")
         # Orders that hold by construction: a broken measurement, not a slow allocator.
         q = [d[k] for k in ("p50_ns", "p99_ns", "p999_ns", "max_ns")]
         if d["calls"] <= 0 or q != sorted(q) or d["max_of_min_ns"] > d["max_ns"] \
@@ -1003,6 +1012,22 @@ def main():
           "each, while an interruption lands on a different call each pass. The largest of these "
           "minimums is the allocator's own slowest call; the last column names it (the most "
           "frequent over rounds: the operation and the size asked, for a free the block's).")
+        w("")
+        # Which calls make the tail: the calls of the first timed pass that took the p99.9 time
+        # or longer, by operation and size, summed over rounds.
+        tails = {c.key: [sum(x) for x in zip(*(d["tail"] for d in mlat[c.key]))] for c in lat_cs}
+        shares = {k: [x / max(1, sum(v)) for x in v] for k, v in tails.items()}
+        rows = [i for i in range(len(TAIL_KINDS)) if any(sh[i] >= 0.03 for sh in shares.values())]
+        w("What the slowest 0.1% are: the calls of the first timed pass that took the p99.9 "
+          "time or longer, by operation and size asked (for a free, the block's), as shares of "
+          f"them, over the {reps} rounds together; kinds under 3% everywhere are left out. A "
+          "page-cache line for a 4 KiB page (4360 bytes on this SQLite) is in 4–8 KiB.")
+        w("")
+        w("| calls | " + " | ".join(c.label for c in lat_cs) + " |")
+        w("|---|" + "---:|" * len(lat_cs))
+        for i in rows:
+            w(f"| {TAIL_KINDS[i]} | "
+              + " | ".join(f"{100 * shares[c.key][i]:.0f}%" for c in lat_cs) + " |")
         w("")
     else:
         w("No configuration was measured.")
