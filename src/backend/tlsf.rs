@@ -105,7 +105,7 @@
 //!   cache is a walk of at most `N` links, taken only there.
 //!
 //! Measured (`make bench`, docs/BENCHMARKS.md; by hand, bench/notes.md): the trace replay in
-//! 0.84 × C memsys5's time with the caches (77% of its mallocs served from one), 0.94–1.1 ×
+//! 0.82–0.85 × C memsys5's time with the caches (77% of its mallocs served from one), 0.94–1.1 ×
 //! without; the smallest heap that runs speedtest1 `--size 25` on a file is 4.384 MiB with them,
 //! 4.381 MiB without (bisection to 0.02%): the caches change where later blocks are placed, not
 //! how much the heap must hold.
