@@ -305,6 +305,9 @@ const QUICK: u32 = 2;
 const QUICK_CLASSES: usize = 128;
 /// Usable sizes below this are cached.
 const QUICK_BELOW: usize = QUICK_CLASSES << 3;
+// The caches are indexed by `u / 8` on the hot paths and by `class_of(u)` elsewhere: the same
+// below SMALL, where classes are the multiples of 8.
+const _: () = assert!(QUICK_BELOW <= SMALL);
 /// Blocks a quick cache of one class holds by default (`tlsf:cache=N`).
 pub const DEFAULT_CACHE: usize = 16;
 /// Most blocks a quick cache of one class may hold (`cache=` is checked against it).
