@@ -65,7 +65,10 @@
 //! highest pending value, and the current bytes. While one thread allocates in a scope, the
 //! shared total moves only with its flushes, so the peak is exact; with `T` threads allocating
 //! in one scope at once it is within `T × 64 KiB` of the true peak (as the stack's counters).
-//! A capped scope's peak is exact always: it is the high-water mark of the cap's own total.
+//! A capped scope's peak is the high-water mark of the cap's own total as each call leaves it,
+//! settled on its block's real size (a reservation given back, for a block refused, never
+//! counts): exact while one thread allocates in the scope; with several, another thread's
+//! reservation still in flight may be in it.
 //!
 //! Cap: a capped scope keeps, besides the cells, one shared exact total of its live bytes, and a
 //! malloc reserves `xRoundup(n)` in it with a compare-and-swap loop before calling the backend,
@@ -435,28 +438,34 @@ impl Scopes {
         self.caps[s & (MAX_SCOPES - 1)].load(Relaxed)
     }
 
-    /// Take `n` more bytes in capped scope `s` if its cap allows (and keep its peak).
-    fn reserve(&self, s: usize, n: u64) -> bool {
-        let h = &self.heads[s & (MAX_SCOPES - 1)];
+    /// Take `n` more bytes in capped scope `s` if its cap allows: the scope's total after, or
+    /// `None`. The peak is not raised here: a reservation may still be given back (see
+    /// [`raise_peak`](Self::raise_peak)).
+    fn reserve(&self, s: usize, n: u64) -> Option<u64> {
         let max = self.cap(s);
-        match h
+        self.heads[s & (MAX_SCOPES - 1)]
             .used
             .fetch_update(Relaxed, Relaxed, |u| u.checked_add(n).filter(|&v| v <= max))
-        {
-            Ok(u) => {
-                let v = i64::try_from(u + n).unwrap_or(i64::MAX);
-                if v > h.peak.load(Relaxed) {
-                    h.peak.fetch_max(v, Relaxed);
-                }
-                true
-            }
-            Err(_) => false,
-        }
+            .ok()
+            .map(|u| u + n)
     }
 
-    /// Give `n` bytes back to capped scope `s`.
-    fn release(&self, s: usize, n: u64) {
-        self.heads[s & (MAX_SCOPES - 1)].used.fetch_sub(n, Relaxed);
+    /// Give `n` bytes back to capped scope `s`: the scope's total after.
+    fn release(&self, s: usize, n: u64) -> u64 {
+        self.heads[s & (MAX_SCOPES - 1)]
+            .used
+            .fetch_sub(n, Relaxed)
+            .wrapping_sub(n)
+    }
+
+    /// Raise capped scope `s`'s peak to `total`, its total once a call has settled on its
+    /// block's real size.
+    fn raise_peak(&self, s: usize, total: u64) {
+        let h = &self.heads[s & (MAX_SCOPES - 1)];
+        let v = i64::try_from(total).unwrap_or(i64::MAX);
+        if v > h.peak.load(Relaxed) {
+            h.peak.fetch_max(v, Relaxed);
+        }
     }
 
     /// The calling thread's tally for scope `s`, and whether the thread owns its slot, from the
@@ -976,23 +985,27 @@ impl<B: MemMethods, P: Tagging<B>> Scoped<B, P> {
     /// by the tallies.
     fn malloc_reserved(&self, s: usize, n: usize) -> Option<(NonNull<u8>, usize)> {
         let est = self.roundup(n) as u64;
-        if !self.scopes.reserve(s, est) {
-            return None;
-        }
+        let reserved = self.scopes.reserve(s, est)?;
         let Some((p, size)) = self.raw_malloc(s, n) else {
             self.scopes.release(s, est);
             return None;
         };
         let real = size as u64;
-        if real > est && !self.scopes.reserve(s, real - est) {
-            self.scopes.release(s, est);
-            // SAFETY: `p` was just handed out by `raw_malloc` and never left this function.
-            unsafe { self.inner.free(P::inner(p)) };
-            return None;
-        }
-        if real < est {
-            self.scopes.release(s, est - real);
-        }
+        let total = if real > est {
+            let Some(t) = self.scopes.reserve(s, real - est) else {
+                self.scopes.release(s, est);
+                // SAFETY: `p` was just handed out by `raw_malloc` and never left this function.
+                unsafe { self.inner.free(P::inner(p)) };
+                return None;
+            };
+            t
+        } else if real < est {
+            self.scopes.release(s, est - real)
+        } else {
+            reserved
+        };
+        // Only now: a block refused after its reservation never raises the peak.
+        self.scopes.raise_peak(s, total);
         Some((p, size))
     }
 
@@ -1020,9 +1033,9 @@ impl<B: MemMethods, P: Tagging<B>> Scoped<B, P> {
             if new >= old {
                 // Only the reservation's bookkeeping: a block that fitted cannot grow past the
                 // cap by more than its rounding.
-                self.scopes.heads[s]
-                    .used
-                    .fetch_add((new - old) as u64, Relaxed);
+                let grown = (new - old) as u64;
+                let total = self.scopes.heads[s].used.fetch_add(grown, Relaxed) + grown;
+                self.scopes.raise_peak(s, total);
             } else {
                 self.scopes.release(s, (old - new) as u64);
             }
